@@ -1,0 +1,43 @@
+package controller
+
+import (
+	"context"
+	"sort"
+
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ListVolumes pages through all volumes in ID order. The token is the ID to resume
+// from: a page survives volumes created or deleted between calls, and a token that is
+// not a volume ID is refused with Aborted, as the spec asks.
+func (s *Server) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d is negative", req.GetMaxEntries())
+	}
+	all := s.engine.AllVolumes()
+	start := 0
+	if tok := req.GetStartingToken(); tok != "" {
+		if _, err := storage.ParseVolumeID(tok); err != nil {
+			return nil, status.Errorf(codes.Aborted, "starting_token %q is not valid: %v", tok, err)
+		}
+		start = sort.Search(len(all), func(i int) bool { return all[i].ID >= tok })
+	}
+	end := len(all)
+	if n := int(req.GetMaxEntries()); n > 0 && start+n < end {
+		end = start + n
+	}
+	resp := &csi.ListVolumesResponse{}
+	for _, r := range all[start:end] {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
+			Volume: s.volume(r),
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: s.publishedOn(r.ID)},
+		})
+	}
+	if end < len(all) {
+		resp.NextToken = all[end].ID
+	}
+	return resp, nil
+}

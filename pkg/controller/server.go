@@ -1,0 +1,91 @@
+// Package controller serves the CSI Controller service for the pools of this node.
+package controller
+
+import (
+	"context"
+
+	"github.com/berth-csi/berth/pkg/locks"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TopologyKey is the topology segment every node-local volume carries.
+const TopologyKey = "topology.berth.csi.io/node"
+
+// Server implements csi.ControllerServer on top of the storage engine.
+type Server struct {
+	csi.UnimplementedControllerServer
+	engine *storage.Engine
+	nodeID string
+	locks  *locks.Set
+}
+
+// New returns a controller serving engine's pools as node nodeID. locks is shared with
+// the node service so controller and node work on one volume exclude each other.
+func New(engine *storage.Engine, nodeID string, l *locks.Set) *Server {
+	return &Server{engine: engine, nodeID: nodeID, locks: l}
+}
+
+var capabilities = []csi.ControllerServiceCapability_RPC_Type{
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+	csi.ControllerServiceCapability_RPC_GET_VOLUME,
+	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+}
+
+// ControllerGetCapabilities lists exactly what this controller implements.
+func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	out := make([]*csi.ControllerServiceCapability, 0, len(capabilities))
+	for _, c := range capabilities {
+		out = append(out, &csi.ControllerServiceCapability{
+			Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}},
+		})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: out}, nil
+}
+
+// lock takes the try-lock for a volume ID or answers Aborted at once.
+func (s *Server) lock(id string) (func(), error) {
+	if !s.locks.TryAcquire(id) {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	}
+	return func() { s.locks.Release(id) }, nil
+}
+
+func (s *Server) topology() []*csi.Topology {
+	return []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}}
+}
+
+// publishedOn lists the nodes a volume is mounted on (informative: Berth has no
+// ControllerPublish, so LIST_VOLUMES_PUBLISHED_NODES is not advertised).
+func (s *Server) publishedOn(id string) []string {
+	if len(s.engine.Publications(id)) > 0 {
+		return []string{s.nodeID}
+	}
+	return nil
+}
+
+func (s *Server) volume(r *storage.Record) *csi.Volume {
+	v := &csi.Volume{
+		VolumeId:           r.ID,
+		CapacityBytes:      r.CapacityBytes,
+		AccessibleTopology: s.topology(),
+		VolumeContext:      map[string]string{"pool": r.Pool},
+	}
+	if src := r.ContentSource; src != nil {
+		switch src.Kind {
+		case "snapshot":
+			v.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: src.ID}}}
+		case "volume":
+			v.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.ID}}}
+		}
+	}
+	return v
+}

@@ -1,0 +1,104 @@
+package controller
+
+import (
+	"context"
+
+	"github.com/berth-csi/berth/pkg/csierr"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/volcap"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// CreateVolume provisions a volume in the pool the parameters name, on this node.
+func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	if req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is required")
+	}
+	if err := storage.ValidateName(req.GetName()); err != nil {
+		return nil, csierr.Status(err)
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume_capabilities is required")
+	}
+	p, params, err := s.poolFor(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	access, err := volcap.Check(req.GetVolumeCapabilities(), p)
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	if req.GetVolumeContentSource() != nil {
+		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: this driver does not advertise CLONE_VOLUME or snapshots yet")
+	}
+	if !s.reachable(req.GetAccessibilityRequirements()) {
+		return nil, status.Errorf(codes.ResourceExhausted,
+			"accessibility_requirements cannot be met: this controller serves only %s=%s", TopologyKey, s.nodeID)
+	}
+	id := storage.VolumeID(p.Name(), req.GetName())
+	unlock, err := s.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	r, err := p.Create(ctx, storage.CreateRequest{
+		Name:          req.GetName(),
+		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
+		LimitBytes:    req.GetCapacityRange().GetLimitBytes(),
+		AccessType:    access,
+		Parameters:    params,
+	})
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	klog.FromContext(ctx).V(2).Info("Volume created", "volumeID", r.ID, "name", r.Name, "pool", r.Pool, "sizeBytes", r.CapacityBytes)
+	return &csi.CreateVolumeResponse{Volume: s.volume(r)}, nil
+}
+
+// DeleteVolume removes a volume; an unknown or already deleted one is success.
+func (s *Server) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if err := storage.ValidateName(id); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	}
+	p, hash, err := s.engine.Resolve(id)
+	if err != nil {
+		// A harmless ID that is not Berth's, or names a pool this node lacks: no such
+		// volume exists here, and deleting a missing volume succeeds.
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	unlock, err := s.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if pubs := s.engine.Publications(id); len(pubs) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s", id, pubs[0].TargetPath)
+	}
+	if err := p.Delete(ctx, hash); err != nil {
+		return nil, csierr.Status(err)
+	}
+	klog.FromContext(ctx).V(2).Info("Volume deleted", "volumeID", id)
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// ControllerGetVolume reports a volume and where it is published.
+func (s *Server) ControllerGetVolume(_ context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	_, r, err := s.engine.Volume(req.GetVolumeId())
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	return &csi.ControllerGetVolumeResponse{
+		Volume: s.volume(r),
+		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{PublishedNodeIds: s.publishedOn(r.ID)},
+	}, nil
+}

@@ -1,0 +1,105 @@
+// Package driver wires the engine and the CSI services together from the command line.
+package driver
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+
+	"github.com/berth-csi/berth/pkg/server"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
+)
+
+// Modes the driver runs in.
+const (
+	ModeAll        = "all"
+	ModeController = "controller"
+	ModeNode       = "node"
+)
+
+// Options are the validated command-line settings.
+type Options struct {
+	Endpoint      string // socket path
+	NodeID        string
+	DriverName    string
+	Mode          string
+	ConfigPath    string
+	Config        storage.Config
+	KubeletDir    string
+	MaxVolumes    int64
+	LoggingFormat string
+	ShowVersion   bool
+}
+
+// driverName follows the CSI rule: at most 63 characters, a domain-like name.
+var driverName = regexp.MustCompile(`^[a-zA-Z0-9]([-a-zA-Z0-9.]{0,61}[a-zA-Z0-9])?$`)
+
+// ParseFlags reads and validates the command line. Any invalid flag or configuration
+// is an error naming the problem, so the process exits non-zero.
+func ParseFlags(prog string, args []string) (Options, error) {
+	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var o Options
+	var endpoint string
+	defaultNode := os.Getenv("NODE_NAME")
+	if defaultNode == "" {
+		defaultNode, _ = os.Hostname()
+	}
+	fs.StringVar(&endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix socket path (unix:///path or /path)")
+	fs.StringVar(&o.NodeID, "node-id", defaultNode, "this node's ID (default: $NODE_NAME, else the hostname)")
+	fs.StringVar(&o.DriverName, "driver-name", "berth.csi.io", "CSI driver name")
+	fs.StringVar(&o.Mode, "mode", ModeAll, "services to serve: all, controller or node")
+	fs.StringVar(&o.ConfigPath, "config", "", "pool configuration file (YAML); default: one dir pool at "+storage.DefaultPoolPath)
+	fs.StringVar(&o.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "kubelet root directory; publish targets must lie under it")
+	fs.Int64Var(&o.MaxVolumes, "max-volumes-per-node", 0, "volumes this node may hold, reported to the scheduler (0: no limit)")
+	fs.StringVar(&o.LoggingFormat, "logging-format", "text", "log format: text or json")
+	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fs.PrintDefaults()
+		}
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if o.ShowVersion {
+		return o, nil
+	}
+	var err error
+	if o.Endpoint, err = server.ParseEndpoint(endpoint); err != nil {
+		return o, fmt.Errorf("--endpoint: %w", err)
+	}
+	switch {
+	case o.Mode != ModeAll && o.Mode != ModeController && o.Mode != ModeNode:
+		return o, fmt.Errorf("--mode %q: must be all, controller or node", o.Mode)
+	case o.NodeID == "" || len(o.NodeID) > 128:
+		return o, fmt.Errorf("--node-id %q: must be 1-128 bytes (set --node-id or NODE_NAME)", o.NodeID)
+	case !driverName.MatchString(o.DriverName):
+		return o, fmt.Errorf("--driver-name %q: must be at most 63 characters of a-z, 0-9, '-', '.', starting and ending alphanumeric", o.DriverName)
+	case o.MaxVolumes < 0:
+		return o, fmt.Errorf("--max-volumes-per-node %d: must not be negative", o.MaxVolumes)
+	case o.LoggingFormat != "text" && o.LoggingFormat != "json":
+		return o, fmt.Errorf("--logging-format %q: must be text or json", o.LoggingFormat)
+	}
+	o.Config = storage.DefaultConfig()
+	if o.ConfigPath != "" {
+		if o.Config, err = storage.LoadConfig(o.ConfigPath); err != nil {
+			return o, fmt.Errorf("--config: %w", err)
+		}
+	}
+	if o.LoggingFormat == "json" {
+		// klog keeps filtering by -v; the slog handler passes everything it is given.
+		h := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-128)})
+		klog.SetLogger(logr.FromSlogHandler(h))
+	}
+	return o, nil
+}

@@ -1,0 +1,78 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/berth-csi/berth/pkg/controller"
+	"github.com/berth-csi/berth/pkg/identity"
+	"github.com/berth-csi/berth/pkg/locks"
+	"github.com/berth-csi/berth/pkg/node"
+	"github.com/berth-csi/berth/pkg/server"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/version"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/klog/v2"
+)
+
+// Run serves the CSI services until ctx ends. The socket answers from the start, with
+// Probe not ready until start-up reconciliation is done.
+func Run(ctx context.Context, o Options) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	logger := klog.FromContext(ctx)
+	logger.Info("Starting Berth", "version", version.Get(), "driverName", o.DriverName, "nodeID", o.NodeID,
+		"mode", o.Mode, "endpoint", o.Endpoint, "pools", len(o.Config.Pools))
+
+	engine, err := storage.New(o.Config)
+	if err != nil {
+		return err
+	}
+	l := &locks.Set{}
+	var ready atomic.Bool
+	var ctrl csi.ControllerServer
+	var nodeSrv *node.Server
+	if o.Mode != ModeNode {
+		ctrl = controller.New(engine, o.NodeID, l)
+	}
+	if o.Mode != ModeController {
+		nodeSrv, err = node.New(node.Config{NodeID: o.NodeID, KubeletDir: o.KubeletDir, MaxVolumes: o.MaxVolumes}, engine, l)
+		if err != nil {
+			return fmt.Errorf("--kubelet-dir: %w", err)
+		}
+	}
+	lis, err := server.Listen(o.Endpoint)
+	if err != nil {
+		return err
+	}
+	var nodeCSI csi.NodeServer
+	if nodeSrv != nil {
+		nodeCSI = nodeSrv
+	}
+	srv := server.New(identity.New(o.DriverName, ctrl != nil, ready.Load), ctrl, nodeCSI)
+
+	startErr := make(chan error, 1)
+	go func() {
+		err := engine.Start(ctx)
+		if err == nil && nodeSrv != nil {
+			err = nodeSrv.Recover(ctx)
+		}
+		if err != nil {
+			startErr <- err
+			cancel()
+			return
+		}
+		ready.Store(true)
+		logger.Info("Ready")
+	}()
+	if err := srv.Serve(ctx, lis); err != nil {
+		return err
+	}
+	select {
+	case err := <-startErr:
+		return fmt.Errorf("start-up reconciliation: %w", err)
+	default:
+		return nil
+	}
+}

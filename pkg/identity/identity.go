@@ -1,0 +1,44 @@
+// Package identity serves the CSI Identity service.
+package identity
+
+import (
+	"context"
+
+	"github.com/berth-csi/berth/pkg/version"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Server answers GetPluginInfo, GetPluginCapabilities and Probe.
+type Server struct {
+	csi.UnimplementedIdentityServer
+	name       string
+	controller bool
+	ready      func() bool
+}
+
+// New returns an identity server for driver name; ready reports start-up completion;
+// controller says whether this process serves the controller service.
+func New(name string, controller bool, ready func() bool) *Server {
+	return &Server{name: name, controller: controller, ready: ready}
+}
+
+func (s *Server) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	return &csi.GetPluginInfoResponse{Name: s.name, VendorVersion: version.Get()}, nil
+}
+
+func (s *Server) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	svc := func(t csi.PluginCapability_Service_Type) *csi.PluginCapability {
+		return &csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: t}}}
+	}
+	caps := []*csi.PluginCapability{svc(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS)}
+	if s.controller {
+		caps = append([]*csi.PluginCapability{svc(csi.PluginCapability_Service_CONTROLLER_SERVICE)}, caps...)
+	}
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// Probe is ready only once start-up reconciliation has finished.
+func (s *Server) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	return &csi.ProbeResponse{Ready: wrapperspb.Bool(s.ready())}, nil
+}

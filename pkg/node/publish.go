@@ -1,0 +1,170 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/berth-csi/berth/pkg/csierr"
+	"github.com/berth-csi/berth/pkg/mounter"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/volcap"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// NodePublishVolume bind-mounts the volume's data directory at the target path,
+// always nosuid and nodev, read-only when asked.
+func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if err := storage.ValidateName(id); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	}
+	rel, err := s.checkTarget("target_path", target)
+	if err != nil {
+		return nil, err
+	}
+	vc := req.GetVolumeCapability()
+	if vc == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+	}
+	flags, err := mounter.ParseFlags(vc.GetMount().GetMountFlags())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_capability.mount.mount_flags: %v", err)
+	}
+	unlock, err := s.lock(id, target)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	p, r, err := s.volumeFor(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	access, err := volcap.CheckOne(vc, p)
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	if access != r.AccessType {
+		return nil, status.Errorf(codes.InvalidArgument, "volume %s was created for %s access, not %s", id, r.AccessType, access)
+	}
+	readOnly := req.GetReadonly() || volcap.ReaderOnly(vc)
+	source := p.DataPath(r.Hash())
+
+	// Idempotency: the same volume already mounted here.
+	if done, err := s.existing(id, target, source, readOnly); done || err != nil {
+		return &csi.NodePublishVolumeResponse{}, err
+	}
+	for _, pub := range s.engine.Publications(id) {
+		if pub.TargetPath != target && (volcap.SingleWriter(vc) || pub.SingleWriter) {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s is SINGLE_NODE_SINGLE_WRITER and already published at %s", id, pub.TargetPath)
+		}
+	}
+	if err := s.prepareTarget(target, rel, access == storage.AccessBlock); err != nil {
+		return nil, err
+	}
+	if err := mounter.Bind(source, target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
+		return nil, status.Errorf(codes.Internal, "bind mount %s at %s: %v", id, target, err)
+	}
+	s.engine.AddPublication(id, storage.Publication{TargetPath: target, ReadOnly: readOnly, SingleWriter: volcap.SingleWriter(vc)})
+	klog.FromContext(ctx).V(2).Info("Volume published", "volumeID", id, "targetPath", target, "readOnly", readOnly)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// existing reports whether target already shows this volume: done with nil when the
+// mount matches, AlreadyExists when its read-only flag differs, FailedPrecondition when
+// something else is mounted there.
+func (s *Server) existing(id, target, source string, readOnly bool) (bool, error) {
+	mounted, err := mounter.IsMountPoint(target)
+	if errors.Is(err, mounter.ErrStale) {
+		if uerr := mounter.Unmount(target); uerr != nil {
+			return false, status.Errorf(codes.Internal, "unmount stale %s: %v", target, uerr)
+		}
+		s.engine.RemovePublication(id, target)
+		return false, nil
+	}
+	if err != nil || !mounted {
+		s.engine.RemovePublication(id, target)
+		return false, nil
+	}
+	m, err := mounter.At(target)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "read mount at %s: %v", target, err)
+	}
+	same, err := mounter.SameSource(m, source)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "compare mount at %s: %v", target, err)
+	}
+	if !same {
+		return false, status.Errorf(codes.FailedPrecondition, "target_path %s is already a mount point of something else", target)
+	}
+	if m.ReadOnly != readOnly {
+		return false, status.Errorf(codes.AlreadyExists,
+			"volume %s is already published at %s with readonly=%t", id, target, m.ReadOnly)
+	}
+	return true, nil
+}
+
+// NodeUnpublishVolume unmounts the target and removes it if it is left empty. A missing
+// target, an unmounted one or a stale mount is success. An ephemeral volume is deleted
+// with its last publication.
+func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if err := storage.ValidateName(id); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	}
+	if _, err := s.checkTarget("target_path", target); err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(id, target)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := unmountAll(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", target, err)
+	}
+	s.engine.RemovePublication(id, target)
+	if err := removeTarget(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "remove target %s: %v", target, err)
+	}
+	if err := s.deleteEphemeral(ctx, id); err != nil {
+		return nil, err
+	}
+	klog.FromContext(ctx).V(2).Info("Volume unpublished", "volumeID", id, "targetPath", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// maxStacked bounds how many mounts stacked on one target an unpublish removes.
+const maxStacked = 16
+
+func unmountAll(target string) error {
+	for range maxStacked {
+		mounted, err := mounter.IsMountPoint(target)
+		if errors.Is(err, mounter.ErrStale) {
+			mounted = true
+		} else if errors.Is(err, os.ErrNotExist) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if !mounted {
+			return nil
+		}
+		if err := mounter.Unmount(target); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("more than %d mounts stacked on %s", maxStacked, target)
+}

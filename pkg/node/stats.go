@@ -1,0 +1,66 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"os"
+
+	"github.com/berth-csi/berth/pkg/csierr"
+	"github.com/berth-csi/berth/pkg/health"
+	"github.com/berth-csi/berth/pkg/mounter"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// NodeGetVolumeStats reports the volume's own bytes and inodes (not the whole
+// filesystem's) as its pool kind measures them.
+func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_path is required")
+	}
+	p, r, err := s.resolve(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(req.GetVolumePath()); errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", req.GetVolumePath())
+	}
+	u, err := p.Usage(ctx, r.Hash())
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		{Unit: csi.VolumeUsage_BYTES, Total: u.TotalBytes, Used: u.UsedBytes, Available: u.AvailableBytes},
+		{Unit: csi.VolumeUsage_INODES, Total: u.TotalInodes, Used: u.UsedInodes, Available: u.AvailableInodes},
+	}}, nil
+}
+
+// NodeGetVolumeHealth reports the volume's condition on this node, and, when a publish
+// path is given, whether the volume is really mounted there.
+func (s *Server) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	p, r, err := s.resolve(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	problems := p.Condition(r.Hash())
+	if path := req.GetVolumePublishPath(); path != "" {
+		mounted, err := mounter.IsMountPoint(path)
+		switch {
+		case errors.Is(err, mounter.ErrStale):
+			problems = append(problems, storage.Problem{Kind: storage.Inaccessible, Reason: "StaleMount",
+				Message: "the mount at " + path + " no longer answers: " + err.Error()})
+		case err == nil && !mounted:
+			problems = append(problems, storage.Problem{Kind: storage.Inaccessible, Reason: "NotMounted",
+				Message: "the volume is not mounted at " + path})
+		}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health.Of(req.GetVolumeId(), problems)}, nil
+}

@@ -1,0 +1,158 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"k8s.io/klog/v2"
+)
+
+// Publication is one place a volume is mounted on this node.
+type Publication struct {
+	TargetPath   string
+	ReadOnly     bool
+	SingleWriter bool // published with SINGLE_NODE_SINGLE_WRITER
+}
+
+// Engine is the host storage engine: the configured pools and the node's publication
+// table. It knows nothing of CSI or gRPC.
+type Engine struct {
+	pools []*Pool
+	byNm  map[string]*Pool
+	ready atomic.Bool
+
+	pubMu sync.Mutex
+	pubs  map[string]map[string]Publication // volume ID -> target -> publication
+}
+
+// New builds an engine for a validated configuration. Nothing touches the disk until Start.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}}
+	for _, pc := range cfg.Pools {
+		p := newPool(pc)
+		e.pools = append(e.pools, p)
+		e.byNm[pc.Name] = p
+	}
+	return e, nil
+}
+
+// Start reconciles every pool (rolls back half-created volumes, finishes half-deleted
+// ones, loads the index) and starts the purgers. The engine is Ready afterwards.
+func (e *Engine) Start(ctx context.Context) error {
+	for _, p := range e.pools {
+		if err := p.open(ctx); err != nil {
+			return err
+		}
+		go p.purger(ctx)
+	}
+	e.ready.Store(true)
+	klog.FromContext(ctx).Info("Storage engine ready", "pools", len(e.pools))
+	return nil
+}
+
+// Ready reports whether start-up reconciliation is complete.
+func (e *Engine) Ready() bool { return e.ready.Load() }
+
+// Pools returns the pools in configuration order.
+func (e *Engine) Pools() []*Pool { return e.pools }
+
+// DefaultPool is the first configured pool.
+func (e *Engine) DefaultPool() *Pool { return e.pools[0] }
+
+// Pool returns the named pool or ErrNotFound.
+func (e *Engine) Pool(name string) (*Pool, error) {
+	p, ok := e.byNm[name]
+	if !ok {
+		return nil, fmt.Errorf("pool %q is not configured on this node: %w", truncate(name), ErrNotFound)
+	}
+	return p, nil
+}
+
+// Resolve validates a volume ID and returns its pool and hash. An ID naming a pool this
+// node does not have is ErrNotFound; a malformed one ErrInvalid.
+func (e *Engine) Resolve(id string) (*Pool, string, error) {
+	pid, err := ParseVolumeID(id)
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := e.Pool(pid.Pool)
+	if err != nil {
+		return nil, "", fmt.Errorf("volume %s: %w", id, err)
+	}
+	return p, pid.Hash, nil
+}
+
+// Volume returns the record of a volume by ID.
+func (e *Engine) Volume(id string) (*Pool, *Record, error) {
+	p, hash, err := e.Resolve(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := p.Get(hash)
+	if err != nil {
+		return nil, nil, fmt.Errorf("volume %s: %w", id, err)
+	}
+	return p, r, nil
+}
+
+// AllVolumes returns every committed volume's record sorted by ID.
+func (e *Engine) AllVolumes() []*Record {
+	var out []*Record
+	for _, p := range e.pools {
+		out = append(out, p.Records()...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// AddPublication records that volume id is mounted at target.
+func (e *Engine) AddPublication(id string, pub Publication) {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	m := e.pubs[id]
+	if m == nil {
+		m = map[string]Publication{}
+		e.pubs[id] = m
+	}
+	m[pub.TargetPath] = pub
+}
+
+// RemovePublication forgets the mount of volume id at target.
+func (e *Engine) RemovePublication(id, target string) {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	delete(e.pubs[id], target)
+	if len(e.pubs[id]) == 0 {
+		delete(e.pubs, id)
+	}
+}
+
+// Publications lists where volume id is mounted on this node, sorted by target.
+func (e *Engine) Publications(id string) []Publication {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	out := make([]Publication, 0, len(e.pubs[id]))
+	for _, p := range e.pubs[id] {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TargetPath < out[j].TargetPath })
+	return out
+}
+
+// Ephemeral finds the ephemeral inline volume created for kubelet's volume ID.
+func (e *Engine) Ephemeral(kubeletVolumeID string) (*Pool, *Record, bool) {
+	name := EphemeralName(kubeletVolumeID)
+	for _, p := range e.pools {
+		id := VolumeID(p.Name(), name)
+		if r, ok := p.lookup(id[len(id)-hashLen:]); ok && r.Ephemeral {
+			return p, r.Clone(), true
+		}
+	}
+	return nil, nil, false
+}

@@ -1,0 +1,24 @@
+package storage
+
+import "errors"
+
+// Sentinel errors returned (wrapped) by the engine. The CSI handlers map them to
+// gRPC codes in one place (pkg/csierr); nobody matches error strings.
+var (
+	// ErrInvalid: the request can never succeed as given (bad name, ID, size, parameter).
+	ErrInvalid = errors.New("invalid argument")
+	// ErrNotFound: the volume, snapshot or pool does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: an object with this name exists with incompatible properties.
+	ErrExists = errors.New("already exists with different properties")
+	// ErrNoSpace: the pool has not enough free capacity right now.
+	ErrNoSpace = errors.New("not enough free capacity")
+	// ErrOutOfRange: the size can never be served by this pool (or would shrink a volume).
+	ErrOutOfRange = errors.New("size out of range")
+	// ErrInUse: the volume is published and cannot be deleted.
+	ErrInUse = errors.New("volume is in use")
+	// ErrUnsupported: the pool kind cannot do what was asked (block on a dir pool...).
+	ErrUnsupported = errors.New("not supported by this pool")
+	// ErrNotReady: the pool or object is not ready to serve yet.
+	ErrNotReady = errors.New("not ready")
+)

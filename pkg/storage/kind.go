@@ -1,0 +1,40 @@
+package storage
+
+import (
+	"context"
+	"sort"
+	"strings"
+)
+
+// Usage is what a volume holds and may hold.
+type Usage struct {
+	TotalBytes, UsedBytes, AvailableBytes    int64
+	TotalInodes, UsedInodes, AvailableInodes int64
+}
+
+// Backend is one pool kind. The engine owns names, IDs, records, capacity accounting
+// and crash recovery; a backend only knows how to lay out and measure one volume's data
+// inside the directory the engine gives it.
+type Backend interface {
+	// Check reports whether the pool's filesystem can serve this kind (called at start-up).
+	Check(ctx context.Context, p *Pool) error
+	// Build fills a new volume's directory (still under the pool's tmp/) with its data,
+	// sized and shaped as r says. On error the engine discards the directory.
+	Build(ctx context.Context, p *Pool, r *Record, volDir string) error
+	// Usage measures a committed volume.
+	Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error)
+	// SupportsBlock reports whether raw block volumes can be served.
+	SupportsBlock() bool
+}
+
+// backends maps a kind name to its implementation; each kind registers itself.
+var backends = map[string]func(PoolConfig) Backend{}
+
+func knownKinds() string {
+	var ks []string
+	for k := range backends {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return strings.Join(ks, ", ")
+}

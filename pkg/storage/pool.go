@@ -1,0 +1,236 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/berth-csi/berth/pkg/storage/meta"
+	"github.com/berth-csi/berth/pkg/storage/safefs"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// On-disk layout of a pool (see docs/design.md):
+//
+//	<path>/volumes/<hash>/record.json  committed volume: its record ...
+//	<path>/volumes/<hash>/data/        ... and its data (what pods see)
+//	<path>/tmp/<hash>.<rand>/          a volume being built; rolled back at start-up
+//	<path>/trash/<hash>.<rand>/        a deleted volume being purged
+//
+// A volume exists exactly when volumes/<hash> exists: creation commits by renaming a
+// complete directory from tmp/ into volumes/, deletion by renaming it out to trash/.
+const (
+	volumesDir = "volumes"
+	tmpDir     = "tmp"
+	trashDir   = "trash"
+	// DataDir is the directory inside a volume that is published to pods.
+	DataDir = "data"
+)
+
+// Pool is one configured pool: a backend plus the engine's bookkeeping.
+type Pool struct {
+	cfg     PoolConfig
+	backend Backend
+	volSync *meta.DirSyncer
+
+	mu        sync.Mutex
+	index     map[string]*Record // committed volumes by hash
+	allocated int64              // sum of committed and reserved capacities
+	healthErr error              // non-nil: the pool cannot be served
+	purge     chan struct{}
+}
+
+func newPool(cfg PoolConfig) *Pool {
+	return &Pool{
+		cfg:     cfg,
+		backend: backends[cfg.Kind](cfg),
+		volSync: meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
+		index:   map[string]*Record{},
+		purge:   make(chan struct{}, 1),
+	}
+}
+
+// Name is the pool's configured name.
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// Config returns the pool's configuration.
+func (p *Pool) Config() PoolConfig { return p.cfg }
+
+// SupportsBlock reports whether the pool's kind can serve raw block volumes.
+func (p *Pool) SupportsBlock() bool { return p.backend.SupportsBlock() }
+
+// Health is nil when the pool is served, else why it is not.
+func (p *Pool) Health() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.healthErr
+}
+
+// VolumeDir is the directory of the volume with this (validated) hash.
+func (p *Pool) VolumeDir(hash string) string { return filepath.Join(p.cfg.Path, volumesDir, hash) }
+
+// DataPath is the directory published to pods for the volume with this hash.
+func (p *Pool) DataPath(hash string) string { return filepath.Join(p.VolumeDir(hash), DataDir) }
+
+// open creates the layout, rolls back half-created volumes, schedules half-deleted ones
+// for purging and loads the index. It is the start-up reconciliation of one pool.
+func (p *Pool) open(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
+		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	for _, d := range []string{volumesDir, tmpDir, trashDir} {
+		if err := os.Mkdir(filepath.Join(p.cfg.Path, d), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+		}
+	}
+	if err := p.backend.Check(ctx, p); err != nil {
+		p.healthErr = err
+		logger.Error(err, "Pool cannot be served")
+	}
+	// Half-created volumes: never acknowledged, so discard them.
+	tmps, err := os.ReadDir(filepath.Join(p.cfg.Path, tmpDir))
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	for _, e := range tmps {
+		logger.Info("Rolling back half-created volume", "entry", e.Name())
+		if err := p.toTrash(filepath.Join(p.cfg.Path, tmpDir), e.Name()); err != nil {
+			return err
+		}
+	}
+	if len(tmps) > 0 {
+		if err := meta.SyncDir(filepath.Join(p.cfg.Path, tmpDir)); err != nil {
+			return err
+		}
+	}
+	if err := p.loadIndex(ctx); err != nil {
+		return err
+	}
+	p.kickPurge()
+	return nil
+}
+
+func (p *Pool) loadIndex(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	dir := filepath.Join(p.cfg.Path, volumesDir)
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("pool %s: read %s: %w", p.cfg.Name, dir, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, name := range names {
+		if len(name) != hashLen || !isLowerHex(name) {
+			logger.Info("Ignoring foreign entry in volumes directory", "entry", name)
+			continue
+		}
+		volDir := filepath.Join(dir, name)
+		removeStaleTemps(volDir)
+		r, err := readRecord(volDir)
+		if err != nil {
+			// Cannot happen through Berth (a volume is committed with its record);
+			// keep the data untouched and make the problem visible.
+			logger.Error(err, "Volume directory without a readable record: left alone", "entry", name)
+			continue
+		}
+		if r.Pool != p.cfg.Name || !strings.HasSuffix(r.ID, "-"+name) {
+			logger.Error(nil, "Volume record does not match its directory: left alone", "entry", name, "volumeID", r.ID)
+			continue
+		}
+		p.index[name] = r
+		p.allocated += r.CapacityBytes
+	}
+	logger.V(2).Info("Pool loaded", "volumes", len(p.index), "allocatedBytes", p.allocated)
+	return nil
+}
+
+// removeStaleTemps deletes temp files left by an interrupted atomic record update.
+func removeStaleTemps(volDir string) {
+	matches, _ := filepath.Glob(filepath.Join(volDir, "."+recordFile+".tmp*"))
+	for _, m := range matches {
+		_ = os.Remove(m)
+	}
+}
+
+// toTrash renames parent/name into the pool's trash under a unique name.
+func (p *Pool) toTrash(parent, name string) error {
+	dst := filepath.Join(p.cfg.Path, trashDir, strings.SplitN(name, ".", 2)[0]+"."+randHex())
+	if err := os.Rename(filepath.Join(parent, name), dst); err != nil {
+		return fmt.Errorf("pool %s: move %s to trash: %w", p.cfg.Name, name, err)
+	}
+	return nil
+}
+
+func (p *Pool) kickPurge() {
+	select {
+	case p.purge <- struct{}{}:
+	default:
+	}
+}
+
+// purger empties the trash whenever kicked, until ctx ends. Purging walks with
+// no-follow semantics and never leaves the trash entry (safefs.RemoveTree).
+func (p *Pool) purger(ctx context.Context) {
+	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	trash := filepath.Join(p.cfg.Path, trashDir)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.purge:
+		}
+		entries, err := os.ReadDir(trash)
+		if err != nil {
+			logger.Error(err, "Cannot read trash")
+			continue
+		}
+		for _, e := range entries {
+			if ctx.Err() != nil {
+				return
+			}
+			if err := safefs.RemoveTree(trash, e.Name()); err != nil {
+				logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
+				continue
+			}
+			logger.V(4).Info("Purged deleted volume", "entry", e.Name())
+		}
+	}
+}
+
+// Capacity reports the bytes a new volume may take now (available) and the largest
+// volume the pool could ever hold (maxVolume), both net of the reserve.
+func (p *Pool) Capacity() (available, maxVolume int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p.cfg.Path, &st); err != nil {
+		return 0, 0, fmt.Errorf("pool %s: statfs: %w", p.cfg.Name, err)
+	}
+	total := int64(st.Blocks) * st.Bsize
+	free := int64(st.Bavail)*st.Bsize - p.cfg.ReservedBytes
+	maxVolume = max(total-p.cfg.ReservedBytes, 0)
+	available = free
+	if !p.cfg.Overcommit {
+		p.mu.Lock()
+		available = min(available, maxVolume-p.allocated)
+		p.mu.Unlock()
+	}
+	return max(available, 0), maxVolume, nil
+}
+
+func randHex() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,78 @@
+package storage
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Access types of a volume.
+const (
+	AccessMount = "mount"
+	AccessBlock = "block"
+)
+
+const recordVersion = 1
+
+// Source is the content a volume was created from.
+type Source struct {
+	// Kind is "snapshot" or "volume".
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+}
+
+// Record is the durable description of one volume. It lives beside the volume's data
+// (<pool>/volumes/<hash>/record.json) and is only ever replaced atomically.
+type Record struct {
+	Version       int               `json:"version"`
+	ID            string            `json:"id"`
+	Name          string            `json:"name"`
+	Pool          string            `json:"pool"`
+	CapacityBytes int64             `json:"capacityBytes"`
+	AccessType    string            `json:"accessType"`
+	FSType        string            `json:"fsType,omitempty"`
+	Parameters    map[string]string `json:"parameters,omitempty"`
+	ContentSource *Source           `json:"contentSource,omitempty"`
+	Ephemeral     bool              `json:"ephemeral,omitempty"`
+	CreatedAt     time.Time         `json:"createdAt"`
+	// ProjectID is the quota project of a quota-kind volume (0 when none).
+	ProjectID uint32 `json:"projectID,omitempty"`
+}
+
+// Clone returns a deep copy, so callers may not mutate the engine's index.
+func (r *Record) Clone() *Record {
+	c := *r
+	c.Parameters = maps.Clone(r.Parameters)
+	if r.ContentSource != nil {
+		s := *r.ContentSource
+		c.ContentSource = &s
+	}
+	return &c
+}
+
+const recordFile = "record.json"
+
+func encodeRecord(r *Record) ([]byte, error) {
+	return json.MarshalIndent(r, "", "  ")
+}
+
+func readRecord(volDir string) (*Record, error) {
+	data, err := os.ReadFile(filepath.Join(volDir, recordFile))
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", filepath.Join(volDir, recordFile), err)
+	}
+	if r.Version != recordVersion {
+		return nil, fmt.Errorf("%s: unsupported record version %d", filepath.Join(volDir, recordFile), r.Version)
+	}
+	return &r, nil
+}
+
+// Hash is the part of the ID that names the volume's directory.
+func (r *Record) Hash() string { return r.ID[len(r.ID)-hashLen:] }

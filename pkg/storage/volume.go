@@ -1,0 +1,242 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/berth-csi/berth/pkg/storage/meta"
+	"github.com/berth-csi/berth/pkg/storage/safefs"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// DefaultCapacityBytes is the size of a volume whose request names no size.
+const DefaultCapacityBytes = 1 << 30
+
+// CreateRequest describes a volume to create in a pool.
+type CreateRequest struct {
+	Name          string
+	RequiredBytes int64
+	LimitBytes    int64 // 0: no limit
+	AccessType    string
+	FSType        string
+	Parameters    map[string]string
+	Source        *Source
+	Ephemeral     bool
+}
+
+// size picks the capacity for a request: the required bytes, else the default bounded
+// by the limit.
+func (req *CreateRequest) size() (int64, error) {
+	switch {
+	case req.RequiredBytes < 0 || req.LimitBytes < 0:
+		return 0, fmt.Errorf("capacity_range must not be negative: %w", ErrInvalid)
+	case req.LimitBytes > 0 && req.RequiredBytes > req.LimitBytes:
+		return 0, fmt.Errorf("required_bytes %d exceeds limit_bytes %d: %w", req.RequiredBytes, req.LimitBytes, ErrInvalid)
+	case req.RequiredBytes > 0:
+		return req.RequiredBytes, nil
+	case req.LimitBytes > 0:
+		return min(req.LimitBytes, DefaultCapacityBytes), nil
+	}
+	return DefaultCapacityBytes, nil
+}
+
+// matches reports whether an existing record satisfies a repeated CreateVolume.
+func (req *CreateRequest) matches(r *Record) bool {
+	fits := r.CapacityBytes >= req.RequiredBytes && (req.LimitBytes == 0 || r.CapacityBytes <= req.LimitBytes)
+	sameSource := (r.ContentSource == nil) == (req.Source == nil) &&
+		(r.ContentSource == nil || *r.ContentSource == *req.Source)
+	return r.Name == req.Name && fits && sameSource && r.AccessType == req.AccessType &&
+		r.FSType == req.FSType && r.Ephemeral == req.Ephemeral && maps.Equal(r.Parameters, req.Parameters)
+}
+
+func validVolumeName(name string, ephemeral bool) error {
+	if ephemeral {
+		const prefix = "ephemeral:"
+		if len(name) <= len(prefix) || name[:len(prefix)] != prefix {
+			return fmt.Errorf("ephemeral volume name %q lacks its prefix: %w", truncate(name), ErrInvalid)
+		}
+		name = name[len(prefix):]
+	}
+	return ValidateName(name)
+}
+
+// Create makes the volume, or returns the existing one when an identical request was
+// already served (ErrExists when the existing one differs). The caller holds the lock
+// for the volume's ID. Creation is reserve -> build in tmp/ -> commit by rename.
+func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
+	if err := validVolumeName(req.Name, req.Ephemeral); err != nil {
+		return nil, err
+	}
+	if err := p.Health(); err != nil {
+		return nil, fmt.Errorf("pool %s is not served: %w: %w", p.cfg.Name, err, ErrNotReady)
+	}
+	if req.AccessType == AccessBlock && !p.backend.SupportsBlock() {
+		return nil, fmt.Errorf("pool %s (kind %s) cannot serve block volumes: %w", p.cfg.Name, p.cfg.Kind, ErrUnsupported)
+	}
+	size, err := req.size()
+	if err != nil {
+		return nil, err
+	}
+	id := VolumeID(p.cfg.Name, req.Name)
+	hash := id[len(id)-hashLen:]
+	if r, ok := p.lookup(hash); ok {
+		if !req.matches(r) {
+			return nil, fmt.Errorf("volume %q (%s) exists with different capacity, parameters or source: %w", req.Name, id, ErrExists)
+		}
+		return r.Clone(), nil
+	}
+	if err := p.reserve(size); err != nil {
+		return nil, fmt.Errorf("create volume %s of %d bytes: %w", id, size, err)
+	}
+	r := &Record{
+		Version: recordVersion, ID: id, Name: req.Name, Pool: p.cfg.Name, CapacityBytes: size,
+		AccessType: req.AccessType, FSType: req.FSType, Parameters: maps.Clone(req.Parameters),
+		ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
+	}
+	if err := p.build(ctx, r, hash); err != nil {
+		p.release(size)
+		return nil, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	p.mu.Lock()
+	p.index[hash] = r
+	p.mu.Unlock()
+	klog.FromContext(ctx).V(4).Info("Volume committed", "volumeID", id, "pool", p.cfg.Name)
+	return r.Clone(), nil
+}
+
+// build creates the volume under tmp/, writes its record and commits it durably.
+func (p *Pool) build(ctx context.Context, r *Record, hash string) (err error) {
+	tmpParent := filepath.Join(p.cfg.Path, tmpDir)
+	tmpName := hash + "." + randHex()
+	dir := filepath.Join(tmpParent, tmpName)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			if rerr := safefs.RemoveTree(tmpParent, tmpName); rerr != nil {
+				klog.FromContext(ctx).Error(rerr, "Cannot roll back half-built volume", "entry", tmpName)
+			}
+		}
+	}()
+	if err := p.backend.Build(ctx, p, r, dir); err != nil {
+		return err
+	}
+	data, err := encodeRecord(r)
+	if err != nil {
+		return err
+	}
+	if err := meta.WriteNew(filepath.Join(dir, recordFile), data); err != nil {
+		return err
+	}
+	if err := meta.SyncDir(dir); err != nil {
+		return err
+	}
+	final := p.VolumeDir(hash)
+	if err := unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("commit %s: %w", final, err)
+	}
+	// From here the volume exists; a failed flush still reports an error, and the
+	// directory is taken back out so the caller's rollback matches what it returns.
+	if err := p.volSync.Sync(); err != nil {
+		if rerr := os.Rename(final, dir); rerr != nil {
+			klog.FromContext(ctx).Error(rerr, "Cannot undo commit after failed flush", "volumeID", r.ID)
+		}
+		return err
+	}
+	return nil
+}
+
+func (p *Pool) reserve(size int64) error {
+	available, maxVolume, err := p.Capacity()
+	if err != nil {
+		return err
+	}
+	if size > maxVolume {
+		return fmt.Errorf("pool %s holds at most %d bytes per volume: %w", p.cfg.Name, maxVolume, ErrOutOfRange)
+	}
+	if size > available {
+		return fmt.Errorf("pool %s has %d bytes free: %w", p.cfg.Name, available, ErrNoSpace)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.cfg.Overcommit && p.allocated+size > maxVolume {
+		return fmt.Errorf("pool %s has %d bytes free: %w", p.cfg.Name, max(maxVolume-p.allocated, 0), ErrNoSpace)
+	}
+	p.allocated += size
+	return nil
+}
+
+func (p *Pool) release(size int64) {
+	p.mu.Lock()
+	p.allocated -= size
+	p.mu.Unlock()
+}
+
+func (p *Pool) lookup(hash string) (*Record, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r, ok := p.index[hash]
+	return r, ok
+}
+
+// Get returns a copy of the record of a committed volume, or ErrNotFound.
+func (p *Pool) Get(hash string) (*Record, error) {
+	r, ok := p.lookup(hash)
+	if !ok {
+		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
+	}
+	return r.Clone(), nil
+}
+
+// Delete removes a volume: an atomic rename into the trash, made durable before it
+// returns, then a background purge. Deleting a missing volume succeeds. The caller holds
+// the volume's lock and has checked that it is not published.
+func (p *Pool) Delete(ctx context.Context, hash string) error {
+	r, ok := p.lookup(hash)
+	if !ok {
+		return nil
+	}
+	if err := p.toTrash(filepath.Join(p.cfg.Path, volumesDir), hash); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	p.mu.Lock()
+	delete(p.index, hash)
+	p.allocated -= r.CapacityBytes
+	p.mu.Unlock()
+	if err := p.volSync.Sync(); err != nil {
+		return fmt.Errorf("delete volume %s: %w", r.ID, err)
+	}
+	p.kickPurge()
+	klog.FromContext(ctx).V(4).Info("Volume moved to trash", "volumeID", r.ID)
+	return nil
+}
+
+// Usage measures a committed volume.
+func (p *Pool) Usage(ctx context.Context, hash string) (Usage, error) {
+	r, err := p.Get(hash)
+	if err != nil {
+		return Usage{}, err
+	}
+	return p.backend.Usage(ctx, p, r, p.VolumeDir(hash))
+}
+
+// Records returns copies of all committed volumes' records.
+func (p *Pool) Records() []*Record {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*Record, 0, len(p.index))
+	for _, r := range p.index {
+		out = append(out, r.Clone())
+	}
+	return out
+}
