@@ -1,0 +1,281 @@
+package safefs
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// maxOpenDirs bounds the directory fds a walk holds at once, however deep
+	// the tree: deeper levels push the shallowest ones out of the window.
+	maxOpenDirs = 32
+	// reopenSpan is how many levels are reopened together when a walk climbs
+	// back to a level whose fd was pushed out, so reopening is amortised.
+	reopenSpan = maxOpenDirs / 2
+	// maxChunk bounds one multi-component path handed to openat2 when a walk
+	// re-descends to a closed level; it stays well under PATH_MAX.
+	maxChunk = 3072
+	// direntBufSize is the getdents buffer held by each open level.
+	direntBufSize = 8 << 10
+	// direntHeader is the fixed part of a linux_dirent64: ino, off, reclen, type.
+	direntHeader = 19
+)
+
+// resolveFlags confine every lookup of a walk: no step may leave the
+// directory it starts from, follow a symlink of any kind, or cross a mount.
+const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS |
+	unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
+
+// errChanged reports that a directory reopened by path is no longer the one
+// the walk left; it wraps ESTALE so callers may treat it as retryable.
+var errChanged = fmt.Errorf("directory replaced during walk: %w", unix.ESTALE)
+
+// frame is one directory level of a walk.
+type frame struct {
+	name string // component relative to the level above (or the anchor)
+	fd   int    // -1 while pushed out of the window
+	off  int64  // directory offset just past the last consumed entry
+	dev  uint64 // identity recorded when the fd is pushed out
+	ino  uint64
+	buf  []byte // getdents buffer, nil while closed
+	pos  int
+	end  int
+	eof  bool
+}
+
+// dirStack is the path from an anchor directory down to the level a walk is
+// reading. The anchor fd stays open for the whole walk; of the levels, at most
+// maxOpenDirs keep an fd, always the deepest ones. A level that lost its fd is
+// reopened by name, one component or one bounded chunk at a time, beneath the
+// anchor with resolveFlags, and checked to be the same inode as before.
+type dirStack struct {
+	anchor    int
+	anchorDir string // for error messages only
+	frames    []frame
+	firstOpen int // index of the shallowest level holding an fd
+}
+
+func newDirStack(anchor int, anchorDir string) *dirStack {
+	return &dirStack{anchor: anchor, anchorDir: anchorDir}
+}
+
+// depth is the number of levels on the stack.
+func (s *dirStack) depth() int { return len(s.frames) }
+
+// top is the level being read. The caller guarantees the stack is not empty.
+func (s *dirStack) top() *frame { return &s.frames[len(s.frames)-1] }
+
+// path names level i (or, with extra, an entry inside it) for error messages.
+func (s *dirStack) path(i int, extra ...string) string {
+	parts := make([]string, 0, i+2+len(extra))
+	parts = append(parts, s.anchorDir)
+	for k := 0; k <= i && k < len(s.frames); k++ {
+		parts = append(parts, s.frames[k].name)
+	}
+	return filepath.Join(append(parts, extra...)...)
+}
+
+// dirFd is the fd of level i, or the anchor for i == -1. The caller must have
+// made sure the level is open.
+func (s *dirStack) dirFd(i int) int {
+	if i < 0 {
+		return s.anchor
+	}
+	return s.frames[i].fd
+}
+
+// openDir opens the directory name beneath dirfd for reading, confined by
+// resolveFlags. The raw errno is returned so callers can tell a vanished
+// entry (ENOENT), a non-directory or symlink (ENOTDIR, ELOOP) and a mount
+// point (EXDEV) apart.
+func openDir(dirfd int, name string, flags int) (int, error) {
+	how := unix.OpenHow{
+		Flags:   uint64(flags | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC),
+		Resolve: resolveFlags,
+	}
+	var fd int
+	var err error
+	for range maxOpenRetries {
+		fd, err = unix.Openat2(dirfd, name, &how)
+		if err != unix.EINTR && err != unix.EAGAIN {
+			break
+		}
+	}
+	return fd, err
+}
+
+// push opens the entry name of the top level (or of the anchor when the stack
+// is empty) and makes it the new top. On failure the stack is unchanged and
+// the raw errno is returned.
+func (s *dirStack) push(name string) error {
+	fd, err := openDir(s.dirFd(len(s.frames)-1), name, unix.O_RDONLY)
+	if err != nil {
+		return err
+	}
+	s.frames = append(s.frames, frame{name: name, fd: fd, buf: make([]byte, direntBufSize)})
+	if len(s.frames)-s.firstOpen > maxOpenDirs {
+		if err := s.evict(); err != nil {
+			s.pop()
+			return err
+		}
+	}
+	return nil
+}
+
+// evict closes the shallowest open level, recording its identity.
+func (s *dirStack) evict() error {
+	f := &s.frames[s.firstOpen]
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", s.path(s.firstOpen), err)
+	}
+	f.dev, f.ino = st.Dev, st.Ino
+	unix.Close(f.fd)
+	f.fd, f.buf, f.pos, f.end, f.eof = -1, nil, 0, 0, false
+	s.firstOpen++
+	return nil
+}
+
+// pop closes and drops the top level.
+func (s *dirStack) pop() {
+	f := s.top()
+	if f.fd >= 0 {
+		unix.Close(f.fd)
+	}
+	s.frames = s.frames[:len(s.frames)-1]
+	if s.firstOpen > len(s.frames) {
+		s.firstOpen = len(s.frames)
+	}
+}
+
+// close releases every fd the stack holds except the anchor.
+func (s *dirStack) close() {
+	for len(s.frames) > 0 {
+		s.pop()
+	}
+}
+
+// ensureOpen makes level i hold an fd again, together with up to reopenSpan-1
+// levels above it, by re-descending from the anchor. Every level reopened must
+// be the inode it was when its fd was closed. On error the walk must stop;
+// close still releases whatever was reopened.
+func (s *dirStack) ensureOpen(i int) error {
+	if i < 0 || i >= s.firstOpen {
+		return nil
+	}
+	lo := max(0, i-reopenSpan+1)
+	// Reach level lo-1 with an O_PATH fd, a bounded chunk of names at a time.
+	via := s.anchor
+	defer func() {
+		if via != s.anchor {
+			unix.Close(via)
+		}
+	}()
+	for k := 0; k < lo; {
+		var b strings.Builder
+		for k < lo && (b.Len() == 0 || b.Len()+1+len(s.frames[k].name) <= maxChunk) {
+			if b.Len() > 0 {
+				b.WriteByte('/')
+			}
+			b.WriteString(s.frames[k].name)
+			k++
+		}
+		fd, err := openDir(via, b.String(), unix.O_PATH)
+		if err != nil {
+			return fmt.Errorf("reopen %s: %w", s.path(k-1), err)
+		}
+		if via != s.anchor {
+			unix.Close(via)
+		}
+		via = fd
+	}
+	parent := via
+	for k := lo; k <= i; k++ {
+		f := &s.frames[k]
+		fd, err := openDir(parent, f.name, unix.O_RDONLY)
+		if err != nil {
+			return fmt.Errorf("reopen %s: %w", s.path(k), err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("stat %s: %w", s.path(k), err)
+		}
+		if st.Dev != f.dev || st.Ino != f.ino {
+			unix.Close(fd)
+			return fmt.Errorf("reopen %s: %w", s.path(k), errChanged)
+		}
+		if _, err := unix.Seek(fd, f.off, io.SeekStart); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("seek %s: %w", s.path(k), err)
+		}
+		f.fd, f.buf, f.pos, f.end, f.eof = fd, make([]byte, direntBufSize), 0, 0, false
+		parent = fd
+	}
+	s.firstOpen = lo
+	return nil
+}
+
+// rewind restarts reading the top level from its first entry.
+func (s *dirStack) rewind() error {
+	f := s.top()
+	if _, err := unix.Seek(f.fd, 0, io.SeekStart); err != nil {
+		return fmt.Errorf("seek %s: %w", s.path(len(s.frames)-1), err)
+	}
+	f.off, f.pos, f.end, f.eof = 0, 0, 0, false
+	return nil
+}
+
+// next returns the next entry of the top level other than "." and "..", with
+// its d_type (a hint only: callers must not trust it for safety). ok is false
+// once the directory is exhausted. The entry counts as consumed: an fd reopen
+// resumes after it.
+func (s *dirStack) next() (name string, typ uint8, ok bool, err error) {
+	if err := s.ensureOpen(len(s.frames) - 1); err != nil {
+		return "", 0, false, err
+	}
+	f := s.top()
+	for {
+		if f.pos >= f.end {
+			if f.eof {
+				return "", 0, false, nil
+			}
+			n, err := unix.Getdents(f.fd, f.buf)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return "", 0, false, fmt.Errorf("read directory %s: %w", s.path(len(s.frames)-1), err)
+			}
+			if n == 0 {
+				f.eof = true
+				return "", 0, false, nil
+			}
+			f.pos, f.end = 0, n
+		}
+		rec := f.buf[f.pos:f.end]
+		reclen := 0
+		if len(rec) >= direntHeader {
+			reclen = int(binary.NativeEndian.Uint16(rec[16:18]))
+		}
+		if reclen < direntHeader || reclen > len(rec) {
+			return "", 0, false, fmt.Errorf("read directory %s: bad dirent record: %w", s.path(len(s.frames)-1), unix.EIO)
+		}
+		f.pos += reclen
+		f.off = int64(binary.NativeEndian.Uint64(rec[8:16]))
+		raw := rec[direntHeader:reclen]
+		if i := bytes.IndexByte(raw, 0); i >= 0 {
+			raw = raw[:i]
+		}
+		if len(raw) == 0 || string(raw) == "." || string(raw) == ".." {
+			continue
+		}
+		return string(raw), rec[18], true, nil
+	}
+}
