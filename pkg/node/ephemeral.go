@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -114,10 +113,6 @@ func (s *Server) resolve(id string) (*storage.Pool, *storage.Record, error) {
 	}
 	if p, r, ok := s.engine.Ephemeral(id); ok {
 		return p, r, nil
-	}
-	if errors.Is(err, storage.ErrInvalid) {
-		// Not a Berth ID and no ephemeral volume of that name: it does not exist here.
-		return nil, nil, status.Errorf(codes.NotFound, "volume %s not found", id)
 	}
 	return nil, nil, csierr.Status(err)
 }

@@ -74,12 +74,16 @@ func (e *Engine) Pool(name string) (*Pool, error) {
 	return p, nil
 }
 
-// Resolve validates a volume ID and returns its pool and hash. An ID naming a pool this
-// node does not have is ErrNotFound; a malformed one ErrInvalid.
+// Resolve validates a volume ID and returns its pool and hash. A hostile ID (one that
+// is not even a valid name) is ErrInvalid; a harmless ID that is not in Berth's format,
+// or names a pool this node does not have, is ErrNotFound: no such volume exists here.
 func (e *Engine) Resolve(id string) (*Pool, string, error) {
+	if err := ValidateName(id); err != nil {
+		return nil, "", fmt.Errorf("volume ID: %w", err)
+	}
 	pid, err := ParseVolumeID(id)
 	if err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("volume %s is not in Berth's ID format: %w", id, ErrNotFound)
 	}
 	p, err := e.Pool(pid.Pool)
 	if err != nil {

@@ -1,0 +1,50 @@
+# Berth: the two commands a new machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/berth-csi/berth/pkg/version.Version=$(VERSION)
+# Tools built from the Go module proxy live outside the clone, keyed by version.
+TOOLS_DIR ?= $(HOME)/.cache/berth/tools
+CSI_SANITY_VERSION := v5.6.0
+CSI_SANITY := $(TOOLS_DIR)/csi-sanity-$(CSI_SANITY_VERSION)
+RUN_DIR ?= $(CURDIR)/_output/run
+
+.PHONY: all build run test unit sanity bench vet fmt-check clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/csi-driver ./cmd/csi-driver
+
+# Start the driver on its embedded default pool (/var/lib/berth/default), serving a
+# socket under _output/run. Needs root: it bind-mounts volumes. Stop with Ctrl-C.
+run: build
+	mkdir -p $(RUN_DIR)/kubelet
+	./bin/csi-driver --endpoint unix://$(RUN_DIR)/csi.sock --kubelet-dir $(RUN_DIR)/kubelet -v 2
+
+# Everything, with the race detector, as root: unit tests, real-mount tests,
+# csi-sanity in-process, then the csi-sanity binary against the built driver.
+test: vet fmt-check unit sanity
+
+unit:
+	BERTH_REQUIRE_ROOT=$$([ "$$(id -u)" = 0 ] && echo 1 || echo 0) go test -race -count=1 -timeout 20m ./...
+
+sanity: build $(CSI_SANITY)
+	hack/sanity.sh bin/csi-driver $(CSI_SANITY)
+
+$(CSI_SANITY):
+	mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR)/csi-sanity-build go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION)
+	mv $(TOOLS_DIR)/csi-sanity-build/csi-sanity $@ && rmdir $(TOOLS_DIR)/csi-sanity-build
+
+# Drives a running driver over its socket; figures go to docs/benchmarks.md by hand.
+bench: build
+	go run ./test/bench --driver bin/csi-driver
+
+vet:
+	go vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+clean:
+	rm -rf bin _output
