@@ -153,7 +153,7 @@ func unmountAll(target string) error {
 	for range maxStacked {
 		mounted, err := mounter.IsMountPoint(target)
 		if errors.Is(err, mounter.ErrStale) {
-			mounted = true
+			// mounted says whether the dead mount sits at target itself.
 		} else if errors.Is(err, os.ErrNotExist) {
 			return nil
 		} else if err != nil {

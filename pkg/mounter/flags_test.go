@@ -1,0 +1,69 @@
+package mounter
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name  string
+		flags []string
+		want  uintptr
+	}{
+		{name: "none", flags: nil, want: 0},
+		{name: "ro", flags: []string{"ro"}, want: unix.MS_RDONLY},
+		{name: "rw is the default", flags: []string{"rw"}, want: 0},
+		{name: "noexec", flags: []string{"noexec"}, want: unix.MS_NOEXEC},
+		{name: "exec is the default", flags: []string{"exec"}, want: 0},
+		{name: "noatime", flags: []string{"noatime"}, want: unix.MS_NOATIME},
+		{name: "nodiratime", flags: []string{"nodiratime"}, want: unix.MS_NODIRATIME},
+		{name: "relatime", flags: []string{"relatime"}, want: unix.MS_RELATIME},
+		{name: "strictatime", flags: []string{"strictatime"}, want: unix.MS_STRICTATIME},
+		{name: "sync", flags: []string{"sync"}, want: unix.MS_SYNCHRONOUS},
+		{name: "dirsync", flags: []string{"dirsync"}, want: unix.MS_DIRSYNC},
+		{name: "nosuid", flags: []string{"nosuid"}, want: unix.MS_NOSUID},
+		{name: "nodev", flags: []string{"nodev"}, want: unix.MS_NODEV},
+		{
+			name:  "several, with repeats",
+			flags: []string{"ro", "noexec", "noatime", "ro"},
+			want:  unix.MS_RDONLY | unix.MS_NOEXEC | unix.MS_NOATIME,
+		},
+		{name: "rw does not cancel ro", flags: []string{"ro", "rw"}, want: unix.MS_RDONLY},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseFlags(tt.flags)
+			if err != nil {
+				t.Fatalf("ParseFlags(%q): %v", tt.flags, err)
+			}
+			if got != tt.want {
+				t.Errorf("ParseFlags(%q) = %#x, want %#x", tt.flags, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseFlagsRejects(t *testing.T) {
+	for _, bad := range []string{
+		"suid", "dev", "bind", "bind=x", "rbind", "uid=0", "context=x", "remount",
+		"", " ro", "RO", "ro,suid", "ro,noexec", "nosymfollow", "defaults",
+	} {
+		t.Run(strconv.Quote(bad), func(t *testing.T) {
+			got, err := ParseFlags([]string{"ro", bad})
+			if !errors.Is(err, ErrFlagNotAllowed) {
+				t.Fatalf("ParseFlags(%q) = %#x, %v; want an error matching ErrFlagNotAllowed", bad, got, err)
+			}
+			if got != 0 {
+				t.Errorf("ParseFlags(%q) = %#x with an error, want 0", bad, got)
+			}
+			if !strings.Contains(err.Error(), strconv.Quote(bad)) {
+				t.Errorf("error %q does not name the flag %q", err, bad)
+			}
+		})
+	}
+}
