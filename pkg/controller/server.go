@@ -49,12 +49,13 @@ func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: out}, nil
 }
 
-// lock takes the try-lock for a volume ID or answers Aborted at once.
-func (s *Server) lock(id string) (func(), error) {
-	if !s.locks.TryAcquire(id) {
+// lock takes the try-locks for a volume ID (and any further keys) or answers Aborted.
+func (s *Server) lock(id string, more ...string) (func(), error) {
+	keys := append([]string{id}, more...)
+	if !s.locks.TryAcquire(keys...) {
 		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
 	}
-	return func() { s.locks.Release(id) }, nil
+	return func() { s.locks.Release(keys...) }, nil
 }
 
 func (s *Server) topology() []*csi.Topology {

@@ -35,14 +35,15 @@ func (s *Server) poolFor(params map[string]string) (*storage.Pool, map[string]st
 			return nil, nil, status.Errorf(codes.InvalidArgument, "unknown parameter %q (known: %s)", k, ParamPool)
 		}
 	}
-	name, ok := kept[ParamPool]
-	if !ok {
-		return s.engine.DefaultPool(), kept, nil
+	p := s.engine.DefaultPool()
+	if name, ok := kept[ParamPool]; ok {
+		var err error
+		if p, err = s.engine.Pool(name); err != nil {
+			return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		}
 	}
-	p, err := s.engine.Pool(name)
-	if err != nil {
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
-	}
+	// Recorded explicitly, so "no pool" and "the default pool by name" are one request.
+	kept[ParamPool] = p.Name()
 	return p, kept, nil
 }
 

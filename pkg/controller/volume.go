@@ -39,11 +39,22 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 			"accessibility_requirements cannot be met: this controller serves only %s=%s", TopologyKey, s.nodeID)
 	}
 	id := storage.VolumeID(p.Name(), req.GetName())
-	unlock, err := s.lock(id)
+	// Lock the name too: the same name may be asked of two pools at once.
+	unlock, err := s.lock(id, "name:"+req.GetName())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	// The name is the idempotency key across pools: the same name asked of another
+	// pool is a request with other parameters.
+	for _, q := range s.engine.Pools() {
+		if q == p {
+			continue
+		}
+		if _, _, err := s.engine.Volume(storage.VolumeID(q.Name(), req.GetName())); err == nil {
+			return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists in pool %s", req.GetName(), q.Name())
+		}
+	}
 	r, err := p.Create(ctx, storage.CreateRequest{
 		Name:          req.GetName(),
 		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
@@ -78,7 +89,12 @@ func (s *Server) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return nil, err
 	}
 	defer unlock()
-	if pubs := s.engine.Publications(id); len(pubs) > 0 {
+	pubID := id
+	if r, err := p.Get(hash); err == nil && r.Ephemeral {
+		// An inline volume is published under kubelet's volume ID.
+		pubID = r.Name[len(storage.EphemeralName("")):]
+	}
+	if pubs := s.engine.Publications(pubID); len(pubs) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s", id, pubs[0].TargetPath)
 	}
 	if err := p.Delete(ctx, hash); err != nil {

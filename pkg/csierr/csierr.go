@@ -21,6 +21,7 @@ var codeOf = []struct {
 	{storage.ErrNoSpace, codes.ResourceExhausted},
 	{storage.ErrOutOfRange, codes.OutOfRange},
 	{storage.ErrInUse, codes.FailedPrecondition},
+	{storage.ErrPrecondition, codes.FailedPrecondition},
 	{storage.ErrNotReady, codes.Unavailable},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},

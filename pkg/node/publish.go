@@ -11,6 +11,7 @@ import (
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/volcap"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -18,7 +19,7 @@ import (
 
 // NodePublishVolume bind-mounts the volume's data directory at the target path,
 // always nosuid and nodev, read-only when asked.
-func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (_ *csi.NodePublishVolumeResponse, err error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
@@ -48,6 +49,17 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil {
 		return nil, err
 	}
+	if r.Ephemeral {
+		// kubelet never unpublishes a publish refused with a final error: a refused
+		// ephemeral publish deletes its volume unless it is published elsewhere.
+		defer func() {
+			if err != nil {
+				if derr := s.deleteEphemeral(ctx, id); derr != nil {
+					klog.FromContext(ctx).Error(derr, "Cannot delete ephemeral volume of a refused publish", "volumeID", id)
+				}
+			}
+		}()
+	}
 	access, err := volcap.CheckOne(vc, p)
 	if err != nil {
 		return nil, csierr.Status(err)
@@ -55,7 +67,9 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if access != r.AccessType {
 		return nil, status.Errorf(codes.InvalidArgument, "volume %s was created for %s access, not %s", id, r.AccessType, access)
 	}
-	readOnly := req.GetReadonly() || volcap.ReaderOnly(vc)
+	// A "ro" mount flag makes the mount read-only too: record it so, or a retry of this
+	// very request would find a read-only mount and answer AlreadyExists.
+	readOnly := req.GetReadonly() || volcap.ReaderOnly(vc) || flags&unix.MS_RDONLY != 0
 	source := p.DataPath(r.Hash())
 
 	// Idempotency: the same volume already mounted here.
@@ -124,7 +138,11 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := storage.ValidateName(id); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
 	}
-	if _, err := s.checkTarget("target_path", target); err != nil {
+	rel, err := s.checkTarget("target_path", target)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkParent(target, rel); err != nil {
 		return nil, err
 	}
 	unlock, err := s.lock(id, target)

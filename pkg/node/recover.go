@@ -27,7 +27,7 @@ func (s *Server) Recover(ctx context.Context) error {
 			return err
 		}
 		for _, m := range mounts {
-			if m.Major != major || m.Minor != minor || filepath.Dir(filepath.Dir(filepath.Dir(m.Root))) != filepath.Clean(root) {
+			if m.Major != major || m.Minor != minor || filepath.Dir(filepath.Dir(m.Root)) != filepath.Clean(root) {
 				continue
 			}
 			sub := volumeDataRoot.FindStringSubmatch(m.Root)

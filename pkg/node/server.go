@@ -22,7 +22,6 @@ type Config struct {
 	NodeID      string
 	KubeletDir  string // publish targets must lie under it
 	MaxVolumes  int64  // 0: no limit reported
-	DefaultPool string // pool of ephemeral volumes without a "pool" attribute
 }
 
 // Server implements csi.NodeServer.

@@ -94,6 +94,25 @@ func (s *Server) prepareTarget(target, rel string, block bool) error {
 	return nil
 }
 
+// checkParent refuses a target whose parent directories are reached through a symlink
+// (or a parent that is not a directory, as a trailing symlink may be reported):
+// publish never mounts there, and following the link could unmount or remove something
+// outside the kubelet dir. Any other outcome (a missing parent...) is left to the caller.
+func (s *Server) checkParent(target, rel string) error {
+	parentRel := filepath.Dir(rel)
+	if parentRel == "." {
+		return nil
+	}
+	parent, err := safefs.OpenBeneath(s.cfg.KubeletDir, parentRel, unix.O_PATH|unix.O_DIRECTORY)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR) {
+		return status.Errorf(codes.FailedPrecondition, "target_path %q: a parent is a symlink or not a directory", target)
+	}
+	if err == nil {
+		parent.Close()
+	}
+	return nil
+}
+
 // removeTarget deletes the target only when it is an empty directory or an empty
 // regular file (a block target). Never a recursive delete.
 func removeTarget(target string) error {

@@ -34,6 +34,9 @@ type PoolConfig struct {
 // Config is the whole --config file.
 type Config struct {
 	Pools []PoolConfig `json:"pools"`
+	// AdoptRoots are the host directories under which existing directories may be
+	// adopted as static volumes. None by default.
+	AdoptRoots []string `json:"adoptRoots,omitempty"`
 }
 
 // DefaultConfig is used when no --config is given: one dir pool named "default".
@@ -63,6 +66,11 @@ func (c Config) Validate() error {
 	if len(c.Pools) == 0 {
 		return fmt.Errorf("no pools configured: %w", ErrInvalid)
 	}
+	for i, root := range c.AdoptRoots {
+		if !filepath.IsAbs(root) || filepath.Clean(root) != root || root == "/" {
+			return fmt.Errorf("adoptRoots[%d]: %q must be a clean absolute path other than /: %w", i, root, ErrInvalid)
+		}
+	}
 	names := map[string]bool{}
 	for i, p := range c.Pools {
 		if err := p.validate(); err != nil {
@@ -72,6 +80,11 @@ func (c Config) Validate() error {
 			return fmt.Errorf("pools[%d]: duplicate pool name %q: %w", i, p.Name, ErrInvalid)
 		}
 		names[p.Name] = true
+		for _, root := range c.AdoptRoots {
+			if nested(root, p.Path) {
+				return fmt.Errorf("pools[%d] %q: path %s overlaps adopt root %s: %w", i, p.Name, p.Path, root, ErrInvalid)
+			}
+		}
 		for j := 0; j < i; j++ {
 			if nested(c.Pools[j].Path, p.Path) {
 				return fmt.Errorf("pools[%d] %q: path %s overlaps pool %q at %s: %w",

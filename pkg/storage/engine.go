@@ -20,9 +20,10 @@ type Publication struct {
 // Engine is the host storage engine: the configured pools and the node's publication
 // table. It knows nothing of CSI or gRPC.
 type Engine struct {
-	pools []*Pool
-	byNm  map[string]*Pool
-	ready atomic.Bool
+	pools      []*Pool
+	adoptRoots []string
+	byNm       map[string]*Pool
+	ready      atomic.Bool
 
 	pubMu sync.Mutex
 	pubs  map[string]map[string]Publication // volume ID -> target -> publication
@@ -33,7 +34,7 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}}
+	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}, adoptRoots: cfg.AdoptRoots}
 	for _, pc := range cfg.Pools {
 		p := newPool(pc)
 		e.pools = append(e.pools, p)

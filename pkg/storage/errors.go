@@ -19,6 +19,9 @@ var (
 	ErrInUse = errors.New("volume is in use")
 	// ErrUnsupported: the pool kind cannot do what was asked (block on a dir pool...).
 	ErrUnsupported = errors.New("not supported by this pool")
+	// ErrPrecondition: the system is not in a state that allows the operation
+	// (a host directory that may not be adopted, a volume not ready to copy...).
+	ErrPrecondition = errors.New("failed precondition")
 	// ErrNotReady: the pool or object is not ready to serve yet.
 	ErrNotReady = errors.New("not ready")
 )

@@ -94,11 +94,12 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	if err := p.reserve(size); err != nil {
 		return nil, fmt.Errorf("create volume %s of %d bytes: %w", id, size, err)
 	}
-	r := &Record{
+	// Clone: the index must not share the request's Parameters or Source.
+	r := (&Record{
 		Version: recordVersion, ID: id, Name: req.Name, Pool: p.cfg.Name, CapacityBytes: size,
-		AccessType: req.AccessType, FSType: req.FSType, Parameters: maps.Clone(req.Parameters),
+		AccessType: req.AccessType, FSType: req.FSType, Parameters: req.Parameters,
 		ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
-	}
+	}).Clone()
 	if err := p.build(ctx, r, hash); err != nil {
 		p.release(size)
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
@@ -203,10 +204,8 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	if !ok {
 		return nil
 	}
-	if err := p.toTrash(filepath.Join(p.cfg.Path, volumesDir), hash); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
+	// Already gone from volumes/ (removed by hand): still drop it from the index.
+	if err := p.toTrash(filepath.Join(p.cfg.Path, volumesDir), hash); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	p.mu.Lock()
