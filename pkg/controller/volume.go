@@ -78,6 +78,10 @@ func (s *Server) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if err := storage.ValidateName(id); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
 	}
+	if storage.IsAdopted(id) {
+		klog.FromContext(ctx).V(2).Info("Adopted volume released, its data left untouched", "volumeID", id)
+		return &csi.DeleteVolumeResponse{}, nil
+	}
 	p, hash, err := s.engine.Resolve(id)
 	if err != nil {
 		// A harmless ID that is not Berth's, or names a pool this node lacks: no such

@@ -45,11 +45,12 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	defer unlock()
 
-	p, r, err := s.volumeFor(ctx, req)
+	src, err := s.source(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	if r.Ephemeral {
+	defer src.close()
+	if src.ephemeral {
 		// kubelet never unpublishes a publish refused with a final error: a refused
 		// ephemeral publish deletes its volume unless it is published elsewhere.
 		defer func() {
@@ -60,17 +61,11 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 			}
 		}()
 	}
-	access, err := volcap.CheckOne(vc, p)
-	if err != nil {
-		return nil, csierr.Status(err)
-	}
-	if access != r.AccessType {
-		return nil, status.Errorf(codes.InvalidArgument, "volume %s was created for %s access, not %s", id, r.AccessType, access)
-	}
+	access := src.access
 	// A "ro" mount flag makes the mount read-only too: record it so, or a retry of this
 	// very request would find a read-only mount and answer AlreadyExists.
 	readOnly := req.GetReadonly() || volcap.ReaderOnly(vc) || flags&unix.MS_RDONLY != 0
-	source := p.DataPath(r.Hash())
+	source := src.dir
 
 	// Idempotency: the same volume already mounted here.
 	if done, err := s.existing(id, target, source, readOnly); done || err != nil {
@@ -85,12 +80,63 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := s.prepareTarget(target, rel, access == storage.AccessBlock); err != nil {
 		return nil, err
 	}
-	if err := mounter.Bind(source, target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
+	if err := mounter.Bind(src.bindPath(), target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
 		return nil, status.Errorf(codes.Internal, "bind mount %s at %s: %v", id, target, err)
 	}
 	s.engine.AddPublication(id, storage.Publication{TargetPath: target, ReadOnly: readOnly, SingleWriter: volcap.SingleWriter(vc)})
 	klog.FromContext(ctx).V(2).Info("Volume published", "volumeID", id, "targetPath", target, "readOnly", readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// publishSource is what a publish mounts.
+type publishSource struct {
+	dir       string   // the directory (its real path) shown at the target
+	handle    *os.File // adopted directories: the checked O_PATH handle to mount
+	access    string
+	ephemeral bool
+}
+
+// bindPath is the path handed to mount(2): the checked handle when there is one, so
+// the directory that passed the checks is the one mounted even if a path component
+// is swapped meanwhile.
+func (p *publishSource) bindPath() string {
+	if p.handle != nil {
+		return fmt.Sprintf("/proc/self/fd/%d", p.handle.Fd())
+	}
+	return p.dir
+}
+
+func (p *publishSource) close() {
+	if p.handle != nil {
+		p.handle.Close()
+	}
+}
+
+// source resolves what a publish request mounts: an adopted host directory, or a
+// pool volume (created first when it is an ephemeral inline volume).
+func (s *Server) source(ctx context.Context, req *csi.NodePublishVolumeRequest) (*publishSource, error) {
+	vc := req.GetVolumeCapability()
+	if storage.IsAdopted(req.GetVolumeId()) {
+		return s.adoptedSource(req)
+	}
+	p, r, err := s.volumeFor(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	src := &publishSource{dir: p.DataPath(r.Hash()), access: r.AccessType, ephemeral: r.Ephemeral}
+	access, err := volcap.CheckOne(vc, p)
+	if err == nil && access != r.AccessType {
+		err = status.Errorf(codes.InvalidArgument, "volume %s was created for %s access, not %s", r.ID, r.AccessType, access)
+	}
+	if err != nil {
+		if r.Ephemeral {
+			if derr := s.deleteEphemeral(ctx, req.GetVolumeId()); derr != nil {
+				klog.FromContext(ctx).Error(derr, "Cannot delete ephemeral volume of a refused publish", "volumeID", req.GetVolumeId())
+			}
+		}
+		return nil, csierr.Status(err)
+	}
+	return src, nil
 }
 
 // existing reports whether target already shows this volume: done with nil when the

@@ -23,6 +23,9 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if req.GetVolumePath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_path is required")
 	}
+	if storage.IsAdopted(req.GetVolumeId()) {
+		return adoptedStats(req.GetVolumePath())
+	}
 	p, r, err := s.resolve(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -45,6 +48,9 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 func (s *Server) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if storage.IsAdopted(req.GetVolumeId()) {
+		return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health.Of(req.GetVolumeId(), adoptedProblems(req.GetVolumePublishPath()))}, nil
 	}
 	p, r, err := s.resolve(req.GetVolumeId())
 	if err != nil {
