@@ -34,7 +34,10 @@ type fixture struct {
 }
 
 // newFixture builds a node service with a fresh pool and kubelet dir (with pods/).
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureTB(t) }
+
+// newFixtureTB is newFixture for tests and benchmarks.
+func newFixtureTB(t testing.TB) *fixture {
 	t.Helper()
 	base := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(base, "kubelet", "pods"), 0o750); err != nil {
@@ -45,7 +48,7 @@ func newFixture(t *testing.T) *fixture {
 
 // startFixture starts a new engine on base/pool and a node service with cfg, as a
 // restarted driver would.
-func startFixture(t *testing.T, base string, cfg node.Config) *fixture {
+func startFixture(t testing.TB, base string, cfg node.Config) *fixture {
 	t.Helper()
 	e, err := storage.New(storage.Config{Pools: []storage.PoolConfig{
 		{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir},
@@ -68,7 +71,7 @@ func startFixture(t *testing.T, base string, cfg node.Config) *fixture {
 }
 
 // createVolume creates a mount volume called name in the pool.
-func (f *fixture) createVolume(t *testing.T, name string) *storage.Record {
+func (f *fixture) createVolume(t testing.TB, name string) *storage.Record {
 	t.Helper()
 	r, err := f.pool.Create(context.Background(), storage.CreateRequest{
 		Name: name, RequiredBytes: 64 << 20, AccessType: storage.AccessMount,

@@ -295,8 +295,12 @@ func benchNode(ctx context.Context, cfg config, d *driver, root string, rep *rep
 	rep.info(sNode, "raw bind mount+unmount p50 / p99", fmtDur(raw.p50)+" / "+fmtDur(raw.p99))
 	rep.info(sNode, "raw mkdir+bind+remount+unmount+rmdir p50 / p99", fmtDur(full.p50)+" / "+fmtDur(full.p99))
 	rep.info(sNode, "gRPC round trip (Probe) p50 / p99", fmtDur(probe.p50)+" / "+fmtDur(probe.p99))
-	r := ratio(float64(pair.p50), float64(raw.p50))
-	rep.check(sNode, "publish+unpublish p50 ÷ raw bind+unmount p50", fmt.Sprintf("%.2f", r), "≤ 2", r <= 2)
+	// The figure: one NodePublishVolume (over the socket) against one raw bind
+	// mount + unmount. The pair ratio below also charges the spec's rmdir of the target.
+	r := ratio(float64(pub.p50), float64(raw.p50))
+	rep.check(sNode, "NodePublishVolume p50 ÷ raw bind+unmount p50", fmt.Sprintf("%.2f", r), "≤ 2", r <= 2)
+	rep.info(sNode, "(NodePublishVolume − 1 round trip) p50 ÷ raw bind+unmount p50", fmt.Sprintf("%.2f", ratio(float64(pub.p50-probe.p50), float64(raw.p50))))
+	rep.info(sNode, "publish+unpublish p50 ÷ raw bind+unmount p50", fmt.Sprintf("%.2f", ratio(float64(pair.p50), float64(raw.p50))))
 	rep.info(sNode, "publish+unpublish p99 ÷ raw bind+unmount p99", fmt.Sprintf("%.2f", ratio(float64(pair.p99), float64(raw.p99))))
 	rep.info(sNode, "publish+unpublish p50 ÷ raw mkdir…rmdir p50", fmt.Sprintf("%.2f", ratio(float64(pair.p50), float64(full.p50))))
 	// Approximate: a difference of medians, not a median of differences.
