@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/berth-csi/berth/pkg/csierr"
@@ -19,27 +20,27 @@ const ParamPool = "pool"
 // sidecarPrefix marks parameters the CSI sidecars add (pvc name, fstype, secrets...).
 const sidecarPrefix = "csi.storage.k8s.io/"
 
-// knownParams are the StorageClass parameters Berth understands.
-var knownParams = map[string]bool{ParamPool: true}
-
 // poolFor resolves the pool a request's parameters name and returns the parameters
-// Berth keeps in the volume record (sidecar-added keys excluded).
+// Berth keeps in the volume record (sidecar-added keys excluded). Parameters must be
+// ones the pool's kind understands.
 func (s *Server) poolFor(params map[string]string) (*storage.Pool, map[string]string, error) {
+	p := s.engine.DefaultPool()
+	if name, ok := params[ParamPool]; ok {
+		var err error
+		if p, err = s.engine.Pool(name); err != nil {
+			return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	known := append([]string{ParamPool}, p.Params()...)
 	kept := map[string]string{}
 	for k, v := range params {
 		switch {
 		case strings.HasPrefix(k, sidecarPrefix):
-		case knownParams[k]:
+		case slices.Contains(known, k):
 			kept[k] = v
 		default:
-			return nil, nil, status.Errorf(codes.InvalidArgument, "unknown parameter %q (known: %s)", k, ParamPool)
-		}
-	}
-	p := s.engine.DefaultPool()
-	if name, ok := kept[ParamPool]; ok {
-		var err error
-		if p, err = s.engine.Pool(name); err != nil {
-			return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+			return nil, nil, status.Errorf(codes.InvalidArgument, "unknown parameter %q for pool %s of kind %s (known: %s)",
+				k, p.Name(), p.Config().Kind, strings.Join(known, ", "))
 		}
 	}
 	// Recorded explicitly, so "no pool" and "the default pool by name" are one request.
@@ -74,7 +75,7 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		return nil, csierr.Status(err)
 	}
 	for k := range req.GetParameters() {
-		if !strings.HasPrefix(k, sidecarPrefix) && !knownParams[k] {
+		if !strings.HasPrefix(k, sidecarPrefix) && k != ParamPool && !slices.Contains(p.Params(), k) {
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("unknown parameter %q", k)}, nil
 		}
 	}
@@ -91,4 +92,31 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		VolumeCapabilities: req.GetVolumeCapabilities(),
 		Parameters:         req.GetParameters(),
 	}}, nil
+}
+
+// fsTypeFor picks the filesystem an image volume is formatted with: the fsType
+// parameter, else the capabilities' fs_type, else the default. Other kinds have no
+// filesystem of their own and record none.
+func fsTypeFor(p *storage.Pool, access string, params map[string]string, caps []*csi.VolumeCapability) (string, error) {
+	if p.Config().Kind != storage.KindImage || access != storage.AccessMount {
+		return "", nil
+	}
+	fsType := params[storage.ParamFSType]
+	for _, c := range caps {
+		t := c.GetMount().GetFsType()
+		switch {
+		case t == "":
+		case fsType == "":
+			fsType = t
+		case t != fsType:
+			return "", status.Errorf(codes.InvalidArgument, "fs_type %q conflicts with fsType %q", t, fsType)
+		}
+	}
+	if fsType == "" {
+		fsType = storage.DefaultImageFSType
+	}
+	if !slices.Contains(storage.ImageFSTypes, fsType) {
+		return "", status.Errorf(codes.InvalidArgument, "fsType %q is not supported (use one of %v)", fsType, storage.ImageFSTypes)
+	}
+	return fsType, nil
 }

@@ -31,6 +31,10 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, csierr.Status(err)
 	}
+	fsType, err := fsTypeFor(p, access, params, req.GetVolumeCapabilities())
+	if err != nil {
+		return nil, err
+	}
 	if req.GetVolumeContentSource() != nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: this driver does not advertise CLONE_VOLUME or snapshots yet")
 	}
@@ -60,6 +64,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
 		LimitBytes:    req.GetCapacityRange().GetLimitBytes(),
 		AccessType:    access,
+		FSType:        fsType,
 		Parameters:    params,
 	})
 	if err != nil {

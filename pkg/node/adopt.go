@@ -40,9 +40,9 @@ func (s *Server) adoptedSource(req *csi.NodePublishVolumeRequest) (*publishSourc
 	return &publishSource{dir: path, handle: h, access: storage.AccessMount}, nil
 }
 
-// adoptedStats reports the figures of the filesystem an adopted directory is on, read
-// through the publish path, and whether that directory still exists.
-func adoptedStats(volumePath string) (*csi.NodeGetVolumeStatsResponse, error) {
+// adoptedStats reports the figures of the filesystem mounted at a publish path: an
+// adopted directory's filesystem, or a staged image volume's.
+func fsStats(volumePath string) (*csi.NodeGetVolumeStatsResponse, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(volumePath, &st); err != nil {
 		if errors.Is(err, unix.ENOENT) {

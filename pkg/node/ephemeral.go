@@ -40,6 +40,9 @@ func (s *Server) volumeFor(ctx context.Context, req *csi.NodePublishVolumeReques
 			return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
+	if p.Kind() == storage.KindImage {
+		return nil, nil, status.Errorf(codes.InvalidArgument, "ephemeral volumes cannot use image pool %s: kubelet does not stage them; use a dir or quota pool", p.Name())
+	}
 	var size int64
 	if v, ok := vctx[attrSize]; ok {
 		var err error

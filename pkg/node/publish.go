@@ -80,7 +80,11 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := s.prepareTarget(target, rel, access == storage.AccessBlock); err != nil {
 		return nil, err
 	}
-	if err := mounter.Bind(src.bindPath(), target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
+	bind := mounter.Bind
+	if src.block {
+		bind = mounter.BindBlock
+	}
+	if err := bind(src.bindPath(), target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
 		return nil, status.Errorf(codes.Internal, "bind mount %s at %s: %v", id, target, err)
 	}
 	s.engine.AddPublication(id, storage.Publication{TargetPath: target, ReadOnly: readOnly, SingleWriter: volcap.SingleWriter(vc)})
@@ -94,6 +98,7 @@ type publishSource struct {
 	handle    *os.File // adopted directories: the checked O_PATH handle to mount
 	access    string
 	ephemeral bool
+	block     bool // dir is a block device, bound onto a file
 }
 
 // bindPath is the path handed to mount(2): the checked handle when there is one, so
@@ -127,6 +132,9 @@ func (s *Server) source(ctx context.Context, req *csi.NodePublishVolumeRequest) 
 	access, err := volcap.CheckOne(vc, p)
 	if err == nil && access != r.AccessType {
 		err = status.Errorf(codes.InvalidArgument, "volume %s was created for %s access, not %s", r.ID, r.AccessType, access)
+	}
+	if err == nil && p.Kind() == storage.KindImage {
+		src, err = imageSource(p, r, req.GetStagingTargetPath())
 	}
 	if err != nil {
 		if r.Ephemeral {

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"errors"
+	"github.com/berth-csi/berth/pkg/storage/loop"
+	"golang.org/x/sys/unix"
 	"os"
 
 	"github.com/berth-csi/berth/pkg/csierr"
@@ -24,7 +26,7 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		return nil, status.Error(codes.InvalidArgument, "volume_path is required")
 	}
 	if storage.IsAdopted(req.GetVolumeId()) {
-		return adoptedStats(req.GetVolumePath())
+		return fsStats(req.GetVolumePath())
 	}
 	p, r, err := s.resolve(req.GetVolumeId())
 	if err != nil {
@@ -32,6 +34,9 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	}
 	if _, err := os.Lstat(req.GetVolumePath()); errors.Is(err, os.ErrNotExist) {
 		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", req.GetVolumePath())
+	}
+	if p.Kind() == storage.KindImage {
+		return imageStats(r, req.GetVolumePath())
 	}
 	u, err := p.Usage(ctx, r.Hash())
 	if err != nil {
@@ -57,6 +62,13 @@ func (s *Server) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHe
 		return nil, err
 	}
 	problems := p.Condition(r.Hash())
+	if p.Kind() == storage.KindImage && r.AccessType == storage.AccessMount && req.GetVolumePublishPath() != "" {
+		var st unix.Statfs_t
+		if unix.Statfs(req.GetVolumePublishPath(), &st) == nil && (st.Bavail == 0 || st.Ffree == 0) {
+			problems = append(problems, storage.Problem{Kind: storage.Degraded, Reason: "CapacityExhausted",
+				Message: "the filesystem of volume " + r.ID + " is full: writes fail"})
+		}
+	}
 	if path := req.GetVolumePublishPath(); path != "" {
 		mounted, err := mounter.IsMountPoint(path)
 		switch {
@@ -69,4 +81,17 @@ func (s *Server) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHe
 		}
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health.Of(req.GetVolumeId(), problems)}, nil
+}
+
+// imageStats reads an image volume's figures where it is published: the mounted
+// filesystem's for a filesystem volume, the device's size for a block volume.
+func imageStats(r *storage.Record, volumePath string) (*csi.NodeGetVolumeStatsResponse, error) {
+	if r.AccessType == storage.AccessBlock {
+		size, err := loop.Size(volumePath)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "size of %s: %v", volumePath, err)
+		}
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
+	}
+	return fsStats(volumePath)
 }

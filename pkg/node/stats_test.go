@@ -145,7 +145,7 @@ func TestNodeGetVolumeHealth(t *testing.T) {
 			if err := os.RemoveAll(f.dataPath(r)); err != nil {
 				t.Fatal(err)
 			}
-		}, false, []string{"DataDirectoryMissing"}},
+		}, false, []string{"DataMissing"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -233,6 +233,8 @@ func TestNodeGetCapabilities(t *testing.T) {
 	}
 	slices.Sort(got)
 	want := []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
@@ -241,9 +243,9 @@ func TestNodeGetCapabilities(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("capabilities %v, want %v", got, want)
 	}
-	// Not advertised, so not served.
+	// Advertised, so served: an empty request is refused for its missing fields.
 	_, err = f.srv.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{})
-	wantCode(t, err, codes.Unimplemented)
+	wantCode(t, err, codes.InvalidArgument)
 	_, err = f.srv.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{})
-	wantCode(t, err, codes.Unimplemented)
+	wantCode(t, err, codes.InvalidArgument)
 }

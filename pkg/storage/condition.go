@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,15 +28,16 @@ func (p *Pool) Condition(hash string) []Problem {
 	if err := p.Health(); err != nil {
 		return []Problem{{Inaccessible, "PoolNotServed", fmt.Sprintf("pool %s is not served: %v", p.cfg.Name, err)}}
 	}
-	data := p.DataPath(hash)
+	name, isDir := p.backend.Data()
+	data := filepath.Join(p.VolumeDir(hash), name)
 	fi, err := os.Lstat(data)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return []Problem{{Inaccessible, "DataDirectoryMissing", "volume data directory " + data + " is missing"}}
+		return []Problem{{Inaccessible, "DataMissing", "volume data " + data + " is missing"}}
 	case err != nil:
-		return []Problem{{Inaccessible, "DataDirectoryUnreadable", fmt.Sprintf("volume data directory %s cannot be read: %v", data, err)}}
-	case !fi.IsDir():
-		return []Problem{{Inaccessible, "DataDirectoryMissing", "volume data path " + data + " is not a directory"}}
+		return []Problem{{Inaccessible, "DataUnreadable", fmt.Sprintf("volume data %s cannot be read: %v", data, err)}}
+	case fi.IsDir() != isDir || !(fi.IsDir() || fi.Mode().IsRegular()):
+		return []Problem{{Inaccessible, "DataMissing", "volume data " + data + " is not a " + map[bool]string{true: "directory", false: "regular file"}[isDir]}}
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(data, &st); err != nil {
@@ -42,6 +45,15 @@ func (p *Pool) Condition(hash string) []Problem {
 	}
 	if st.Flags&unix.ST_RDONLY != 0 {
 		return []Problem{{Degraded, "ReadOnlyFilesystem", "the filesystem holding " + data + " is read-only"}}
+	}
+	if r, ok := p.lookup(hash); ok {
+		full, err := p.backend.Full(context.Background(), p, r, p.VolumeDir(hash))
+		switch {
+		case err != nil:
+			return []Problem{{Degraded, "UsageUnknown", fmt.Sprintf("cannot read the usage of %s: %v", r.ID, err)}}
+		case full:
+			return []Problem{{Degraded, "CapacityExhausted", fmt.Sprintf("volume %s has used all of its %d bytes (or inodes): writes fail", r.ID, r.CapacityBytes)}}
+		}
 	}
 	return nil
 }

@@ -25,6 +25,20 @@ func (dirBackend) Check(context.Context, *Pool) error { return nil }
 
 func (dirBackend) SupportsBlock() bool { return false }
 
+func (dirBackend) Params() []string { return nil }
+
+func (dirBackend) Data() (string, bool) { return DataDir, true }
+
+// Expand has nothing to grow: a dir volume's size is accounted, not enforced.
+func (dirBackend) Expand(context.Context, *Pool, *Record, string, int64) error { return nil }
+
+func (dirBackend) Release(context.Context, *Pool, *Record) error { return nil }
+
+func (dirBackend) InUse(context.Context, *Pool, *Record, string) error { return nil }
+
+// Full is always false: a dir volume has no enforced limit to reach.
+func (dirBackend) Full(context.Context, *Pool, *Record, string) (bool, error) { return false, nil }
+
 func (dirBackend) Build(_ context.Context, _ *Pool, _ *Record, volDir string) error {
 	data := filepath.Join(volDir, DataDir)
 	if err := os.Mkdir(data, DataDirMode); err != nil {

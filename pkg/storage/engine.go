@@ -35,8 +35,9 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}, adoptRoots: cfg.AdoptRoots}
+	projects := newProjectIDs()
 	for _, pc := range cfg.Pools {
-		p := newPool(pc)
+		p := newPool(pc, projects)
 		e.pools = append(e.pools, p)
 		e.byNm[pc.Name] = p
 	}

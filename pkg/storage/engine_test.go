@@ -210,13 +210,13 @@ func TestCondition(t *testing.T) {
 			if err := os.RemoveAll(p.DataPath(hash)); err != nil {
 				t.Fatal(err)
 			}
-		}, wantReason: "DataDirectoryMissing", wantKind: storage.Inaccessible},
+		}, wantReason: "DataMissing", wantKind: storage.Inaccessible},
 		{name: "data directory replaced by a file", damage: func(t *testing.T, p *storage.Pool, hash string) {
 			if err := os.RemoveAll(p.DataPath(hash)); err != nil {
 				t.Fatal(err)
 			}
 			writeFile(t, p.DataPath(hash), "x")
-		}, wantReason: "DataDirectoryMissing", wantKind: storage.Inaccessible},
+		}, wantReason: "DataMissing", wantKind: storage.Inaccessible},
 		{name: "data directory replaced by a symlink", damage: func(t *testing.T, p *storage.Pool, hash string) {
 			if err := os.RemoveAll(p.DataPath(hash)); err != nil {
 				t.Fatal(err)
@@ -224,7 +224,7 @@ func TestCondition(t *testing.T) {
 			if err := os.Symlink(t.TempDir(), p.DataPath(hash)); err != nil {
 				t.Fatal(err)
 			}
-		}, wantReason: "DataDirectoryMissing", wantKind: storage.Inaccessible},
+		}, wantReason: "DataMissing", wantKind: storage.Inaccessible},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -25,6 +25,23 @@ type Backend interface {
 	Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error)
 	// SupportsBlock reports whether raw block volumes can be served.
 	SupportsBlock() bool
+	// Expand grows a committed volume's limit or backing store to newBytes. The engine
+	// has checked the size and records it once Expand succeeds; Expand must be
+	// idempotent (a retry after a crash finds part of the work done).
+	Expand(ctx context.Context, p *Pool, r *Record, volDir string, newBytes int64) error
+	// Release undoes what Build set up outside the volume's directory (a quota limit...),
+	// after the volume has left volumes/.
+	Release(ctx context.Context, p *Pool, r *Record) error
+	// InUse is ErrInUse when the volume's backing store is busy outside any
+	// publication (an image still attached to a loop device), checked before delete.
+	InUse(ctx context.Context, p *Pool, r *Record, volDir string) error
+	// Full reports a volume at the limit its kind enforces (false where none is).
+	Full(ctx context.Context, p *Pool, r *Record, volDir string) (bool, error)
+	// Data is the name of what holds the volume's data inside its directory, and
+	// whether it is a directory (else a regular file).
+	Data() (name string, isDir bool)
+	// Params lists the StorageClass parameters this kind understands, besides "pool".
+	Params() []string
 }
 
 // backends maps a kind name to its implementation; each kind registers itself.

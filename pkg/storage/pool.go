@@ -36,9 +36,10 @@ const (
 
 // Pool is one configured pool: a backend plus the engine's bookkeeping.
 type Pool struct {
-	cfg     PoolConfig
-	backend Backend
-	volSync *meta.DirSyncer
+	cfg      PoolConfig
+	backend  Backend
+	volSync  *meta.DirSyncer
+	projects *projectIDs // shared by the engine's pools
 
 	mu        sync.Mutex
 	index     map[string]*Record // committed volumes by hash
@@ -47,13 +48,14 @@ type Pool struct {
 	purge     chan struct{}
 }
 
-func newPool(cfg PoolConfig) *Pool {
+func newPool(cfg PoolConfig, projects *projectIDs) *Pool {
 	return &Pool{
-		cfg:     cfg,
-		backend: backends[cfg.Kind](cfg),
-		volSync: meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
-		index:   map[string]*Record{},
-		purge:   make(chan struct{}, 1),
+		projects: projects,
+		cfg:      cfg,
+		backend:  backends[cfg.Kind](cfg),
+		volSync:  meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
+		index:    map[string]*Record{},
+		purge:    make(chan struct{}, 1),
 	}
 }
 
@@ -65,6 +67,9 @@ func (p *Pool) Config() PoolConfig { return p.cfg }
 
 // SupportsBlock reports whether the pool's kind can serve raw block volumes.
 func (p *Pool) SupportsBlock() bool { return p.backend.SupportsBlock() }
+
+// Params lists the StorageClass parameters the pool's kind understands, besides "pool".
+func (p *Pool) Params() []string { return p.backend.Params() }
 
 // Health is nil when the pool is served, else why it is not.
 func (p *Pool) Health() error {
@@ -114,6 +119,16 @@ func (p *Pool) open(ctx context.Context) error {
 	if err := p.loadIndex(ctx); err != nil {
 		return err
 	}
+	// Deleted volumes still in the trash keep their quota project IDs until purged.
+	trashed, err := os.ReadDir(filepath.Join(p.cfg.Path, trashDir))
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	for _, e := range trashed {
+		if r, err := readRecord(filepath.Join(p.cfg.Path, trashDir, e.Name())); err == nil {
+			p.projects.mark(r.ProjectID)
+		}
+	}
 	p.kickPurge()
 	return nil
 }
@@ -152,6 +167,7 @@ func (p *Pool) loadIndex(ctx context.Context) error {
 		}
 		p.index[name] = r
 		p.allocated += r.CapacityBytes
+		p.projects.mark(r.ProjectID)
 	}
 	logger.V(2).Info("Pool loaded", "volumes", len(p.index), "allocatedBytes", p.allocated)
 	return nil
@@ -201,9 +217,13 @@ func (p *Pool) purger(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			rec, _ := readRecord(filepath.Join(trash, e.Name()))
 			if err := safefs.RemoveTree(trash, e.Name()); err != nil {
 				logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
 				continue
+			}
+			if rec != nil {
+				p.projects.free(rec.ProjectID)
 			}
 			logger.V(4).Info("Purged deleted volume", "entry", e.Name())
 		}

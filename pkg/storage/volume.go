@@ -83,6 +83,11 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
+	size = AlignedSize(p.cfg.Kind, size)
+	if req.LimitBytes > 0 && size > req.LimitBytes {
+		return nil, fmt.Errorf("pool %s allocates in %d-byte steps: %d bytes exceeds limit_bytes %d: %w",
+			p.cfg.Name, imageAlign, size, req.LimitBytes, ErrOutOfRange)
+	}
 	id := VolumeID(p.cfg.Name, req.Name)
 	hash := id[len(id)-hashLen:]
 	if r, ok := p.lookup(hash); ok {
@@ -120,10 +125,18 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string) (err error) {
 		return err
 	}
 	defer func() {
-		if err != nil {
-			if rerr := safefs.RemoveTree(tmpParent, tmpName); rerr != nil {
-				klog.FromContext(ctx).Error(rerr, "Cannot roll back half-built volume", "entry", tmpName)
+		if err == nil {
+			return
+		}
+		if rerr := safefs.RemoveTree(tmpParent, tmpName); rerr != nil {
+			klog.FromContext(ctx).Error(rerr, "Cannot roll back half-built volume", "entry", tmpName)
+			return // its project ID stays taken while its files may remain
+		}
+		if r.ProjectID != 0 {
+			if rerr := p.backend.Release(ctx, p, r); rerr != nil {
+				klog.FromContext(ctx).Error(rerr, "Cannot release half-built volume", "entry", tmpName)
 			}
+			p.projects.free(r.ProjectID)
 		}
 	}()
 	if err := p.backend.Build(ctx, p, r, dir); err != nil {
@@ -204,6 +217,9 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	if !ok {
 		return nil
 	}
+	if err := p.backend.InUse(ctx, p, r, p.VolumeDir(hash)); err != nil {
+		return fmt.Errorf("delete volume %s: %w", r.ID, err)
+	}
 	// Already gone from volumes/ (removed by hand): still drop it from the index.
 	if err := p.toTrash(filepath.Join(p.cfg.Path, volumesDir), hash); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -216,6 +232,10 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 		return fmt.Errorf("delete volume %s: %w", r.ID, err)
 	}
 	p.kickPurge()
+	if err := p.backend.Release(ctx, p, r); err != nil {
+		// The volume is gone; what is left is a limit on an unused ID, reset on reuse.
+		klog.FromContext(ctx).Error(err, "Cannot release volume resources", "volumeID", r.ID)
+	}
 	klog.FromContext(ctx).V(4).Info("Volume moved to trash", "volumeID", r.ID)
 	return nil
 }

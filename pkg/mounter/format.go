@@ -1,0 +1,39 @@
+package mounter
+
+import (
+	"fmt"
+
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// FormatAndMount mounts the block device dev at target with fsType, formatting it
+// first only when it holds no filesystem at all (mount-utils' SafeFormatAndMount
+// reads the device with blkid and never formats a device that has data). The mount is
+// always nosuid and nodev. It runs mkfs, fsck and mount as child processes: staging is
+// rare, and these tools are the reference for their filesystems.
+func FormatAndMount(dev, target, fsType string, options []string) error {
+	m := &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}
+	opts := append([]string{"nosuid", "nodev"}, options...)
+	if err := m.FormatAndMount(dev, target, fsType, opts); err != nil {
+		return fmt.Errorf("format and mount %s (%s) at %s: %w", dev, fsType, target, err)
+	}
+	return nil
+}
+
+// GrowFS grows the filesystem on dev, mounted at mountPath, to fill the device when
+// it is smaller (resize2fs for ext*, xfs_growfs for xfs). It is idempotent.
+func GrowFS(dev, mountPath string) error {
+	r := mount.NewResizeFs(utilexec.New())
+	need, err := r.NeedResize(dev, mountPath)
+	if err != nil {
+		return fmt.Errorf("check size of the filesystem on %s: %w", dev, err)
+	}
+	if !need {
+		return nil
+	}
+	if _, err := r.Resize(dev, mountPath); err != nil {
+		return fmt.Errorf("grow the filesystem on %s: %w", dev, err)
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package node
+
+import (
+	"context"
+
+	"github.com/berth-csi/berth/pkg/csierr"
+	"github.com/berth-csi/berth/pkg/mounter"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/loop"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// NodeExpandVolume grows a volume online, on the node that holds it: it raises the
+// quota limit, or grows the image file, refreshes the loop device and grows the
+// mounted filesystem. Berth expands on the node only (no controller EXPAND_VOLUME):
+// see docs/design.md, "Expansion". Every step is idempotent, so kubelet's retry after
+// a crash between growing the file and growing the filesystem finishes the job.
+func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	id, volPath := req.GetVolumeId(), req.GetVolumePath()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if err := storage.ValidateName(id); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	}
+	if volPath == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_path is required")
+	}
+	if storage.IsAdopted(id) {
+		return nil, status.Errorf(codes.InvalidArgument, "adopted volume %s has the size of its host directory's filesystem and cannot be expanded", id)
+	}
+	unlock, err := s.lock(id, "expand")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	p, r, err := s.resolve(id)
+	if err != nil {
+		return nil, err
+	}
+	grown, err := p.Expand(ctx, r.Hash(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	if p.Kind() == storage.KindImage {
+		if err := s.growImage(p, grown, req.GetStagingTargetPath()); err != nil {
+			return nil, err
+		}
+	}
+	klog.FromContext(ctx).V(2).Info("Volume expanded", "volumeID", id, "sizeBytes", grown.CapacityBytes)
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: grown.CapacityBytes}, nil
+}
+
+// growImage makes the loop device and the staged filesystem see the grown file.
+func (s *Server) growImage(p *storage.Pool, r *storage.Record, staging string) error {
+	dev, err := loop.Find(p.ImagePath(r.Hash()))
+	if err != nil {
+		return status.Errorf(codes.Internal, "find loop device of %s: %v", r.ID, err)
+	}
+	if dev == nil {
+		return nil // not staged: the next stage attaches the grown file
+	}
+	if err := loop.SetCapacity(dev); err != nil {
+		return status.Errorf(codes.Internal, "refresh size of %s: %v", dev.Path, err)
+	}
+	if r.AccessType == storage.AccessBlock {
+		return nil
+	}
+	if staging == "" {
+		st, err := p.Staged(r.Hash())
+		if err != nil || st == nil {
+			return status.Errorf(codes.FailedPrecondition, "volume %s: staging_target_path is required to grow its filesystem", r.ID)
+		}
+		staging = st.Path
+	}
+	if err := mounter.GrowFS(dev.Path, staging); err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	return nil
+}

@@ -1,0 +1,61 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/berth-csi/berth/pkg/storage/meta"
+	"k8s.io/klog/v2"
+)
+
+// Expand grows a committed volume to requiredBytes (at most limitBytes when set).
+// Asking for less than the volume has is ErrOutOfRange (no shrinking); asking for the
+// current size again is success, and still lets the backend finish an expansion a
+// crash interrupted. The caller holds the volume's lock.
+func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitBytes int64) (*Record, error) {
+	r, err := p.Get(hash)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case requiredBytes < 0 || limitBytes < 0:
+		return nil, fmt.Errorf("capacity_range must not be negative: %w", ErrInvalid)
+	case limitBytes > 0 && requiredBytes > limitBytes:
+		return nil, fmt.Errorf("required_bytes %d exceeds limit_bytes %d: %w", requiredBytes, limitBytes, ErrInvalid)
+	case AlignedSize(p.cfg.Kind, requiredBytes) < r.CapacityBytes:
+		return nil, fmt.Errorf("volume %s is %d bytes; required_bytes %d would shrink it: %w", r.ID, r.CapacityBytes, requiredBytes, ErrOutOfRange)
+	case limitBytes > 0 && limitBytes < r.CapacityBytes:
+		return nil, fmt.Errorf("volume %s is %d bytes; limit_bytes %d would shrink it: %w", r.ID, r.CapacityBytes, limitBytes, ErrOutOfRange)
+	}
+	newBytes := AlignedSize(p.cfg.Kind, max(requiredBytes, r.CapacityBytes))
+	delta := newBytes - r.CapacityBytes
+	if delta > 0 {
+		if err := p.reserve(delta); err != nil {
+			return nil, fmt.Errorf("expand volume %s to %d bytes: %w", r.ID, newBytes, err)
+		}
+	}
+	volDir := p.VolumeDir(hash)
+	if err := p.backend.Expand(ctx, p, r, volDir, newBytes); err != nil {
+		p.release(delta)
+		return nil, fmt.Errorf("expand volume %s: %w", r.ID, err)
+	}
+	if delta == 0 {
+		return r, nil
+	}
+	grown := r.Clone()
+	grown.CapacityBytes = newBytes
+	data, err := encodeRecord(grown)
+	if err == nil {
+		err = meta.WriteFile(volDir, recordFile, data)
+	}
+	if err != nil {
+		// The backing store is larger than recorded: harmless, and a retry records it.
+		p.release(delta)
+		return nil, fmt.Errorf("record expansion of %s: %w", r.ID, err)
+	}
+	p.mu.Lock()
+	p.index[hash] = grown
+	p.mu.Unlock()
+	klog.FromContext(ctx).V(4).Info("Volume expanded", "volumeID", r.ID, "sizeBytes", newBytes)
+	return grown.Clone(), nil
+}
