@@ -50,7 +50,8 @@ func Run(ctx context.Context, o Options) error {
 	if nodeSrv != nil {
 		nodeCSI = nodeSrv
 	}
-	srv := server.New(identity.New(o.DriverName, ctrl != nil, ready.Load), ctrl, nodeCSI)
+	isReady := func() bool { return ready.Load() && engine.Unserved() == nil }
+	srv := server.New(identity.New(o.DriverName, ctrl != nil, isReady), ctrl, nodeCSI)
 
 	startErr := make(chan error, 1)
 	go func() {
@@ -64,6 +65,10 @@ func Run(ctx context.Context, o Options) error {
 			return
 		}
 		ready.Store(true)
+		if err := engine.Unserved(); err != nil {
+			logger.Error(err, "Not ready: a pool cannot be served; fix it and restart the driver")
+			return
+		}
 		logger.Info("Ready")
 	}()
 	if err := srv.Serve(ctx, lis); err != nil {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"golang.org/x/sys/unix"
 	"context"
 
 	"github.com/berth-csi/berth/pkg/csierr"
@@ -76,8 +77,24 @@ func (s *Server) growImage(p *storage.Pool, r *storage.Record, staging string) e
 		}
 		staging = st.Path
 	}
+	if r.FSType == "ext4" && !hasCapSysResource() {
+		return status.Errorf(codes.FailedPrecondition,
+			"volume %s: growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this driver lacks; "+
+				"grant it to the node plugin's container, or use fsType xfs", r.ID)
+	}
 	if err := mounter.GrowFS(dev.Path, staging); err != nil {
 		return status.Errorf(codes.Internal, "%v", err)
 	}
 	return nil
+}
+
+// hasCapSysResource reports whether the process may resize a mounted ext4
+// filesystem (the kernel checks CAP_SYS_RESOURCE for EXT4_IOC_RESIZE_FS).
+func hasCapSysResource() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[0].Effective&(1<<unix.CAP_SYS_RESOURCE) != 0
 }

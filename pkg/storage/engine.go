@@ -162,3 +162,15 @@ func (e *Engine) Ephemeral(kubeletVolumeID string) (*Pool, *Record, bool) {
 	}
 	return nil, nil, false
 }
+
+// Unserved returns the error of the first pool that cannot be served, or nil. A node
+// with such a pool is not ready: a pool never runs silently without what its kind
+// promises (a quota pool without enforced limits).
+func (e *Engine) Unserved() error {
+	for _, p := range e.pools {
+		if err := p.Health(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -20,7 +20,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,21 +45,20 @@ func (idGen) GenerateInvalidVolumeID() string   { return "not-a-berth-volume-id"
 func (idGen) GenerateUniqueValidNodeID() string { return "node-" + rand.Text()[:8] }
 func (idGen) GenerateInvalidNodeID() string     { return "invalid-node" }
 
-func TestSanityDirPool(t *testing.T) {
-	testutil.RequireRoot(t)
+// run starts the driver on pools (the first one is tested) and runs csi-sanity.
+func run(t *testing.T, pools []storage.PoolConfig, tune func(*sanity.TestConfig)) {
 	base := t.TempDir()
 	kubelet := filepath.Join(base, "kubelet")
 	if err := os.MkdirAll(filepath.Join(kubelet, "pods"), 0o750); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(testutil.ShortTempDir(t), "csi.sock")
-	cfg := storage.Config{Pools: []storage.PoolConfig{{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- driver.Run(ctx, driver.Options{
 			Endpoint: sock, NodeID: "sanity-node", DriverName: "berth.csi.io", Mode: driver.ModeAll,
-			Config: cfg, KubeletDir: kubelet,
+			Config: storage.Config{Pools: pools}, KubeletDir: kubelet,
 		})
 	}()
 	t.Cleanup(func() {
@@ -76,7 +78,95 @@ func TestSanityDirPool(t *testing.T) {
 	config.TargetPath = filepath.Join(kubelet, "pods", "target")
 	config.StagingPath = filepath.Join(kubelet, "pods", "staging")
 	config.TestVolumeSize = 64 << 20
-	config.IDGen = idGen{pool: "default"}
+	config.TestVolumeParameters = map[string]string{"pool": pools[0].Name}
+	config.IDGen = idGen{pool: pools[0].Name}
 	config.IdempotentCount = 3
+	if tune != nil {
+		tune(&config)
+	}
 	sanity.Test(t, config)
+}
+
+// cases are the pool configurations csi-sanity runs against. Ginkgo runs one suite
+// per process, so TestSanity runs each case in a child process of this test binary.
+var cases = map[string]func(t *testing.T){
+	"dir": func(t *testing.T) {
+		run(t, []storage.PoolConfig{{Name: "default", Path: filepath.Join(t.TempDir(), "pool"), Kind: storage.KindDir}}, nil)
+	},
+	// The quota pool sits on XFS and on ext4 with project quotas, each made on a loop
+	// file; every volume's size is a hard limit there.
+	"quota-xfs":  func(t *testing.T) { quotaCase(t, testutil.XFSPrjQuota) },
+	"quota-ext4": func(t *testing.T) { quotaCase(t, testutil.Ext4PrjQuota) },
+	// The image pool serves both access types: a filesystem on a loop device, and
+	// the loop device itself as a raw block volume.
+	"image-mount": func(t *testing.T) { imageCase(t, "mount") },
+	"image-block": func(t *testing.T) { imageCase(t, "block") },
+}
+
+func quotaCase(t *testing.T, fs testutil.FS) {
+	// Skipped, with the reason, on a kernel built without quota support.
+	testutil.RequireQuotaKernel(t)
+	mnt := testutil.MountFS(t, fs, 1<<30)
+	run(t, []storage.PoolConfig{{Name: "q", Path: filepath.Join(mnt, "pool"), Kind: storage.KindQuota}}, func(c *sanity.TestConfig) {
+		c.TestVolumeExpandSize = 96 << 20
+	})
+}
+
+func imageCase(t *testing.T, access string) {
+	run(t, []storage.PoolConfig{{Name: "img", Path: filepath.Join(t.TempDir(), "pool"), Kind: storage.KindImage}}, func(c *sanity.TestConfig) {
+		c.TestVolumeAccessType = access
+		// XFS: it grows while mounted with CAP_SYS_ADMIN alone, where ext4 needs
+		// CAP_SYS_RESOURCE, which CI machines lack; XFS wants 300 MiB at least.
+		c.TestVolumeParameters["fsType"] = "xfs"
+		c.TestVolumeSize = 320 << 20
+		c.TestVolumeExpandSize = 384 << 20
+	})
+}
+
+const caseEnv = "BERTH_SANITY_CASE"
+
+// TestSanity runs csi-sanity once per pool configuration, each in its own process.
+func TestSanity(t *testing.T) {
+	testutil.RequireRoot(t)
+	if os.Getenv(caseEnv) != "" {
+		t.Skip("running as a single case")
+	}
+	names := make([]string, 0, len(cases))
+	for n := range cases {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run", "^TestSanityCase$", "-test.v")
+			cmd.Env = append(os.Environ(), caseEnv+"="+name)
+			out, err := cmd.CombinedOutput()
+			text := string(out)
+			if err != nil {
+				t.Fatalf("csi-sanity over %s: %v\n%s", name, err, text)
+			}
+			if i := strings.Index(text, "--- SKIP: TestSanityCase"); i >= 0 {
+				t.Skip(strings.TrimSpace(text[i:]))
+			}
+			for _, line := range strings.Split(text, "\n") {
+				if strings.Contains(line, "Passed") && strings.Contains(line, "Failed") {
+					t.Log(strings.TrimSpace(line))
+				}
+			}
+		})
+	}
+}
+
+// TestSanityCase is one csi-sanity run, chosen by BERTH_SANITY_CASE.
+func TestSanityCase(t *testing.T) {
+	name := os.Getenv(caseEnv)
+	if name == "" {
+		t.Skip("run by TestSanity")
+	}
+	testutil.RequireRoot(t)
+	c, ok := cases[name]
+	if !ok {
+		t.Fatalf("unknown case %q", name)
+	}
+	c(t)
 }
