@@ -1,8 +1,8 @@
 package node
 
 import (
-	"golang.org/x/sys/unix"
 	"context"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/mounter"

@@ -19,9 +19,9 @@ const TopologyKey = "topology.berth.csi.io/node"
 
 // Config is what the node service needs from the command line.
 type Config struct {
-	NodeID      string
-	KubeletDir  string // publish targets must lie under it
-	MaxVolumes  int64  // 0: no limit reported
+	NodeID     string
+	KubeletDir string // publish targets must lie under it
+	MaxVolumes int64  // 0: no limit reported
 }
 
 // Server implements csi.NodeServer.
