@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 
+	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/go-logr/logr"
@@ -35,6 +37,14 @@ type Options struct {
 	MaxVolumes    int64
 	LoggingFormat string
 	ShowVersion   bool
+
+	// Register is true when the node service registers itself with the kubelet
+	// (--registration, decided from "auto" here) at RegistrationPath, telling it
+	// the CSI socket is at RegistrationEndpoint (as the kubelet sees it).
+	Register             bool
+	RegistrationPath     string
+	RegistrationEndpoint string
+	HealthPort           int // 0: no /healthz server
 }
 
 // driverName follows the CSI rule: at most 63 characters, a domain-like name.
@@ -60,6 +70,10 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.Int64Var(&o.MaxVolumes, "max-volumes-per-node", 0, "volumes this node may hold, reported to the scheduler (0: no limit)")
 	fs.StringVar(&o.LoggingFormat, "logging-format", "text", "log format: text or json")
 	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
+	var registration string
+	fs.StringVar(&registration, "registration", "auto", "register with the kubelet: auto (in node and all modes, when <kubelet-dir>/plugins_registry exists), on or off")
+	fs.StringVar(&o.RegistrationEndpoint, "kubelet-registration-path", "", "the CSI socket as the kubelet sees it (default: the --endpoint path)")
+	fs.IntVar(&o.HealthPort, "health-port", 0, "serve GET /healthz on 127.0.0.1:<port> (0: off)")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -90,6 +104,9 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	case o.LoggingFormat != "text" && o.LoggingFormat != "json":
 		return o, fmt.Errorf("--logging-format %q: must be text or json", o.LoggingFormat)
 	}
+	if err := o.resolveRegistration(registration); err != nil {
+		return o, err
+	}
 	o.Config = storage.DefaultConfig()
 	if o.ConfigPath != "" {
 		if o.Config, err = storage.LoadConfig(o.ConfigPath); err != nil {
@@ -102,4 +119,33 @@ func ParseFlags(prog string, args []string) (Options, error) {
 		klog.SetLogger(logr.FromSlogHandler(h))
 	}
 	return o, nil
+}
+
+// resolveRegistration validates the registration and health flags and decides "auto".
+func (o *Options) resolveRegistration(mode string) error {
+	if o.HealthPort < 0 || o.HealthPort > 65535 {
+		return fmt.Errorf("--health-port %d: must be 0-65535", o.HealthPort)
+	}
+	if o.RegistrationEndpoint == "" {
+		o.RegistrationEndpoint = o.Endpoint
+	}
+	if !filepath.IsAbs(o.RegistrationEndpoint) {
+		return fmt.Errorf("--kubelet-registration-path %q: must be an absolute socket path", o.RegistrationEndpoint)
+	}
+	o.RegistrationPath = registration.SocketPath(registration.RegistryDir(o.KubeletDir), o.DriverName)
+	switch mode {
+	case "off":
+		o.Register = false
+	case "on":
+		if o.Mode == ModeController {
+			return errors.New("--registration on: only the node service registers (use --mode node or all)")
+		}
+		o.Register = true
+	case "auto":
+		fi, err := os.Stat(registration.RegistryDir(o.KubeletDir))
+		o.Register = o.Mode != ModeController && err == nil && fi.IsDir()
+	default:
+		return fmt.Errorf("--registration %q: must be auto, on or off", mode)
+	}
+	return nil
 }

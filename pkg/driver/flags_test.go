@@ -20,6 +20,10 @@ func TestParseFlags(t *testing.T) {
 	write(good, "pools:\n- name: fast\n  path: /srv/fast\n  kind: dir\n  reservedBytes: 1024\n")
 	write(bad, "pools:\n- name: Fast\n  path: /srv/fast\n  kind: dir\n")
 	write(typo, "pools:\n- name: fast\n  path: /srv/fast\n  kind: dir\n  overcomit: true\n")
+	kubelet := filepath.Join(dir, "kubelet")
+	if err := os.MkdirAll(filepath.Join(kubelet, "plugins_registry"), 0o750); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
@@ -50,6 +54,36 @@ func TestParseFlags(t *testing.T) {
 		{name: "empty node id", args: []string{"--node-id", ""}, wantErr: "--node-id"},
 		{name: "unknown flag", args: []string{"--frobnicate"}, wantErr: "frobnicate"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected"},
+		{name: "registration auto without a plugins_registry", args: []string{"--node-id", "n1", "--kubelet-dir", dir}, check: func(t *testing.T, o Options) {
+			if o.Register || o.HealthPort != 0 {
+				t.Errorf("registration or health on by default without a kubelet: %+v", o)
+			}
+		}},
+		{name: "registration auto with a plugins_registry", args: []string{"--node-id", "n1", "--kubelet-dir", kubelet}, check: func(t *testing.T, o Options) {
+			if !o.Register || o.RegistrationPath != filepath.Join(kubelet, "plugins_registry", "berth.csi.io-reg.sock") || o.RegistrationEndpoint != "/csi/csi.sock" {
+				t.Errorf("auto registration: %+v", o)
+			}
+		}},
+		{name: "registration auto in controller mode", args: []string{"--node-id", "n1", "--kubelet-dir", kubelet, "--mode", "controller"}, check: func(t *testing.T, o Options) {
+			if o.Register {
+				t.Error("controller mode registers with the kubelet")
+			}
+		}},
+		{name: "registration off", args: []string{"--node-id", "n1", "--kubelet-dir", kubelet, "--registration", "off"}, check: func(t *testing.T, o Options) {
+			if o.Register {
+				t.Error("--registration off registers")
+			}
+		}},
+		{name: "registration on with path and health port", args: []string{"--node-id", "n1", "--registration", "on", "--kubelet-registration-path", "/var/lib/kubelet/plugins/b/csi.sock", "--health-port", "9809"}, check: func(t *testing.T, o Options) {
+			if !o.Register || o.RegistrationEndpoint != "/var/lib/kubelet/plugins/b/csi.sock" || o.HealthPort != 9809 {
+				t.Errorf("explicit registration: %+v", o)
+			}
+		}},
+		{name: "registration on in controller mode", args: []string{"--registration", "on", "--mode", "controller"}, wantErr: "--registration"},
+		{name: "bad registration value", args: []string{"--registration", "yes"}, wantErr: "--registration"},
+		{name: "relative registration path", args: []string{"--kubelet-registration-path", "csi.sock"}, wantErr: "--kubelet-registration-path"},
+		{name: "health port out of range", args: []string{"--health-port", "70000"}, wantErr: "--health-port"},
+		{name: "negative health port", args: []string{"--health-port", "-1"}, wantErr: "--health-port"},
 		{name: "version", args: []string{"--version", "--mode", "bogus"}, check: func(t *testing.T, o Options) {
 			if !o.ShowVersion {
 				t.Error("--version not set")

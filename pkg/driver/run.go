@@ -2,13 +2,17 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/berth-csi/berth/pkg/controller"
+	"github.com/berth-csi/berth/pkg/healthz"
 	"github.com/berth-csi/berth/pkg/identity"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/node"
+	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/version"
@@ -53,30 +57,82 @@ func Run(ctx context.Context, o Options) error {
 	isReady := func() bool { return ready.Load() && engine.Unserved() == nil }
 	srv := server.New(identity.New(o.DriverName, ctrl != nil, isReady), ctrl, nodeCSI)
 
-	startErr := make(chan error, 1)
-	go func() {
+	// The first failure of a background part stops the driver and is returned.
+	var wg sync.WaitGroup
+	failed := make(chan error, 1)
+	fail := func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+		cancel()
+	}
+	var reg *registration.Registrar
+	if o.Register {
+		if reg, err = registration.New(o.DriverName, o.RegistrationEndpoint, o.RegistrationPath); err != nil {
+			return err
+		}
+	}
+	if o.HealthPort > 0 {
+		hl, err := healthz.Listen(o.HealthPort)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		checks := []healthz.Check{func() error {
+			if !ready.Load() {
+				return errors.New("start-up reconciliation not finished")
+			}
+			return engine.Unserved()
+		}}
+		if reg != nil {
+			checks = append(checks, func() error {
+				if !ready.Load() {
+					return nil // registration starts once ready
+				}
+				return reg.Healthy()
+			})
+		}
+		wg.Go(func() {
+			if err := healthz.Serve(ctx, hl, healthz.Handler(checks...)); err != nil {
+				fail(err)
+			}
+		})
+	}
+
+	wg.Go(func() {
 		err := engine.Start(ctx)
 		if err == nil && nodeSrv != nil {
 			err = nodeSrv.Recover(ctx)
 		}
 		if err != nil {
-			startErr <- err
-			cancel()
+			fail(fmt.Errorf("start-up reconciliation: %w", err))
 			return
 		}
 		ready.Store(true)
+		if reg != nil {
+			// Registered only once ready: the kubelet sends work as soon as it knows us.
+			wg.Go(func() {
+				if err := reg.Run(ctx); err != nil {
+					fail(err)
+				}
+			})
+		}
 		if err := engine.Unserved(); err != nil {
 			logger.Error(err, "Not ready: a pool cannot be served; fix it and restart the driver")
 			return
 		}
 		logger.Info("Ready")
-	}()
-	if err := srv.Serve(ctx, lis); err != nil {
+	})
+	err = srv.Serve(ctx, lis)
+	cancel()
+	wg.Wait() // the registration socket is gone before the process exits
+	if err != nil {
 		return err
 	}
 	select {
-	case err := <-startErr:
-		return fmt.Errorf("start-up reconciliation: %w", err)
+	case err := <-failed:
+		return err
 	default:
 		return nil
 	}

@@ -1,0 +1,67 @@
+// Package healthz serves GET /healthz over HTTP on 127.0.0.1, for the kubelet's liveness
+// probe: the job the livenessprobe sidecar does, without a second container.
+package healthz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Check reports a reason the driver is not healthy, or nil.
+type Check func() error
+
+// Handler answers /healthz with 200 "ok" when every check passes, else 503 and the
+// first failure. Anything else is 404.
+func Handler(checks ...Check) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, c := range checks {
+			if err := c(); err != nil {
+				klog.FromContext(r.Context()).V(6).Info("Health check failed", "err", err)
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintln(w, err)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// Listen opens the health port on 127.0.0.1 only (0 picks a free port, for tests).
+func Listen(port int) (net.Listener, error) {
+	lis, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return nil, fmt.Errorf("health port: %w", err)
+	}
+	return lis, nil
+}
+
+// Serve serves h on lis until ctx ends, then shuts down within a few seconds.
+func Serve(ctx context.Context, lis net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	klog.FromContext(ctx).Info("Serving health checks", "address", lis.Addr().String())
+	err := srv.Serve(lis)
+	<-done
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
