@@ -1,0 +1,434 @@
+package clone
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+
+	"github.com/berth-csi/berth/pkg/storage/safefs"
+	"golang.org/x/sys/unix"
+)
+
+// maxRaces bounds how often one entry may change type between two lookups
+// before the copy gives up on it.
+const maxRaces = 8
+
+// inodeKey identifies an inode, to find hard links.
+type inodeKey struct{ dev, ino uint64 }
+
+// link records the first copy of a source inode with several names, so the
+// other names become hard links to it.
+type link struct {
+	dir  []string // destination directory, as names below dstParent
+	name string
+	ino  uint64 // the copy's inode, checked before linking to it
+	left uint32 // names of the source inode not seen yet
+}
+
+// tree is the state of one Tree call. The source and destination walkers
+// move in step: level i of one is the copy of level i of the other.
+type tree struct {
+	counter
+	ctx       context.Context
+	src, dst  *safefs.Walker
+	dstParent int
+	dstRoot   inodeKey
+	dirs      []unix.Stat_t // stat of each source level, for its copy
+	dstNames  []string      // each destination level's name below dstParent
+	dirCache  []string      // a copy of dstNames for link records, nil when stale
+	links     map[inodeKey]*link
+}
+
+// Tree copies the directory srcDir to dstParent/dstName, which it creates,
+// and returns what it did. dstName is one path component. The destination
+// must not exist (the error then wraps fs.ErrExist); with o.Into it must
+// instead be an empty directory (else the error wraps unix.ENOTEMPTY).
+//
+// srcDir must not be a symlink: it is opened with O_DIRECTORY|O_NOFOLLOW,
+// which fails with ENOTDIR. The directories above it, and dstParent, are
+// trusted; beneath it nothing is: the walk is confined as described in the
+// package comment and holds a bounded number of fds however deep the tree.
+// Regular files are cloned or copied (see Options.Reflink and File); an
+// entry swapped for another type while it is being copied is looked at
+// again. A destination inside the source is not copied into itself.
+//
+// Directories are made 0700 and get their own mode, owner, xattrs and times
+// once their content is complete, so a read-only directory can be filled and
+// its mtime stays the source's. Cancelling ctx stops the copy between
+// entries and within a large file, with ctx's error.
+//
+// On error Tree stops and returns what it did so far; the partial
+// destination is left in place for the caller to remove (Berth builds
+// copies under temporary names and removes failed ones with
+// safefs.RemoveTree).
+func Tree(ctx context.Context, srcDir, dstParent, dstName string, o Options) (Stats, error) {
+	t := &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link)}
+	err := t.run(srcDir, dstParent, dstName)
+	if err != nil {
+		err = fmt.Errorf("copy %s to %s: %w", srcDir, filepath.Join(dstParent, dstName), err)
+	}
+	return t.finish(), err
+}
+
+func (t *tree) run(srcDir, dstParent, dstName string) error {
+	if err := t.o.validate(); err != nil {
+		return err
+	}
+	if err := validName(dstName); err != nil {
+		return err
+	}
+	srcRoot, err := unix.Open(srcDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open source: %w", err)
+	}
+	defer unix.Close(srcRoot)
+	t.dstParent, err = openDirPath(dstParent)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(t.dstParent)
+	if !t.o.Into {
+		if err := unix.Mkdirat(t.dstParent, dstName, 0o700); err != nil {
+			return fmt.Errorf("create destination: %w", err)
+		}
+	}
+	t.src = safefs.NewWalker(srcRoot, srcDir)
+	defer t.src.Close()
+	t.dst = safefs.NewWalker(t.dstParent, dstParent)
+	defer t.dst.Close()
+	if err := t.src.Push("."); err != nil {
+		return fmt.Errorf("open source: %w", err)
+	}
+	if err := t.dst.Push(dstName); err != nil {
+		return fmt.Errorf("open destination: %w", err)
+	}
+	if t.o.Into {
+		if _, _, ok, err := t.dst.Next(); err != nil || ok {
+			return fmt.Errorf("destination: %w", orErr(err, unix.ENOTEMPTY))
+		}
+	}
+	var st, dst unix.Stat_t
+	if err := t.statLevels(&st, &dst); err != nil {
+		return err
+	}
+	if st.Dev == dst.Dev && st.Ino == dst.Ino {
+		return fmt.Errorf("source and destination are the same directory: %w", unix.EINVAL)
+	}
+	t.dstRoot = inodeKey{dst.Dev, dst.Ino}
+	t.enterLevel(st, dstName)
+	return t.walk()
+}
+
+// orErr returns err, or def when err is nil.
+func orErr(err, def error) error {
+	if err != nil {
+		return err
+	}
+	return def
+}
+
+// statLevels stats the current level of both walkers.
+func (t *tree) statLevels(src, dst *unix.Stat_t) error {
+	sfd, err := t.src.Fd()
+	if err != nil {
+		return err
+	}
+	if err := unix.Fstat(sfd, src); err != nil {
+		return fmt.Errorf("stat %s: %w", t.src.Path(), err)
+	}
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return err
+	}
+	if err := unix.Fstat(dfd, dst); err != nil {
+		return fmt.Errorf("stat %s: %w", t.dst.Path(), err)
+	}
+	return nil
+}
+
+// enterLevel records a level both walkers have just pushed.
+func (t *tree) enterLevel(st unix.Stat_t, name string) {
+	t.dirs = append(t.dirs, st)
+	t.dstNames = append(t.dstNames, name)
+	t.dirCache = nil
+	t.Dirs++
+}
+
+// walk copies every entry below the pushed root levels, depth first.
+func (t *tree) walk() error {
+	for t.src.Depth() > 0 {
+		if err := t.ctx.Err(); err != nil {
+			return err
+		}
+		name, _, ok, err := t.src.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if err := t.leave(); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := t.entry(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// leave finishes the current level, whose entries are all copied: its copy
+// gets the source directory's metadata, and both walkers go up.
+func (t *tree) leave() error {
+	sfd, err := t.src.Fd()
+	if err != nil {
+		return err
+	}
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return err
+	}
+	if err := t.setFdMeta(sfd, dfd, &t.dirs[len(t.dirs)-1]); err != nil {
+		return fmt.Errorf("%s: %w", t.dst.Path(), err)
+	}
+	t.src.Pop()
+	t.dst.Pop()
+	t.dirs = t.dirs[:len(t.dirs)-1]
+	t.dstNames = t.dstNames[:len(t.dstNames)-1]
+	t.dirCache = nil
+	return nil
+}
+
+// entry copies the entry name of the current source level.
+func (t *tree) entry(name string) error {
+	for range maxRaces {
+		if err := t.copyEntry(name); err != errRaced {
+			return err
+		}
+	}
+	return fmt.Errorf("%s keeps changing: %w", t.src.Path(name), unix.EAGAIN)
+}
+
+// copyEntry copies name after deciding its type from an O_PATH fd, which
+// opens nothing (not a device, not a fifo) and refers to a symlink itself.
+// errRaced asks for another try.
+func (t *tree) copyEntry(name string) error {
+	sfd, err := t.src.Fd()
+	if err != nil {
+		return err
+	}
+	pfd, err := safefs.OpenConfined(sfd, name, unix.O_PATH)
+	switch err {
+	case nil:
+	case unix.ENOENT:
+		return nil // removed since it was listed
+	case unix.EXDEV:
+		t.Skipped++ // a mount point: another filesystem's content
+		return nil
+	default:
+		return fmt.Errorf("open %s: %w", t.src.Path(name), err)
+	}
+	defer unix.Close(pfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", t.src.Path(name), err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		err = t.enter(name)
+	case unix.S_IFREG:
+		err = t.regular(pfd, &st, name)
+	case unix.S_IFLNK:
+		err = t.symlink(pfd, &st, name)
+	case unix.S_IFCHR, unix.S_IFBLK, unix.S_IFIFO:
+		err = t.special(pfd, &st, name)
+	default: // unix sockets
+		t.Skipped++
+	}
+	if err != nil && err != errRaced {
+		err = fmt.Errorf("%s: %w", t.src.Path(name), err)
+	}
+	return err
+}
+
+// enter pushes the directory name on both walkers, making its copy.
+func (t *tree) enter(name string) error {
+	switch err := t.src.Push(name); err {
+	case nil:
+	case unix.ENOENT:
+		return nil
+	case unix.ENOTDIR, unix.ELOOP:
+		return errRaced
+	case unix.EXDEV:
+		t.Skipped++
+		return nil
+	default:
+		return fmt.Errorf("open: %w", err)
+	}
+	sfd, err := t.src.Fd()
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(sfd, &st); err != nil {
+		t.src.Pop()
+		return fmt.Errorf("stat: %w", err)
+	}
+	if (inodeKey{st.Dev, st.Ino}) == t.dstRoot {
+		// The destination inside the source: do not copy the copy.
+		t.src.Pop()
+		t.Skipped++
+		return nil
+	}
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return err
+	}
+	if err := unix.Mkdirat(dfd, name, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", t.dst.Path(name), err)
+	}
+	if err := t.dst.Push(name); err != nil {
+		return fmt.Errorf("open %s: %w", t.dst.Path(name), err)
+	}
+	t.enterLevel(st, name)
+	return nil
+}
+
+// regular copies the regular file name (pfd is an O_PATH fd on it, st its
+// stat), or links it to the copy of another name of the same inode.
+func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
+	if st.Nlink > 1 {
+		if l := t.links[inodeKey{st.Dev, st.Ino}]; l != nil {
+			return t.link(l, inodeKey{st.Dev, st.Ino}, name)
+		}
+	}
+	sfd, err := t.src.Fd()
+	if err != nil {
+		return err
+	}
+	rfd, err := openRegular(pfd, st, func(flags int) (int, error) {
+		return safefs.OpenConfined(sfd, name, flags)
+	})
+	if err != nil {
+		return err
+	}
+	defer unix.Close(rfd)
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return err
+	}
+	wfd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", t.dst.Path(name), err)
+	}
+	defer unix.Close(wfd)
+	if err := t.copyData(t.ctx, rfd, wfd, st.Size); err != nil {
+		return err
+	}
+	if err := t.setFdMeta(rfd, wfd, st); err != nil {
+		return err
+	}
+	t.Files++
+	if st.Nlink > 1 {
+		var ws unix.Stat_t
+		if err := unix.Fstat(wfd, &ws); err != nil {
+			return err
+		}
+		if t.dirCache == nil {
+			t.dirCache = slices.Clone(t.dstNames)
+		}
+		t.links[inodeKey{st.Dev, st.Ino}] = &link{dir: t.dirCache, name: name, ino: ws.Ino, left: uint32(st.Nlink) - 1}
+	}
+	return nil
+}
+
+// link makes name, in the current destination level, a hard link to l.
+func (t *tree) link(l *link, key inodeKey, name string) error {
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return err
+	}
+	from := dfd
+	if !slices.Equal(l.dir, t.dstNames) {
+		from, err = safefs.OpenDirChain(t.dstParent, l.dir, unix.O_PATH)
+		if err != nil {
+			return fmt.Errorf("open directory of %s: %w", l.name, err)
+		}
+		defer unix.Close(from)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(from, l.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("stat copy %s: %w", l.name, err)
+	}
+	if st.Ino != l.ino || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("copy %s was replaced: %w", l.name, unix.ESTALE)
+	}
+	if err := unix.Linkat(from, l.name, dfd, name, 0); err != nil {
+		return fmt.Errorf("link to %s: %w", l.name, err)
+	}
+	t.Files++
+	if l.left--; l.left == 0 {
+		delete(t.links, key)
+	}
+	return nil
+}
+
+// symlink copies the symlink pfd (O_PATH) as a symlink with the same
+// target text, never resolved.
+func (t *tree) symlink(pfd int, st *unix.Stat_t, name string) error {
+	target, err := readlink(pfd, st.Size)
+	if err != nil {
+		return err
+	}
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return err
+	}
+	if err := unix.Symlinkat(target, dfd, name); err != nil {
+		return fmt.Errorf("create %s: %w", t.dst.Path(name), err)
+	}
+	if err := t.setPathMeta(pfd, st, dfd, name); err != nil {
+		return err
+	}
+	t.Symlinks++
+	return nil
+}
+
+// readlink reads the target of the symlink pfd, an O_PATH fd on it.
+func readlink(pfd int, size int64) (string, error) {
+	n := int(max(size+1, 256))
+	for range 8 {
+		buf := make([]byte, n)
+		got, err := unix.Readlinkat(pfd, "", buf)
+		if err != nil {
+			return "", fmt.Errorf("readlink: %w", err)
+		}
+		if got < len(buf) {
+			return string(buf[:got]), nil
+		}
+		n *= 2
+	}
+	return "", fmt.Errorf("readlink: %w", unix.ENAMETOOLONG)
+}
+
+// special recreates a device node or fifo with mknod, or skips it, as the
+// options say. It is never opened.
+func (t *tree) special(pfd int, st *unix.Stat_t, name string) error {
+	if t.o.Specials == Skip {
+		t.Skipped++
+		return nil
+	}
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return err
+	}
+	if err := unix.Mknodat(dfd, name, st.Mode&(unix.S_IFMT|permBits), int(st.Rdev)); err != nil {
+		return fmt.Errorf("create %s: %w", t.dst.Path(name), err)
+	}
+	if err := t.setPathMeta(pfd, st, dfd, name); err != nil {
+		return err
+	}
+	t.Specials++
+	return nil
+}
