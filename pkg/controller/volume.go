@@ -35,8 +35,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: this driver does not advertise CLONE_VOLUME or snapshots yet")
+	source, err := contentSource(req.GetVolumeContentSource())
+	if err != nil {
+		return nil, err
 	}
 	if !s.reachable(req.GetAccessibilityRequirements()) {
 		return nil, status.Errorf(codes.ResourceExhausted,
@@ -66,6 +67,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		AccessType:    access,
 		FSType:        fsType,
 		Parameters:    params,
+		Source:        source,
 	})
 	if err != nil {
 		return nil, csierr.Status(err)
@@ -126,4 +128,32 @@ func (s *Server) ControllerGetVolume(_ context.Context, req *csi.ControllerGetVo
 		Volume: s.volume(r),
 		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{PublishedNodeIds: s.publishedOn(r.ID)},
 	}, nil
+}
+
+// contentSource reads a CreateVolume content source: a snapshot (restore) or a volume
+// (clone), both in the pool being provisioned from.
+func contentSource(cs *csi.VolumeContentSource) (*storage.Source, error) {
+	switch {
+	case cs == nil:
+		return nil, nil
+	case cs.GetSnapshot() != nil:
+		id := cs.GetSnapshot().GetSnapshotId()
+		if id == "" {
+			return nil, status.Error(codes.InvalidArgument, "volume_content_source.snapshot.snapshot_id is required")
+		}
+		if err := storage.ValidateName(id); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "volume_content_source.snapshot.snapshot_id: %v", err)
+		}
+		return &storage.Source{Kind: storage.SourceSnapshot, ID: id}, nil
+	case cs.GetVolume() != nil:
+		id := cs.GetVolume().GetVolumeId()
+		if id == "" {
+			return nil, status.Error(codes.InvalidArgument, "volume_content_source.volume.volume_id is required")
+		}
+		if err := storage.ValidateName(id); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "volume_content_source.volume.volume_id: %v", err)
+		}
+		return &storage.Source{Kind: storage.SourceVolume, ID: id}, nil
+	}
+	return nil, status.Error(codes.InvalidArgument, "volume_content_source names neither a snapshot nor a volume")
 }

@@ -174,3 +174,30 @@ func (e *Engine) Unserved() error {
 	}
 	return nil
 }
+
+// ResolveSnapshot validates a snapshot ID and returns its pool and hash, with the same
+// rules as Resolve: hostile IDs are ErrInvalid, harmless foreign ones ErrNotFound.
+func (e *Engine) ResolveSnapshot(id string) (*Pool, string, error) {
+	if err := ValidateName(id); err != nil {
+		return nil, "", fmt.Errorf("snapshot ID: %w", err)
+	}
+	pid, err := ParseSnapshotID(id)
+	if err != nil {
+		return nil, "", fmt.Errorf("snapshot %s is not in Berth's ID format: %w", id, ErrNotFound)
+	}
+	p, err := e.Pool(pid.Pool)
+	if err != nil {
+		return nil, "", fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	return p, pid.Hash, nil
+}
+
+// AllSnapshots returns every snapshot (committed or being copied) sorted by ID.
+func (e *Engine) AllSnapshots() []*Snapshot {
+	var out []*Snapshot
+	for _, p := range e.pools {
+		out = append(out, p.Snapshots()...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

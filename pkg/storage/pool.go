@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/berth-csi/berth/pkg/storage/clone"
 	"github.com/berth-csi/berth/pkg/storage/meta"
 	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
@@ -46,6 +47,9 @@ type Pool struct {
 	allocated int64              // sum of committed and reserved capacities
 	healthErr error              // non-nil: the pool cannot be served
 	purge     chan struct{}
+
+	snaps   snapshotState
+	reflink bool // copies are reflinks (FICLONE works in this pool)
 }
 
 func newPool(cfg PoolConfig, projects *projectIDs) *Pool {
@@ -56,6 +60,7 @@ func newPool(cfg PoolConfig, projects *projectIDs) *Pool {
 		volSync:  meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
 		index:    map[string]*Record{},
 		purge:    make(chan struct{}, 1),
+		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}},
 	}
 }
 
@@ -119,6 +124,11 @@ func (p *Pool) open(ctx context.Context) error {
 	if err := p.loadIndex(ctx); err != nil {
 		return err
 	}
+	if err := p.loadSnapshots(ctx); err != nil {
+		return err
+	}
+	p.reflink = clone.ReflinkSupported(filepath.Join(p.cfg.Path, tmpDir))
+	logger.V(2).Info("Pool copy mode", "reflink", p.reflink)
 	// Deleted volumes still in the trash keep their quota project IDs until purged.
 	trashed, err := os.ReadDir(filepath.Join(p.cfg.Path, trashDir))
 	if err != nil {

@@ -96,6 +96,9 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		}
 		return r.Clone(), nil
 	}
+	if err := p.checkSource(&req, size); err != nil {
+		return nil, fmt.Errorf("create volume %s: %w", id, err)
+	}
 	if err := p.reserve(size); err != nil {
 		return nil, fmt.Errorf("create volume %s of %d bytes: %w", id, size, err)
 	}
@@ -141,6 +144,11 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string) (err error) {
 	}()
 	if err := p.backend.Build(ctx, p, r, dir); err != nil {
 		return err
+	}
+	if r.ContentSource != nil {
+		if err := p.fill(ctx, r, dir); err != nil {
+			return fmt.Errorf("copy %s %s: %w", r.ContentSource.Kind, r.ContentSource.ID, err)
+		}
 	}
 	data, err := encodeRecord(r)
 	if err != nil {
@@ -216,6 +224,9 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	r, ok := p.lookup(hash)
 	if !ok {
 		return nil
+	}
+	if p.Copying(r.ID) {
+		return fmt.Errorf("delete volume %s: a snapshot of it is being copied: %w", r.ID, ErrInUse)
 	}
 	if err := p.backend.InUse(ctx, p, r, p.VolumeDir(hash)); err != nil {
 		return fmt.Errorf("delete volume %s: %w", r.ID, err)

@@ -2,17 +2,14 @@
 // real Berth driver serving a dir pool on a unix socket, with real bind mounts.
 //
 // Specs csi-sanity skips by itself, and why that is right for Berth today:
-//   - Snapshot, ListSnapshots and clone specs: CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS and
-//     CLONE_VOLUME are not advertised yet (issue: snapshots, restores and clones).
-//   - ControllerExpandVolume / NodeExpandVolume: EXPAND_VOLUME is not advertised yet
-//     (issue: enforced sizes, raw block volumes and online expansion).
 //   - ControllerPublish/Unpublish: Berth needs no attach step (CSIDriver attachRequired
 //     false), so PUBLISH_UNPUBLISH_VOLUME is not advertised.
-//   - NodeStage/NodeUnstage: a dir volume needs no staging, so STAGE_UNSTAGE_VOLUME is
-//     not advertised (the image kind will add it).
-//   - ModifyVolume and group snapshots: not implemented, not advertised.
+//   - ControllerExpandVolume: expansion is node-only (docs/design.md, "Expansion"), so
+//     the controller does not advertise EXPAND_VOLUME; NodeExpandVolume specs run.
+//   - ModifyVolume, GetSnapshot and group snapshots: not implemented, not advertised.
 //   - Node volume attach limit spec: TestNodeVolumeAttachLimit is left false because
 //     --max-volumes-per-node is 0 (no limit) here.
+//   - Specs for the other access type than the case's (mount or block).
 package sanity
 
 import (
@@ -92,6 +89,12 @@ func run(t *testing.T, pools []storage.PoolConfig, tune func(*sanity.TestConfig)
 var cases = map[string]func(t *testing.T){
 	"dir": func(t *testing.T) {
 		run(t, []storage.PoolConfig{{Name: "default", Path: filepath.Join(t.TempDir(), "pool"), Kind: storage.KindDir}}, nil)
+	},
+	// On XFS with reflink, snapshots and clones are FICLONE copies, ready at once;
+	// on the ext4 of the "dir" case they are background copies.
+	"dir-xfs-reflink": func(t *testing.T) {
+		mnt := testutil.MountFS(t, testutil.XFSPlain, 4<<30)
+		run(t, []storage.PoolConfig{{Name: "default", Path: filepath.Join(mnt, "pool"), Kind: storage.KindDir}}, nil)
 	},
 	// The quota pool sits on XFS and on ext4 with project quotas, each made on a loop
 	// file; every volume's size is a hard limit there.

@@ -1,0 +1,178 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/berth-csi/berth/pkg/storage/clone"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Content source kinds.
+const (
+	SourceSnapshot = "snapshot"
+	SourceVolume   = "volume"
+)
+
+// FIFREEZE and FITHAW (linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int)).
+const (
+	fiFreeze = 0xc0045877
+	fiThaw   = 0xc0045878
+)
+
+var copyOptions = clone.Options{Reflink: clone.Auto, Specials: clone.Recreate}
+
+// sourceOf resolves a create request's content source inside this pool: the path of
+// its data, its size and access type. A snapshot still being copied is ErrPrecondition
+// (never served from a partial copy); a source in another pool is ErrInvalid.
+func (p *Pool) sourceOf(src *Source) (from string, size int64, access string, vol *Record, err error) {
+	name, _ := p.backend.Data()
+	switch src.Kind {
+	case SourceSnapshot:
+		pid, err := ParseSnapshotID(src.ID)
+		if err != nil {
+			return "", 0, "", nil, fmt.Errorf("snapshot %s is not in Berth's ID format: %w", src.ID, ErrNotFound)
+		}
+		if pid.Pool != p.cfg.Name {
+			return "", 0, "", nil, fmt.Errorf("snapshot %s is in pool %s, not %s: restore within its pool: %w", src.ID, pid.Pool, p.cfg.Name, ErrInvalid)
+		}
+		s, err := p.Snapshot(pid.Hash)
+		if err != nil {
+			return "", 0, "", nil, err
+		}
+		if !s.Ready {
+			return "", 0, "", nil, fmt.Errorf("snapshot %s is not ready to use yet: %w", src.ID, ErrPrecondition)
+		}
+		return filepath.Join(p.cfg.Path, snapshotsDir, pid.Hash, name), s.SizeBytes, s.AccessType, nil, nil
+	case SourceVolume:
+		pid, err := ParseVolumeID(src.ID)
+		if err != nil {
+			return "", 0, "", nil, fmt.Errorf("volume %s is not in Berth's ID format: %w", src.ID, ErrNotFound)
+		}
+		if pid.Pool != p.cfg.Name {
+			return "", 0, "", nil, fmt.Errorf("volume %s is in pool %s, not %s: clone within its pool: %w", src.ID, pid.Pool, p.cfg.Name, ErrInvalid)
+		}
+		r, err := p.Get(pid.Hash)
+		if err != nil {
+			return "", 0, "", nil, err
+		}
+		return filepath.Join(p.VolumeDir(pid.Hash), name), r.CapacityBytes, r.AccessType, r, nil
+	}
+	return "", 0, "", nil, fmt.Errorf("content source kind %q: %w", src.Kind, ErrInvalid)
+}
+
+// checkSource validates a content source against the volume being created.
+func (p *Pool) checkSource(req *CreateRequest, size int64) error {
+	if req.Source == nil {
+		return nil
+	}
+	_, srcSize, access, _, err := p.sourceOf(req.Source)
+	if err != nil {
+		return err
+	}
+	if size < srcSize {
+		return fmt.Errorf("%s %s holds %d bytes, more than the %d requested: %w", req.Source.Kind, req.Source.ID, srcSize, size, ErrOutOfRange)
+	}
+	if access != req.AccessType {
+		return fmt.Errorf("%s %s is a %s volume, not %s: %w", req.Source.Kind, req.Source.ID, access, req.AccessType, ErrInvalid)
+	}
+	return nil
+}
+
+// fill copies a new volume's content source into its directory (under tmp/), after
+// the kind has built it: into the existing data directory (so a quota volume's
+// project is inherited by every copied file), or as the image file, grown to the
+// new capacity (the node grows the filesystem at stage).
+func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
+	from, _, _, srcVol, err := p.sourceOf(r.ContentSource)
+	if err != nil {
+		return err
+	}
+	name, isDir := p.backend.Data()
+	if isDir {
+		o := copyOptions
+		o.Into = true
+		if _, err := clone.Tree(ctx, from, volDir, name, o); err != nil {
+			return err
+		}
+		return syncFS(volDir)
+	}
+	dst := filepath.Join(volDir, name)
+	if err := os.Remove(dst); err != nil {
+		return err
+	}
+	if srcVol != nil {
+		thaw := p.freeze(ctx, srcVol)
+		defer thaw()
+	}
+	if _, err := clone.File(ctx, from, dst, copyOptions); err != nil {
+		return err
+	}
+	if err := os.Truncate(dst, r.CapacityBytes); err != nil {
+		return err
+	}
+	return syncFS(volDir)
+}
+
+// copyData copies a volume's data into dstDir for a snapshot.
+func (p *Pool) copyData(ctx context.Context, src *Record, dstDir string) error {
+	name, isDir := p.backend.Data()
+	from := filepath.Join(p.VolumeDir(src.Hash()), name)
+	if isDir {
+		if _, err := clone.Tree(ctx, from, dstDir, name, copyOptions); err != nil {
+			return err
+		}
+		return syncFS(dstDir)
+	}
+	thaw := p.freeze(ctx, src)
+	_, err := clone.File(ctx, from, filepath.Join(dstDir, name), copyOptions)
+	thaw()
+	if err != nil {
+		return err
+	}
+	return syncFS(dstDir)
+}
+
+// freeze freezes the filesystem of a staged image volume (FIFREEZE on its staging
+// mount) so a copy of its image is consistent; the returned func thaws it. A volume
+// that is not staged, or a block volume, needs nothing.
+func (p *Pool) freeze(ctx context.Context, r *Record) func() {
+	st, err := p.Staged(r.Hash())
+	if err != nil || st == nil || r.AccessType != AccessMount {
+		return func() {}
+	}
+	fd, err := unix.Open(st.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot open staged filesystem to freeze it; copying unfrozen", "volumeID", r.ID)
+		return func() {}
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiFreeze, 0); e != 0 {
+		unix.Close(fd)
+		klog.FromContext(ctx).Error(e, "Cannot freeze staged filesystem; copying unfrozen", "volumeID", r.ID)
+		return func() {}
+	}
+	return func() {
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); e != 0 {
+			klog.FromContext(ctx).Error(e, "Cannot thaw staged filesystem", "volumeID", r.ID)
+		}
+		unix.Close(fd)
+	}
+}
+
+// syncFS flushes the filesystem holding dir: a copied tree is not fsynced file by
+// file, and a snapshot or restored volume is acknowledged only once its data is
+// durable. One syncfs(2) covers every file the copy wrote.
+func syncFS(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
+	}
+	return nil
+}

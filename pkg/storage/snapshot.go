@@ -1,0 +1,336 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-csi/berth/pkg/storage/meta"
+	"github.com/berth-csi/berth/pkg/storage/safefs"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Snapshots live in the pool beside volumes, with their own records:
+//
+//	<path>/snapshots/<hash>/record.json   the snapshot's record
+//	<path>/snapshots/<hash>/data|image    a copy of the source volume's data
+//
+// A snapshot is built under tmp/ and renamed into snapshots/ only when complete, so a
+// snapshot that exists is ready to use, and one interrupted by a crash is rolled back
+// at start-up with every other half-built entry of tmp/.
+const (
+	snapshotsDir   = "snapshots"
+	snapshotPrefix = "s1-"
+)
+
+// Snapshot is the durable description of one snapshot.
+type Snapshot struct {
+	Version        int       `json:"version"`
+	ID             string    `json:"id"`
+	Name           string    `json:"name"`
+	Pool           string    `json:"pool"`
+	SourceVolumeID string    `json:"sourceVolumeID"`
+	SizeBytes      int64     `json:"sizeBytes"`
+	AccessType     string    `json:"accessType"`
+	FSType         string    `json:"fsType,omitempty"`
+	CreatedAt      time.Time `json:"createdAt"`
+	// Ready is false only in answers about a snapshot still being copied.
+	Ready bool `json:"-"`
+}
+
+// Hash is the part of the ID that names the snapshot's directory.
+func (s *Snapshot) Hash() string { return s.ID[len(s.ID)-hashLen:] }
+
+// SnapshotID returns the ID of the snapshot called name in pool: s1-<pool>-<hash>.
+func SnapshotID(pool, name string) string {
+	return snapshotPrefix + pool + "-" + nameHash("snapshot", name)
+}
+
+// ParseSnapshotID validates a snapshot ID as strictly as a volume ID.
+func ParseSnapshotID(id string) (ParsedID, error) {
+	if !strings.HasPrefix(id, snapshotPrefix) {
+		return ParsedID{}, fmt.Errorf("snapshot ID %q is not a Berth snapshot ID: %w", truncate(id), ErrInvalid)
+	}
+	return ParseVolumeID("b1-" + id[len(snapshotPrefix):])
+}
+
+// build tracks a snapshot being copied in the background.
+type build struct {
+	snap   *Snapshot
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // set before done closes
+}
+
+// snapshotState is a pool's snapshot bookkeeping.
+type snapshotState struct {
+	mu       sync.Mutex
+	snaps    map[string]*Snapshot // committed, by hash
+	building map[string]*build    // in progress, by hash
+	sync     *meta.DirSyncer
+}
+
+// copySync is what a snapshot copy needs to be fast: the pool supports reflinks.
+// Without them, CreateSnapshot answers at once with ready_to_use=false and copies in
+// the background.
+func (p *Pool) copyIsFast() bool { return p.reflink }
+
+func (p *Pool) loadSnapshots(ctx context.Context) error {
+	dir := filepath.Join(p.cfg.Path, snapshotsDir)
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	p.snaps.sync = meta.NewDirSyncer(dir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	p.snaps.mu.Lock()
+	defer p.snaps.mu.Unlock()
+	for _, e := range entries {
+		if len(e.Name()) != hashLen || !isLowerHex(e.Name()) {
+			continue
+		}
+		s, err := readSnapshot(filepath.Join(dir, e.Name()))
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Snapshot directory without a readable record: left alone", "pool", p.cfg.Name, "entry", e.Name())
+			continue
+		}
+		s.Ready = true
+		p.snaps.snaps[e.Name()] = s
+		p.mu.Lock()
+		p.allocated += s.SizeBytes
+		p.mu.Unlock()
+	}
+	return nil
+}
+
+func readSnapshot(dir string) (*Snapshot, error) {
+	data, err := os.ReadFile(filepath.Join(dir, recordFile))
+	if err != nil {
+		return nil, err
+	}
+	var s Snapshot
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", dir, err)
+	}
+	if s.Version != recordVersion {
+		return nil, fmt.Errorf("%s: unsupported snapshot record version %d", dir, s.Version)
+	}
+	return &s, nil
+}
+
+// CreateSnapshot snapshots the volume with hash source. An identical earlier request
+// returns the same snapshot (with its progress while it is being copied); the same
+// name for another source is ErrExists. The caller holds the snapshot's lock.
+func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapshot, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	id := SnapshotID(p.cfg.Name, name)
+	hash := id[len(id)-hashLen:]
+	src, err := p.Get(source)
+	if err != nil {
+		return nil, err
+	}
+	p.snaps.mu.Lock()
+	s, committed := p.snaps.snaps[hash]
+	b, inProgress := p.snaps.building[hash]
+	p.snaps.mu.Unlock()
+	switch {
+	case committed && s.SourceVolumeID == src.ID:
+		c := *s
+		return &c, nil
+	case committed:
+		return nil, fmt.Errorf("snapshot %q exists for volume %s: %w", name, s.SourceVolumeID, ErrExists)
+	case inProgress && b.snap.SourceVolumeID != src.ID:
+		return nil, fmt.Errorf("snapshot %q is being made of volume %s: %w", name, b.snap.SourceVolumeID, ErrExists)
+	case inProgress:
+		select {
+		case <-b.done:
+			// Finished with an error (success commits it): report it and let a
+			// retry start over.
+			p.snaps.mu.Lock()
+			delete(p.snaps.building, hash)
+			p.snaps.mu.Unlock()
+			return nil, b.err
+		default:
+			c := *b.snap
+			return &c, nil
+		}
+	}
+	if err := p.reserve(src.CapacityBytes); err != nil {
+		return nil, fmt.Errorf("snapshot %s of %s: %w", id, src.ID, err)
+	}
+	snap := &Snapshot{
+		Version: recordVersion, ID: id, Name: name, Pool: p.cfg.Name, SourceVolumeID: src.ID,
+		SizeBytes: src.CapacityBytes, AccessType: src.AccessType, FSType: src.FSType, CreatedAt: time.Now().UTC(),
+	}
+	if p.copyIsFast() {
+		if err := p.buildSnapshot(ctx, snap, src); err != nil {
+			p.release(snap.SizeBytes)
+			return nil, err
+		}
+		c := *snap
+		c.Ready = true
+		return &c, nil
+	}
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	b = &build{snap: snap, cancel: cancel, done: make(chan struct{})}
+	p.snaps.mu.Lock()
+	p.snaps.building[hash] = b
+	p.snaps.mu.Unlock()
+	go func() {
+		defer close(b.done)
+		defer cancel()
+		if err := p.buildSnapshot(bctx, snap, src); err != nil {
+			p.release(snap.SizeBytes)
+			b.err = err
+			klog.FromContext(ctx).Error(err, "Snapshot copy failed", "snapshotID", id)
+			return
+		}
+		p.snaps.mu.Lock()
+		delete(p.snaps.building, hash)
+		p.snaps.mu.Unlock()
+	}()
+	c := *snap
+	return &c, nil
+}
+
+// buildSnapshot copies the source under tmp/ and commits it by rename.
+func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err error) {
+	tmpParent := filepath.Join(p.cfg.Path, tmpDir)
+	tmpName := "s" + s.Hash() + "." + randHex()
+	dir := filepath.Join(tmpParent, tmpName)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			if rerr := safefs.RemoveTree(tmpParent, tmpName); rerr != nil {
+				klog.FromContext(ctx).Error(rerr, "Cannot roll back half-built snapshot", "entry", tmpName)
+			}
+		}
+	}()
+	if err := p.copyData(ctx, src, dir); err != nil {
+		return fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err)
+	}
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := meta.WriteNew(filepath.Join(dir, recordFile), data); err != nil {
+		return err
+	}
+	if err := meta.SyncDir(dir); err != nil {
+		return err
+	}
+	final := filepath.Join(p.cfg.Path, snapshotsDir, s.Hash())
+	if err := unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("commit %s: %w", final, err)
+	}
+	if err := p.snaps.sync.Sync(); err != nil {
+		if rerr := os.Rename(final, dir); rerr != nil {
+			klog.FromContext(ctx).Error(rerr, "Cannot undo snapshot commit after failed flush", "snapshotID", s.ID)
+		}
+		return err
+	}
+	committed := *s
+	committed.Ready = true
+	p.snaps.mu.Lock()
+	p.snaps.snaps[s.Hash()] = &committed
+	p.snaps.mu.Unlock()
+	klog.FromContext(ctx).V(4).Info("Snapshot committed", "snapshotID", s.ID, "sourceVolumeID", src.ID)
+	return nil
+}
+
+// Snapshot returns a committed or in-progress snapshot by hash.
+func (p *Pool) Snapshot(hash string) (*Snapshot, error) {
+	p.snaps.mu.Lock()
+	defer p.snaps.mu.Unlock()
+	if s, ok := p.snaps.snaps[hash]; ok {
+		c := *s
+		return &c, nil
+	}
+	if b, ok := p.snaps.building[hash]; ok {
+		c := *b.snap
+		return &c, nil
+	}
+	return nil, fmt.Errorf("snapshot %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
+}
+
+// Snapshots lists committed and in-progress snapshots, sorted by ID.
+func (p *Pool) Snapshots() []*Snapshot {
+	p.snaps.mu.Lock()
+	defer p.snaps.mu.Unlock()
+	out := make([]*Snapshot, 0, len(p.snaps.snaps)+len(p.snaps.building))
+	for _, s := range p.snaps.snaps {
+		c := *s
+		out = append(out, &c)
+	}
+	for _, b := range p.snaps.building {
+		c := *b.snap
+		out = append(out, &c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// DeleteSnapshot removes a snapshot (cancelling its copy if one runs); a missing one
+// is success. The caller holds the snapshot's lock.
+func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
+	p.snaps.mu.Lock()
+	b := p.snaps.building[hash]
+	p.snaps.mu.Unlock()
+	if b != nil {
+		b.cancel()
+		<-b.done
+		p.snaps.mu.Lock()
+		delete(p.snaps.building, hash)
+		p.snaps.mu.Unlock()
+	}
+	p.snaps.mu.Lock()
+	s, ok := p.snaps.snaps[hash]
+	p.snaps.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err := p.toTrash(filepath.Join(p.cfg.Path, snapshotsDir), hash); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	p.snaps.mu.Lock()
+	delete(p.snaps.snaps, hash)
+	p.snaps.mu.Unlock()
+	p.release(s.SizeBytes)
+	if err := p.snaps.sync.Sync(); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", s.ID, err)
+	}
+	p.kickPurge()
+	klog.FromContext(ctx).V(4).Info("Snapshot moved to trash", "snapshotID", s.ID)
+	return nil
+}
+
+// Copying reports whether a snapshot of volume id is being copied (the volume may not
+// be deleted until the copy ends).
+func (p *Pool) Copying(volumeID string) bool {
+	p.snaps.mu.Lock()
+	defer p.snaps.mu.Unlock()
+	for _, b := range p.snaps.building {
+		if b.snap.SourceVolumeID == volumeID {
+			select {
+			case <-b.done:
+			default:
+				return true
+			}
+		}
+	}
+	return false
+}
