@@ -37,3 +37,26 @@ func GrowFS(dev, mountPath string) error {
 	}
 	return nil
 }
+
+// GrowExt4Offline grows the unmounted ext4 filesystem on dev to fill the device, when
+// it is smaller (after a restore into a larger volume). Offline growth needs no
+// CAP_SYS_RESOURCE, unlike growing a mounted ext4. resize2fs demands a fresh check
+// first, so e2fsck -f -p runs before it. A device without a filesystem is left alone.
+func GrowExt4Offline(dev string) error {
+	e := utilexec.New()
+	if out, err := e.Command("blkid", "-p", "-s", "TYPE", "-o", "value", dev).CombinedOutput(); err != nil || string(out) != "ext4\n" {
+		return nil // no ext4 here (yet): formatting will size it
+	}
+	r := mount.NewResizeFs(e)
+	need, err := r.NeedResize(dev, "")
+	if err != nil || !need {
+		return err
+	}
+	if out, err := e.Command("e2fsck", "-f", "-p", dev).CombinedOutput(); err != nil {
+		return fmt.Errorf("e2fsck %s before growing it: %w: %s", dev, err, out)
+	}
+	if out, err := e.Command("resize2fs", dev).CombinedOutput(); err != nil {
+		return fmt.Errorf("resize2fs %s: %w: %s", dev, err, out)
+	}
+	return nil
+}

@@ -103,8 +103,21 @@ func (s *Server) stageImage(ctx context.Context, p *storage.Pool, r *storage.Rec
 		}
 		return status.Errorf(codes.FailedPrecondition, "staging_target_path %s is already a mount point of something else", staging)
 	}
+	// A volume restored or cloned into a larger size holds a smaller filesystem than
+	// its device: grow it, offline for ext4 without CAP_SYS_RESOURCE, else once mounted.
+	ext4Offline := r.FSType == "ext4" && !hasCapSysResource()
+	if ext4Offline {
+		if err := mounter.GrowExt4Offline(dev.Path); err != nil {
+			return status.Errorf(codes.Internal, "stage %s: %v", r.ID, err)
+		}
+	}
 	if err := mounter.FormatAndMount(dev.Path, staging, r.FSType, vc.GetMount().GetMountFlags()); err != nil {
 		return status.Errorf(codes.Internal, "stage %s: %v", r.ID, err)
+	}
+	if !ext4Offline {
+		if err := mounter.GrowFS(dev.Path, staging); err != nil {
+			return status.Errorf(codes.Internal, "stage %s: %v", r.ID, err)
+		}
 	}
 	return nil
 }
