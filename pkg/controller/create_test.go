@@ -67,9 +67,13 @@ func TestCreateVolumeInvalidArgument(t *testing.T) {
 		{"negative required bytes", withReq("v", capacity(-1, 0)), codes.InvalidArgument},
 		{"negative limit bytes", withReq("v", capacity(0, -1)), codes.InvalidArgument},
 		{"required above limit", withReq("v", capacity(2<<20, 1<<20)), codes.InvalidArgument},
-		{"content source", withReq("v", func(r *csi.CreateVolumeRequest) {
+		{"content source names an unknown volume", withReq("v", func(r *csi.CreateVolumeRequest) {
 			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: unknownID}}}
+		}), codes.NotFound},
+		{"content source with a hostile volume ID", withReq("v", func(r *csi.CreateVolumeRequest) {
+			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "../etc"}}}
 		}), codes.InvalidArgument},
 		{"pvc name parameter accepted", withReq("v", params(map[string]string{
 			"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "default",

@@ -140,9 +140,13 @@ func ptr[T any](v T) *T { return &v }
 
 func TestRecordOnDisk(t *testing.T) {
 	p := newPool(t)
+	src, err := p.Create(context.Background(), storage.CreateRequest{Name: "origin", RequiredBytes: mib, AccessType: storage.AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
 	r, err := p.Create(context.Background(), storage.CreateRequest{
 		Name: "pvc-1", RequiredBytes: 3 * mib, AccessType: storage.AccessMount, FSType: "ext4",
-		Parameters: map[string]string{"pool": "default"}, Source: &storage.Source{Kind: "snapshot", ID: "snap-1"},
+		Parameters: map[string]string{"pool": "default"}, Source: &storage.Source{Kind: "volume", ID: src.ID},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +194,11 @@ func TestRecordOnDisk(t *testing.T) {
 // The engine's index must not share memory with a request or a returned record.
 func TestRecordsAreCopies(t *testing.T) {
 	p := newPool(t)
-	src := &storage.Source{Kind: "snapshot", ID: "snap-1"}
+	origin, err := p.Create(context.Background(), storage.CreateRequest{Name: "origin", RequiredBytes: mib, AccessType: storage.AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &storage.Source{Kind: "volume", ID: origin.ID}
 	params := map[string]string{"a": "1"}
 	req := storage.CreateRequest{Name: "pvc-1", RequiredBytes: mib, AccessType: storage.AccessMount, Parameters: params, Source: src}
 	r, err := p.Create(context.Background(), req)
@@ -203,11 +211,11 @@ func TestRecordsAreCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ContentSource.ID != "snap-1" || got.Parameters["a"] != "1" || got.CapacityBytes != mib {
+	if got.ContentSource.ID != origin.ID || got.Parameters["a"] != "1" || got.CapacityBytes != mib {
 		t.Fatalf("index changed through caller memory: %+v source %+v", got, *got.ContentSource)
 	}
 	retry := storage.CreateRequest{Name: "pvc-1", RequiredBytes: mib, AccessType: storage.AccessMount,
-		Parameters: map[string]string{"a": "1"}, Source: &storage.Source{Kind: "snapshot", ID: "snap-1"}}
+		Parameters: map[string]string{"a": "1"}, Source: &storage.Source{Kind: "volume", ID: origin.ID}}
 	if _, err := p.Create(context.Background(), retry); err != nil {
 		t.Fatalf("retry of the original request: %v", err)
 	}
