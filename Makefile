@@ -8,7 +8,7 @@ CSI_SANITY_VERSION := v5.6.0
 CSI_SANITY := $(TOOLS_DIR)/csi-sanity-$(CSI_SANITY_VERSION)
 RUN_DIR ?= $(CURDIR)/_output/run
 
-.PHONY: all build run test unit sanity bench vet fmt-check clean
+.PHONY: all build run test unit sanity bench vet fmt-check clean quota-vm
 
 all: build
 
@@ -39,6 +39,12 @@ $(CSI_SANITY):
 # Drives a running driver over its socket; figures go to docs/benchmarks.md by hand.
 bench: build
 	go run ./test/bench --driver bin/csi-driver
+
+# This machine's kernel has no quota support, so quota enforcement tests skip in
+# `make test`; this target runs them in a QEMU guest booting Debian's stock kernel.
+quota-vm:
+	hack/vmtest.sh ./pkg/storage/quota
+	hack/vmtest.sh ./pkg/node -test.run Quota
 
 vet:
 	go vet ./...

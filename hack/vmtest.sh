@@ -1,16 +1,19 @@
 #!/bin/bash
-# Runs this package's tests as root in a throwaway QEMU guest that boots
+# Runs one package's tests as root in a throwaway QEMU guest that boots
 # Debian's stock kernel, for hosts whose kernel cannot enforce project quotas
 # (built without CONFIG_XFS_QUOTA or CONFIG_QFMT_V2: the quota tests skip
 # there). The guest sees the host's root filesystem read-only over 9p, so it
 # uses the host's mkfs.xfs, mkfs.ext4, mount and xfs_quota; its /tmp is a
 # tmpfs. Debian hosts only (apt); TCG by default, QEMU_ACCEL="-enable-kvm
-# -cpu host" where nested KVM works. Arguments go to the test binary, e.g.
-#   pkg/storage/quota/testdata/vmtest.sh -test.v -test.run TestLimits
+# -cpu host" where nested KVM works. The first argument is the package
+# directory; the rest go to the test binary, e.g.
+#   hack/vmtest.sh ./pkg/storage/quota -test.v -test.run TestLimits
 set -euo pipefail
 
 [ "$(id -u)" = 0 ] || { echo "vmtest.sh: needs root" >&2; exit 1; }
-pkg=$(cd "$(dirname "$0")/.." && pwd)
+[ $# -ge 1 ] || { echo "usage: vmtest.sh <package dir> [test flags...]" >&2; exit 2; }
+pkg=$(cd "$1" && pwd)
+shift
 cache=${BERTH_VMTEST_CACHE:-/var/cache/berth-vmtest}
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/run.XXXXXX")
