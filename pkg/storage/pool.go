@@ -183,9 +183,10 @@ func (p *Pool) loadIndex(ctx context.Context) error {
 	return nil
 }
 
-// removeStaleTemps deletes temp files left by an interrupted atomic record update.
+// removeStaleTemps deletes temp files left by an interrupted atomic update of a
+// volume's record or staging record (meta.WriteFile names them .<name>.tmp*).
 func removeStaleTemps(volDir string) {
-	matches, _ := filepath.Glob(filepath.Join(volDir, "."+recordFile+".tmp*"))
+	matches, _ := filepath.Glob(filepath.Join(volDir, ".*.json.tmp*"))
 	for _, m := range matches {
 		_ = os.Remove(m)
 	}

@@ -19,7 +19,9 @@ var tmpSeq atomic.Uint64
 // WriteFile replaces dir/name with data atomically and durably: write a temp file in
 // the same directory, fsync it, rename it over name, fsync the directory.
 func WriteFile(dir, name string, data []byte) error {
-	tmp := filepath.Join(dir, "."+name+".tmp"+strconv.FormatUint(tmpSeq.Add(1), 10))
+	// The name is unique across processes too: a temp file left by a killed driver
+	// never collides with a later one (start-up removes such leftovers).
+	tmp := filepath.Join(dir, "."+name+".tmp"+strconv.Itoa(os.Getpid())+"-"+strconv.FormatUint(tmpSeq.Add(1), 10))
 	if err := WriteNew(tmp, data); err != nil {
 		return err
 	}
