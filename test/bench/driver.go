@@ -42,14 +42,6 @@ type driver struct {
 // newDriver writes the pool configuration under root and returns a driver
 // ready to start.
 func newDriver(bin, root string) (*driver, error) {
-	d := &driver{
-		bin:     bin,
-		sock:    filepath.Join(root, "csi.sock"),
-		config:  filepath.Join(root, "pools.yaml"),
-		kubelet: filepath.Join(root, "kubelet"),
-		logPath: filepath.Join(root, "driver.log"),
-		nodeID:  "bench-node",
-	}
 	pool := filepath.Join(root, "pool")
 	cfg := fmt.Sprintf(`pools:
 - name: default
@@ -58,6 +50,19 @@ func newDriver(bin, root string) (*driver, error) {
   reservedBytes: 0
   overcommit: true
 `, strconv.Quote(pool))
+	return newDriverWith(bin, root, cfg)
+}
+
+// newDriverWith is newDriver with the given --config file content.
+func newDriverWith(bin, root, cfg string) (*driver, error) {
+	d := &driver{
+		bin:     bin,
+		sock:    filepath.Join(root, "csi.sock"),
+		config:  filepath.Join(root, "pools.yaml"),
+		kubelet: filepath.Join(root, "kubelet"),
+		logPath: filepath.Join(root, "driver.log"),
+		nodeID:  "bench-node",
+	}
 	if err := os.WriteFile(d.config, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
@@ -72,6 +77,13 @@ func (d *driver) poolPath() string { return filepath.Join(filepath.Dir(d.config)
 // start runs the driver and waits until Probe reports ready. It returns the
 // time from exec to the first ready Probe.
 func (d *driver) start(ctx context.Context) (time.Duration, error) {
+	return d.startUntil(ctx, true)
+}
+
+// startUntil runs the driver and waits until Probe answers; with needReady,
+// until it reports ready. A driver with a pool it cannot serve answers, but
+// is never ready.
+func (d *driver) startUntil(ctx context.Context, needReady bool) (time.Duration, error) {
 	logf, err := os.OpenFile(d.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return 0, err
@@ -116,7 +128,7 @@ func (d *driver) start(ctx context.Context) (time.Duration, error) {
 		resp, err := d.identity.Probe(pctx, &csi.ProbeRequest{})
 		cancel()
 		// An unset ready field means ready, by the spec.
-		if err == nil && (resp.GetReady() == nil || resp.GetReady().GetValue()) {
+		if err == nil && (!needReady || resp.GetReady() == nil || resp.GetReady().GetValue()) {
 			return time.Since(begin), nil
 		}
 		select {

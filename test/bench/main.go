@@ -9,6 +9,10 @@
 //	go build -o bin/csi-driver ./cmd/csi-driver
 //	sudo go run ./test/bench --driver bin/csi-driver [--n 1000] [--dir DIR] [--out docs/benchmarks.md]
 //
+// The data path (--data, on by default) compares what a pod writing through
+// an image volume and a quota volume gets with the host directory the pools
+// live on: see dataio.go for the workloads.
+//
 // It needs root (the driver and the raw floor bind-mount) and a disk-backed
 // directory: fsync on tmpfs costs nothing, so figures there mean nothing.
 package main
@@ -40,6 +44,9 @@ type config struct {
 	scaleN      int
 	sample      int
 	scaleBudget time.Duration
+	data        bool
+	dataSize    byteSize
+	dataOps     int
 }
 
 func main() {
@@ -47,7 +54,7 @@ func main() {
 }
 
 func run() int {
-	var cfg config
+	cfg := config{dataSize: 1 << 30}
 	flag.StringVar(&cfg.driver, "driver", "", "path to the csi-driver binary (required)")
 	flag.StringVar(&cfg.dir, "dir", "/var/tmp", "directory on the disk under test; the bench works in a fresh subdirectory")
 	flag.StringVar(&cfg.out, "out", "", "also write the results as a markdown table to this file")
@@ -58,6 +65,9 @@ func run() int {
 	flag.IntVar(&cfg.scaleN, "scale-n", 10000, "volumes in the pool for the scale measurements")
 	flag.IntVar(&cfg.sample, "sample", 500, "create+delete pairs timed at the small and the large pool size")
 	flag.DurationVar(&cfg.scaleBudget, "scale-budget", 10*time.Minute, "longest acceptable estimated time to fill the pool to --scale-n")
+	flag.BoolVar(&cfg.data, "data", true, "measure the data path: a host directory against an image and a quota volume")
+	flag.Var(&cfg.dataSize, "data-size", "size of the file each data run writes and reads (1GiB, 512MiB...)")
+	flag.IntVar(&cfg.dataOps, "data-ops", 20000, "4 KiB operations of each random data workload")
 	flag.Parse()
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -95,6 +105,10 @@ func (c *config) validate() error {
 		return fmt.Errorf("--n, --concurrency, --node-iters and --sample must be positive")
 	case c.scale && c.scaleN < smallPool+1:
 		return fmt.Errorf("--scale-n must exceed %d", smallPool)
+	case c.data && (c.dataSize < 1<<20 || c.dataSize%ioBlock != 0):
+		return fmt.Errorf("--data-size must be at least 1MiB and a multiple of %d", ioBlock)
+	case c.data && c.dataOps < 1:
+		return fmt.Errorf("--data-ops must be positive")
 	}
 	return nil
 }
@@ -174,6 +188,9 @@ func bench(ctx context.Context, cfg config, rep *report) (err error) {
 	rep.env("bench built with", runtime.Version())
 	rep.env("parameters", fmt.Sprintf("n=%d concurrency=%d node-iters=%d scale-n=%d sample=%d",
 		cfg.n, cfg.concurrency, cfg.nodeIters, cfg.scaleN, cfg.sample))
+	if cfg.data {
+		rep.env("data path", dataParams(cfg))
+	}
 
 	d, err := newDriver(bin, root)
 	if err != nil {
@@ -254,6 +271,15 @@ func bench(ctx context.Context, cfg config, rep *report) (err error) {
 	}
 	if cur, _, err := d.rss(); err == nil {
 		rep.info(sNode, "driver RSS after the controller and node runs", fmtMiB(cur))
+	}
+
+	// The data path: what a pod writing through a volume gets.
+	if cfg.data {
+		if err := benchData(ctx, cfg, bin, root, rep); err != nil {
+			return fmt.Errorf("data path: %w", err)
+		}
+	} else {
+		rep.skip(sData, "data path", "", "disabled by --data=false")
 	}
 
 	// a (per-call cost) and d. Scale.
