@@ -11,12 +11,13 @@ import (
 
 // GetCapacity answers for one pool (the parameters' pool, else the default) and this
 // node's topology: zero for another topology or for capabilities the pool cannot serve.
+// A shared pool has the same capacity seen from any topology.
 func (s *Server) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	p, _, err := s.poolFor(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
-	if t := req.GetAccessibleTopology(); t != nil {
+	if t := req.GetAccessibleTopology(); t != nil && !p.Shared() {
 		if v, ok := t.GetSegments()[TopologyKey]; !ok || v != s.nodeID {
 			return &csi.GetCapacityResponse{}, nil
 		}

@@ -61,7 +61,12 @@ func (s *Server) lock(id string, more ...string) (func(), error) {
 	return func() { s.locks.Release(keys...) }, nil
 }
 
-func (s *Server) topology() []*csi.Topology {
+// topology is where a volume of pool is accessible: this node for node-local pools;
+// anywhere (no constraint) for shared pools, whose root every node mounts.
+func (s *Server) topology(pool string) []*csi.Topology {
+	if p, err := s.engine.Pool(pool); err == nil && p.Shared() {
+		return nil
+	}
 	return []*csi.Topology{{Segments: map[string]string{TopologyKey: s.nodeID}}}
 }
 
@@ -78,7 +83,7 @@ func (s *Server) volume(r *storage.Record) *csi.Volume {
 	v := &csi.Volume{
 		VolumeId:           r.ID,
 		CapacityBytes:      r.CapacityBytes,
-		AccessibleTopology: s.topology(),
+		AccessibleTopology: s.topology(r.Pool),
 		VolumeContext:      map[string]string{"pool": r.Pool},
 	}
 	if src := r.ContentSource; src != nil {

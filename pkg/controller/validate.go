@@ -48,9 +48,10 @@ func (s *Server) poolFor(params map[string]string) (*storage.Pool, map[string]st
 	return p, kept, nil
 }
 
-// reachable reports whether the accessibility requirements allow this node.
-func (s *Server) reachable(req *csi.TopologyRequirement) bool {
-	if len(req.GetRequisite()) == 0 {
+// reachable reports whether the accessibility requirements allow this node, or any
+// node for a shared pool (a central controller serves those with no node of its own).
+func (s *Server) reachable(p *storage.Pool, req *csi.TopologyRequirement) bool {
+	if len(req.GetRequisite()) == 0 || p.Shared() {
 		return true
 	}
 	for _, t := range req.GetRequisite() {

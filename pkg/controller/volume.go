@@ -39,7 +39,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	if !s.reachable(req.GetAccessibilityRequirements()) {
+	if !s.reachable(p, req.GetAccessibilityRequirements()) {
 		return nil, status.Errorf(codes.ResourceExhausted,
 			"accessibility_requirements cannot be met: this controller serves only %s=%s", TopologyKey, s.nodeID)
 	}

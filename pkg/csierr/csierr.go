@@ -23,6 +23,7 @@ var codeOf = []struct {
 	{storage.ErrInUse, codes.FailedPrecondition},
 	{storage.ErrPrecondition, codes.FailedPrecondition},
 	{storage.ErrNotReady, codes.Unavailable},
+	{storage.ErrBusy, codes.Aborted},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

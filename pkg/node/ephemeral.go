@@ -40,6 +40,9 @@ func (s *Server) volumeFor(ctx context.Context, req *csi.NodePublishVolumeReques
 			return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
+	if p.Kind() == storage.KindShared {
+		return nil, nil, status.Errorf(codes.InvalidArgument, "ephemeral volumes cannot use shared pool %s: they live on one node with one pod; use a dir or quota pool", p.Name())
+	}
 	if p.Kind() == storage.KindImage {
 		return nil, nil, status.Errorf(codes.InvalidArgument, "ephemeral volumes cannot use image pool %s: kubelet does not stage them; use a dir or quota pool", p.Name())
 	}

@@ -136,6 +136,9 @@ func (s *Server) source(ctx context.Context, req *csi.NodePublishVolumeRequest) 
 	if err == nil && p.Kind() == storage.KindImage {
 		src, err = imageSource(p, r, req.GetStagingTargetPath())
 	}
+	if err == nil && p.Kind() == storage.KindShared {
+		src, err = s.sharedSource(ctx, p, r, req.GetStagingTargetPath())
+	}
 	if err != nil {
 		if r.Ephemeral {
 			if derr := s.deleteEphemeral(ctx, req.GetVolumeId()); derr != nil {

@@ -26,6 +26,9 @@ func (s *Server) Recover(ctx context.Context) error {
 		return err
 	}
 	for _, p := range s.engine.Pools() {
+		if p.Health() != nil {
+			continue // not served (a shared pool whose filesystem could not be mounted)
+		}
 		if p.Kind() == storage.KindImage {
 			if err := s.recoverImages(ctx, p, mounts); err != nil {
 				return err

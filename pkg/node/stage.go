@@ -61,10 +61,15 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if access != r.AccessType {
 		return nil, status.Errorf(codes.InvalidArgument, "volume %s was created for %s access, not %s", id, r.AccessType, access)
 	}
-	if p.Kind() != storage.KindImage {
+	switch p.Kind() {
+	case storage.KindImage:
+		err = s.stageImage(ctx, p, r, staging, rel, vc)
+	case storage.KindShared:
+		err = s.stageShared(ctx, p, r, staging, rel)
+	default:
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
-	if err := s.stageImage(ctx, p, r, staging, rel, vc); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	klog.FromContext(ctx).V(2).Info("Volume staged", "volumeID", id, "stagingPath", staging)
@@ -159,6 +164,8 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err := unmountAll(staging); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount %s: %v", staging, err)
 	}
+	// After a restart, a shared volume's staging bind looks like a publication.
+	s.engine.RemovePublication(id, staging)
 	p, r, err := s.engine.Volume(id)
 	if err != nil || p.Kind() != storage.KindImage {
 		return &csi.NodeUnstageVolumeResponse{}, nil

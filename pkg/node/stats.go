@@ -39,6 +39,10 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		return imageStats(r, req.GetVolumePath())
 	}
 	u, err := p.Usage(ctx, r.Hash())
+	if isStale(err) {
+		// CSI 1.13 has no volume condition in this answer: NodeGetVolumeHealth reports it.
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is inaccessible: its filesystem no longer answers (%v); NodeStageVolume remounts it", r.ID, err)
+	}
 	if err != nil {
 		return nil, csierr.Status(err)
 	}

@@ -34,6 +34,8 @@ func (p *Pool) Condition(hash string) []Problem {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return []Problem{{Inaccessible, "DataMissing", "volume data " + data + " is missing"}}
+	case errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ESTALE):
+		return []Problem{{Inaccessible, "StaleMount", fmt.Sprintf("the filesystem holding %s no longer answers (%v): the next NodeStageVolume remounts it", data, err)}}
 	case err != nil:
 		return []Problem{{Inaccessible, "DataUnreadable", fmt.Sprintf("volume data %s cannot be read: %v", data, err)}}
 	case fi.IsDir() != isDir || !(fi.IsDir() || fi.Mode().IsRegular()):
@@ -52,7 +54,7 @@ func (p *Pool) Condition(hash string) []Problem {
 		case err != nil:
 			return []Problem{{Degraded, "UsageUnknown", fmt.Sprintf("cannot read the usage of %s: %v", r.ID, err)}}
 		case full:
-			return []Problem{{Degraded, "CapacityExhausted", fmt.Sprintf("volume %s has used all of its %d bytes (or inodes): writes fail", r.ID, r.CapacityBytes)}}
+			return []Problem{{Degraded, "CapacityExhausted", fmt.Sprintf("volume %s has used all of its %d bytes (or inodes)", r.ID, r.CapacityBytes)}}
 		}
 	}
 	return nil

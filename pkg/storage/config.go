@@ -23,12 +23,24 @@ type PoolConfig struct {
 	Name string `json:"name"`
 	// Path is the absolute host directory that holds the pool.
 	Path string `json:"path"`
-	// Kind chooses the backend: dir (later quota, image, shared).
+	// Kind chooses the backend: dir, quota, image or shared.
 	Kind string `json:"kind"`
 	// ReservedBytes of the filesystem are never handed to volumes.
 	ReservedBytes int64 `json:"reservedBytes,omitempty"`
 	// Overcommit lets the sum of volume capacities exceed the pool's size.
 	Overcommit bool `json:"overcommit,omitempty"`
+
+	// The keys below are for shared pools only (see sharedkind.go).
+
+	// Source is the distributed filesystem to mount at Path (e.g. 127.0.0.1:/gv0).
+	// Empty: the operator mounts it at Path on every host.
+	Source string `json:"source,omitempty"`
+	// FSType is Source's filesystem type for mount(8): glusterfs, nfs, nfs4 or ceph.
+	FSType string `json:"fsType,omitempty"`
+	// MountOptions are passed to mount(8) with -o (nosuid and nodev are always added).
+	MountOptions []string `json:"mountOptions,omitempty"`
+	// GlusterQuota enforces volume sizes with GlusterFS directory quotas.
+	GlusterQuota bool `json:"glusterQuota,omitempty"`
 }
 
 // Config is the whole --config file.
@@ -107,6 +119,9 @@ func (p PoolConfig) validate() error {
 	}
 	if p.ReservedBytes < 0 {
 		return fmt.Errorf("pool %q: reservedBytes %d is negative: %w", p.Name, p.ReservedBytes, ErrInvalid)
+	}
+	if err := p.validateShared(); err != nil {
+		return fmt.Errorf("pool %q: %w", p.Name, err)
 	}
 	return nil
 }

@@ -25,3 +25,7 @@ var (
 	// ErrNotReady: the pool or object is not ready to serve yet.
 	ErrNotReady = errors.New("not ready")
 )
+
+// ErrBusy: another process or host holds the lock of the object (shared pools); the
+// caller retries.
+var ErrBusy = errors.New("locked by another operation")

@@ -13,6 +13,15 @@ import (
 // current size again is success, and still lets the backend finish an expansion a
 // crash interrupted. The caller holds the volume's lock.
 func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitBytes int64) (*Record, error) {
+	// Shared pools: every node holding the volume may be asked to expand it.
+	l, err := p.tryLock(volumeLock(hash))
+	if err != nil {
+		return nil, fmt.Errorf("expand volume %s: %w", hash, err)
+	}
+	defer l.unlock()
+	if p.Shared() {
+		removeStaleTemps(p.VolumeDir(hash)) // ours to remove, under the lock
+	}
 	r, err := p.Get(hash)
 	if err != nil {
 		return nil, err
@@ -53,9 +62,7 @@ func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitByte
 		p.release(delta)
 		return nil, fmt.Errorf("record expansion of %s: %w", r.ID, err)
 	}
-	p.mu.Lock()
-	p.index[hash] = grown
-	p.mu.Unlock()
+	p.commit(hash, grown, delta)
 	klog.FromContext(ctx).V(4).Info("Volume expanded", "volumeID", r.ID, "sizeBytes", newBytes)
 	return grown.Clone(), nil
 }

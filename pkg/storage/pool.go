@@ -45,6 +45,7 @@ type Pool struct {
 	mu        sync.Mutex
 	index     map[string]*Record // committed volumes by hash
 	allocated int64              // sum of committed and reserved capacities
+	inflight  int64              // the reserved part of allocated: not committed yet
 	healthErr error              // non-nil: the pool cannot be served
 	purge     chan struct{}
 
@@ -96,6 +97,12 @@ func (p *Pool) open(ctx context.Context) error {
 	if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
 		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 	}
+	if err := p.EnsureMounted(ctx); err != nil {
+		// Never lay a shared pool out on the node's own disk.
+		p.healthErr = err
+		logger.Error(err, "Pool cannot be served")
+		return nil
+	}
 	for _, d := range []string{volumesDir, tmpDir, trashDir} {
 		if err := os.Mkdir(filepath.Join(p.cfg.Path, d), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
@@ -111,8 +118,19 @@ func (p *Pool) open(ctx context.Context) error {
 		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 	}
 	for _, e := range tmps {
+		// In a shared pool, another host may be building this entry right now: its
+		// builder holds the entry's lock.
+		l, err := p.tryLock(buildLock(e.Name()))
+		if errors.Is(err, ErrBusy) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
 		logger.Info("Rolling back half-created volume", "entry", e.Name())
-		if err := p.toTrash(filepath.Join(p.cfg.Path, tmpDir), e.Name()); err != nil {
+		err = p.toTrash(filepath.Join(p.cfg.Path, tmpDir), e.Name())
+		l.unlock()
+		if err != nil {
 			return err
 		}
 	}
@@ -144,42 +162,65 @@ func (p *Pool) open(ctx context.Context) error {
 }
 
 func (p *Pool) loadIndex(ctx context.Context) error {
-	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
-	dir := filepath.Join(p.cfg.Path, volumesDir)
-	f, err := os.Open(dir)
+	index, err := p.scanVolumes(ctx)
 	if err != nil {
-		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return fmt.Errorf("pool %s: read %s: %w", p.cfg.Name, dir, err)
+		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, name := range names {
-		if len(name) != hashLen || !isLowerHex(name) {
-			logger.Info("Ignoring foreign entry in volumes directory", "entry", name)
-			continue
-		}
-		volDir := filepath.Join(dir, name)
-		removeStaleTemps(volDir)
-		r, err := readRecord(volDir)
-		if err != nil {
-			// Cannot happen through Berth (a volume is committed with its record);
-			// keep the data untouched and make the problem visible.
-			logger.Error(err, "Volume directory without a readable record: left alone", "entry", name)
-			continue
-		}
-		if r.Pool != p.cfg.Name || !strings.HasSuffix(r.ID, "-"+name) {
-			logger.Error(nil, "Volume record does not match its directory: left alone", "entry", name, "volumeID", r.ID)
-			continue
-		}
+	for name, r := range index {
 		p.index[name] = r
 		p.allocated += r.CapacityBytes
 		p.projects.mark(r.ProjectID)
 	}
-	logger.V(2).Info("Pool loaded", "volumes", len(p.index), "allocatedBytes", p.allocated)
+	klog.FromContext(ctx).V(2).Info("Pool loaded", "pool", p.cfg.Name, "volumes", len(p.index), "allocatedBytes", p.allocated)
+	return nil
+}
+
+// scanVolumes reads every committed volume's record.
+func (p *Pool) scanVolumes(ctx context.Context) (map[string]*Record, error) {
+	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	dir := filepath.Join(p.cfg.Path, volumesDir)
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: read %s: %w", p.cfg.Name, dir, err)
+	}
+	index := make(map[string]*Record, len(names))
+	for _, name := range names {
+		if len(name) != hashLen || !isLowerHex(name) {
+			logger.V(4).Info("Ignoring foreign entry in volumes directory", "entry", name)
+			continue
+		}
+		volDir := filepath.Join(dir, name)
+		if !p.Shared() {
+			// In a shared pool such a temp may be another host's update in progress.
+			removeStaleTemps(volDir)
+		}
+		r, err := readRecord(volDir)
+		if err == nil {
+			err = p.checkRecord(r, name)
+		}
+		if err != nil {
+			// Cannot happen through Berth (a volume is committed with its record);
+			// keep the data untouched and make the problem visible.
+			logger.Error(err, "Volume directory without a readable, matching record: left alone", "entry", name)
+			continue
+		}
+		index[name] = r
+	}
+	return index, nil
+}
+
+// checkRecord makes sure a record read from volumes/<hash> belongs there.
+func (p *Pool) checkRecord(r *Record, hash string) error {
+	if r.Pool != p.cfg.Name || !strings.HasSuffix(r.ID, "-"+hash) {
+		return fmt.Errorf("record of %s in pool %s does not match directory %s", r.ID, p.cfg.Name, hash)
+	}
 	return nil
 }
 
@@ -228,8 +269,15 @@ func (p *Pool) purger(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			// Every host purges a shared pool's trash: one at a time per entry.
+			l, err := p.tryLock("t-" + e.Name())
+			if err != nil {
+				continue
+			}
 			rec, _ := readRecord(filepath.Join(trash, e.Name()))
-			if err := safefs.RemoveTree(trash, e.Name()); err != nil {
+			err = safefs.RemoveTree(trash, e.Name())
+			l.unlock()
+			if err != nil {
 				logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
 				continue
 			}
@@ -253,6 +301,12 @@ func (p *Pool) Capacity() (available, maxVolume int64, err error) {
 	maxVolume = max(total-p.cfg.ReservedBytes, 0)
 	available = free
 	if !p.cfg.Overcommit {
+		if p.Shared() {
+			// Other hosts create and delete volumes too: count what is on disk.
+			if err := p.rescan(context.Background()); err != nil {
+				return 0, 0, err
+			}
+		}
 		p.mu.Lock()
 		available = min(available, maxVolume-p.allocated)
 		p.mu.Unlock()

@@ -14,7 +14,6 @@ import (
 
 	"github.com/berth-csi/berth/pkg/storage/meta"
 	"github.com/berth-csi/berth/pkg/storage/safefs"
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -89,12 +88,29 @@ func (p *Pool) loadSnapshots(ctx context.Context) error {
 		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 	}
 	p.snaps.sync = meta.NewDirSyncer(dir)
-	entries, err := os.ReadDir(dir)
+	snaps, err := p.scanSnapshots(ctx)
 	if err != nil {
-		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+		return err
 	}
 	p.snaps.mu.Lock()
 	defer p.snaps.mu.Unlock()
+	for hash, s := range snaps {
+		p.snaps.snaps[hash] = s
+		p.mu.Lock()
+		p.allocated += s.SizeBytes
+		p.mu.Unlock()
+	}
+	return nil
+}
+
+// scanSnapshots reads every committed snapshot's record.
+func (p *Pool) scanSnapshots(ctx context.Context) (map[string]*Snapshot, error) {
+	dir := filepath.Join(p.cfg.Path, snapshotsDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	}
+	snaps := make(map[string]*Snapshot, len(entries))
 	for _, e := range entries {
 		if len(e.Name()) != hashLen || !isLowerHex(e.Name()) {
 			continue
@@ -105,12 +121,9 @@ func (p *Pool) loadSnapshots(ctx context.Context) error {
 			continue
 		}
 		s.Ready = true
-		p.snaps.snaps[e.Name()] = s
-		p.mu.Lock()
-		p.allocated += s.SizeBytes
-		p.mu.Unlock()
+		snaps[e.Name()] = s
 	}
-	return nil
+	return snaps, nil
 }
 
 func readSnapshot(dir string) (*Snapshot, error) {
@@ -141,6 +154,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	if err != nil {
 		return nil, err
 	}
+	p.refreshSnapshot(hash)
 	p.snaps.mu.Lock()
 	s, committed := p.snaps.snaps[hash]
 	b, inProgress := p.snaps.building[hash]
@@ -167,7 +181,14 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 			return &c, nil
 		}
 	}
+	// Shared pools: the copy holds the lock until it ends, so another host neither
+	// copies the same snapshot nor rolls this copy back.
+	l, err := p.tryLock(snapshotLock(hash))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s of %s: %w", id, src.ID, err)
+	}
 	if err := p.reserve(src.CapacityBytes); err != nil {
+		l.unlock()
 		return nil, fmt.Errorf("snapshot %s of %s: %w", id, src.ID, err)
 	}
 	snap := &Snapshot{
@@ -175,6 +196,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 		SizeBytes: src.CapacityBytes, AccessType: src.AccessType, FSType: src.FSType, CreatedAt: time.Now().UTC(),
 	}
 	if p.copyIsFast() {
+		defer l.unlock()
 		if err := p.buildSnapshot(ctx, snap, src); err != nil {
 			p.release(snap.SizeBytes)
 			return nil, err
@@ -191,6 +213,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	go func() {
 		defer close(b.done)
 		defer cancel()
+		defer l.unlock()
 		if err := p.buildSnapshot(bctx, snap, src); err != nil {
 			p.release(snap.SizeBytes)
 			b.err = err
@@ -234,7 +257,7 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 		return err
 	}
 	final := filepath.Join(p.cfg.Path, snapshotsDir, s.Hash())
-	if err := unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); err != nil {
+	if err := renameNoReplace(dir, final); err != nil {
 		return fmt.Errorf("commit %s: %w", final, err)
 	}
 	if err := p.snaps.sync.Sync(); err != nil {
@@ -248,12 +271,16 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 	p.snaps.mu.Lock()
 	p.snaps.snaps[s.Hash()] = &committed
 	p.snaps.mu.Unlock()
+	p.mu.Lock()
+	p.inflight -= s.SizeBytes // still allocated, now as a committed snapshot
+	p.mu.Unlock()
 	klog.FromContext(ctx).V(4).Info("Snapshot committed", "snapshotID", s.ID, "sourceVolumeID", src.ID)
 	return nil
 }
 
 // Snapshot returns a committed or in-progress snapshot by hash.
 func (p *Pool) Snapshot(hash string) (*Snapshot, error) {
+	p.refreshSnapshot(hash)
 	p.snaps.mu.Lock()
 	defer p.snaps.mu.Unlock()
 	if s, ok := p.snaps.snaps[hash]; ok {
@@ -269,6 +296,7 @@ func (p *Pool) Snapshot(hash string) (*Snapshot, error) {
 
 // Snapshots lists committed and in-progress snapshots, sorted by ID.
 func (p *Pool) Snapshots() []*Snapshot {
+	p.refresh()
 	p.snaps.mu.Lock()
 	defer p.snaps.mu.Unlock()
 	out := make([]*Snapshot, 0, len(p.snaps.snaps)+len(p.snaps.building))
@@ -297,6 +325,12 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
 		delete(p.snaps.building, hash)
 		p.snaps.mu.Unlock()
 	}
+	l, err := p.tryLock(snapshotLock(hash))
+	if err != nil {
+		return err
+	}
+	defer l.unlock()
+	p.refreshSnapshot(hash)
 	p.snaps.mu.Lock()
 	s, ok := p.snaps.snaps[hash]
 	p.snaps.mu.Unlock()
@@ -309,7 +343,9 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
 	p.snaps.mu.Lock()
 	delete(p.snaps.snaps, hash)
 	p.snaps.mu.Unlock()
-	p.release(s.SizeBytes)
+	p.mu.Lock()
+	p.allocated -= s.SizeBytes
+	p.mu.Unlock()
 	if err := p.snaps.sync.Sync(); err != nil {
 		return fmt.Errorf("delete snapshot %s: %w", s.ID, err)
 	}

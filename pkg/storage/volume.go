@@ -11,7 +11,6 @@ import (
 
 	"github.com/berth-csi/berth/pkg/storage/meta"
 	"github.com/berth-csi/berth/pkg/storage/safefs"
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -90,11 +89,19 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	}
 	id := VolumeID(p.cfg.Name, req.Name)
 	hash := id[len(id)-hashLen:]
-	if r, ok := p.lookup(hash); ok {
+	// Shared pools: held until the volume is committed or rolled back.
+	l, err := p.tryLock(volumeLock(hash))
+	if err != nil {
+		return nil, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	defer l.unlock()
+	if r, err := p.find(hash); err == nil {
 		if !req.matches(r) {
 			return nil, fmt.Errorf("volume %q (%s) exists with different capacity, parameters or source: %w", req.Name, id, ErrExists)
 		}
 		return r.Clone(), nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	if err := p.checkSource(&req, size); err != nil {
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
@@ -112,9 +119,7 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		p.release(size)
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
-	p.mu.Lock()
-	p.index[hash] = r
-	p.mu.Unlock()
+	p.commit(hash, r, size)
 	klog.FromContext(ctx).V(4).Info("Volume committed", "volumeID", id, "pool", p.cfg.Name)
 	return r.Clone(), nil
 }
@@ -161,7 +166,7 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string) (err error) {
 		return err
 	}
 	final := p.VolumeDir(hash)
-	if err := unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); err != nil {
+	if err := renameNoReplace(dir, final); err != nil {
 		return fmt.Errorf("commit %s: %w", final, err)
 	}
 	// From here the volume exists; a failed flush still reports an error, and the
@@ -192,13 +197,30 @@ func (p *Pool) reserve(size int64) error {
 		return fmt.Errorf("pool %s has %d bytes free: %w", p.cfg.Name, max(maxVolume-p.allocated, 0), ErrNoSpace)
 	}
 	p.allocated += size
+	p.inflight += size
 	return nil
 }
 
+// release gives back a reservation that was not committed.
 func (p *Pool) release(size int64) {
 	p.mu.Lock()
 	p.allocated -= size
+	p.inflight -= size
 	p.mu.Unlock()
+}
+
+// commit turns a reservation of reserved bytes into the committed record r (which
+// may replace an earlier record of the same volume).
+func (p *Pool) commit(hash string, r *Record, reserved int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.allocated -= reserved
+	p.inflight -= reserved
+	if old, ok := p.index[hash]; ok {
+		p.allocated -= old.CapacityBytes
+	}
+	p.index[hash] = r
+	p.allocated += r.CapacityBytes
 }
 
 func (p *Pool) lookup(hash string) (*Record, bool) {
@@ -210,9 +232,9 @@ func (p *Pool) lookup(hash string) (*Record, bool) {
 
 // Get returns a copy of the record of a committed volume, or ErrNotFound.
 func (p *Pool) Get(hash string) (*Record, error) {
-	r, ok := p.lookup(hash)
-	if !ok {
-		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
+	r, err := p.find(hash)
+	if err != nil {
+		return nil, err
 	}
 	return r.Clone(), nil
 }
@@ -221,9 +243,17 @@ func (p *Pool) Get(hash string) (*Record, error) {
 // returns, then a background purge. Deleting a missing volume succeeds. The caller holds
 // the volume's lock and has checked that it is not published.
 func (p *Pool) Delete(ctx context.Context, hash string) error {
-	r, ok := p.lookup(hash)
-	if !ok {
+	l, err := p.tryLock(volumeLock(hash))
+	if err != nil {
+		return fmt.Errorf("delete volume %s: %w", hash, err)
+	}
+	defer l.unlock()
+	r, err := p.find(hash)
+	if errors.Is(err, ErrNotFound) {
 		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete volume %s: %w", hash, err)
 	}
 	if p.Copying(r.ID) {
 		return fmt.Errorf("delete volume %s: a snapshot of it is being copied: %w", r.ID, ErrInUse)
@@ -262,6 +292,7 @@ func (p *Pool) Usage(ctx context.Context, hash string) (Usage, error) {
 
 // Records returns copies of all committed volumes' records.
 func (p *Pool) Records() []*Record {
+	p.refresh()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]*Record, 0, len(p.index))

@@ -17,6 +17,27 @@ var nodeLocal = map[csi.VolumeCapability_AccessMode_Mode]bool{
 	csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:  true,
 }
 
+// Access modes a shared pool serves: every node mounts its root, so every mode.
+// MULTI_NODE_SINGLE_WRITER's "one writer" across nodes is the CO's to enforce: with
+// no attach step, no node knows where else the volume is published.
+var multiNode = map[csi.VolumeCapability_AccessMode_Mode]bool{
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER:        true,
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY:   true,
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER: true,
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:  true,
+	csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:    true,
+	csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER:  true,
+	csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER:   true,
+}
+
+// Modes returns the access modes a pool of kind serves.
+func Modes(kind string) map[csi.VolumeCapability_AccessMode_Mode]bool {
+	if kind == storage.KindShared {
+		return multiNode
+	}
+	return nodeLocal
+}
+
 // Check validates every capability for pool p and returns the one access type they
 // share ("mount" or "block"). Errors wrap storage.ErrInvalid or storage.ErrUnsupported.
 func Check(caps []*csi.VolumeCapability, p *storage.Pool) (string, error) {
@@ -53,7 +74,7 @@ func checkOne(c *csi.VolumeCapability, p *storage.Pool) (string, error) {
 	switch {
 	case c.GetAccessMode() == nil || mode == csi.VolumeCapability_AccessMode_UNKNOWN:
 		return "", fmt.Errorf("access_mode is required: %w", storage.ErrInvalid)
-	case !nodeLocal[mode]:
+	case !Modes(p.Kind())[mode]:
 		return "", fmt.Errorf("access mode %s is not supported by node-local pool %s: %w", mode, p.Name(), storage.ErrUnsupported)
 	}
 	switch {

@@ -1,0 +1,122 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/klog/v2"
+)
+
+// In a pool that is not shared, the in-memory index is the truth: this process is the
+// only writer. In a shared pool, other hosts create, grow and delete volumes (a
+// central controller creates what nodes publish), so the disk is the truth and the
+// index only a cache: single lookups re-read the volume's record, listings and
+// capacity rescan the pool.
+
+// find returns the index's record of a committed volume (not a copy), or ErrNotFound.
+func (p *Pool) find(hash string) (*Record, error) {
+	if !p.Shared() {
+		if r, ok := p.lookup(hash); ok {
+			return r, nil
+		}
+		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
+	}
+	if err := p.Health(); err != nil {
+		return nil, fmt.Errorf("pool %s is not served: %w: %w", p.cfg.Name, err, ErrNotReady)
+	}
+	r, err := readRecord(p.VolumeDir(hash))
+	if err == nil {
+		err = p.checkRecord(r, hash)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old, had := p.index[hash]
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if had {
+			delete(p.index, hash)
+			p.allocated -= old.CapacityBytes
+		}
+		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
+	case err != nil && had:
+		// The filesystem does not answer (a dead mount): the volume is still known,
+		// so health checks can say what is wrong with it.
+		return old, nil
+	case err != nil:
+		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, err)
+	}
+	if had {
+		p.allocated -= old.CapacityBytes
+	}
+	p.index[hash] = r
+	p.allocated += r.CapacityBytes
+	return r, nil
+}
+
+// refresh reloads a shared pool's index and snapshots from disk; errors (a dead
+// mount) leave the cache as it was. Other pools need nothing.
+func (p *Pool) refresh() {
+	if !p.Shared() || p.Health() != nil {
+		return
+	}
+	if err := p.rescan(context.Background()); err != nil {
+		klog.Background().V(4).Info("Cannot rescan shared pool", "pool", p.cfg.Name, "err", err.Error())
+	}
+}
+
+// rescan replaces the index and the committed snapshots with what is on disk, and the
+// allocation with their sum plus this process's reservations in flight.
+func (p *Pool) rescan(ctx context.Context) error {
+	index, err := p.scanVolumes(ctx)
+	if err != nil {
+		return err
+	}
+	snaps, err := p.scanSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	var total int64
+	for _, r := range index {
+		total += r.CapacityBytes
+	}
+	for _, s := range snaps {
+		total += s.SizeBytes
+	}
+	p.snaps.mu.Lock()
+	p.snaps.snaps = snaps
+	p.snaps.mu.Unlock()
+	p.mu.Lock()
+	p.index = index
+	p.allocated = total + p.inflight
+	p.mu.Unlock()
+	return nil
+}
+
+// refreshSnapshot re-reads one committed snapshot of a shared pool from disk.
+func (p *Pool) refreshSnapshot(hash string) {
+	if !p.Shared() || p.Health() != nil {
+		return
+	}
+	s, err := readSnapshot(filepath.Join(p.cfg.Path, snapshotsDir, hash))
+	p.snaps.mu.Lock()
+	old, had := p.snaps.snaps[hash]
+	switch {
+	case errors.Is(err, os.ErrNotExist) && had:
+		delete(p.snaps.snaps, hash)
+	case err == nil && !had:
+		s.Ready = true
+		p.snaps.snaps[hash] = s
+	}
+	p.snaps.mu.Unlock()
+	p.mu.Lock()
+	switch {
+	case errors.Is(err, os.ErrNotExist) && had:
+		p.allocated -= old.SizeBytes
+	case err == nil && !had:
+		p.allocated += s.SizeBytes
+	}
+	p.mu.Unlock()
+}

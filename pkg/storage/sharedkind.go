@@ -1,0 +1,269 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/berth-csi/berth/pkg/mounter"
+	"k8s.io/klog/v2"
+)
+
+// KindShared is a pool whose root is a distributed filesystem (GlusterFS, CephFS, NFS)
+// that every host mounts at the pool path: a directory per volume, reachable from any
+// node. See docs/design.md, "Shared pools".
+const KindShared = "shared"
+
+// SharedFSTypes are the filesystems Berth mounts itself for a shared pool with a source.
+var SharedFSTypes = []string{"glusterfs", "nfs", "nfs4", "ceph"}
+
+// CommandRunner runs a command and returns its combined output. Every child process
+// of the engine (mount(8), the gluster CLI) goes through one, so the engine never
+// builds a shell command line.
+type CommandRunner func(ctx context.Context, name string, args ...string) ([]byte, error)
+
+// ExecCommand runs commands with os/exec.
+func ExecCommand(ctx context.Context, name string, args ...string) ([]byte, error) {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
+}
+
+func init() {
+	backends[KindShared] = func(cfg PoolConfig) Backend { return &sharedBackend{cfg: cfg, run: ExecCommand} }
+}
+
+var (
+	glusterSource = regexp.MustCompile(`^([A-Za-z0-9.:\[\]-]+):/([A-Za-z0-9_.-]+)((?:/[A-Za-z0-9_.-]+)*)$`)
+	mountOption   = regexp.MustCompile(`^[A-Za-z0-9_.:/=@+-]+$`)
+)
+
+// validateShared checks the shared-pool keys: only on shared pools, a source always
+// with its type, options without commas (each is one -o item), quotas only where the
+// volume name and path can be derived from a GlusterFS source.
+func (p PoolConfig) validateShared() error {
+	if p.Kind != KindShared {
+		switch {
+		case p.Source != "", p.FSType != "", len(p.MountOptions) > 0, p.GlusterQuota:
+			return fmt.Errorf("source, fsType, mountOptions and glusterQuota are for shared pools, not kind %q: %w", p.Kind, ErrInvalid)
+		}
+		return nil
+	}
+	if (p.Source == "") != (p.FSType == "") {
+		return fmt.Errorf("source and fsType go together (or neither, when the operator mounts the pool path): %w", ErrInvalid)
+	}
+	if p.FSType != "" && !slices.Contains(SharedFSTypes, p.FSType) {
+		return fmt.Errorf("fsType %q is not one Berth mounts (use one of %v): %w", p.FSType, SharedFSTypes, ErrInvalid)
+	}
+	if strings.ContainsAny(p.Source, " \t\n,\x00") || strings.HasPrefix(p.Source, "-") {
+		return fmt.Errorf("source %q must be one word not starting with '-': %w", p.Source, ErrInvalid)
+	}
+	if p.Source == "" && len(p.MountOptions) > 0 {
+		return fmt.Errorf("mountOptions need source and fsType: %w", ErrInvalid)
+	}
+	if p.FSType == "glusterfs" && !glusterSource.MatchString(p.Source) {
+		return fmt.Errorf("source %q is not host:/volume[/subdir] as GlusterFS wants: %w", p.Source, ErrInvalid)
+	}
+	for i, o := range p.MountOptions {
+		if !mountOption.MatchString(o) {
+			return fmt.Errorf("mountOptions[%d] %q: one option of [A-Za-z0-9_.:/=@+-], no commas: %w", i, o, ErrInvalid)
+		}
+	}
+	if p.GlusterQuota && p.FSType != "glusterfs" {
+		return fmt.Errorf("glusterQuota needs fsType glusterfs and its source: %w", ErrInvalid)
+	}
+	return nil
+}
+
+// glusterVolume splits a GlusterFS source into the volume name and the subdirectory
+// of the volume that is mounted ("" for the whole volume).
+func glusterVolume(source string) (host, volume, subdir string) {
+	m := glusterSource.FindStringSubmatch(source)
+	if m == nil {
+		return "", "", ""
+	}
+	return m[1], m[2], m[3]
+}
+
+// sharedBackend lays out volumes like dirBackend, on a filesystem shared by every
+// host. With a source, it mounts that filesystem once per process host at the pool
+// path, and again when the mount has died.
+type sharedBackend struct {
+	cfg PoolConfig
+	run CommandRunner
+
+	mu           sync.Mutex // serialises mounting and enabling quotas
+	quotaEnabled bool
+}
+
+func (*sharedBackend) SupportsBlock() bool { return false }
+
+func (*sharedBackend) Params() []string { return nil }
+
+func (*sharedBackend) Data() (string, bool) { return DataDir, true }
+
+func (*sharedBackend) InUse(context.Context, *Pool, *Record, string) error { return nil }
+
+// Check is done by Mount, before the layout is created.
+func (*sharedBackend) Check(context.Context, *Pool) error { return nil }
+
+// Mount makes sure the shared filesystem answers at the pool path: a pool with a
+// source is mounted when nothing is there, and remounted when its mount has died
+// (ENOTCONN, ESTALE: a killed FUSE client); an operator-mounted pool must be a live
+// mount point, as Berth never serves a shared pool from the node's own disk.
+func (b *sharedBackend) Mount(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	path := b.cfg.Path
+	mounted, err := mounter.IsMountPoint(path)
+	switch {
+	case errors.Is(err, mounter.ErrStale):
+		if b.cfg.Source == "" {
+			return fmt.Errorf("shared pool %s: the filesystem mounted at %s no longer answers (%v); the operator mounts it: remount it", b.cfg.Name, path, err)
+		}
+		klog.FromContext(ctx).Info("Remounting dead shared pool mount", "pool", b.cfg.Name, "path", path, "err", err.Error())
+		// Lazily: bind mounts of the dead mount (stagings, publications) keep it busy.
+		if err := mounter.Unmount(path); err != nil {
+			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
+		}
+	case errors.Is(err, os.ErrNotExist) && b.cfg.Source != "":
+		if err := os.MkdirAll(path, 0o700); err != nil {
+			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
+		}
+	case err != nil:
+		return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
+	case mounted:
+		if b.cfg.Source == "" {
+			return nil
+		}
+		m, err := mounter.At(path)
+		if err != nil {
+			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
+		}
+		if m != nil && m.Source == b.cfg.Source && (m.FSType == b.cfg.FSType || m.FSType == "fuse."+b.cfg.FSType) {
+			return nil
+		}
+		return fmt.Errorf("shared pool %s: %s is already a mount point of something else than %s", b.cfg.Name, path, b.cfg.Source)
+	case b.cfg.Source == "":
+		return fmt.Errorf("shared pool %s: %s is not a mount point: mount the distributed filesystem there on every host, or configure source and fsType", b.cfg.Name, path)
+	}
+	opts := strings.Join(append([]string{"nosuid", "nodev"}, b.cfg.MountOptions...), ",")
+	if _, err := b.run(ctx, "mount", "-t", b.cfg.FSType, "-o", opts, b.cfg.Source, path); err != nil {
+		return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
+	}
+	klog.FromContext(ctx).V(2).Info("Shared pool mounted", "pool", b.cfg.Name, "source", b.cfg.Source, "path", path)
+	return nil
+}
+
+func (b *sharedBackend) Build(ctx context.Context, p *Pool, r *Record, volDir string) error {
+	if err := (dirBackend{}).Build(ctx, p, r, volDir); err != nil {
+		return err
+	}
+	return b.limit(ctx, filepath.Join(volDir, DataDir), r.CapacityBytes)
+}
+
+func (b *sharedBackend) Expand(ctx context.Context, _ *Pool, _ *Record, volDir string, newBytes int64) error {
+	return b.limit(ctx, filepath.Join(volDir, DataDir), newBytes)
+}
+
+// Release has nothing to undo: a GlusterFS quota limit belongs to its directory and
+// goes with it when the purger removes it.
+func (*sharedBackend) Release(context.Context, *Pool, *Record) error { return nil }
+
+// Usage walks the volume like a dir volume: the walk is the only measure every
+// distributed filesystem offers.
+func (*sharedBackend) Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error) {
+	return dirBackend{}.Usage(ctx, p, r, volDir)
+}
+
+// Full reports a volume at or past its size: accounted everywhere, and enforced only
+// late by GlusterFS quotas (they are checked asynchronously), so this is how a volume
+// that outgrew its size shows.
+func (b *sharedBackend) Full(ctx context.Context, p *Pool, r *Record, volDir string) (bool, error) {
+	u, err := b.Usage(ctx, p, r, volDir)
+	if err != nil {
+		return false, err
+	}
+	return u.UsedBytes >= u.TotalBytes, nil
+}
+
+// limit sets the GlusterFS directory quota of a volume's data directory to bytes,
+// when the pool enforces sizes that way; setting the same limit again is harmless.
+func (b *sharedBackend) limit(ctx context.Context, data string, bytes int64) error {
+	if !b.cfg.GlusterQuota {
+		return nil
+	}
+	host, volume, subdir := glusterVolume(b.cfg.Source)
+	rel, err := filepath.Rel(b.cfg.Path, data)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return fmt.Errorf("volume data %s is outside pool %s", data, b.cfg.Path)
+	}
+	if err := b.enableQuota(ctx, host, volume); err != nil {
+		return err
+	}
+	inVolume := subdir + "/" + rel
+	if _, err := b.run(ctx, "gluster", "--mode=script", "--remote-host="+host, "volume", "quota", volume, "limit-usage", inVolume, strconv.FormatInt(bytes, 10)); err != nil {
+		return fmt.Errorf("set GlusterFS quota of %s: %w", inVolume, err)
+	}
+	return nil
+}
+
+// enableQuota turns quotas on for the GlusterFS volume once per process.
+func (b *sharedBackend) enableQuota(ctx context.Context, host, volume string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.quotaEnabled {
+		return nil
+	}
+	out, err := b.run(ctx, "gluster", "--mode=script", "--remote-host="+host, "volume", "get", volume, "features.quota")
+	if err != nil {
+		return fmt.Errorf("read GlusterFS quota state of %s: %w", volume, err)
+	}
+	if !quotaOn(string(out)) {
+		if _, err := b.run(ctx, "gluster", "--mode=script", "--remote-host="+host, "volume", "quota", volume, "enable"); err != nil {
+			return fmt.Errorf("enable GlusterFS quotas on %s: %w", volume, err)
+		}
+	}
+	b.quotaEnabled = true
+	return nil
+}
+
+// quotaOn reads `gluster volume get <vol> features.quota`: a table whose last line is
+// "features.quota <value>".
+func quotaOn(out string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == "features.quota" {
+			return f[1] == "on"
+		}
+	}
+	return false
+}
+
+// poolMounter is a backend whose filesystem the engine must mount before it lays out
+// the pool, and again when the mount has died.
+type poolMounter interface {
+	Mount(ctx context.Context) error
+}
+
+// EnsureMounted makes sure a shared pool's filesystem answers, remounting it when its
+// mount has died. Other kinds have nothing to mount.
+func (p *Pool) EnsureMounted(ctx context.Context) error {
+	if m, ok := p.backend.(poolMounter); ok {
+		return m.Mount(ctx)
+	}
+	return nil
+}
+
+// Shared reports whether the pool's root is shared by several hosts.
+func (p *Pool) Shared() bool { return p.cfg.Kind == KindShared }
