@@ -71,8 +71,11 @@ func (p PoolConfig) validateShared() error {
 	if p.Source == "" && len(p.MountOptions) > 0 {
 		return fmt.Errorf("mountOptions need source and fsType: %w", ErrInvalid)
 	}
-	if p.FSType == "glusterfs" && !glusterSource.MatchString(p.Source) {
-		return fmt.Errorf("source %q is not host:/volume[/subdir] as GlusterFS wants: %w", p.Source, ErrInvalid)
+	if p.FSType == "glusterfs" {
+		_, _, subdir := glusterVolume(p.Source)
+		if !glusterSource.MatchString(p.Source) || slices.ContainsFunc(strings.Split(subdir, "/"), func(s string) bool { return s == "." || s == ".." }) {
+			return fmt.Errorf("source %q is not host:/volume[/subdir] as GlusterFS wants: %w", p.Source, ErrInvalid)
+		}
 	}
 	for i, o := range p.MountOptions {
 		if !mountOption.MatchString(o) {

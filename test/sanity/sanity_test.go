@@ -27,7 +27,10 @@ import (
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/driver"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // idGen makes IDs in Berth's format, so "valid but unknown" IDs really are valid.
@@ -70,6 +73,7 @@ func run(t *testing.T, pools []storage.PoolConfig, tune func(*sanity.TestConfig)
 		}
 	})
 
+	waitReady(t, sock)
 	config := sanity.NewTestConfig()
 	config.Address = "unix://" + sock
 	config.TargetPath = filepath.Join(kubelet, "pods", "target")
@@ -82,6 +86,29 @@ func run(t *testing.T, pools []storage.PoolConfig, tune func(*sanity.TestConfig)
 		tune(&config)
 	}
 	sanity.Test(t, config)
+}
+
+// waitReady waits until Probe answers ready, as kubelet waits for the registration a
+// node service makes only then: a shared pool is mounted during start-up.
+func waitReady(t *testing.T, sock string) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := csi.NewIdentityClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.Probe(context.Background(), &csi.ProbeRequest{})
+		if err == nil && resp.GetReady().GetValue() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("driver not ready after 30s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // cases are the pool configurations csi-sanity runs against. Ginkgo runs one suite
@@ -104,6 +131,14 @@ var cases = map[string]func(t *testing.T){
 	// the loop device itself as a raw block volume.
 	"image-mount": func(t *testing.T) { imageCase(t, "mount") },
 	"image-block": func(t *testing.T) { imageCase(t, "block") },
+	// A shared pool on a real GlusterFS volume, which the driver mounts itself;
+	// skipped, with the reason, where GlusterFS is not installed or cannot run.
+	"shared-gluster": func(t *testing.T) {
+		g := testutil.StartGluster(t)
+		pool := filepath.Join(testutil.ShortTempDir(t), "pool")
+		g.UnmountAtCleanup(t, pool)
+		run(t, []storage.PoolConfig{{Name: "gl", Path: pool, Kind: storage.KindShared, Source: g.Source, FSType: "glusterfs"}}, nil)
+	},
 }
 
 func quotaCase(t *testing.T, fs testutil.FS) {
