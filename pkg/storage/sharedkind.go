@@ -206,34 +206,36 @@ func (b *sharedBackend) limit(ctx context.Context, data string, bytes int64) err
 	if !b.cfg.GlusterQuota {
 		return nil
 	}
-	host, volume, subdir := glusterVolume(b.cfg.Source)
+	_, volume, subdir := glusterVolume(b.cfg.Source)
 	rel, err := filepath.Rel(b.cfg.Path, data)
 	if err != nil || strings.HasPrefix(rel, "..") {
 		return fmt.Errorf("volume data %s is outside pool %s", data, b.cfg.Path)
 	}
-	if err := b.enableQuota(ctx, host, volume); err != nil {
+	if err := b.enableQuota(ctx, volume); err != nil {
 		return err
 	}
 	inVolume := subdir + "/" + rel
-	if _, err := b.run(ctx, "gluster", "--mode=script", "--remote-host="+host, "volume", "quota", volume, "limit-usage", inVolume, strconv.FormatInt(bytes, 10)); err != nil {
+	if _, err := b.run(ctx, "gluster", "--mode=script", "volume", "quota", volume, "limit-usage", inVolume, strconv.FormatInt(bytes, 10)); err != nil {
 		return fmt.Errorf("set GlusterFS quota of %s: %w", inVolume, err)
 	}
 	return nil
 }
 
-// enableQuota turns quotas on for the GlusterFS volume once per process.
-func (b *sharedBackend) enableQuota(ctx context.Context, host, volume string) error {
+// enableQuota turns quotas on for the GlusterFS volume once per process. The gluster
+// CLI changes quotas only through a glusterd of the trusted pool on this host (its
+// --remote-host mode is read-only).
+func (b *sharedBackend) enableQuota(ctx context.Context, volume string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.quotaEnabled {
 		return nil
 	}
-	out, err := b.run(ctx, "gluster", "--mode=script", "--remote-host="+host, "volume", "get", volume, "features.quota")
+	out, err := b.run(ctx, "gluster", "--mode=script", "volume", "get", volume, "features.quota")
 	if err != nil {
 		return fmt.Errorf("read GlusterFS quota state of %s: %w", volume, err)
 	}
 	if !quotaOn(string(out)) {
-		if _, err := b.run(ctx, "gluster", "--mode=script", "--remote-host="+host, "volume", "quota", volume, "enable"); err != nil {
+		if _, err := b.run(ctx, "gluster", "--mode=script", "volume", "quota", volume, "enable"); err != nil {
 			return fmt.Errorf("enable GlusterFS quotas on %s: %w", volume, err)
 		}
 	}

@@ -1,0 +1,102 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/berth-csi/berth/internal/testutil"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
+)
+
+// glusterPool starts an engine on its own mount of g's volume (one "host").
+func glusterPool(t *testing.T, g *testutil.Gluster, quota bool) *storage.Pool {
+	t.Helper()
+	path := filepath.Join(testutil.ShortTempDir(t), "pool")
+	g.UnmountAtCleanup(t, path)
+	e, err := storage.New(storage.Config{Pools: []storage.PoolConfig{{
+		Name: "gl", Path: path, Kind: storage.KindShared, Source: g.Source, FSType: "glusterfs", GlusterQuota: quota,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
+	t.Cleanup(cancel)
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Unserved(); err != nil {
+		t.Fatal(err)
+	}
+	return e.DefaultPool()
+}
+
+// TestSharedPoolTwoHostsOnGlusterFS: two engines on two GlusterFS clients create the
+// same volume at once (the OFD lock lets one build it, the other is busy or finds
+// it), and a volume carries its GlusterFS quota limit once committed.
+func TestSharedPoolTwoHostsOnGlusterFS(t *testing.T) {
+	g := testutil.StartGluster(t)
+	a, b := glusterPool(t, g, true), glusterPool(t, g, true)
+	req := storage.CreateRequest{Name: "pvc-race", RequiredBytes: 32 << 20, AccessType: storage.AccessMount, Parameters: map[string]string{"pool": "gl"}}
+	var wg sync.WaitGroup
+	ids := make(chan string, 8)
+	for i := range 8 {
+		p := []*storage.Pool{a, b}[i%2]
+		wg.Go(func() {
+			r, err := p.Create(context.Background(), req)
+			switch {
+			case errors.Is(err, storage.ErrBusy):
+			case err != nil:
+				t.Errorf("create: %v", err)
+			default:
+				ids <- r.ID
+			}
+		})
+	}
+	wg.Wait()
+	close(ids)
+	n := 0
+	for id := range ids {
+		n++
+		if id != storage.VolumeID("gl", "pvc-race") {
+			t.Errorf("created %s", id)
+		}
+	}
+	if n == 0 {
+		t.Fatal("every concurrent create was busy")
+	}
+	entries, _ := os.ReadDir(filepath.Join(a.Config().Path, "volumes"))
+	if len(entries) != 1 {
+		t.Fatalf("volumes/ holds %d entries, want 1", len(entries))
+	}
+	// Host b sees the volume whichever host built it, and so does its capacity.
+	r, err := b.Get(entries[0].Name())
+	if err != nil || r.CapacityBytes != 32<<20 {
+		t.Fatalf("host b: %+v, %v", r, err)
+	}
+	out := g.QuotaLimit(t, "/volumes/"+r.Hash()+"/data")
+	if !strings.Contains(out, "32.0MB") {
+		t.Errorf("GlusterFS quota of the volume:\n%s\nwant a 32.0MB limit", out)
+	}
+	if _, err := a.Expand(context.Background(), r.Hash(), 48<<20, 0); err != nil {
+		t.Fatal(err)
+	}
+	if out := g.QuotaLimit(t, "/volumes/"+r.Hash()+"/data"); !strings.Contains(out, "48.0MB") {
+		t.Errorf("GlusterFS quota after expansion:\n%s\nwant a 48.0MB limit", out)
+	}
+	if r, err := b.Get(r.Hash()); err != nil || r.CapacityBytes != 48<<20 {
+		t.Errorf("host b after expansion on a: %+v, %v", r, err)
+	}
+	if err := b.Delete(context.Background(), r.Hash()); err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Records()) != 0 {
+		t.Errorf("host a still lists %v after b deleted it", a.Records())
+	}
+}
