@@ -8,17 +8,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/controller"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/node"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 )
 
 // sharedHost is one host of a shared pool: its own mount of the GlusterFS volume (the
@@ -30,20 +29,9 @@ func sharedHost(t *testing.T, g *testutil.Gluster, nodeID string) *fixture {
 	if err := os.MkdirAll(filepath.Join(base, "kubelet", "pods"), 0o750); err != nil {
 		t.Fatal(err)
 	}
-	e, err := storage.New(storage.Config{Pools: []storage.PoolConfig{{
+	e := testengine.Start(t, storage.Config{Pools: []storage.PoolConfig{{
 		Name: "gl", Path: filepath.Join(base, "pool"), Kind: storage.KindShared, Source: g.Source, FSType: "glusterfs",
 	}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	t.Cleanup(cancel)
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Unserved(); err != nil {
-		t.Fatalf("shared pool not served: %v", err)
-	}
 	l := &locks.Set{}
 	srv, err := node.New(node.Config{NodeID: nodeID, KubeletDir: filepath.Join(base, "kubelet")}, e, l)
 	if err != nil {

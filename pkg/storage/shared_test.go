@@ -9,10 +9,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage"
-	"github.com/go-logr/logr"
-	"k8s.io/klog/v2"
 )
 
 // glusterPool starts an engine on its own mount of g's volume (one "host").
@@ -20,21 +19,9 @@ func glusterPool(t *testing.T, g *testutil.Gluster, quota bool) *storage.Pool {
 	t.Helper()
 	path := filepath.Join(testutil.ShortTempDir(t), "pool")
 	g.UnmountAtCleanup(t, path)
-	e, err := storage.New(storage.Config{Pools: []storage.PoolConfig{{
+	return testengine.Start(t, storage.Config{Pools: []storage.PoolConfig{{
 		Name: "gl", Path: path, Kind: storage.KindShared, Source: g.Source, FSType: "glusterfs", GlusterQuota: quota,
-	}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	t.Cleanup(cancel)
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Unserved(); err != nil {
-		t.Fatal(err)
-	}
-	return e.DefaultPool()
+	}}}).DefaultPool()
 }
 
 // TestSharedPoolTwoHostsOnGlusterFS: two engines on two GlusterFS clients create the

@@ -1,0 +1,32 @@
+// Package testengine starts storage engines for tests (apart from testutil, which the
+// engine's own subpackages import).
+package testengine
+
+import (
+	"context"
+	"testing"
+
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
+)
+
+// Start builds and starts a storage engine on cfg and fails the test when a
+// pool is not served. Its background purgers stop at cleanup and log nowhere (they
+// may outlive the test by an instant).
+func Start(t testing.TB, cfg storage.Config) *storage.Engine {
+	t.Helper()
+	e, err := storage.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
+	t.Cleanup(cancel)
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Unserved(); err != nil {
+		t.Fatalf("pool not served: %v", err)
+	}
+	return e
+}
