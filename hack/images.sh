@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Assembles the local cluster's images without a Docker engine or any registry: each is
+# a root filesystem laid out here, made an OCI image by umoci, written as a
+# docker-archive by skopeo (which keeps the full name), ready for
+# `ctr -n k8s.io images import`. Archives go to $BERTH_CACHE/images; only the Berth
+# image is rebuilt on every run (it is cheap and follows the work tree).
+#
+#   registry.k8s.io/pause:3.10.2                       hack/k8s-tools/pause (static Go)
+#   registry.k8s.io/e2e-test-images/busybox:1.37.0-2   Debian's busybox-static
+#   registry.k8s.io/e2e-test-images/nginx:1.27.0-2     the same busybox (the suite only runs shells in it)
+#   registry.k8s.io/e2e-test-images/agnhost:2.66.1     busybox + agnhost built from k8s.io/kubernetes
+#   registry.k8s.io/sig-storage/csi-*                  the sidecars built by hack/k8s-tools/build.sh
+#   $BERTH_IMAGE                                       bin/csi-driver + hack/image-packages.txt (as the Dockerfile)
+#
+# Usage: hack/images.sh [berth|all]  (default all). Prints the archives' paths.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+source "$here/versions.sh"
+BERTH_IMAGE=${BERTH_IMAGE:-ghcr.io/berth-csi/berth:local}
+out=$BERTH_CACHE/images
+mkdir -p "$out"
+work=$(mktemp -d /tmp/berth-images.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+for tool in umoci skopeo dpkg-deb apt-get; do
+	command -v "$tool" >/dev/null || { echo "images.sh: $tool missing (hack/install-deps.sh --cluster installs it)" >&2; exit 1; }
+done
+
+# mkimage NAME ARCHIVE ROOTFS ENTRYPOINT... : ROOTFS -> docker-archive ARCHIVE tagged NAME.
+mkimage() {
+	local name=$1 archive=$2 rootfs=$3; shift 3
+	local oci="$work/oci-$RANDOM" bundle="$work/bundle-$RANDOM"
+	umoci init --layout "$oci"
+	umoci new --image "$oci:img"
+	umoci unpack --image "$oci:img" "$bundle" >/dev/null
+	cp -a "$rootfs/." "$bundle/rootfs/"
+	umoci repack --image "$oci:img" "$bundle"
+	local args=()
+	for a in "$@"; do args+=(--config.entrypoint "$a"); done
+	umoci config --image "$oci:img" --architecture amd64 --os linux \
+		--config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${args[@]}"
+	rm -f "$archive.tmp"
+	skopeo copy --quiet "oci:$oci:img" "docker-archive:$archive.tmp:$name"
+	mv "$archive.tmp" "$archive"
+	rm -rf "$oci" "$bundle"
+	echo "$archive"
+}
+
+# A minimal root: the directories and files a container expects.
+baseroot() {
+	local r=$1
+	mkdir -p "$r"/{bin,etc,tmp,proc,sys,dev,root,var/run}
+	chmod 1777 "$r/tmp"
+	printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$r/etc/passwd"
+	printf 'root:x:0:\nnobody:x:65534:\n' > "$r/etc/group"
+}
+
+busyboxroot() {
+	local r=$1
+	baseroot "$r"
+	cp /bin/busybox "$r/bin/busybox"
+	for applet in $(/bin/busybox --list); do
+		[ -e "$r/bin/$applet" ] || ln -s busybox "$r/bin/$applet"
+	done
+	mkdir -p "$r/usr"
+	ln -sfn ../bin "$r/usr/bin"; ln -sfn bin "$r/sbin"; ln -sfn ../bin "$r/usr/sbin"
+}
+
+build_static_images() {
+	local k8s=$BERTH_CACHE/k8s-$K8S_VERSION sc=$BERTH_CACHE/sidecars-$SIDECARS_KEY pause=$BERTH_CACHE/pause-$PAUSE_KEY
+	[ -x /bin/busybox ] || { echo "images.sh: /bin/busybox missing (busybox-static)" >&2; exit 1; }
+	local a=$out/pause-$PAUSE_KEY.tar
+	if [ ! -f "$a" ]; then
+		mkdir -p "$work/pause"; cp "$pause/pause" "$work/pause/pause"
+		mkimage registry.k8s.io/pause:3.10.2 "$a" "$work/pause" /pause
+	fi
+	a=$out/busybox-1.37.0-2.tar
+	if [ ! -f "$a" ]; then
+		busyboxroot "$work/busybox"
+		mkimage registry.k8s.io/e2e-test-images/busybox:1.37.0-2 "$a" "$work/busybox" /bin/sh
+		mkimage registry.k8s.io/e2e-test-images/nginx:1.27.0-2 "$out/nginx-1.27.0-2.tar" "$work/busybox" /bin/sh
+	fi
+	a=$out/agnhost-2.66.1-$K8S_VERSION.tar
+	if [ ! -f "$a" ]; then
+		busyboxroot "$work/agnhost"; cp "$k8s/agnhost" "$work/agnhost/agnhost"
+		mkimage registry.k8s.io/e2e-test-images/agnhost:2.66.1 "$a" "$work/agnhost" /agnhost
+	fi
+	local pair bin ver
+	for pair in csi-provisioner:$PROVISIONER_VERSION csi-resizer:$RESIZER_VERSION \
+		csi-snapshotter:$SNAPSHOTTER_VERSION snapshot-controller:$SNAPSHOTTER_VERSION; do
+		bin=${pair%%:*} ver=${pair#*:}
+		a=$out/$bin-$ver.tar
+		[ -f "$a" ] && continue
+		baseroot "$work/$bin"; cp "$sc/$bin" "$work/$bin/$bin"
+		mkimage "registry.k8s.io/sig-storage/$bin:$ver" "$a" "$work/$bin" "/$bin"
+	done
+}
+
+# The Berth image: the same packages the Dockerfile installs, with their dependencies,
+# unpacked by dpkg -x into a root (no maintainer scripts run; none are needed to run
+# mkfs, resize2fs, xfs_growfs, blkid or losetup).
+build_berth_image() {
+	[ -x "$root/bin/csi-driver" ] || { echo "images.sh: bin/csi-driver missing (make build)" >&2; exit 1; }
+	local r=$work/berth debs=$BERTH_CACHE/debs
+	baseroot "$r"
+	mkdir -p "$debs"
+	mapfile -t wanted < <(grep -v '^#' "$here/image-packages.txt" | sed '/^$/d')
+	mapfile -t all < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+		--no-breaks --no-replaces --no-enhances "${wanted[@]}" | grep -E '^[a-z0-9]' | sort -u)
+	(cd "$debs" && for p in "${all[@]}"; do
+		ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download -q "$p" >/dev/null 2>&1 || { echo "apt-get download $p failed" >&2; exit 1; }
+	done)
+	for p in "${all[@]}"; do dpkg-deb -x "$(ls "$debs/${p}"_*.deb | head -1)" "$r"; done
+	rm -rf "$r/usr/share/doc" "$r/usr/share/man" "$r/usr/share/locale" "$r/usr/share/info"
+	cp "$root/bin/csi-driver" "$r/csi-driver"
+	mkimage "$BERTH_IMAGE" "$out/berth.tar" "$r" /csi-driver
+}
+
+case "${1:-all}" in
+berth) build_berth_image ;;
+all) build_static_images; build_berth_image ;;
+*) echo "usage: $0 [berth|all]" >&2; exit 2 ;;
+esac
