@@ -42,6 +42,9 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if err != nil {
 		return nil, err
 	}
+	if err := refuseExt4Growth(p, r, req.GetCapacityRange().GetRequiredBytes()); err != nil {
+		return nil, err
+	}
 	grown, err := p.Expand(ctx, r.Hash(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
 	if err != nil {
 		return nil, csierr.Status(err)
@@ -77,15 +80,34 @@ func (s *Server) growImage(p *storage.Pool, r *storage.Record, staging string) e
 		}
 		staging = st.Path
 	}
-	if r.FSType == "ext4" && !hasCapSysResource() {
-		return status.Errorf(codes.FailedPrecondition,
-			"volume %s: growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this driver lacks; "+
-				"grant it to the node plugin's container, or use fsType xfs", r.ID)
-	}
 	if err := mounter.GrowFS(dev.Path, staging); err != nil {
+		if r.FSType == "ext4" && !hasCapSysResource() {
+			return ext4GrowthRefused(r)
+		}
 		return status.Errorf(codes.Internal, "%v", err)
 	}
 	return nil
+}
+
+// refuseExt4Growth refuses, before anything changes, to grow a staged ext4 volume
+// when the filesystem could not follow: the volume would be recorded larger than its
+// filesystem, and a smaller retry refused as a shrink. Asking for the size the volume
+// has is let through (it only finishes an interrupted expansion, if any).
+func refuseExt4Growth(p *storage.Pool, r *storage.Record, requiredBytes int64) error {
+	if p.Kind() != storage.KindImage || r.AccessType != storage.AccessMount || r.FSType != "ext4" ||
+		storage.AlignedSize(p.Kind(), requiredBytes) <= r.CapacityBytes || hasCapSysResource() {
+		return nil
+	}
+	if dev, err := loop.Find(p.ImagePath(r.Hash())); err != nil || dev == nil {
+		return nil // not staged: nothing mounted to grow now
+	}
+	return ext4GrowthRefused(r)
+}
+
+func ext4GrowthRefused(r *storage.Record) error {
+	return status.Errorf(codes.FailedPrecondition,
+		"volume %s: growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this driver lacks; "+
+			"grant it to the node plugin's container, or use fsType xfs", r.ID)
 }
 
 // hasCapSysResource reports whether the process may resize a mounted ext4

@@ -68,9 +68,9 @@ func (s *Server) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHe
 	problems := p.Condition(r.Hash())
 	if p.Kind() == storage.KindImage && r.AccessType == storage.AccessMount && req.GetVolumePublishPath() != "" {
 		var st unix.Statfs_t
-		if unix.Statfs(req.GetVolumePublishPath(), &st) == nil && (st.Bavail == 0 || st.Ffree == 0) {
+		if unix.Statfs(req.GetVolumePublishPath(), &st) == nil && full(&st) {
 			problems = append(problems, storage.Problem{Kind: storage.Degraded, Reason: "CapacityExhausted",
-				Message: "the filesystem of volume " + r.ID + " is full: writes fail"})
+				Message: "the filesystem of volume " + r.ID + " is full: writes fail, or soon will"})
 		}
 	}
 	if path := req.GetVolumePublishPath(); path != "" {
@@ -85,6 +85,14 @@ func (s *Server) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHe
 		}
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health.Of(req.GetVolumeId(), problems)}, nil
+}
+
+// full reports a filesystem with (next to) no room left. Filesystems keep back blocks
+// that statfs still counts as available (XFS's set-aside, ext4's margins for
+// metadata), so writes fail while f_bavail is still a little above 0.
+func full(st *unix.Statfs_t) bool {
+	slack := min(int64(st.Blocks)*st.Bsize/100, 1<<20)
+	return int64(st.Bavail)*st.Bsize <= slack || st.Ffree == 0
 }
 
 // imageStats reads an image volume's figures where it is published: the mounted

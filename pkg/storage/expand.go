@@ -37,6 +37,9 @@ func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitByte
 		return nil, fmt.Errorf("volume %s is %d bytes; limit_bytes %d would shrink it: %w", r.ID, r.CapacityBytes, limitBytes, ErrOutOfRange)
 	}
 	newBytes := AlignedSize(p.cfg.Kind, max(requiredBytes, r.CapacityBytes))
+	if limitBytes > 0 && newBytes > limitBytes {
+		return nil, fmt.Errorf("volume %s grows in %d-byte steps: %d bytes exceeds limit_bytes %d: %w", r.ID, imageAlign, newBytes, limitBytes, ErrOutOfRange)
+	}
 	delta := newBytes - r.CapacityBytes
 	if delta > 0 {
 		if err := p.reserve(delta); err != nil {

@@ -275,7 +275,17 @@ func (p *Pool) purger(ctx context.Context) {
 				continue
 			}
 			rec, _ := readRecord(filepath.Join(trash, e.Name()))
-			err = safefs.RemoveTree(trash, e.Name())
+			// The data first, the record last: a purge that stops midway (a file it
+			// cannot remove) keeps the record, and with it the quota project ID the
+			// remaining data is charged to, taken across restarts.
+			err = nil
+			if fi, lerr := os.Lstat(filepath.Join(trash, e.Name())); lerr == nil && fi.IsDir() {
+				data, _ := p.backend.Data()
+				err = safefs.RemoveTree(filepath.Join(trash, e.Name()), data)
+			}
+			if err == nil {
+				err = safefs.RemoveTree(trash, e.Name())
+			}
 			l.unlock()
 			if err != nil {
 				logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())

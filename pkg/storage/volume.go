@@ -84,8 +84,12 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	}
 	size = AlignedSize(p.cfg.Kind, size)
 	if req.LimitBytes > 0 && size > req.LimitBytes {
-		return nil, fmt.Errorf("pool %s allocates in %d-byte steps: %d bytes exceeds limit_bytes %d: %w",
-			p.cfg.Name, imageAlign, size, req.LimitBytes, ErrOutOfRange)
+		// Rounded up past the limit: the step below still serves a request whose
+		// required bytes it holds (one that named only a limit).
+		if size -= imageAlign; size < max(req.RequiredBytes, 1) {
+			return nil, fmt.Errorf("pool %s allocates in %d-byte steps: none lies within [%d, %d] bytes: %w",
+				p.cfg.Name, imageAlign, req.RequiredBytes, req.LimitBytes, ErrOutOfRange)
+		}
 	}
 	id := VolumeID(p.cfg.Name, req.Name)
 	hash := id[len(id)-hashLen:]
