@@ -39,13 +39,25 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
+	if source != nil && fsType != "" && !fsTypeAsked(params, req.GetVolumeCapabilities()) {
+		// A copy holds its source's filesystem: that is the volume's, not the default.
+		if t := s.sourceFSType(source); t != "" {
+			fsType = t
+		}
+	}
 	if !s.reachable(p, req.GetAccessibilityRequirements()) {
 		return nil, status.Errorf(codes.ResourceExhausted,
 			"accessibility_requirements cannot be met: this controller serves only %s=%s", TopologyKey, s.nodeID)
 	}
 	id := storage.VolumeID(p.Name(), req.GetName())
-	// Lock the name too: the same name may be asked of two pools at once.
-	unlock, err := s.lock(id, "name:"+req.GetName())
+	// Lock the name too: the same name may be asked of two pools at once. And the
+	// content source: it may not be deleted while it is being copied (DeleteVolume
+	// and DeleteSnapshot take its ID's lock, and answer Aborted meanwhile).
+	keys := []string{"name:" + req.GetName()}
+	if source != nil {
+		keys = append(keys, source.ID)
+	}
+	unlock, err := s.lock(id, keys...)
 	if err != nil {
 		return nil, err
 	}
@@ -156,4 +168,35 @@ func contentSource(cs *csi.VolumeContentSource) (*storage.Source, error) {
 		return &storage.Source{Kind: storage.SourceVolume, ID: id}, nil
 	}
 	return nil, status.Error(codes.InvalidArgument, "volume_content_source names neither a snapshot nor a volume")
+}
+
+// fsTypeAsked reports whether a request names a filesystem (parameter or capability).
+func fsTypeAsked(params map[string]string, caps []*csi.VolumeCapability) bool {
+	if params[storage.ParamFSType] != "" {
+		return true
+	}
+	for _, c := range caps {
+		if c.GetMount().GetFsType() != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// sourceFSType is the filesystem a content source's image holds, "" when none or
+// when the source is not found (the engine then reports why).
+func (s *Server) sourceFSType(src *storage.Source) string {
+	switch src.Kind {
+	case storage.SourceSnapshot:
+		if p, hash, err := s.engine.ResolveSnapshot(src.ID); err == nil {
+			if snap, err := p.Snapshot(hash); err == nil {
+				return snap.FSType
+			}
+		}
+	case storage.SourceVolume:
+		if _, r, err := s.engine.Volume(src.ID); err == nil {
+			return r.FSType
+		}
+	}
+	return ""
 }

@@ -15,6 +15,11 @@ import (
 func FormatAndMount(dev, target, fsType string, options []string) error {
 	m := &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}
 	opts := append([]string{"nosuid", "nodev"}, options...)
+	if fsType == "xfs" {
+		// A restored or cloned image carries its source's XFS UUID, and XFS refuses
+		// a second mount of one UUID: the source is usually mounted on this node.
+		opts = append(opts, "nouuid")
+	}
 	if err := m.FormatAndMount(dev, target, fsType, opts); err != nil {
 		return fmt.Errorf("format and mount %s (%s) at %s: %w", dev, fsType, target, err)
 	}

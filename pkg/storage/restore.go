@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
+	"github.com/berth-csi/berth/pkg/storage/loop"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -25,43 +26,54 @@ const (
 
 var copyOptions = clone.Options{Reflink: clone.Auto, Specials: clone.Recreate}
 
-// sourceOf resolves a create request's content source inside this pool: the path of
-// its data, its size and access type. A snapshot still being copied is ErrPrecondition
-// (never served from a partial copy); a source in another pool is ErrInvalid.
-func (p *Pool) sourceOf(src *Source) (from string, size int64, access string, vol *Record, err error) {
+// copySource is what a create request's content source resolves to in the pool.
+type copySource struct {
+	from   string // the path of its data: a directory or an image file
+	size   int64
+	access string
+	fsType string  // the filesystem an image of it holds ("" when none)
+	vol    *Record // the volume a clone copies (nil for a snapshot)
+}
+
+// sourceOf resolves a create request's content source inside this pool. A snapshot
+// still being copied is ErrPrecondition (never served from a partial copy); a source
+// in another pool is ErrInvalid.
+func (p *Pool) sourceOf(src *Source) (*copySource, error) {
 	name, _ := p.backend.Data()
 	switch src.Kind {
 	case SourceSnapshot:
 		pid, err := ParseSnapshotID(src.ID)
 		if err != nil {
-			return "", 0, "", nil, fmt.Errorf("snapshot %s is not in Berth's ID format: %w", src.ID, ErrNotFound)
+			return nil, fmt.Errorf("snapshot %s is not in Berth's ID format: %w", src.ID, ErrNotFound)
 		}
 		if pid.Pool != p.cfg.Name {
-			return "", 0, "", nil, fmt.Errorf("snapshot %s is in pool %s, not %s: restore within its pool: %w", src.ID, pid.Pool, p.cfg.Name, ErrInvalid)
+			return nil, fmt.Errorf("snapshot %s is in pool %s, not %s: restore within its pool: %w", src.ID, pid.Pool, p.cfg.Name, ErrInvalid)
 		}
 		s, err := p.Snapshot(pid.Hash)
 		if err != nil {
-			return "", 0, "", nil, err
+			return nil, err
 		}
 		if !s.Ready {
-			return "", 0, "", nil, fmt.Errorf("snapshot %s is not ready to use yet: %w", src.ID, ErrPrecondition)
+			return nil, fmt.Errorf("snapshot %s is not ready to use yet: %w", src.ID, ErrPrecondition)
 		}
-		return filepath.Join(p.cfg.Path, snapshotsDir, pid.Hash, name), s.SizeBytes, s.AccessType, nil, nil
+		return &copySource{from: filepath.Join(p.cfg.Path, snapshotsDir, pid.Hash, name),
+			size: s.SizeBytes, access: s.AccessType, fsType: s.FSType}, nil
 	case SourceVolume:
 		pid, err := ParseVolumeID(src.ID)
 		if err != nil {
-			return "", 0, "", nil, fmt.Errorf("volume %s is not in Berth's ID format: %w", src.ID, ErrNotFound)
+			return nil, fmt.Errorf("volume %s is not in Berth's ID format: %w", src.ID, ErrNotFound)
 		}
 		if pid.Pool != p.cfg.Name {
-			return "", 0, "", nil, fmt.Errorf("volume %s is in pool %s, not %s: clone within its pool: %w", src.ID, pid.Pool, p.cfg.Name, ErrInvalid)
+			return nil, fmt.Errorf("volume %s is in pool %s, not %s: clone within its pool: %w", src.ID, pid.Pool, p.cfg.Name, ErrInvalid)
 		}
 		r, err := p.Get(pid.Hash)
 		if err != nil {
-			return "", 0, "", nil, err
+			return nil, err
 		}
-		return filepath.Join(p.VolumeDir(pid.Hash), name), r.CapacityBytes, r.AccessType, r, nil
+		return &copySource{from: filepath.Join(p.VolumeDir(pid.Hash), name),
+			size: r.CapacityBytes, access: r.AccessType, fsType: r.FSType, vol: r}, nil
 	}
-	return "", 0, "", nil, fmt.Errorf("content source kind %q: %w", src.Kind, ErrInvalid)
+	return nil, fmt.Errorf("content source kind %q: %w", src.Kind, ErrInvalid)
 }
 
 // checkSource validates a content source against the volume being created.
@@ -69,15 +81,20 @@ func (p *Pool) checkSource(req *CreateRequest, size int64) error {
 	if req.Source == nil {
 		return nil
 	}
-	_, srcSize, access, _, err := p.sourceOf(req.Source)
+	src, err := p.sourceOf(req.Source)
 	if err != nil {
 		return err
 	}
-	if size < srcSize {
-		return fmt.Errorf("%s %s holds %d bytes, more than the %d requested: %w", req.Source.Kind, req.Source.ID, srcSize, size, ErrOutOfRange)
+	if size < src.size {
+		return fmt.Errorf("%s %s holds %d bytes, more than the %d requested: %w", req.Source.Kind, req.Source.ID, src.size, size, ErrOutOfRange)
 	}
-	if access != req.AccessType {
-		return fmt.Errorf("%s %s is a %s volume, not %s: %w", req.Source.Kind, req.Source.ID, access, req.AccessType, ErrInvalid)
+	if src.access != req.AccessType {
+		return fmt.Errorf("%s %s is a %s volume, not %s: %w", req.Source.Kind, req.Source.ID, src.access, req.AccessType, ErrInvalid)
+	}
+	// A copied image holds its source's filesystem: a volume recorded with another
+	// would fail to stage.
+	if _, isDir := p.backend.Data(); !isDir && src.fsType != req.FSType {
+		return fmt.Errorf("%s %s holds a %q filesystem, not %q: %w", req.Source.Kind, req.Source.ID, src.fsType, req.FSType, ErrInvalid)
 	}
 	return nil
 }
@@ -87,10 +104,11 @@ func (p *Pool) checkSource(req *CreateRequest, size int64) error {
 // project is inherited by every copied file), or as the image file, grown to the
 // new capacity (the node grows the filesystem at stage).
 func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
-	from, _, _, srcVol, err := p.sourceOf(r.ContentSource)
+	src, err := p.sourceOf(r.ContentSource)
 	if err != nil {
 		return err
 	}
+	from := src.from
 	name, isDir := p.backend.Data()
 	if isDir {
 		o := copyOptions
@@ -104,8 +122,8 @@ func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
 	if err := os.Remove(dst); err != nil {
 		return err
 	}
-	if srcVol != nil {
-		thaw := p.freeze(ctx, srcVol)
+	if src.vol != nil {
+		thaw := p.freeze(ctx, src.vol)
 		defer thaw()
 	}
 	if _, err := clone.File(ctx, from, dst, copyOptions); err != nil {
@@ -149,6 +167,14 @@ func (p *Pool) freeze(ctx context.Context, r *Record) func() {
 		klog.FromContext(ctx).Error(err, "Cannot open staged filesystem to freeze it; copying unfrozen", "volumeID", r.ID)
 		return func() {}
 	}
+	// A staging record outlives its mount (a stage that failed before mounting, a
+	// node rebooted since): the path then lies on the host's filesystem, which must
+	// never be frozen (the copy itself may write there). Only the filesystem on the
+	// image's own loop device is; one that is not mounted has no writer to pause.
+	if !onImageDevice(fd, p.ImagePath(r.Hash())) {
+		unix.Close(fd)
+		return func() {}
+	}
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiFreeze, 0); e != 0 {
 		unix.Close(fd)
 		klog.FromContext(ctx).Error(e, "Cannot freeze staged filesystem; copying unfrozen", "volumeID", r.ID)
@@ -160,6 +186,20 @@ func (p *Pool) freeze(ctx context.Context, r *Record) func() {
 		}
 		unix.Close(fd)
 	}
+}
+
+// onImageDevice reports whether the open directory fd lies on the filesystem of the
+// loop device backing image.
+func onImageDevice(fd int, image string) bool {
+	dev, err := loop.Find(image)
+	if err != nil || dev == nil {
+		return false
+	}
+	var node, dir unix.Stat_t
+	if unix.Stat(dev.Path, &node) != nil || unix.Fstat(fd, &dir) != nil {
+		return false
+	}
+	return node.Mode&unix.S_IFMT == unix.S_IFBLK && dir.Dev == node.Rdev
 }
 
 // syncFS flushes the filesystem holding dir: a copied tree is not fsynced file by

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
@@ -77,13 +78,32 @@ func TestSharedPoolTwoHostsOnGlusterFS(t *testing.T) {
 	if out := g.QuotaLimit(t, "/volumes/"+r.Hash()+"/data"); !strings.Contains(out, "48.0MB") {
 		t.Errorf("GlusterFS quota after expansion:\n%s\nwant a 48.0MB limit", out)
 	}
-	if r, err := b.Get(r.Hash()); err != nil || r.CapacityBytes != 48<<20 {
+	// GlusterFS's FUSE client caches names for about a second (entry-timeout), so
+	// another host sees the replaced record within that window: poll, bounded.
+	if r, err := eventually(func() (*storage.Record, error) { return b.Get(r.Hash()) },
+		func(r *storage.Record) bool { return r.CapacityBytes == 48<<20 }); err != nil || r.CapacityBytes != 48<<20 {
 		t.Errorf("host b after expansion on a: %+v, %v", r, err)
 	}
 	if err := b.Delete(context.Background(), r.Hash()); err != nil {
 		t.Fatal(err)
 	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(a.Records()) != 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if len(a.Records()) != 0 {
 		t.Errorf("host a still lists %v after b deleted it", a.Records())
+	}
+}
+
+// eventually polls get until ok accepts its result or 5 s pass, and returns the last.
+func eventually(get func() (*storage.Record, error), ok func(*storage.Record) bool) (*storage.Record, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := get()
+		if (err == nil && ok(r)) || time.Now().After(deadline) {
+			return r, err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -150,22 +150,21 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	}
 	id := SnapshotID(p.cfg.Name, name)
 	hash := id[len(id)-hashLen:]
-	src, err := p.Get(source)
-	if err != nil {
-		return nil, err
-	}
 	p.refreshSnapshot(hash)
 	p.snaps.mu.Lock()
 	s, committed := p.snaps.snaps[hash]
 	b, inProgress := p.snaps.building[hash]
 	p.snaps.mu.Unlock()
+	// A snapshot outlives its source: a repeated request is answered from the
+	// snapshot's record, also once the source volume is gone.
+	ofSource := func(volumeID string) bool { return volumeID[len(volumeID)-hashLen:] == source }
 	switch {
-	case committed && s.SourceVolumeID == src.ID:
+	case committed && ofSource(s.SourceVolumeID):
 		c := *s
 		return &c, nil
 	case committed:
 		return nil, fmt.Errorf("snapshot %q exists for volume %s: %w", name, s.SourceVolumeID, ErrExists)
-	case inProgress && b.snap.SourceVolumeID != src.ID:
+	case inProgress && !ofSource(b.snap.SourceVolumeID):
 		return nil, fmt.Errorf("snapshot %q is being made of volume %s: %w", name, b.snap.SourceVolumeID, ErrExists)
 	case inProgress:
 		select {
@@ -180,6 +179,10 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 			c := *b.snap
 			return &c, nil
 		}
+	}
+	src, err := p.Get(source)
+	if err != nil {
+		return nil, err
 	}
 	// Shared pools: the copy holds the lock until it ends, so another host neither
 	// copies the same snapshot nor rolls this copy back.

@@ -282,6 +282,11 @@ func bench(ctx context.Context, cfg config, rep *report) (err error) {
 		rep.skip(sData, "data path", "", "disabled by --data=false")
 	}
 
+	// Snapshots: reflink and the copy fallback against tar (snapshot.go).
+	if err := benchSnapshots(ctx, bin, root, rep); err != nil {
+		return fmt.Errorf("snapshots: %w", err)
+	}
+
 	// a (per-call cost) and d. Scale.
 	if !cfg.scale {
 		rep.skip(sScale, "per-call cost flatness, restart, RSS", "", "disabled by --scale=false")
