@@ -8,7 +8,8 @@ CSI_SANITY_VERSION := v5.6.0
 CSI_SANITY := $(TOOLS_DIR)/csi-sanity-$(CSI_SANITY_VERSION)
 RUN_DIR ?= $(CURDIR)/_output/run
 
-.PHONY: all build run test unit sanity bench vet fmt-check clean quota-vm
+.PHONY: all build run test unit sanity bench vet fmt-check clean \
+	images cluster-up cluster-down demo e2e deploy verify-deploy helm quota-vm
 
 all: build
 
@@ -54,3 +55,37 @@ fmt-check:
 
 clean:
 	rm -rf bin _output
+
+# --- Kubernetes: image, chart, a local single-node cluster, end-to-end tests ---
+# Kubernetes, the sidecars and helm build into ~/.cache/berth, keyed by version
+# (hack/versions.sh); a cold build takes ~40 minutes on 2 cores, a warm one nothing.
+
+helm:
+	hack/k8s-tools/build.sh helm
+
+# The local cluster's images (no Docker engine, no registry), as docker-archives.
+images: build
+	hack/k8s-tools/build.sh all
+	hack/images.sh all
+
+# deploy/ is rendered from charts/berth; verify-deploy fails on drift.
+deploy:
+	hack/deploy.sh
+
+verify-deploy:
+	hack/deploy.sh --verify
+
+cluster-up:
+	hack/cluster-up.sh
+
+cluster-down:
+	hack/cluster-down.sh
+
+# Berth's main job on a real kubelet: a file outlives its pod. Leaves the cluster up.
+demo:
+	hack/demo.sh
+
+# End-to-end tests against the local cluster (brought up if needed, left up;
+# make cluster-down removes it).
+e2e: verify-deploy
+	hack/e2e.sh

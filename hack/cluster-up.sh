@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Brings up a single-node Kubernetes cluster on this machine from the Go module proxy
+# and Debian packages alone: etcd, containerd, the control plane and a kubelet (node
+# name "localhost"), every component on 127.0.0.1, images imported locally (a missing
+# image fails at once: nothing is ever pulled). Idempotent: a component already running
+# is left alone. hack/cluster-down.sh undoes everything.
+#   KUBECONFIG=/var/lib/berth-cluster/admin.kubeconfig
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+source "$here/cluster-lib.sh"
+[ "$(id -u)" = 0 ] || { echo "cluster-up: run as root" >&2; exit 1; }
+
+step "Checking free disk space"
+need_gb=3
+[ -f "$K8S_BIN/.done" ] && [ -f "$BERTH_CACHE/sidecars-$SIDECARS_KEY/.done" ] || need_gb=15
+mkdir -p "$BERTH_CACHE"
+free_gb=$(( $(df --output=avail -k "$BERTH_CACHE" | tail -1) / 1024 / 1024 ))
+if [ "$free_gb" -lt "$need_gb" ]; then
+	echo "cluster-up: $free_gb GB free under $BERTH_CACHE, need about $need_gb GB (the Kubernetes build and images); stopping" >&2
+	exit 3
+fi
+echo "      $free_gb GB free, $need_gb GB needed"
+
+step "Installing Debian packages (only those missing)"
+pkgs=(etcd-server containerd runc containernetworking-plugins busybox-static umoci skopeo iptables conntrack openssl)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+step "Building Kubernetes $K8S_VERSION, the sidecars, pause and helm (cached in $BERTH_CACHE)"
+"$here/k8s-tools/build.sh" all
+
+step "Building csi-driver and the images"
+make -C "$root" --no-print-directory build >/dev/null
+"$here/images.sh" all >/dev/null
+
+mkdir -p "$CLUSTER_DIR"/{run,logs,pki,cni}
+step "Certificates"
+pki=$CLUSTER_DIR/pki
+if [ ! -f "$pki/admin.crt" ]; then
+	(cd "$pki"
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 30 -subj /CN=berth-cluster-ca 2>/dev/null
+	openssl genrsa -out sa.key 2048 2>/dev/null; openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+	cat > apiserver.ext <<EXT
+subjectAltName=IP:127.0.0.1,IP:${SERVICE_CIDR%0/24}1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+extendedKeyUsage=serverAuth
+EXT
+	openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver 2>/dev/null
+	openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+	echo "extendedKeyUsage=clientAuth" > client.ext
+	openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=berth-admin" 2>/dev/null
+	openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -extfile client.ext -out admin.crt 2>/dev/null)
+fi
+cat > "$KUBECONFIG_FILE" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: berth
+  cluster: {server: "https://127.0.0.1:6443", certificate-authority: $pki/ca.crt}
+users:
+- name: admin
+  user: {client-certificate: $pki/admin.crt, client-key: $pki/admin.key}
+contexts:
+- name: berth
+  context: {cluster: berth, user: admin}
+current-context: berth
+KC
+
+# start NAME CMD...: runs CMD in the background with its log and PID file, unless running.
+start() {
+	local name=$1; shift
+	if running "$name"; then echo "      $name already running (pid $(cat "$(pidfile "$name")"))"; return; fi
+	nohup "$@" >"$CLUSTER_DIR/logs/$name.log" 2>&1 </dev/null &
+	echo $! > "$(pidfile "$name")"
+}
+# wait_for WHAT SECONDS CMD...: polls CMD until it succeeds.
+wait_for() {
+	local what=$1 deadline=$(($(date +%s) + $2)) secs=$2; shift 2
+	until "$@" >/dev/null 2>&1; do
+		[ "$(date +%s)" -lt "$deadline" ] || break
+		sleep 0.2
+	done
+	"$@" >/dev/null 2>&1 && return 0
+	echo "cluster-up: $what not ready after ${secs}s; see $CLUSTER_DIR/logs" >&2
+	exit 1
+}
+
+step "Saving sysctls and starting etcd"
+[ -f "$CLUSTER_DIR/sysctls.saved" ] || sysctl -e "${SAVED_SYSCTLS[@]}" > "$CLUSTER_DIR/sysctls.saved"
+start etcd etcd --name berth --data-dir "$CLUSTER_DIR/etcd" \
+	--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+	--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+	--initial-cluster berth=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381
+wait_for etcd 30 busybox wget -q -O /dev/null http://127.0.0.1:2379/health
+
+step "Starting containerd (no registry: a missing image fails at once)"
+mkdir -p "$CONTAINERD_RUN" "$CLUSTER_DIR/containerd"
+cat > "$CLUSTER_DIR/cni/10-berth.conflist" <<CNI
+{"cniVersion": "1.0.0", "name": "berth", "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": "$CLUSTER_DIR/cni-ipam"}},
+  {"type": "loopback"}]}
+CNI
+mirrors=""
+for r in docker.io registry.k8s.io gcr.io quay.io ghcr.io registry-1.docker.io; do
+	mirrors+="    [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"$r\"]
+      endpoint = [\"http://127.0.0.1:1\"]
+"
+done
+cat > "$CLUSTER_DIR/containerd/config.toml" <<TOML
+version = 2
+root = "$CLUSTER_DIR/containerd/root"
+state = "$CONTAINERD_RUN/state"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.10.2"
+  # This machine lacks CAP_SYS_RESOURCE: never try to lower an OOM score adjustment.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$CLUSTER_DIR/cni"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+$mirrors
+TOML
+start containerd containerd --config "$CLUSTER_DIR/containerd/config.toml"
+wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
+
+step "Importing images"
+for a in "$BERTH_CACHE"/images/*.tar; do
+	ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$a" >/dev/null
+done
+ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -v '^sha256:' | sed 's/^/      /'
+
+step "Starting the control plane"
+start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
+	--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port 6443 \
+	--endpoint-reconciler-type none --service-cluster-ip-range "$SERVICE_CIDR" \
+	--client-ca-file "$pki/ca.crt" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+	--service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
+	--authorization-mode Node,RBAC --allow-privileged=true \
+	--kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
+	--kubelet-preferred-address-types Hostname
+wait_for kube-apiserver 90 kc get --raw /readyz
+start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$KUBECONFIG_FILE" \
+	--authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+	--bind-address 127.0.0.1 --leader-elect=false --service-account-private-key-file "$pki/sa.key" \
+	--root-ca-file "$pki/ca.crt" --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+	--service-cluster-ip-range "$SERVICE_CIDR" --use-service-account-credentials=true \
+	--allocate-node-cidrs=false
+start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$KUBECONFIG_FILE" \
+	--authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+	--bind-address 127.0.0.1 --leader-elect=false
+
+step "Preparing the kubelet root and cgroups"
+# Directories cluster-down may delete only if this script created them.
+[ -e "$KUBELET_DIR" ] || touch "$CLUSTER_DIR/created-kubelet-dir"
+[ -e /var/lib/berth ] || touch "$CLUSTER_DIR/created-var-lib-berth"
+mkdir -p "$KUBELET_DIR"
+if ! findmnt -n --mountpoint "$KUBELET_DIR" >/dev/null; then
+	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
+fi
+mount --make-rshared "$KUBELET_DIR"
+for c in /sys/fs/cgroup/*/; do
+	[ -L "${c%/}" ] && continue
+	mkdir -p "$c$CGROUP_ROOT"
+done
+
+step "Starting the kubelet (node \"localhost\")"
+cat > "$CLUSTER_DIR/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+healthzBindAddress: 127.0.0.1
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: $pki/ca.crt}
+authorization: {mode: AlwaysAllow}
+cgroupDriver: cgroupfs
+cgroupRoot: /$CGROUP_ROOT
+cgroupsPerQOS: true
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+# The images are local only: never collect them.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+serializeImagePulls: false
+maxPods: 250
+podPidsLimit: -1
+resolvConf: /etc/resolv.conf
+YAML
+start kubelet "$K8S_BIN/kubelet" --config "$CLUSTER_DIR/kubelet.yaml" --kubeconfig "$KUBECONFIG_FILE" \
+	--root-dir "$KUBELET_DIR" --hostname-override localhost -v 2
+wait_for "node localhost" 120 kc get node localhost
+kc wait --for=condition=Ready node/localhost --timeout=120s >/dev/null
+kc get --raw /readyz >/dev/null
+for comp in "${COMPONENTS[@]}"; do
+	running "$comp" || { echo "cluster-up: $comp is not running; see $CLUSTER_DIR/logs/$comp.log" >&2; tail -3 "$CLUSTER_DIR/logs/$comp.log" >&2; exit 1; }
+done
+finish "Cluster ready: export KUBECONFIG=$KUBECONFIG_FILE   (kubectl: $K8S_BIN/kubectl)"
