@@ -21,11 +21,8 @@ import (
 // a crash between growing the file and growing the filesystem finishes the job.
 func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	id, volPath := req.GetVolumeId(), req.GetVolumePath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
-	}
-	if err := storage.ValidateName(id); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	if err := checkVolumeID(id); err != nil {
+		return nil, err
 	}
 	if volPath == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_path is required")

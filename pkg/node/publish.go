@@ -21,11 +21,8 @@ import (
 // always nosuid and nodev, read-only when asked.
 func (s *Server) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (_ *csi.NodePublishVolumeResponse, err error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
-	}
-	if err := storage.ValidateName(id); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	if err := checkVolumeID(id); err != nil {
+		return nil, err
 	}
 	rel, err := s.checkTarget("target_path", target)
 	if err != nil {
@@ -189,20 +186,7 @@ func (s *Server) existing(id, target, source string, readOnly bool) (bool, error
 // with its last publication.
 func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
-	}
-	if err := storage.ValidateName(id); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
-	}
-	rel, err := s.checkTarget("target_path", target)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.checkParent(target, rel); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(id, target)
+	unlock, err := s.beginUnmount(id, "target_path", target)
 	if err != nil {
 		return nil, err
 	}

@@ -82,3 +82,31 @@ func (s *Server) lock(volumeID, target string) (func(), error) {
 	}
 	return func() { s.locks.Release(keys...) }, nil
 }
+
+// checkVolumeID refuses an empty or hostile volume_id (InvalidArgument).
+func checkVolumeID(id string) error {
+	if id == "" {
+		return status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if err := storage.ValidateName(id); err != nil {
+		return status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	}
+	return nil
+}
+
+// beginUnmount validates an unpublish or unstage request's volume ID and path (field
+// names it), refuses a path reached through a symlinked parent, and takes the
+// volume's and the path's locks.
+func (s *Server) beginUnmount(id, field, path string) (unlock func(), err error) {
+	if err := checkVolumeID(id); err != nil {
+		return nil, err
+	}
+	rel, err := s.checkTarget(field, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkParent(path, rel); err != nil {
+		return nil, err
+	}
+	return s.lock(id, path)
+}

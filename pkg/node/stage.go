@@ -22,11 +22,8 @@ import (
 // Directory volumes need no staging: the call only validates.
 func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
-	}
-	if err := storage.ValidateName(id); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
+	if err := checkVolumeID(id); err != nil {
+		return nil, err
 	}
 	if staging == "" {
 		return nil, status.Error(codes.InvalidArgument, "staging_target_path is required")
@@ -140,23 +137,7 @@ func isDeviceMount(m *mounter.MountInfo, dev *loop.Device) bool {
 // that is not staged, or no longer exists, is success.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
-	}
-	if err := storage.ValidateName(id); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_id: %v", err)
-	}
-	if staging == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging_target_path is required")
-	}
-	rel, err := s.checkTarget("staging_target_path", staging)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.checkParent(staging, rel); err != nil {
-		return nil, err
-	}
-	unlock, err := s.lock(id, staging)
+	unlock, err := s.beginUnmount(id, "staging_target_path", staging)
 	if err != nil {
 		return nil, err
 	}
