@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	busybox     = "registry.k8s.io/e2e-test-images/busybox:1.37.0-2"
+	driverNS    = "kube-system"
+	nodeDS      = "berth-node"
+	defaultPool = "/var/lib/berth/default"
+)
+
+// cluster gives a test its own namespace, removed (with its claims) at cleanup.
+type cluster struct {
+	t  *testing.T
+	ns string
+}
+
+func setup(t *testing.T) *cluster {
+	t.Helper()
+	if os.Getenv("BERTH_E2E") != "1" {
+		t.Skip("end-to-end test: needs a cluster with Berth installed; run make e2e (sets BERTH_E2E=1)")
+	}
+	ns := fmt.Sprintf("e2e-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), time.Now().UnixNano()%100000)
+	if len(ns) > 60 {
+		ns = ns[len(ns)-60:]
+		ns = "e" + strings.TrimLeft(ns, "-")
+	}
+	c := &cluster{t: t, ns: ns}
+	c.kubectl("create", "namespace", ns)
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := c.try("get", "pods,pvc,events", "-o", "wide")
+			t.Logf("namespace %s at failure:\n%s", ns, out)
+		}
+		_, _ = c.try("delete", "namespace", ns, "--wait=true", "--timeout=120s")
+	})
+	return c
+}
+
+func kubectlPath() string {
+	if p := os.Getenv("BERTH_KUBECTL"); p != "" {
+		return p
+	}
+	return "kubectl"
+}
+
+// try runs kubectl in the test's namespace and returns its output and error.
+func (c *cluster) try(args ...string) (string, error) {
+	cmd := exec.Command(kubectlPath(), append([]string{"-n", c.ns}, args...)...)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return out.String(), nil
+}
+
+func (c *cluster) kubectl(args ...string) string {
+	c.t.Helper()
+	out, err := c.try(args...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// apply creates the objects in manifest in the test's namespace.
+func (c *cluster) apply(manifest string) {
+	c.t.Helper()
+	cmd := exec.Command(kubectlPath(), "-n", c.ns, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(manifest)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		c.t.Fatalf("apply: %v\n%s\n%s", err, out, manifest)
+	}
+}
+
+// jsonpath reads one field of an object.
+func (c *cluster) jsonpath(obj, path string) string {
+	c.t.Helper()
+	return c.kubectl("get", obj, "-o", "jsonpath="+path)
+}
+
+// waitFor polls cond every 250 ms until it is true or the timeout passes.
+func (c *cluster) waitFor(what string, timeout time.Duration, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func (c *cluster) waitPhase(pod, phase string, timeout time.Duration) {
+	c.t.Helper()
+	c.waitFor("pod "+pod+" "+phase, timeout, func() bool {
+		out, _ := c.try("get", "pod", pod, "-o", "jsonpath={.status.phase}")
+		if out == "Failed" && phase != "Failed" {
+			logs, _ := c.try("logs", pod)
+			c.t.Fatalf("pod %s failed: %s", pod, logs)
+		}
+		return out == phase
+	})
+}
+
+func (c *cluster) waitReady(pod string, timeout time.Duration) {
+	c.t.Helper()
+	c.kubectl("wait", "--for=condition=Ready", "pod/"+pod, "--timeout="+timeout.String())
+}
+
+// pvc is a claim manifest; mode is "Filesystem" or "Block".
+func pvc(name, class, size, mode string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: %s}
+spec:
+  storageClassName: %q
+  accessModes: [ReadWriteOnce]
+  volumeMode: %s
+  resources: {requests: {storage: %s}}
+`, name, class, mode, size)
+}
+
+// podOn is a busybox pod running script with claim mounted at /data.
+func podOn(name, claim, script, restart string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s}
+spec:
+  restartPolicy: %s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: %s
+    imagePullPolicy: IfNotPresent
+    command: ["/bin/sh", "-c", %s]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: %s}
+`, name, restart, busybox, quote(script), claim)
+}
+
+func quote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// hostPathOf maps a claim's volume to its data directory on this node (pool path,
+// volumes/<hash>/data), from the volume ID b1-<pool>-<hash>.
+func (c *cluster) hostPathOf(claim, poolPath string) string {
+	c.t.Helper()
+	pv := c.jsonpath("pvc/"+claim, "{.spec.volumeName}")
+	handle := c.kubectl("get", "pv", pv, "-o", "jsonpath={.spec.csi.volumeHandle}")
+	i := strings.LastIndex(handle, "-")
+	if !strings.HasPrefix(handle, "b1-") || i < 0 {
+		c.t.Fatalf("volume handle %q is not a Berth ID", handle)
+	}
+	return filepath.Join(poolPath, "volumes", handle[i+1:])
+}
