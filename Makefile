@@ -9,7 +9,7 @@ CSI_SANITY := $(TOOLS_DIR)/csi-sanity-$(CSI_SANITY_VERSION)
 RUN_DIR ?= $(CURDIR)/_output/run
 
 .PHONY: all build run test unit sanity bench vet fmt-check clean \
-	images cluster-up cluster-down demo e2e deploy verify-deploy helm quota-vm
+	images cluster-up cluster-down demo e2e e2e-bench deploy verify-deploy helm quota-vm
 
 all: build
 
@@ -89,3 +89,8 @@ demo:
 # make cluster-down removes it).
 e2e: verify-deploy
 	hack/e2e.sh
+
+# Claim created -> pod Running, median of 20 and 100 at once, on the cluster of make e2e.
+e2e-bench:
+	. hack/cluster-lib.sh && KUBECONFIG=$$KUBECONFIG_FILE BERTH_KUBECTL=$$K8S_BIN/kubectl \
+		BERTH_E2E=1 BERTH_E2E_BENCH=1 go test -count=1 -v -run TestPVCToRunningLatency -timeout 20m ./test/e2e
