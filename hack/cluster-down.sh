@@ -67,6 +67,7 @@ for ns in /run/netns/cni-*; do
 	[ -e "$ns" ] || continue
 	umount "$ns" 2>/dev/null; rm -f "$ns"
 done
+rmdir /run/netns 2>/dev/null # only when empty (the CNI plugins create it)
 
 step "Removing the bridge, cgroups and the kubelet's iptables chains"
 ip link del "$BRIDGE" 2>/dev/null
