@@ -40,8 +40,11 @@ func (s *Server) adoptedSource(req *csi.NodePublishVolumeRequest) (*publishSourc
 	return &publishSource{dir: path, handle: h, access: storage.AccessMount}, nil
 }
 
-// adoptedStats reports the figures of the filesystem mounted at a publish path: an
-// adopted directory's filesystem, or a staged image volume's.
+// fsStats reports the figures of the filesystem mounted at a publish path: an adopted
+// directory's filesystem, or a staged image volume's. For an adopted directory that
+// carries a project ID with PROJINHERIT on XFS or ext4 with project quotas, the kernel's
+// statfs already reports that project's limit and usage, so an operator's quota on the
+// directory is what the pod's stats show.
 func fsStats(volumePath string) (*csi.NodeGetVolumeStatsResponse, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(volumePath, &st); err != nil {
