@@ -44,8 +44,8 @@ bench: build
 # This machine's kernel has no quota support, so quota enforcement tests skip in
 # `make test`; this target runs them in a QEMU guest booting Debian's stock kernel.
 quota-vm:
-	hack/vmtest.sh ./pkg/storage/quota
-	hack/vmtest.sh ./pkg/node -test.run Quota
+	hack/vmtest.sh ./pkg/storage/quota -test.v
+	hack/vmtest.sh ./pkg/node -test.run Quota -test.v
 
 vet:
 	go vet ./...
