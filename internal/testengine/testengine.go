@@ -21,7 +21,9 @@ func Start(t testing.TB, cfg storage.Config) *storage.Engine {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	t.Cleanup(cancel)
+	// Stop the engine's background work (purges, snapshot copies) and wait for it
+	// before the test's directories are removed.
+	t.Cleanup(func() { cancel(); e.Wait() })
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	// On the way out, stop background work (purges, snapshot copies) and wait for it.
+	defer func() { cancel(); engine.Wait() }()
 	l := &locks.Set{}
 	var ready atomic.Bool
 	var ctrl csi.ControllerServer

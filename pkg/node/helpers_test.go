@@ -58,7 +58,9 @@ func startFixture(t testing.TB, base string, cfg node.Config) *fixture {
 	}
 	// The engine's purgers may outlive the test by an instant: they log nowhere.
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	t.Cleanup(cancel)
+	// Stop the engine's background work (purges, snapshot copies) and wait for it
+	// before the test's directories are removed.
+	t.Cleanup(func() { cancel(); e.Wait() })
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

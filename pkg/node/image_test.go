@@ -81,7 +81,9 @@ func startKind(t *testing.T, base, kubelet string, pc storage.PoolConfig) *kindF
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	t.Cleanup(cancel)
+	// Stop the engine's background work (purges, snapshot copies) and wait for it
+	// before the test's directories are removed.
+	t.Cleanup(func() { cancel(); e.Wait() })
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

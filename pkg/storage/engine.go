@@ -24,6 +24,7 @@ type Engine struct {
 	adoptRoots []string
 	byNm       map[string]*Pool
 	ready      atomic.Bool
+	bg         sync.WaitGroup // background goroutines, ended by Start's context
 
 	pubMu sync.Mutex
 	pubs  map[string]map[string]Publication // volume ID -> target -> publication
@@ -48,15 +49,25 @@ func New(cfg Config) (*Engine, error) {
 // ones, loads the index) and starts the purgers. The engine is Ready afterwards.
 func (e *Engine) Start(ctx context.Context) error {
 	for _, p := range e.pools {
+		p.bgCtx, p.bg = ctx, &e.bg
 		if err := p.open(ctx); err != nil {
 			return err
 		}
-		go p.purger(ctx)
+		e.bg.Add(1)
+		go func() {
+			defer e.bg.Done()
+			p.purger(ctx)
+		}()
 	}
 	e.ready.Store(true)
 	klog.FromContext(ctx).Info("Storage engine ready", "pools", len(e.pools))
 	return nil
 }
+
+// Wait returns once every background goroutine (purgers, snapshot copies) has ended,
+// after the context given to Start is cancelled. A copy interrupted this way leaves
+// only its tmp/ entry, which the next start-up rolls back.
+func (e *Engine) Wait() { e.bg.Wait() }
 
 // Ready reports whether start-up reconciliation is complete.
 func (e *Engine) Ready() bool { return e.ready.Load() }

@@ -46,6 +46,7 @@ func startEngineStop(t testing.TB, pools ...storage.PoolConfig) (*storage.Engine
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
+			defer e.Wait()
 			defer cancel()
 			for _, p := range pools {
 				waitEmpty(t, filepath.Join(p.Path, "trash"))

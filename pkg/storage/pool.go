@@ -49,6 +49,9 @@ type Pool struct {
 	healthErr error              // non-nil: the pool cannot be served
 	purge     chan struct{}
 
+	bgCtx context.Context // the engine's lifetime: background copies stop with it
+	bg    *sync.WaitGroup // the engine's background goroutines
+
 	snaps   snapshotState
 	reflink bool // copies are reflinks (FICLONE works in this pool)
 }

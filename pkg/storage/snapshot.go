@@ -208,12 +208,15 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 		c.Ready = true
 		return &c, nil
 	}
-	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	// The copy outlives the request but not the engine: Start's context ends it.
+	bctx, cancel := context.WithCancel(klog.NewContext(p.bgCtx, klog.FromContext(ctx)))
 	b = &build{snap: snap, cancel: cancel, done: make(chan struct{})}
 	p.snaps.mu.Lock()
 	p.snaps.building[hash] = b
 	p.snaps.mu.Unlock()
+	p.bg.Add(1)
 	go func() {
+		defer p.bg.Done()
 		defer close(b.done)
 		defer cancel()
 		defer l.unlock()
