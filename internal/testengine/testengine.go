@@ -12,23 +12,29 @@ import (
 )
 
 // Start builds and starts a storage engine on cfg and fails the test when a
-// pool is not served. Its background purgers stop at cleanup and log nowhere (they
-// may outlive the test by an instant).
+// pool is not served.
 func Start(t testing.TB, cfg storage.Config) *storage.Engine {
+	t.Helper()
+	e := StartAny(t, cfg)
+	if err := e.Unserved(); err != nil {
+		t.Fatalf("pool not served: %v", err)
+	}
+	return e
+}
+
+// StartAny builds and starts a storage engine on cfg, served pools or not. Its
+// background work (purges, snapshot copies) logs nowhere, and is stopped and waited
+// for at cleanup, before the test's directories are removed.
+func StartAny(t testing.TB, cfg storage.Config) *storage.Engine {
 	t.Helper()
 	e, err := storage.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	// Stop the engine's background work (purges, snapshot copies) and wait for it
-	// before the test's directories are removed.
 	t.Cleanup(func() { cancel(); e.Wait() })
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)
-	}
-	if err := e.Unserved(); err != nil {
-		t.Fatalf("pool not served: %v", err)
 	}
 	return e
 }

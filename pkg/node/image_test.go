@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"github.com/berth-csi/berth/internal/testengine"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,10 +19,8 @@ import (
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
-	"k8s.io/klog/v2"
 )
 
 // kindFixture is a node service and a controller sharing one engine (and one lock
@@ -76,17 +75,7 @@ func leaveNothing(t *testing.T, kubelet, poolPath string) {
 // startKind starts an engine on pc and the services on it, as a (re)started driver does.
 func startKind(t *testing.T, base, kubelet string, pc storage.PoolConfig) *kindFixture {
 	t.Helper()
-	e, err := storage.New(storage.Config{Pools: []storage.PoolConfig{pc}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	// Stop the engine's background work (purges, snapshot copies) and wait for it
-	// before the test's directories are removed.
-	t.Cleanup(func() { cancel(); e.Wait() })
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e := testengine.StartAny(t, storage.Config{Pools: []storage.PoolConfig{pc}})
 	l := &locks.Set{}
 	srv, err := node.New(node.Config{NodeID: testNode, KubeletDir: kubelet}, e, l)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/berth-csi/berth/internal/testengine"
 	"io"
 	"io/fs"
 	"maps"
@@ -26,10 +27,8 @@ import (
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
-	"k8s.io/klog/v2"
 )
 
 // copyTimeout bounds a snapshot's background copy, and any write that a filesystem
@@ -77,17 +76,7 @@ func newRestoreFixture(t *testing.T, fs testutil.FS, kind string) *restoreFixtur
 			t.Errorf("the test left mounts %v and %d loop devices behind", left, len(devs))
 		}
 	})
-	e, err := storage.New(storage.Config{Pools: []storage.PoolConfig{pc}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	// Stop the engine's background work (purges, snapshot copies) and wait for it
-	// before the test's directories are removed.
-	t.Cleanup(func() { cancel(); e.Wait() })
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e := testengine.StartAny(t, storage.Config{Pools: []storage.PoolConfig{pc}})
 	l := &locks.Set{}
 	srv, err := node.New(node.Config{NodeID: testNode, KubeletDir: kubelet}, e, l)
 	if err != nil {
