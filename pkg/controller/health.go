@@ -2,11 +2,9 @@ package controller
 
 import (
 	"context"
-	"sort"
 
 	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/health"
-	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -28,16 +26,10 @@ func (s *Server) ControllerGetVolumeHealth(_ context.Context, req *csi.Controlle
 // ControllerListVolumeHealth pages through the volumes that have an adverse condition,
 // in ID order, with the same token rules as ListVolumes.
 func (s *Server) ControllerListVolumeHealth(_ context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d is negative", req.GetMaxEntries())
-	}
 	all := s.engine.AllVolumes()
-	start := 0
-	if tok := req.GetStartingToken(); tok != "" {
-		if _, err := storage.ParseVolumeID(tok); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is not valid: %v", tok, err)
-		}
-		start = sort.Search(len(all), func(i int) bool { return all[i].ID >= tok })
+	start, err := volumePage(all, req.GetMaxEntries(), req.GetStartingToken())
+	if err != nil {
+		return nil, err
 	}
 	resp := &csi.ControllerListVolumeHealthResponse{}
 	for i := start; i < len(all); i++ {

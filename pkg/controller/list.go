@@ -14,16 +14,10 @@ import (
 // from: a page survives volumes created or deleted between calls, and a token that is
 // not a volume ID is refused with Aborted, as the spec asks.
 func (s *Server) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d is negative", req.GetMaxEntries())
-	}
 	all := s.engine.AllVolumes()
-	start := 0
-	if tok := req.GetStartingToken(); tok != "" {
-		if _, err := storage.ParseVolumeID(tok); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is not valid: %v", tok, err)
-		}
-		start = sort.Search(len(all), func(i int) bool { return all[i].ID >= tok })
+	start, err := volumePage(all, req.GetMaxEntries(), req.GetStartingToken())
+	if err != nil {
+		return nil, err
 	}
 	end := len(all)
 	if n := int(req.GetMaxEntries()); n > 0 && start+n < end {
@@ -40,4 +34,20 @@ func (s *Server) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*c
 		resp.NextToken = all[end].ID
 	}
 	return resp, nil
+}
+
+// volumePage checks max_entries and finds where a page of volumes (sorted by ID)
+// starts: at the first ID not below the token, so a page survives volumes created or
+// deleted between calls. A token that is not a volume ID is Aborted, as the spec asks.
+func volumePage(all []*storage.Record, maxEntries int32, token string) (int, error) {
+	if maxEntries < 0 {
+		return 0, status.Errorf(codes.InvalidArgument, "max_entries %d is negative", maxEntries)
+	}
+	if token == "" {
+		return 0, nil
+	}
+	if _, err := storage.ParseVolumeID(token); err != nil {
+		return 0, status.Errorf(codes.Aborted, "starting_token %q is not valid: %v", token, err)
+	}
+	return sort.Search(len(all), func(i int) bool { return all[i].ID >= token }), nil
 }
