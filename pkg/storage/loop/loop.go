@@ -93,11 +93,22 @@ type Options struct {
 	// device refuses writes.
 	ReadOnly bool
 	// DirectIO asks the device to use O_DIRECT on the file, bypassing the
-	// page cache for the data (LO_FLAGS_DIRECT_IO). Off by default: buffered
-	// loop devices are what Berth measures. The kernel may decline (the
-	// file's filesystem cannot do direct I/O); Device.DirectIO tells.
+	// page cache for the data (LO_FLAGS_DIRECT_IO): the pages are cached once,
+	// by the filesystem on the device, not a second time for the file. The
+	// kernel declines where the file cannot take 512-byte aligned direct I/O
+	// (no O_DIRECT on its filesystem, or XFS asking whole-block alignment for
+	// a reflinked file) and the device stays buffered; Device.DirectIO tells.
 	DirectIO bool
 }
+
+// SectorSize is the logical block size of every device Attach binds, whatever
+// its I/O mode. Left to the kernel, a direct-I/O device takes the file's
+// direct-I/O alignment, which XFS raises to its block size once a file shares
+// extents (after a snapshot or a clone): the same image would show 512-byte
+// sectors at one attachment and 4096 at the next, and a filesystem made with
+// smaller sectors or blocks (ext4's 1 KiB blocks on small images) would no
+// longer mount. A volume's geometry must not depend on how it was last used.
+const SectorSize = 512
 
 // attachMu serialises Attach within the process, so that two goroutines cannot
 // both find a file unattached and attach it twice. Attach takes a few
@@ -235,7 +246,8 @@ func configure(n, fd int, name string, o Options) (*Device, error) {
 		return nil, err
 	}
 	defer unix.Close(dfd)
-	cfg := unix.LoopConfig{Fd: uint32(fd)}
+	// Size is struct loop_config's block_size.
+	cfg := unix.LoopConfig{Fd: uint32(fd), Size: SectorSize}
 	if o.ReadOnly {
 		cfg.Info.Flags |= unix.LO_FLAGS_READ_ONLY
 	}

@@ -7,11 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"golang.org/x/sys/unix"
 )
@@ -514,5 +516,51 @@ func TestAttachWaitsForOtherProcess(t *testing.T) {
 	detachAtCleanup(t, d)
 	if found, err := loop.Find(img); err != nil || found == nil || found.Number != d.Number {
 		t.Errorf("Find after the flock is released = %+v, %v, want %s", found, err, d.Path)
+	}
+}
+
+// TestSectorSizeStable: a device's logical block size is SectorSize whatever
+// the I/O mode, also for a file that shares extents on XFS (which asks
+// whole-block alignment for direct I/O to such files), so a filesystem made
+// at one attachment mounts at the next.
+func TestSectorSizeStable(t *testing.T) {
+	requireLoop(t)
+	dir := testutil.MountFS(t, testutil.XFSPlain, 512*mib)
+	t.Cleanup(func() { assertNoneLeft(t, dir) })
+	img := newImage(t, dir, "shared.img", 64*mib)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	clone, err := os.Create(filepath.Join(dir, "clone.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clone.Close()
+	if err := unix.IoctlFileClone(int(clone.Fd()), int(f.Fd())); err != nil {
+		t.Fatalf("FICLONE: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		o    loop.Options
+	}{
+		{"buffered", loop.Options{}},
+		{"direct", loop.Options{DirectIO: true}},
+	} {
+		for _, file := range []string{img, clone.Name()} {
+			d, err := loop.AttachWith(file, tc.o)
+			if err != nil {
+				t.Fatalf("%s %s: %v", tc.name, file, err)
+			}
+			lbs := readSys(t, d, "queue/logical_block_size")
+			t.Logf("%s %s: logical block size %s, direct I/O %v", tc.name, filepath.Base(file), lbs, d.DirectIO)
+			if err := loop.Detach(d); err != nil {
+				t.Fatal(err)
+			}
+			if lbs != strconv.Itoa(loop.SectorSize) {
+				t.Errorf("%s %s: logical block size %s, want %d", tc.name, file, lbs, loop.SectorSize)
+			}
+		}
 	}
 }
