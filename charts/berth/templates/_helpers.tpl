@@ -42,3 +42,37 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* The shared pools (a YAML list): the controller Deployment serves exactly these. */}}
+{{- define "berth.sharedPools" -}}
+{{- $shared := list -}}
+{{- range .Values.pools }}{{ if eq .kind "shared" }}{{ $shared = append $shared . }}{{ end }}{{ end -}}
+{{- toYaml $shared -}}
+{{- end -}}
+
+{{- define "berth.controllerSelector" -}}
+app.kubernetes.io/name: berth
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end -}}
+
+{{/* The host directories a driver container needs for the given pools (a YAML list of
+{name, path}). A node-local pool: its path. A shared pool with a source: none, as
+the driver mounts it at its path inside its own container, which must not be a
+mount point of something else. An operator-mounted shared pool: the parent of its
+path, so that the pool path is a mount point in the container only when the host
+has the distributed filesystem mounted there (a bind of the path itself always is). */}}
+{{- define "berth.poolDirs" -}}
+{{- $dirs := list -}}
+{{- $seen := dict -}}
+{{- range .pools -}}
+{{- $dir := .path -}}
+{{- if eq .kind "shared" }}{{ $dir = ternary "" (dir .path) (not (empty .source)) }}{{ end -}}
+{{- if and $dir (not (hasKey $seen $dir)) -}}
+{{- if eq $dir "/" }}{{ fail (printf "pool %s: an operator-mounted shared pool needs a path below a directory other than /" .name) }}{{ end -}}
+{{- $_ := set $seen $dir true -}}
+{{- $dirs = append $dirs (dict "name" (printf "pool-%d" (len $dirs)) "path" $dir) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $dirs -}}
+{{- end -}}
