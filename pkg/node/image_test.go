@@ -273,6 +273,9 @@ func TestImageLifecycle(t *testing.T) {
 			if dev == nil {
 				t.Fatal("no loop device after NodeStageVolume")
 			}
+			if !dev.DirectIO {
+				t.Errorf("loop device %s is buffered, want direct I/O (the image shares no extents)", dev.Path)
+			}
 			if m := mountAt(t, staging); m.FSType != tc.fsType || !isDeviceOf(t, m.Major, m.Minor, dev) {
 				t.Fatalf("staging mount %+v, want %s on %s", m, tc.fsType, dev.Path)
 			}
