@@ -19,10 +19,6 @@ import (
 
 const sData = "data"
 
-// dataRuns is how many times each directory runs the workloads; the
-// medians are reported.
-const dataRuns = 3
-
 // Targets of the data path: what a pod would write through, against the
 // host directory the pools live on.
 const (
@@ -113,13 +109,13 @@ func benchData(ctx context.Context, cfg config, bin, root string, rep *report) (
 		targets = append(targets, quota)
 	}
 	load := dataLoad{size: int64(cfg.dataSize), ops: cfg.dataOps, seed: 0x6265727468}
-	for run := range dataRuns {
+	for run := range cfg.dataRuns {
 		order := slices.Clone(targets)
 		if run%2 == 1 {
 			slices.Reverse(order)
 		}
 		for _, tg := range order {
-			progress("data, run %d/%d: %s (%s file, %d random ops)", run+1, dataRuns, tg.name, fmtMiB(load.size), load.ops)
+			progress("data, run %d/%d: %s (%s file, %d random ops)", run+1, cfg.dataRuns, tg.name, fmtMiB(load.size), load.ops)
 			res, err := runData(ctx, tg.dir, load, run)
 			if err != nil {
 				return fmt.Errorf("%s: %w", tg.name, err)
@@ -325,5 +321,5 @@ func wrapCall(call string, err error) error {
 func dataParams(cfg config) string {
 	return fmt.Sprintf("%s file, %d random 4 KiB ops, %d interleaved runs per directory, medians; "+
 		"cold reads after sync + drop_caches; image volumes trimmed between runs",
-		cfg.dataSize.String(), cfg.dataOps, dataRuns)
+		cfg.dataSize.String(), cfg.dataOps, cfg.dataRuns)
 }

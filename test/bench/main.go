@@ -47,6 +47,7 @@ type config struct {
 	data        bool
 	dataSize    byteSize
 	dataOps     int
+	dataRuns    int
 }
 
 func main() {
@@ -68,6 +69,7 @@ func run() int {
 	flag.BoolVar(&cfg.data, "data", true, "measure the data path: a host directory against an image and a quota volume")
 	flag.Var(&cfg.dataSize, "data-size", "size of the file each data run writes and reads (1GiB, 512MiB...)")
 	flag.IntVar(&cfg.dataOps, "data-ops", 20000, "4 KiB operations of each random data workload")
+	flag.IntVar(&cfg.dataRuns, "data-runs", 3, "times each directory runs the data workloads, interleaved; medians are reported")
 	flag.Parse()
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -109,6 +111,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--data-size must be at least 1MiB and a multiple of %d", ioBlock)
 	case c.data && c.dataOps < 1:
 		return fmt.Errorf("--data-ops must be positive")
+	case c.data && c.dataRuns < 1:
+		return fmt.Errorf("--data-runs must be at least 1, got %d", c.dataRuns)
 	}
 	return nil
 }
