@@ -1,0 +1,209 @@
+// Package chart renders charts/berth with helm template and checks what it renders.
+// It needs the helm binary that hack/deploy.sh builds (make deploy) and skips, saying
+// so, without it.
+package chart
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/berth-csi/berth/pkg/storage"
+	"sigs.k8s.io/yaml"
+)
+
+// object is a rendered manifest, read loosely.
+type object struct {
+	Kind     string `json:"kind"`
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Data              map[string]string `json:"data"`
+	Parameters        map[string]string `json:"parameters"`
+	VolumeBindingMode string            `json:"volumeBindingMode"`
+	Spec              struct {
+		Template struct {
+			Spec struct {
+				Containers []struct {
+					Name string   `json:"name"`
+					Args []string `json:"args"`
+				} `json:"containers"`
+			} `json:"spec"`
+		} `json:"template"`
+	} `json:"spec"`
+}
+
+func (o object) args(container string) []string {
+	for _, c := range o.Spec.Template.Spec.Containers {
+		if c.Name == container {
+			return c.Args
+		}
+	}
+	return nil
+}
+
+// helm finds the helm binary at the version hack/versions.sh names, and the
+// Kubernetes version to render for.
+func helm(t *testing.T, root string) (bin, kube string) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(root, "hack", "versions.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	version := ""
+	for s := bufio.NewScanner(f); s.Scan(); {
+		if v, ok := strings.CutPrefix(s.Text(), "HELM_VERSION="); ok {
+			version = v
+		}
+		if v, ok := strings.CutPrefix(s.Text(), "K8S_VERSION=v"); ok {
+			kube = v
+		}
+	}
+	cache := os.Getenv("BERTH_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "berth")
+	}
+	bin = filepath.Join(cache, "tools", "helm-"+version)
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("helm %s is not built (%v): make deploy builds it", version, err)
+	}
+	return bin, kube
+}
+
+// render runs helm template over the chart with the given values file ("" for the
+// defaults) and returns the objects by kind/name.
+func render(t *testing.T, values string) map[string]object {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, kube := helm(t, root)
+	args := []string{"template", "berth", filepath.Join(root, "charts", "berth"), "--namespace", "kube-system", "--kube-version", kube}
+	if values != "" {
+		file := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(file, []byte(values), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "-f", file)
+	}
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, out)
+	}
+	objs := map[string]object{}
+	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
+		var o object
+		if err := yaml.Unmarshal(doc, &o); err != nil {
+			t.Fatalf("rendered YAML: %v\n%s", err, doc)
+		}
+		if o.Kind != "" {
+			objs[o.Kind+"/"+o.Metadata.Name] = o
+		}
+	}
+	return objs
+}
+
+func TestDefaultValuesRenderNoController(t *testing.T) {
+	objs := render(t, "")
+	if _, ok := objs["DaemonSet/berth-node"]; !ok {
+		t.Fatal("no node DaemonSet rendered")
+	}
+	for key := range objs {
+		if strings.Contains(key, "berth-controller") {
+			t.Errorf("%s rendered without a shared pool", key)
+		}
+	}
+	if args := objs["DaemonSet/berth-node"].args("csi-provisioner"); slices.Contains(args, "--node-deployment-immediate-binding=false") {
+		t.Errorf("node provisioner leaves Immediate claims to a controller that does not exist: %q", args)
+	}
+	if sc := objs["StorageClass/berth"]; sc.VolumeBindingMode != "WaitForFirstConsumer" {
+		t.Errorf("StorageClass berth binds %s, want WaitForFirstConsumer", sc.VolumeBindingMode)
+	}
+}
+
+const sharedValues = `
+pools:
+- name: local
+  path: /var/lib/berth/local
+  kind: dir
+- name: gluster
+  path: /var/lib/berth/gluster
+  kind: shared
+  source: 10.0.0.5:/gv0
+  fsType: glusterfs
+adoptRoots: [/srv/adopt]
+storageClasses:
+- name: berth
+  allowVolumeExpansion: true
+- name: berth-gluster
+  pool: gluster
+  allowVolumeExpansion: true
+`
+
+func TestSharedPoolRendersController(t *testing.T) {
+	objs := render(t, sharedValues)
+	dep, ok := objs["Deployment/berth-controller"]
+	if !ok {
+		t.Fatal("no controller Deployment rendered with a shared pool")
+	}
+	for _, key := range []string{"ServiceAccount/berth-controller", "ClusterRole/berth-controller", "Role/berth-controller"} {
+		if _, ok := objs[key]; !ok {
+			t.Errorf("%s not rendered", key)
+		}
+	}
+
+	driver := dep.args("berth")
+	for _, want := range []string{"--mode=controller", "--config=/etc/berth/controller.yaml", "--registration=off"} {
+		if !slices.Contains(driver, want) {
+			t.Errorf("driver args %q lack %s", driver, want)
+		}
+	}
+	// The driver's own reading: strict keys, then validation.
+	var cfg storage.Config
+	if err := yaml.UnmarshalStrict([]byte(objs["ConfigMap/berth-pools"].Data["controller.yaml"]), &cfg); err != nil {
+		t.Fatalf("controller.yaml: %v", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("controller.yaml: %v", err)
+	}
+	if len(cfg.Pools) != 1 || cfg.Pools[0].Name != "gluster" || cfg.Pools[0].Kind != "shared" || cfg.AdoptRoots != nil {
+		t.Errorf("controller configuration %+v, want the gluster pool alone", cfg)
+	}
+
+	central := dep.args("csi-provisioner")
+	for _, want := range []string{"--leader-election=true", "--immediate-topology=false"} {
+		if !slices.Contains(central, want) {
+			t.Errorf("central provisioner args %q lack %s", central, want)
+		}
+	}
+	for _, arg := range central {
+		if strings.HasPrefix(arg, "--node-deployment") || strings.HasPrefix(arg, "--enable-capacity") {
+			t.Errorf("central provisioner runs with %s, want its ordinary mode without capacity", arg)
+		}
+	}
+	node := objs["DaemonSet/berth-node"].args("csi-provisioner")
+	for _, want := range []string{"--node-deployment=true", "--node-deployment-immediate-binding=false"} {
+		if !slices.Contains(node, want) {
+			t.Errorf("node provisioner args %q lack %s", node, want)
+		}
+	}
+
+	for _, tc := range []struct{ class, pool, binding string }{
+		{"berth", "local", "WaitForFirstConsumer"},
+		{"berth-gluster", "gluster", "Immediate"},
+	} {
+		sc := objs["StorageClass/"+tc.class]
+		if sc.Parameters["pool"] != tc.pool || sc.VolumeBindingMode != tc.binding {
+			t.Errorf("StorageClass %s: pool %q binding %s, want pool %q binding %s",
+				tc.class, sc.Parameters["pool"], sc.VolumeBindingMode, tc.pool, tc.binding)
+		}
+	}
+}
