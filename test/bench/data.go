@@ -35,25 +35,29 @@ type dataTarget struct {
 	runs  []dataResult
 }
 
+// dataTargets are the three directories of the data path and their runs.
+type dataTargets struct{ host, image, quota *dataTarget }
+
 // benchData measures the data path: the workloads of dataio.go in a host
 // directory beside the pools, in an image volume and in a quota volume, each
 // staged and published by a driver of its own and written through the
 // publish target, as a pod would. The runs take turns, in alternating order
 // (host, image; image, host; ...), so that the machine's moods hit each alike.
-func benchData(ctx context.Context, cfg config, bin, root string, rep *report) (err error) {
+// It adds the figures to rep and returns the runs behind them.
+func benchData(ctx context.Context, cfg config, bin, root string, rep *report) (figs dataTargets, err error) {
 	dataRoot := filepath.Join(root, "data")
 	host := &dataTarget{name: "host", dir: filepath.Join(dataRoot, "host")}
 	if err := os.MkdirAll(host.dir, 0o750); err != nil {
-		return err
+		return figs, err
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(host.dir, &st); err != nil {
-		return err
+		return figs, err
 	}
 	// The host file and the image's backing file coexist; the quota volume's
 	// file comes after the host's is removed.
 	if need := 3 * int64(cfg.dataSize); int64(st.Bavail)*st.Bsize < need {
-		return fmt.Errorf("the data bench needs %s free in %s, which has %s: lower --data-size",
+		return figs, fmt.Errorf("the data bench needs %s free in %s, which has %s: lower --data-size",
 			fmtMiB(need), cfg.dir, fmtMiB(int64(st.Bavail)*st.Bsize))
 	}
 	// Room for the file and the file system's own structures (ext4's journal
@@ -72,7 +76,7 @@ func benchData(ctx context.Context, cfg config, bin, root string, rep *report) (
 		}
 	}()
 	if err != nil {
-		return fmt.Errorf("image volume: %w", err)
+		return figs, fmt.Errorf("image volume: %w", err)
 	}
 	image.dir = iv.target
 	image.after = func() error { return trim(iv.target) }
@@ -90,7 +94,7 @@ func benchData(ctx context.Context, cfg config, bin, root string, rep *report) (
 	}()
 	switch {
 	case ctx.Err() != nil:
-		return ctx.Err()
+		return figs, ctx.Err()
 	case err != nil:
 		// The driver's whole explanation goes in the header; the rows
 		// carry its first clause.
@@ -118,20 +122,20 @@ func benchData(ctx context.Context, cfg config, bin, root string, rep *report) (
 			progress("data, run %d/%d: %s (%s file, %d random ops)", run+1, cfg.dataRuns, tg.name, fmtMiB(load.size), load.ops)
 			res, err := runData(ctx, tg.dir, load, run)
 			if err != nil {
-				return fmt.Errorf("%s: %w", tg.name, err)
+				return figs, fmt.Errorf("%s: %w", tg.name, err)
 			}
 			progress("  %.0f MB/s write, %.0f MB/s read, %.0f IOPS random write, %.0f IOPS random read",
 				res.seqWrite, res.seqRead, res.randWrite, res.randRead)
 			tg.runs = append(tg.runs, res)
 			if tg.after != nil {
 				if err := tg.after(); err != nil {
-					return fmt.Errorf("%s: %w", tg.name, err)
+					return figs, fmt.Errorf("%s: %w", tg.name, err)
 				}
 			}
 		}
 	}
 	reportData(rep, host, image, quota)
-	return nil
+	return dataTargets{host, image, quota}, nil
 }
 
 // quotaReason is the driver's word on why it made no quota volume.
@@ -143,15 +147,16 @@ func quotaReason(err error) string {
 	return err.Error()
 }
 
-// dataWorkloads are the report's rows, in order.
+// dataWorkloads are the report's rows, in order; key names a workload in
+// benchmark metrics, which allow no spaces.
 var dataWorkloads = []struct {
-	name, unit string
-	get        func(dataResult) float64
+	name, key, unit string
+	get             func(dataResult) float64
 }{
-	{"sequential write, fsync at end", "MB/s", func(r dataResult) float64 { return r.seqWrite }},
-	{"sequential read, cold cache", "MB/s", func(r dataResult) float64 { return r.seqRead }},
-	{"random 4 KiB write, fsync at end", "IOPS", func(r dataResult) float64 { return r.randWrite }},
-	{"random 4 KiB read, cold cache, QD1", "IOPS", func(r dataResult) float64 { return r.randRead }},
+	{"sequential write, fsync at end", "seqwrite", "MB/s", func(r dataResult) float64 { return r.seqWrite }},
+	{"sequential read, cold cache", "seqread", "MB/s", func(r dataResult) float64 { return r.seqRead }},
+	{"random 4 KiB write, fsync at end", "randwrite", "IOPS", func(r dataResult) float64 { return r.randWrite }},
+	{"random 4 KiB read, cold cache, QD1", "randread", "IOPS", func(r dataResult) float64 { return r.randRead }},
 }
 
 func reportData(rep *report, host, image, quota *dataTarget) {

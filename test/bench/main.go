@@ -107,11 +107,20 @@ func (c *config) validate() error {
 		return fmt.Errorf("--n, --concurrency, --node-iters and --sample must be positive")
 	case c.scale && c.scaleN < smallPool+1:
 		return fmt.Errorf("--scale-n must exceed %d", smallPool)
-	case c.data && (c.dataSize < 1<<20 || c.dataSize%ioBlock != 0):
+	case c.data:
+		return c.validateData()
+	}
+	return nil
+}
+
+// validateData checks the data path's flags.
+func (c *config) validateData() error {
+	switch {
+	case c.dataSize < 1<<20 || c.dataSize%ioBlock != 0:
 		return fmt.Errorf("--data-size must be at least 1MiB and a multiple of %d", ioBlock)
-	case c.data && c.dataOps < 1:
+	case c.dataOps < 1:
 		return fmt.Errorf("--data-ops must be positive")
-	case c.data && c.dataRuns < 1:
+	case c.dataRuns < 1:
 		return fmt.Errorf("--data-runs must be at least 1, got %d", c.dataRuns)
 	}
 	return nil
@@ -279,7 +288,7 @@ func bench(ctx context.Context, cfg config, rep *report) (err error) {
 
 	// The data path: what a pod writing through a volume gets.
 	if cfg.data {
-		if err := benchData(ctx, cfg, bin, root, rep); err != nil {
+		if _, err := benchData(ctx, cfg, bin, root, rep); err != nil {
 			return fmt.Errorf("data path: %w", err)
 		}
 	} else {
