@@ -27,9 +27,10 @@ func TestDeleteVolume(t *testing.T) {
 		{"id of 4 KiB", func(*testing.T, *fixture) string { return strings.Repeat("b", 4096) }, codes.InvalidArgument, false},
 		{"id not UTF-8", func(*testing.T, *fixture) string { return "b1-\xff" }, codes.InvalidArgument, false},
 		{"unknown Berth id", func(*testing.T, *fixture) string { return unknownID }, codes.OK, false},
+		// Another driver (the node that holds the pool) may hold this volume.
 		{"id of a pool this node lacks", func(*testing.T, *fixture) string {
 			return "b1-elsewhere-0123456789abcdef0123456789abcdef"
-		}, codes.OK, false},
+		}, codes.FailedPrecondition, false},
 		{"foreign id", func(*testing.T, *fixture) string { return "pvc-1234" }, codes.OK, false},
 		{"existing volume", func(t *testing.T, f *fixture) string {
 			return f.mustCreate(t, "pvc-del").GetVolumeId()

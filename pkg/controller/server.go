@@ -98,3 +98,12 @@ func (s *Server) volume(r *storage.Record) *csi.Volume {
 	}
 	return v
 }
+
+// notServed answers a deletion whose ID names a pool this driver does not have.
+// Success would let the CO forget an object that may well exist on the host that
+// serves the pool (a central controller is asked about node-local volumes too), so
+// the answer is FailedPrecondition and the CO retries until that host deletes it.
+func notServed(kind, id string, err error) error {
+	return status.Errorf(codes.FailedPrecondition,
+		"%s %s cannot be deleted here: %v; the driver that serves the pool deletes it", kind, id, err)
+}

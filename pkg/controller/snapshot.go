@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"sort"
 
 	"github.com/berth-csi/berth/pkg/csierr"
@@ -70,6 +71,9 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return nil, status.Errorf(codes.InvalidArgument, "snapshot_id: %v", err)
 	}
 	p, hash, err := s.engine.ResolveSnapshot(id)
+	if errors.Is(err, storage.ErrPoolNotConfigured) {
+		return nil, notServed("snapshot", id, err)
+	}
 	if err != nil {
 		return &csi.DeleteSnapshotResponse{}, nil
 	}

@@ -480,7 +480,7 @@ func TestDeleteSnapshot(t *testing.T) {
 		{"existing", gone.GetSnapshotId(), codes.OK},
 		{"again", gone.GetSnapshotId(), codes.OK},
 		{"unknown", "s1-p-0123456789abcdef0123456789abcdef", codes.OK},
-		{"unknown pool", "s1-zz-0123456789abcdef0123456789abcdef", codes.OK},
+		{"pool served elsewhere", "s1-zz-0123456789abcdef0123456789abcdef", codes.FailedPrecondition},
 		{"no Berth format", "snapshot-1", codes.OK},
 		{"empty", "", codes.InvalidArgument},
 		{"hostile", "s1-p-../../x", codes.InvalidArgument},

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 
 	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/storage"
@@ -102,9 +103,12 @@ func (s *Server) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return &csi.DeleteVolumeResponse{}, nil
 	}
 	p, hash, err := s.engine.Resolve(id)
+	if errors.Is(err, storage.ErrPoolNotConfigured) {
+		return nil, notServed("volume", id, err)
+	}
 	if err != nil {
-		// A harmless ID that is not Berth's, or names a pool this node lacks: no such
-		// volume exists here, and deleting a missing volume succeeds.
+		// A harmless ID that is not Berth's: no such volume exists, and deleting a
+		// missing volume succeeds.
 		return &csi.DeleteVolumeResponse{}, nil
 	}
 	unlock, err := s.lock(id)

@@ -82,7 +82,7 @@ func (e *Engine) DefaultPool() *Pool { return e.pools[0] }
 func (e *Engine) Pool(name string) (*Pool, error) {
 	p, ok := e.byNm[name]
 	if !ok {
-		return nil, fmt.Errorf("pool %q is not configured on this node: %w", truncate(name), ErrNotFound)
+		return nil, fmt.Errorf("pool %q is not configured on this node: %w", truncate(name), ErrPoolNotConfigured)
 	}
 	return p, nil
 }

@@ -1,6 +1,9 @@
 package storage
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors returned (wrapped) by the engine. The CSI handlers map them to
 // gRPC codes in one place (pkg/csierr); nobody matches error strings.
@@ -29,3 +32,9 @@ var (
 // ErrBusy: another process or host holds the lock of the object (shared pools); the
 // caller retries.
 var ErrBusy = errors.New("locked by another operation")
+
+// ErrPoolNotConfigured: an ID names a pool this process does not have. It is an
+// ErrNotFound for lookups, but this process cannot tell whether the object exists
+// (a central controller serves only the shared pools; the node that holds a
+// node-local pool does), so deletions must not take it for "already gone".
+var ErrPoolNotConfigured = fmt.Errorf("pool %w", ErrNotFound)
