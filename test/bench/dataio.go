@@ -31,9 +31,10 @@ import (
 //
 // "Cold" is after sync and `echo 3 > /proc/sys/vm/drop_caches`, which empties
 // the page cache of the host file system and of a volume's file system alike.
-// O_DIRECT was rejected: on an image volume it skips the volume's page cache,
-// but the loop device still reads its backing file through the host's page
-// cache, so the volume would be read from memory and the host from disk.
+// The workloads use buffered I/O, as most pods do, rather than O_DIRECT: with
+// O_DIRECT a buffered loop device (a reflinked image) would still read its
+// backing file through the host's page cache, the volume from memory and the
+// host from disk.
 // The same sync and drop precede every workload, so that no run pays for the
 // writeback of the one before.
 type dataLoad struct {
