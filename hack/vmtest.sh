@@ -8,6 +8,8 @@
 # -cpu host" where nested KVM works. The first argument is the package
 # directory; the rest go to the test binary, e.g.
 #   hack/vmtest.sh ./pkg/storage/quota -test.v -test.run TestLimits
+# The binary is built with -race unless BERTH_VMTEST_RACE=0 (benchmarks);
+# BERTH_VMTEST_TIMEOUT bounds the guest's run in seconds (default 1200).
 set -euo pipefail
 
 [ "$(id -u)" = 0 ] || { echo "vmtest.sh: needs root" >&2; exit 1; }
@@ -42,7 +44,9 @@ fi
 kroot=$cache/$img
 kver=$(ls "$kroot/lib/modules")
 
-(cd "$pkg" && go test -c -race -o "$work/quota.test" .)
+race=(-race)
+[ "${BERTH_VMTEST_RACE:-1}" != 0 ] || race=()
+(cd "$pkg" && go test -c "${race[@]}" -o "$work/quota.test" .)
 args=$(printf '%q ' "$@")
 
 # The initramfs: busybox, the modules to reach the host over 9p, and an init
@@ -82,7 +86,7 @@ chmod +x "$work/initrd/init"
 (cd "$work/initrd" && find . | busybox cpio -o -H newc 2>/dev/null | gzip > "$work/initrd.gz")
 
 # shellcheck disable=SC2086 # QEMU_ACCEL holds several arguments
-timeout 1200 qemu-system-x86_64 ${QEMU_ACCEL:--accel tcg} -m 4096 -smp 2 -nographic -no-reboot \
+timeout "${BERTH_VMTEST_TIMEOUT:-1200}" qemu-system-x86_64 ${QEMU_ACCEL:--accel tcg} -m 4096 -smp 2 -nographic -no-reboot \
 	-kernel "$kroot/boot/vmlinuz-$kver" -initrd "$work/initrd.gz" \
 	-append "console=ttyS0 panic=-1 quiet rdinit=/init" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
