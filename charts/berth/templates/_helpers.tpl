@@ -61,7 +61,9 @@ app.kubernetes.io/component: controller
 the driver mounts it at its path inside its own container, which must not be a
 mount point of something else. An operator-mounted shared pool: the parent of its
 path, so that the pool path is a mount point in the container only when the host
-has the distributed filesystem mounted there (a bind of the path itself always is). */}}
+has the distributed filesystem mounted there (a bind of the path itself always is),
+with HostToContainer propagation, so that a remount on the host (after its client
+died) reaches a running driver. */}}
 {{- define "berth.poolDirs" -}}
 {{- $dirs := list -}}
 {{- $seen := dict -}}
@@ -71,7 +73,7 @@ has the distributed filesystem mounted there (a bind of the path itself always i
 {{- if and $dir (not (hasKey $seen $dir)) -}}
 {{- if eq $dir "/" }}{{ fail (printf "pool %s: an operator-mounted shared pool needs a path below a directory other than /" .name) }}{{ end -}}
 {{- $_ := set $seen $dir true -}}
-{{- $dirs = append $dirs (dict "name" (printf "pool-%d" (len $dirs)) "path" $dir) -}}
+{{- $dirs = append $dirs (dict "name" (printf "pool-%d" (len $dirs)) "path" $dir "shared" (eq .kind "shared")) -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml $dirs -}}
