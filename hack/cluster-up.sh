@@ -212,6 +212,19 @@ start kubelet "$K8S_BIN/kubelet" --config "$CLUSTER_DIR/kubelet.yaml" --kubeconf
 wait_for "node localhost" 120 kc get node localhost
 kc wait --for=condition=Ready node/localhost --timeout=120s >/dev/null
 kc get --raw /readyz >/dev/null
+
+step "Snapshot CRDs and the snapshot-controller (external-snapshotter $SNAPSHOTTER_VERSION)"
+# From the Go module cache (the sidecars' build put them there): nothing is pulled.
+moddir() { (cd "$here/k8s-tools/sidecars" && go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'); }
+snap_client=$(moddir "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION")
+snap_main=$(moddir "github.com/kubernetes-csi/external-snapshotter/v8@$SNAPSHOTTER_VERSION")
+for f in "$snap_client"/config/crd/snapshot.storage.k8s.io_*.yaml; do kc apply --server-side -f "$f" >/dev/null; done
+kc wait --for=condition=Established --timeout=60s crd/volumesnapshots.snapshot.storage.k8s.io \
+	crd/volumesnapshotcontents.snapshot.storage.k8s.io crd/volumesnapshotclasses.snapshot.storage.k8s.io >/dev/null
+kc apply -f "$snap_main/deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml" >/dev/null
+sed "s/@VERSION@/$SNAPSHOTTER_VERSION/g" "$here/snapshot-controller.yaml" | kc apply -f - >/dev/null
+kc -n kube-system rollout status deploy/snapshot-controller --timeout=120s >/dev/null
+
 for comp in "${COMPONENTS[@]}"; do
 	running "$comp" || { echo "cluster-up: $comp is not running; see $CLUSTER_DIR/logs/$comp.log" >&2; tail -3 "$CLUSTER_DIR/logs/$comp.log" >&2; exit 1; }
 done

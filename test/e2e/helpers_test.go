@@ -122,6 +122,11 @@ func (c *cluster) waitReady(pod string, timeout time.Duration) {
 
 // pvc is a claim manifest; mode is "Filesystem" or "Block".
 func pvc(name, class, size, mode string) string {
+	return claimWith(name, class, size, mode, "")
+}
+
+// claimWith is a claim manifest with extra lines under spec (indented by two).
+func claimWith(name, class, size, mode, extra string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: %s}
@@ -130,7 +135,7 @@ spec:
   accessModes: [ReadWriteOnce]
   volumeMode: %s
   resources: {requests: {storage: %s}}
-`, name, class, mode, size)
+%s`, name, class, mode, size, extra)
 }
 
 // podOn is a busybox pod running script with claim mounted at /data.
