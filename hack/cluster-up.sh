@@ -97,6 +97,20 @@ start etcd etcd --name berth --data-dir "$CLUSTER_DIR/etcd" \
 	--initial-cluster berth=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381
 wait_for etcd 30 busybox wget -q -O /dev/null http://127.0.0.1:2379/health
 
+step "Preparing the kubelet root and cgroups"
+# Directories cluster-down may delete only if this script created them.
+[ -e "$KUBELET_DIR" ] || touch "$CLUSTER_DIR/created-kubelet-dir"
+[ -e /var/lib/berth ] || touch "$CLUSTER_DIR/created-var-lib-berth"
+mkdir -p "$KUBELET_DIR"
+if ! findmnt -n --mountpoint "$KUBELET_DIR" >/dev/null; then
+	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
+fi
+mount --make-rshared "$KUBELET_DIR"
+for c in /sys/fs/cgroup/*/; do
+	[ -L "${c%/}" ] && continue
+	mkdir -p "$c$CGROUP_ROOT"
+done
+
 step "Starting containerd (no registry: a missing image fails at once)"
 mkdir -p "$CONTAINERD_RUN" "$CLUSTER_DIR/containerd"
 cat > "$CLUSTER_DIR/cni/10-berth.conflist" <<CNI
@@ -136,7 +150,30 @@ state = "$CONTAINERD_RUN/state"
   [plugins."io.containerd.grpc.v1.cri".registry]
 $mirrors
 TOML
-start containerd containerd --config "$CLUSTER_DIR/containerd/config.toml"
+# containerd runs in a PID namespace of its own, under a bash that reaps the orphaned
+# shims, with its own /proc: there PID 1 is that bash, which the pods that run as
+# "the host" (hostPID, nsenter --mount=/proc/1/ns/mnt, as the e2e suite's HostExec
+# does) can enter. On this machine the real PID 1 belongs to the sandbox and its
+# namespaces cannot be opened, even by root. The mount namespace is a copy made with
+# propagation unchanged: the kubelet root (rshared, prepared above) stays one peer
+# group with the host's, so volume mounts are seen on both sides; containerd's own
+# mounts (rootfs overlays, network namespaces) stay in its namespace and go with it.
+# The PID file holds containerd's PID as seen from here.
+if ! running containerd; then
+	nohup unshare --pid --fork --mount --propagation unchanged --mount-proc \
+		bash -c 'containerd --config "$1" & wait $!' containerd "$CLUSTER_DIR/containerd/config.toml" \
+		>"$CLUSTER_DIR/logs/containerd.log" 2>&1 </dev/null &
+	ns_parent=$!
+	for _ in $(seq 50); do
+		ns_init=$(pgrep -P "$ns_parent" | head -1 || true)
+		[ -n "$ns_init" ] && ctd=$(pgrep -x -P "$ns_init" containerd) && break
+		sleep 0.1
+	done
+	[ -n "${ctd:-}" ] || { echo "cluster-up: containerd did not start; see $CLUSTER_DIR/logs/containerd.log" >&2; exit 1; }
+	echo "$ctd" > "$(pidfile containerd)"
+else
+	echo "      containerd already running (pid $(cat "$(pidfile containerd)"))"
+fi
 wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
 
 step "Importing images"
@@ -165,20 +202,6 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$
 start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$KUBECONFIG_FILE" \
 	--authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
 	--bind-address 127.0.0.1 --leader-elect=false
-
-step "Preparing the kubelet root and cgroups"
-# Directories cluster-down may delete only if this script created them.
-[ -e "$KUBELET_DIR" ] || touch "$CLUSTER_DIR/created-kubelet-dir"
-[ -e /var/lib/berth ] || touch "$CLUSTER_DIR/created-var-lib-berth"
-mkdir -p "$KUBELET_DIR"
-if ! findmnt -n --mountpoint "$KUBELET_DIR" >/dev/null; then
-	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
-fi
-mount --make-rshared "$KUBELET_DIR"
-for c in /sys/fs/cgroup/*/; do
-	[ -L "${c%/}" ] && continue
-	mkdir -p "$c$CGROUP_ROOT"
-done
 
 step "Starting the kubelet (node \"localhost\")"
 cat > "$CLUSTER_DIR/kubelet.yaml" <<YAML
