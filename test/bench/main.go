@@ -291,6 +291,9 @@ func bench(ctx context.Context, cfg config, rep *report) (err error) {
 		if _, err := benchData(ctx, cfg, bin, root, rep); err != nil {
 			return fmt.Errorf("data path: %w", err)
 		}
+		if err := benchLoopFloor(ctx, cfg, root, rep); err != nil {
+			return fmt.Errorf("data path: %w", err)
+		}
 	} else {
 		rep.skip(sData, "data path", "", "disabled by --data=false")
 	}
