@@ -6,7 +6,10 @@
 #   $BERTH_CACHE/sidecars-<key>/    csi-provisioner csi-resizer csi-snapshotter snapshot-controller
 #   $BERTH_CACHE/pause-<key>/       pause
 #   $BERTH_CACHE/tools/helm-<version>
-# Usage: build.sh [kubernetes|sidecars|pause|helm|all]   (default all)
+#   $BERTH_CACHE/tools/ginkgo-<version>   the CLI that runs e2e.test in parallel, at the
+#                                   version e2e.test is built with
+# Usage: build.sh [kubernetes|sidecars|pause|helm|ginkgo|all]   (default all)
+#        build.sh ginkgo-path      prints where the ginkgo CLI is (or will be)
 # A target is built only when its stamp file is missing; each is built into a temporary
 # directory and renamed into place, so an interrupted build leaves nothing half-made.
 set -euo pipefail
@@ -19,6 +22,8 @@ k8s_dir=$BERTH_CACHE/k8s-$K8S_VERSION
 sidecars_dir=$BERTH_CACHE/sidecars-$SIDECARS_KEY
 pause_dir=$BERTH_CACHE/pause-$PAUSE_KEY
 helm_bin=$BERTH_CACHE/tools/helm-$HELM_VERSION
+ginkgo_version() { (cd "$here/kubernetes" && go list -m -f '{{.Version}}' github.com/onsi/ginkgo/v2); }
+if [ "${1:-}" = ginkgo-path ]; then echo "$BERTH_CACHE/tools/ginkgo-$(ginkgo_version)"; exit 0; fi
 
 step() { echo "[$(date +%T)] $*"; }
 
@@ -63,13 +68,24 @@ build_pause() {
 	touch "$tmp/.done"; rm -rf "$pause_dir"; mv "$tmp" "$pause_dir"
 }
 
-build_helm() {
-	[ -x "$helm_bin" ] && return 0
-	step "building helm $HELM_VERSION"
+# go_install_tool BIN PACKAGE@VERSION: go install into a temporary GOBIN, then rename
+# the binary to BIN (name-version), unless BIN is there already.
+go_install_tool() {
+	local bin=$1 pkg=$2
+	[ -x "$bin" ] && return 0
+	step "building ${pkg##*/}"
 	mkdir -p "$BERTH_CACHE/tools"
-	local tmp; tmp=$(mktemp -d "$BERTH_CACHE/tools/helm-build.XXXXXX")
-	GOBIN=$tmp go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-	mv "$tmp/helm" "$helm_bin"; rmdir "$tmp"
+	local tmp name=${pkg##*/}; name=${name%@*}
+	tmp=$(mktemp -d "$BERTH_CACHE/tools/$name-build.XXXXXX")
+	GOBIN=$tmp go install "$pkg"
+	mv "$tmp/$name" "$bin"; rmdir "$tmp"
+}
+
+build_helm() { go_install_tool "$helm_bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
+
+build_ginkgo() {
+	local v; v=$(ginkgo_version)
+	go_install_tool "$BERTH_CACHE/tools/ginkgo-$v" "github.com/onsi/ginkgo/v2/ginkgo@$v"
 }
 
 case "${1:-all}" in
@@ -77,6 +93,7 @@ kubernetes) build_kubernetes ;;
 sidecars) build_sidecars ;;
 pause) build_pause ;;
 helm) build_helm ;;
-all) build_pause; build_helm; build_sidecars; build_kubernetes ;;
-*) echo "usage: $0 [kubernetes|sidecars|pause|helm|all]" >&2; exit 2 ;;
+ginkgo) build_ginkgo ;;
+all) build_pause; build_helm; build_ginkgo; build_sidecars; build_kubernetes ;;
+*) echo "usage: $0 [kubernetes|sidecars|pause|helm|ginkgo|all]" >&2; exit 2 ;;
 esac
