@@ -12,6 +12,9 @@ source "$here/cluster-lib.sh"
 helm=$BERTH_CACHE/tools/helm-$HELM_VERSION
 export KUBECONFIG=$KUBECONFIG_FILE BERTH_KUBECTL=$K8S_BIN/kubectl BERTH_E2E=1
 t0=$(date +%s) step_name=""
+# Logs and the suite's JUnit report, kept after make cluster-down.
+logs=$root/_output/e2e
+rm -rf "$logs"; mkdir -p "$logs"
 
 step "helm install berth with the e2e pools"
 [ -e /var/lib/berth-adopt ] || touch "$CLUSTER_DIR/created-adopt-root"
@@ -25,7 +28,7 @@ step "helm test"
 
 if [ "${BERTH_E2E_BERTH:-1}" = 1 ]; then
 	step "Berth end-to-end tests (test/e2e)"
-	(cd "$root" && go test -count=1 -timeout 30m -v ./test/e2e 2>&1 | tee "$CLUSTER_DIR/logs/e2e-berth.log" |
+	(cd "$root" && go test -count=1 -timeout 30m -v ./test/e2e 2>&1 | tee "$logs/berth.log" |
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' )
 	[ "${PIPESTATUS[0]}" = 0 ] || exit 1
 fi
@@ -47,15 +50,14 @@ if [ "${BERTH_E2E_EXTERNAL:-1}" = 1 ]; then
 	step "Kubernetes external storage suite (External.Storage; no Disruptive/Serial/Slow/Feature but snapshots; $procs processes)"
 	"$root/hack/k8s-tools/build.sh" ginkgo
 	ginkgo=$("$root/hack/k8s-tools/build.sh" ginkgo-path)
-	rm -rf "$CLUSTER_DIR/logs/e2e-external"; mkdir -p "$CLUSTER_DIR/logs/e2e-external"
 	"$ginkgo" --procs="$procs" --no-color --timeout=60m \
 		--focus='External.Storage' \
 		--skip="$skip" --label-filter="$labels" \
-		--output-dir="$CLUSTER_DIR/logs/e2e-external" --junit-report=junit.xml \
+		--output-dir="$logs" --junit-report=external-junit.xml \
 		"$K8S_BIN/e2e.test" -- \
 		-kubeconfig "$KUBECONFIG_FILE" -storage.testdriver="$root/test/e2e/testdriver.yaml" \
 		-provider=skeleton -node-os-distro=debian -allowed-not-ready-nodes=0 \
-		2>&1 | tee "$CLUSTER_DIR/logs/e2e-external.log" | tail -30
+		2>&1 | tee "$logs/external.log" | tail -30
 	[ "${PIPESTATUS[0]}" = 0 ] || exit 1
 fi
 finish "e2e passed"
