@@ -124,8 +124,10 @@ func TestDefaultValuesRenderNoController(t *testing.T) {
 	if args := objs["DaemonSet/berth-node"].args("csi-provisioner"); slices.Contains(args, "--node-deployment-immediate-binding=false") {
 		t.Errorf("node provisioner leaves Immediate claims to a controller that does not exist: %q", args)
 	}
-	if sc := objs["StorageClass/berth"]; sc.VolumeBindingMode != "WaitForFirstConsumer" {
-		t.Errorf("StorageClass berth binds %s, want WaitForFirstConsumer", sc.VolumeBindingMode)
+	// The class names the embedded pool, so adding pools later changes no class.
+	if sc := objs["StorageClass/berth"]; sc.VolumeBindingMode != "WaitForFirstConsumer" || sc.Parameters["pool"] != "default" {
+		t.Errorf("StorageClass berth: pool %q binding %s, want pool \"default\" binding WaitForFirstConsumer",
+			sc.Parameters["pool"], sc.VolumeBindingMode)
 	}
 }
 
