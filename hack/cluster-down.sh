@@ -61,6 +61,7 @@ umount_under() {
 	done
 }
 umount_under "$KUBELET_DIR"
+umount_under "$SHARED_POOLS_DIR"
 umount_under "$CONTAINERD_RUN"
 umount_under "$CLUSTER_DIR"
 for ns in /run/netns/cni-*; do
@@ -98,6 +99,9 @@ created_kubelet=0 created_berth=0
 [ -f "$CLUSTER_DIR/created-kubelet-dir" ] && created_kubelet=1
 [ -f "$CLUSTER_DIR/created-var-lib-berth" ] && created_berth=1
 [ -f "$CLUSTER_DIR/created-adopt-root" ] && rm -rf /var/lib/berth-adopt
+if [ -f "$CLUSTER_DIR/created-shared-pools-dir" ] && ! grep -q " $SHARED_POOLS_DIR[ /]" /proc/self/mountinfo; then
+	rm -rf "$SHARED_POOLS_DIR"
+fi
 rm -rf "$CLUSTER_DIR" "$CONTAINERD_RUN"
 [ "$created_berth" = 1 ] && ! grep -q " /var/lib/berth" /proc/self/mountinfo && rm -rf /var/lib/berth
 # The kubelet root is removed (if cluster-up made it) once nothing is mounted under it.

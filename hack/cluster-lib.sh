@@ -3,6 +3,10 @@
 source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
 CLUSTER_DIR=${CLUSTER_DIR:-/var/lib/berth-cluster}      # certs, etcd, containerd root, logs, pids
 KUBELET_DIR=/var/lib/kubelet                             # the e2e suite hard-codes it
+# Parent of the shared pools the e2e tests mount (GlusterFS): a shared mount, as systemd
+# makes / on a real node, so that mounts made under it after containerd started reach
+# the driver pods (HostToContainer). This machine's / is private.
+SHARED_POOLS_DIR=/var/lib/berth-shared
 CONTAINERD_RUN=/run/berth-containerd
 CONTAINERD_SOCK=$CONTAINERD_RUN/containerd.sock
 CGROUP_ROOT=berth-cluster

@@ -106,6 +106,12 @@ if ! findmnt -n --mountpoint "$KUBELET_DIR" >/dev/null; then
 	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
 fi
 mount --make-rshared "$KUBELET_DIR"
+[ -e "$SHARED_POOLS_DIR" ] || touch "$CLUSTER_DIR/created-shared-pools-dir"
+mkdir -p "$SHARED_POOLS_DIR"
+if ! findmnt -n --mountpoint "$SHARED_POOLS_DIR" >/dev/null; then
+	mount --bind "$SHARED_POOLS_DIR" "$SHARED_POOLS_DIR"
+fi
+mount --make-rshared "$SHARED_POOLS_DIR"
 for c in /sys/fs/cgroup/*/; do
 	[ -L "${c%/}" ] && continue
 	mkdir -p "$c$CGROUP_ROOT"

@@ -11,6 +11,8 @@ root=$(cd "$here/.." && pwd)
 source "$here/cluster-lib.sh"
 helm=$BERTH_CACHE/tools/helm-$HELM_VERSION
 export KUBECONFIG=$KUBECONFIG_FILE BERTH_KUBECTL=$K8S_BIN/kubectl BERTH_E2E=1
+# The shared-pool test upgrades the release with a GlusterFS pool and restores it.
+export BERTH_HELM=$helm
 t0=$(date +%s) step_name=""
 # Logs and the suite's JUnit report, kept after make cluster-down.
 logs=$root/_output/e2e
