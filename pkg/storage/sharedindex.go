@@ -79,20 +79,46 @@ func (p *Pool) rescan(ctx context.Context) error {
 		return err
 	}
 	var total int64
-	for _, r := range index {
-		total += r.CapacityBytes
-	}
+	p.snaps.mu.Lock()
+	keepRecent(p.snaps.snaps, snaps, func(h string) string { return filepath.Join(p.cfg.Path, snapshotsDir, h) })
+	p.snaps.snaps = snaps
 	for _, s := range snaps {
 		total += s.SizeBytes
 	}
-	p.snaps.mu.Lock()
-	p.snaps.snaps = snaps
 	p.snaps.mu.Unlock()
 	p.mu.Lock()
+	keepRecent(p.index, index, p.VolumeDir)
+	for _, r := range index {
+		total += r.CapacityBytes
+	}
 	p.index = index
 	p.allocated = total + p.inflight
 	p.mu.Unlock()
 	return nil
+}
+
+// keepRecent corrects a scan of the disk, about to replace the cache old, for what this
+// process committed or deleted while the scan ran. Both change the disk first and the
+// cache after, and the caller holds the cache's lock: an entry the cache has and the
+// scan missed is kept if its directory (dir(hash)) exists now; one the scan found and
+// the cache lacks is dropped if its directory is gone now. Without this, a listing
+// racing a commit could lose a volume or snapshot until the next rescan. A directory
+// that cannot be checked (a dead mount) counts as present.
+func keepRecent[T any](old, scanned map[string]T, dir func(hash string) string) {
+	present := func(h string) bool {
+		_, err := os.Lstat(dir(h))
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	for h, v := range old {
+		if _, ok := scanned[h]; !ok && present(h) {
+			scanned[h] = v
+		}
+	}
+	for h := range scanned {
+		if _, ok := old[h]; !ok && !present(h) {
+			delete(scanned, h)
+		}
+	}
 }
 
 // refreshSnapshot re-reads one committed snapshot of a shared pool from disk.
