@@ -161,8 +161,9 @@ TOML
 # "the host" (hostPID, nsenter --mount=/proc/1/ns/mnt, as the e2e suite's HostExec
 # does) can enter. On this machine the real PID 1 belongs to the sandbox and its
 # namespaces cannot be opened, even by root. The mount namespace is a copy made with
-# propagation unchanged: the kubelet root (rshared, prepared above) stays one peer
-# group with the host's, so volume mounts are seen on both sides; containerd's own
+# propagation unchanged: the kubelet root and the shared-pools parent (rshared,
+# prepared above) stay one peer group with the host's, so volume mounts and pools
+# mounted later are seen on both sides; containerd's own
 # mounts (rootfs overlays, network namespaces) stay in its namespace and go with it.
 # The PID file holds containerd's PID as seen from here.
 if ! running containerd; then
