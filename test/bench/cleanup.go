@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/berth-csi/berth/pkg/mounter"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,44 +50,19 @@ func unmountUnder(root string) error {
 	return errors.Join(errs...)
 }
 
-// mountPointsUnder lists the mount points at or below root from
-// /proc/self/mountinfo, longest path first.
+// mountPointsUnder lists the mount points at or below root, longest path first.
 func mountPointsUnder(root string) ([]string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mounter.All()
 	if err != nil {
 		return nil, err
 	}
 	var points []string
-	for line := range strings.Lines(string(data)) {
-		fields := strings.Fields(line)
-		if len(fields) < 5 {
-			continue
-		}
-		p := unescapeMountinfo(fields[4])
-		if p == root || strings.HasPrefix(p, root+"/") {
-			points = append(points, p)
+	for _, m := range mounts {
+		if m.Mountpoint == root || strings.HasPrefix(m.Mountpoint, root+"/") {
+			points = append(points, m.Mountpoint)
 		}
 	}
 	// Deepest first: a longer path can only be below, never above, a shorter one.
 	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
 	return points, nil
 }
-
-// unescapeMountinfo undoes the octal escapes (\040 for space...) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }

@@ -146,17 +146,3 @@ func TestRemoveTreeDetachesMountsFirst(t *testing.T) {
 		t.Errorf("stat %s after removeTree: %v, want it gone", tree, err)
 	}
 }
-
-func TestUnescapeMountinfo(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{in: "/plain", want: "/plain"},
-		{in: `/a\040b`, want: "/a b"},
-		{in: `/tab\011and\134slash`, want: "/tab\tand\\slash"},
-		{in: `/short\04`, want: `/short\04`},
-	}
-	for _, tc := range cases {
-		if got := unescapeMountinfo(tc.in); got != tc.want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
