@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/pkg/mounter"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -264,7 +265,7 @@ func (v *imageVolume) state(s *site) (*kernelState, error) {
 	if err := unix.Stat(k.dev.Path, &dst); err != nil {
 		return nil, err
 	}
-	mounts, err := readMountinfo()
+	mounts, err := mounter.All()
 	if err != nil {
 		return nil, err
 	}
@@ -288,72 +289,24 @@ func fsBytes(path string) (int64, error) {
 	return int64(st.Blocks) * st.Bsize, nil
 }
 
-// mountInfo is one line of /proc/self/mountinfo.
-type mountInfo struct {
-	major, minor int
-	root, point  string
-	fsType       string
-}
-
-func readMountinfo() ([]mountInfo, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	var ms []mountInfo
-	for line := range strings.Lines(string(data)) {
-		fields := strings.Fields(line)
-		sep := slices.Index(fields, "-")
-		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
-			continue
-		}
-		var m mountInfo
-		if _, err := fmt.Sscanf(fields[2], "%d:%d", &m.major, &m.minor); err != nil {
-			continue
-		}
-		m.root, m.point, m.fsType = unescapeMountinfo(fields[3]), unescapeMountinfo(fields[4]), fields[sep+1]
-		ms = append(ms, m)
-	}
-	return ms, nil
-}
-
 // mountedFrom reports whether the topmost mount at point is of device
 // major:minor.
-func mountedFrom(ms []mountInfo, point string, major, minor int) bool {
+func mountedFrom(ms []*mounter.MountInfo, point string, major, minor int) bool {
 	for i := len(ms) - 1; i >= 0; i-- {
-		if ms[i].point == point {
-			return ms[i].major == major && ms[i].minor == minor
+		if ms[i].Mountpoint == point {
+			return ms[i].Major == major && ms[i].Minor == minor
 		}
 	}
 	return false
 }
 
 func isMountPoint(point string) bool {
-	ms, err := readMountinfo()
+	ms, err := mounter.All()
 	if err != nil {
 		return false
 	}
-	return slices.ContainsFunc(ms, func(m mountInfo) bool { return m.point == point })
+	return slices.ContainsFunc(ms, func(m *mounter.MountInfo) bool { return m.Mountpoint == point })
 }
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space...) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
 // unmountUnder unmounts every mount at or below root, deepest first, lazily
 // when a plain unmount is refused.
@@ -361,14 +314,14 @@ func unmountUnder(root string) error {
 	root = filepath.Clean(root)
 	var errs []error
 	for range 16 {
-		ms, err := readMountinfo()
+		ms, err := mounter.All()
 		if err != nil {
 			return err
 		}
 		var points []string
 		for _, m := range ms {
-			if m.point == root || strings.HasPrefix(m.point, root+"/") {
-				points = append(points, m.point)
+			if m.Mountpoint == root || strings.HasPrefix(m.Mountpoint, root+"/") {
+				points = append(points, m.Mountpoint)
 			}
 		}
 		if len(points) == 0 {
@@ -477,20 +430,4 @@ func checkFiles(dir string, files []dataFile) error {
 func pathExists(path string) bool {
 	_, err := os.Lstat(path)
 	return !errors.Is(err, fs.ErrNotExist)
-}
-
-func TestUnescapeMountinfo(t *testing.T) {
-	cases := []struct{ name, in, want string }{
-		{name: "plain", in: "/var/lib/kubelet", want: "/var/lib/kubelet"},
-		{name: "space", in: `/a\040b`, want: "/a b"},
-		{name: "backslash", in: `/a\134b`, want: `/a\b`},
-		{name: "not an escape", in: `/a\9b`, want: `/a\9b`},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := unescapeMountinfo(tc.in); got != tc.want {
-				t.Errorf("unescapeMountinfo(%q) = %q, want %q", tc.in, got, tc.want)
-			}
-		})
-	}
 }
