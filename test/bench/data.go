@@ -187,6 +187,11 @@ func summarizeRuns(runs []dataResult, get func(dataResult) float64) runSummary {
 	for i, r := range runs {
 		vs[i] = get(r)
 	}
+	return summarizeValues(vs)
+}
+
+// summarizeValues sorts vs in place and returns its median and range.
+func summarizeValues(vs []float64) runSummary {
 	slices.Sort(vs)
 	if len(vs) == 0 {
 		return runSummary{}

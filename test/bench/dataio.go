@@ -63,11 +63,7 @@ func runData(ctx context.Context, dir string, l dataLoad, run int) (res dataResu
 			err = rerr
 		}
 	}()
-	buf := make([]byte, seqChunk)
-	fill := rand.New(rand.NewPCG(l.seed, math.MaxUint64))
-	for i := range buf {
-		buf[i] = byte(fill.Uint32())
-	}
+	buf := randomChunk(rand.NewPCG(l.seed, math.MaxUint64))
 	steps := []struct {
 		name string
 		do   func() (time.Duration, error)
@@ -263,4 +259,14 @@ func (b *byteSize) Set(s string) error {
 	}
 	*b = byteSize(n << shift)
 	return nil
+}
+
+// randomChunk returns seqChunk bytes drawn from src, the workloads' data.
+func randomChunk(src rand.Source) []byte {
+	fill := rand.New(src)
+	buf := make([]byte, seqChunk)
+	for i := range buf {
+		buf[i] = byte(fill.Uint32())
+	}
+	return buf
 }

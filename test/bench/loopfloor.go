@@ -32,11 +32,7 @@ func benchLoopFloor(ctx context.Context, cfg config, root string, rep *report) (
 	}()
 	file := filepath.Join(dir, "backing")
 	progress("data: loop device floor (%s file, %d O_DIRECT random reads per run)", fmtMiB(int64(cfg.dataSize)), cfg.dataOps)
-	buf := make([]byte, seqChunk)
-	fill := rand.New(rand.NewPCG(7, 11))
-	for i := range buf {
-		buf[i] = byte(fill.Uint32())
-	}
+	buf := randomChunk(rand.NewPCG(7, 11))
 	if _, err := seqWrite(ctx, file, buf, int64(cfg.dataSize)); err != nil {
 		return fmt.Errorf("loop floor: write the backing file: %w", err)
 	}
@@ -91,7 +87,7 @@ func benchLoopFloor(ctx context.Context, cfg config, root string, rep *report) (
 		{"O_DIRECT random 4 KiB reads, QD1", reads[0], reads[1]},
 		{"random 4 KiB writes, fsync at end", writes[0], writes[1]},
 	} {
-		f, d := lowerMedian(w.onFile), lowerMedian(w.onDev)
+		f, d := summarizeValues(w.onFile).median, summarizeValues(w.onDev).median
 		rep.info(sData, w.name+", image file", fmt.Sprintf("%.0f IOPS", f))
 		rep.info(sData, w.name+", its loop device", fmt.Sprintf("%.0f IOPS", d))
 		rep.info(sData, "loop device alone ÷ its file, "+w.name, fmt.Sprintf("%.2f", ratio(d, f)))
@@ -127,14 +123,4 @@ func directRandReads(ctx context.Context, path string, size int64, ops int, seed
 		}
 	}
 	return float64(ops) / time.Since(start).Seconds(), nil
-}
-
-// lowerMedian is the median of vs, the lower one for an even count.
-func lowerMedian(vs []float64) float64 {
-	if len(vs) == 0 {
-		return 0
-	}
-	s := slices.Clone(vs)
-	slices.Sort(s)
-	return s[(len(s)-1)/2]
 }
