@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -47,11 +45,7 @@ func All() ([]*MountInfo, error) {
 	}
 	out := make([]*MountInfo, 0, len(mounts))
 	for _, m := range mounts {
-		out = append(out, &MountInfo{
-			Root: m.Root, Source: m.Source, FSType: m.FSType, Mountpoint: m.Mountpoint,
-			Major: m.Major, Minor: m.Minor, Options: m.Options, VFSOptions: m.VFSOptions,
-			ReadOnly: slices.Contains(strings.Split(m.Options, ","), "ro"),
-		})
+		out = append(out, fromInfo(m))
 	}
 	return out, nil
 }

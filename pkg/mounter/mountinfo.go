@@ -34,6 +34,9 @@ type MountInfo struct {
 	ReadOnly bool
 	// Options are the per-mount options, such as "rw,nosuid,nodev,relatime".
 	Options string
+	// Optional are mountinfo's optional fields, the mount's propagation:
+	// "shared:2", "master:1", both, or "" for a private mount.
+	Optional string
 	// VFSOptions are the filesystem's (superblock) options.
 	VFSOptions string
 }
@@ -55,17 +58,23 @@ func At(target string) (*MountInfo, error) {
 	if top == nil {
 		return nil, nil
 	}
+	return fromInfo(top), nil
+}
+
+// fromInfo converts one parsed line of mountinfo.
+func fromInfo(m *mountinfo.Info) *MountInfo {
 	return &MountInfo{
-		Root:       top.Root,
-		Source:     top.Source,
-		FSType:     top.FSType,
-		Mountpoint: top.Mountpoint,
-		Major:      top.Major,
-		Minor:      top.Minor,
-		ReadOnly:   slices.Contains(strings.Split(top.Options, ","), "ro"),
-		Options:    top.Options,
-		VFSOptions: top.VFSOptions,
-	}, nil
+		Root:       m.Root,
+		Source:     m.Source,
+		FSType:     m.FSType,
+		Mountpoint: m.Mountpoint,
+		Major:      m.Major,
+		Minor:      m.Minor,
+		ReadOnly:   slices.Contains(strings.Split(m.Options, ","), "ro"),
+		Options:    m.Options,
+		Optional:   m.Optional,
+		VFSOptions: m.VFSOptions,
+	}
 }
 
 // IsMountPoint reports whether target is the mount point of a mount,

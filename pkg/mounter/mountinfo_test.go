@@ -265,3 +265,24 @@ func BenchmarkAt(b *testing.B) {
 		}
 	}
 }
+
+// TestAtPropagation: Optional carries the mount's propagation, "" when private.
+func TestAtPropagation(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	src, target := mkdirs(t, dir, "src")[0], mkdirs(t, dir, "target")[0]
+	mustBind(t, src, target, Options{})
+	if err := unix.Mount("", target, "", unix.MS_PRIVATE, ""); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := At(target); err != nil || m == nil || m.Optional != "" {
+		t.Fatalf("At(%s) of a private bind = %+v, %v; want Optional empty", target, m, err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	m, err := At(target)
+	if err != nil || m == nil || len(m.Optional) < len("shared:1") || m.Optional[:len("shared:")] != "shared:" {
+		t.Fatalf("At(%s) of a shared bind = %+v, %v; want Optional shared:<n>", target, m, err)
+	}
+}
