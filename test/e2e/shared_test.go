@@ -6,12 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/berth-csi/berth/internal/testutil"
+	"github.com/berth-csi/berth/pkg/mounter"
 	"sigs.k8s.io/yaml"
 )
 
@@ -145,25 +147,13 @@ func (c *cluster) withSharedPool(helm string) {
 // isSharedMount reports whether dir is a mount point with shared propagation.
 func isSharedMount(t *testing.T, dir string) bool {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	m, err := mounter.At(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 7 || f[4] != dir {
-			continue
-		}
-		for _, opt := range f[6:] {
-			if opt == "-" {
-				break
-			}
-			if strings.HasPrefix(opt, "shared:") {
-				return true
-			}
-		}
-	}
-	return false
+	return m != nil && slices.ContainsFunc(strings.Fields(m.Optional), func(f string) bool {
+		return strings.HasPrefix(f, "shared:")
+	})
 }
 
 func (c *cluster) tryHelm(helm string, args ...string) (string, error) {
