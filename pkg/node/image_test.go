@@ -257,14 +257,18 @@ func statfs(t *testing.T, path string) unix.Statfs_t {
 	return st
 }
 
+// imageFilesystems are the filesystems image volumes are formatted with, each at
+// a small size it accepts (mkfs.xfs wants 300 MiB).
+var imageFilesystems = []struct {
+	fsType string
+	size   int64
+}{
+	{"ext4", 64 << 20},
+	{"xfs", 320 << 20},
+}
+
 func TestImageLifecycle(t *testing.T) {
-	for _, tc := range []struct {
-		fsType string
-		size   int64
-	}{
-		{"ext4", 64 << 20},
-		{"xfs", 320 << 20},
-	} {
+	for _, tc := range imageFilesystems {
 		t.Run(tc.fsType, func(t *testing.T) {
 			f := newKindFixture(t, storage.KindImage, "")
 			r := f.createImage(t, "pvc-life", tc.size, tc.fsType)
@@ -338,13 +342,7 @@ func isDeviceOf(t *testing.T, major, minor int, dev *loop.Device) bool {
 }
 
 func TestImageWriteBeyondCapacity(t *testing.T) {
-	for _, tc := range []struct {
-		fsType string
-		size   int64
-	}{
-		{"ext4", 64 << 20},
-		{"xfs", 320 << 20},
-	} {
+	for _, tc := range imageFilesystems {
 		t.Run(tc.fsType, func(t *testing.T) {
 			f := newKindFixture(t, storage.KindImage, "")
 			r := f.createImage(t, "pvc-full", tc.size, tc.fsType)
@@ -716,13 +714,7 @@ func TestImageStats(t *testing.T) {
 }
 
 func TestImageHealthFull(t *testing.T) {
-	for _, tc := range []struct {
-		fsType string
-		size   int64
-	}{
-		{"ext4", 64 << 20},
-		{"xfs", 320 << 20},
-	} {
+	for _, tc := range imageFilesystems {
 		t.Run(tc.fsType, func(t *testing.T) { testImageHealthFull(t, tc.fsType, tc.size) })
 	}
 }
