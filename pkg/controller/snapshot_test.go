@@ -3,12 +3,8 @@ package controller_test
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
-	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -128,60 +124,6 @@ func writeRandom(t *testing.T, path string, size int64) {
 	}
 }
 
-// treeSums maps every entry below dir to the SHA-256 of its content (files), its
-// target (symlinks) or "dir", with its permission bits.
-func treeSums(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == dir {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.Type()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			out[rel] = "link " + target
-			return err
-		case d.IsDir():
-			out[rel] = "dir " + info.Mode().String()
-			return nil
-		}
-		data, err := os.ReadFile(p)
-		sum := sha256.Sum256(data)
-		out[rel] = hex.EncodeToString(sum[:]) + " " + info.Mode().String()
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// sameTree fails the test when got and want differ, naming the first differences.
-func sameTree(t *testing.T, what string, got, want map[string]string) {
-	t.Helper()
-	if maps.Equal(got, want) {
-		return
-	}
-	var diffs []string
-	for _, k := range slices.Sorted(maps.Keys(want)) {
-		if got[k] != want[k] {
-			diffs = append(diffs, fmt.Sprintf("%s: %q, want %q", k, got[k], want[k]))
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(got)) {
-		if _, ok := want[k]; !ok {
-			diffs = append(diffs, fmt.Sprintf("%s: unexpected %q", k, got[k]))
-		}
-	}
-	t.Fatalf("%s differs from its source in %d entries: %s", what, len(diffs), strings.Join(diffs[:min(len(diffs), 5)], "; "))
-}
-
 // TestSnapshotRestoreClone snapshots, restores and clones volumes of every kind on XFS
 // with reflink (ready at once) and on ext4 (copied in the background): the copies
 // hold exactly the source's data at the time they were made, and writes to any of
@@ -208,7 +150,7 @@ func TestSnapshotRestoreClone(t *testing.T) {
 			src := f.create(t, "src", "p", size, nil)
 			srcDir := f.dataPath(t, src)
 			writeTree(t, srcDir, "a", 12, 2<<20)
-			atSnapshot := treeSums(t, srcDir)
+			atSnapshot := testutil.TreeSums(t, srcDir)
 
 			snap := f.snapshot(t, "snap", src, tc.atOnce)
 			// Writes after the snapshot: changed, added and removed files.
@@ -217,12 +159,12 @@ func TestSnapshotRestoreClone(t *testing.T) {
 			if err := os.Remove(filepath.Join(srcDir, "a", "d1", "f1")); err != nil {
 				t.Fatal(err)
 			}
-			atClone := treeSums(t, srcDir)
+			atClone := testutil.TreeSums(t, srcDir)
 
 			restored := f.create(t, "restored", "p", size, fromSnapshot(snap.GetSnapshotId()))
-			sameTree(t, "the restored volume", treeSums(t, f.dataPath(t, restored)), atSnapshot)
+			testutil.SameTree(t, "the restored volume", testutil.TreeSums(t, f.dataPath(t, restored)), atSnapshot)
 			clone := f.create(t, "clone", "p", size, fromVolume(src))
-			sameTree(t, "the clone", treeSums(t, f.dataPath(t, clone)), atClone)
+			testutil.SameTree(t, "the clone", testutil.TreeSums(t, f.dataPath(t, clone)), atClone)
 
 			// Writes to the source, the restore and the clone reach no other copy,
 			// nor the snapshot: a second restore still finds the snapshot's data.
@@ -230,8 +172,8 @@ func TestSnapshotRestoreClone(t *testing.T) {
 			writeRandom(t, filepath.Join(f.dataPath(t, restored), "a", "d0", "f3"), 1<<20)
 			writeRandom(t, filepath.Join(f.dataPath(t, clone), "b", "d0", "f0"), 1<<20)
 			again := f.create(t, "restored-again", "p", size, fromSnapshot(snap.GetSnapshotId()))
-			sameTree(t, "the second restored volume", treeSums(t, f.dataPath(t, again)), atSnapshot)
-			cloneNow := treeSums(t, f.dataPath(t, clone))
+			testutil.SameTree(t, "the second restored volume", testutil.TreeSums(t, f.dataPath(t, again)), atSnapshot)
+			cloneNow := testutil.TreeSums(t, f.dataPath(t, clone))
 			if cloneNow["a/d2/f2"] != atClone["a/d2/f2"] {
 				t.Fatal("a write to the source reached its clone")
 			}
@@ -300,7 +242,7 @@ func TestRestoreSize(t *testing.T) {
 	f := newFixture(t, loopPool(t, testutil.XFSPlain, storage.KindDir, "p"))
 	src := f.create(t, "src", "p", srcSize, nil)
 	writeTree(t, f.dataPath(t, src), "a", 2, 1<<20)
-	want := treeSums(t, f.dataPath(t, src))
+	want := testutil.TreeSums(t, f.dataPath(t, src))
 	snap := f.snapshot(t, "snap", src, true)
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -319,7 +261,7 @@ func TestRestoreSize(t *testing.T) {
 			if cs := resp.GetVolume().GetContentSource(); cs.String() != source.String() {
 				t.Fatalf("content_source %v, want %v", cs, source)
 			}
-			sameTree(t, "the copy", treeSums(t, f.dataPath(t, resp.GetVolume().GetVolumeId())), want)
+			testutil.SameTree(t, "the copy", testutil.TreeSums(t, f.dataPath(t, resp.GetVolume().GetVolumeId())), want)
 		})
 	}
 }
@@ -373,7 +315,7 @@ func copying(t *testing.T) (*fixture, string) {
 // meanwhile. Once ready, both work.
 func TestRestoreNotReady(t *testing.T) {
 	f, src := copying(t)
-	want := treeSums(t, f.dataPath(t, src))
+	want := testutil.TreeSums(t, f.dataPath(t, src))
 	resp, err := f.srv.CreateSnapshot(context.Background(), snapReq("snap", src))
 	wantCode(t, err, codes.OK)
 	snap := resp.GetSnapshot()
@@ -392,7 +334,7 @@ func TestRestoreNotReady(t *testing.T) {
 
 	f.snapshot(t, "snap", src, false)
 	restored := f.create(t, "restored", "p", 1<<30, fromSnapshot(snap.GetSnapshotId()))
-	sameTree(t, "the restored volume", treeSums(t, f.dataPath(t, restored)), want)
+	testutil.SameTree(t, "the restored volume", testutil.TreeSums(t, f.dataPath(t, restored)), want)
 	_, err = f.srv.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: src})
 	wantCode(t, err, codes.OK)
 }
@@ -408,7 +350,7 @@ func TestCopyHoldsItsSource(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			f, src := copying(t)
-			want := treeSums(t, f.dataPath(t, src))
+			want := testutil.TreeSums(t, f.dataPath(t, src))
 			source, del := fromVolume(src), func() error {
 				_, err := f.srv.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: src})
 				return err
@@ -445,7 +387,7 @@ func TestCopyHoldsItsSource(t *testing.T) {
 			case <-time.After(readyTimeout):
 				t.Fatal("the copy did not end")
 			}
-			sameTree(t, "the copy", treeSums(t, f.dataPath(t, storage.VolumeID("p", "copy"))), want)
+			testutil.SameTree(t, "the copy", testutil.TreeSums(t, f.dataPath(t, storage.VolumeID("p", "copy"))), want)
 			wantCode(t, del(), codes.OK)
 		})
 	}
@@ -457,7 +399,7 @@ func TestDeleteSnapshot(t *testing.T) {
 	f := newFixture(t, loopPool(t, testutil.XFSPlain, storage.KindDir, "p"))
 	src := f.create(t, "src", "p", 16<<20, nil)
 	writeTree(t, f.dataPath(t, src), "a", 3, 1<<20)
-	want := treeSums(t, f.dataPath(t, src))
+	want := testutil.TreeSums(t, f.dataPath(t, src))
 	keep, gone := f.snapshot(t, "keep", src, true), f.snapshot(t, "gone", src, true)
 
 	_, err := f.srv.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: src})
@@ -493,7 +435,7 @@ func TestDeleteSnapshot(t *testing.T) {
 	_, err = f.srv.CreateVolume(context.Background(), inPool("from-gone", "p", 16<<20, fromSnapshot(gone.GetSnapshotId())))
 	wantCode(t, err, codes.NotFound)
 	restored := f.create(t, "restored", "p", 16<<20, fromSnapshot(keep.GetSnapshotId()))
-	sameTree(t, "the volume restored after its source's deletion", treeSums(t, f.dataPath(t, restored)), want)
+	testutil.SameTree(t, "the volume restored after its source's deletion", testutil.TreeSums(t, f.dataPath(t, restored)), want)
 }
 
 func TestListSnapshots(t *testing.T) {

@@ -3,14 +3,10 @@ package node_test
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/berth-csi/berth/internal/testengine"
 	"io"
-	"io/fs"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -223,45 +219,6 @@ func writeRandomFiles(t *testing.T, dir, tag string, n int, size int64) {
 	}
 }
 
-// contentSums maps every entry below dir to the SHA-256 of its content (files), its
-// target (symlinks) or "dir". The lost+found of a fresh ext4 is left out.
-func contentSums(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == dir {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		switch {
-		case rel == "lost+found":
-			return fs.SkipDir
-		case d.Type()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			out[rel] = "link " + target
-			return err
-		case d.IsDir():
-			out[rel] = "dir"
-			return nil
-		}
-		data, err := os.ReadFile(p)
-		sum := sha256.Sum256(data)
-		out[rel] = hex.EncodeToString(sum[:])
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func sameContent(t *testing.T, what string, got, want map[string]string) {
-	t.Helper()
-	if !maps.Equal(got, want) {
-		t.Fatalf("%s holds %v, want %v", what, slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
-	}
-}
-
 // TestImageSnapshotRestoreClone snapshots and clones image volumes while they are
 // published and written to (their filesystem is frozen around the copy), on a pool on
 // XFS with reflink and on ext4: restored and cloned volumes, staged and published,
@@ -287,18 +244,18 @@ func TestImageSnapshotRestoreClone(t *testing.T) {
 			f := newRestoreFixture(t, tc.poolFS, storage.KindImage)
 			src := f.mount(t, f.mustCreateFrom(t, "src", tc.size, tc.fsType, nil), "pod-src")
 			writeRandomFiles(t, src.target, "a", 6, 2<<20)
-			atSnapshot := contentSums(t, src.target)
+			atSnapshot := testutil.TreeSums(t, src.target)
 
 			snap := f.snapshotReady(t, "snap", src.r.ID)
 			writeRandomFiles(t, src.target, "b", 2, 1<<20)
-			atClone := contentSums(t, src.target)
+			atClone := testutil.TreeSums(t, src.target)
 			clone := f.mustCreateFrom(t, "clone", tc.size, tc.fsType, volumeSource(src.r.ID))
 			writeRandomFiles(t, src.target, "c", 1, 1<<20)
 
 			restored := f.mount(t, f.mustCreateFrom(t, "restored", tc.size, tc.fsType, snap), "pod-restored")
-			sameContent(t, "the restored volume", contentSums(t, restored.target), atSnapshot)
+			testutil.SameTree(t, "the restored volume", testutil.TreeSums(t, restored.target), atSnapshot)
 			cloned := f.mount(t, clone, "pod-clone")
-			sameContent(t, "the clone", contentSums(t, cloned.target), atClone)
+			testutil.SameTree(t, "the clone", testutil.TreeSums(t, cloned.target), atClone)
 
 			// Writes to the copies reach neither the source nor the snapshot.
 			writeRandomFiles(t, restored.target, "r", 1, 1<<20)
@@ -307,7 +264,7 @@ func TestImageSnapshotRestoreClone(t *testing.T) {
 				t.Fatalf("a write to the restored volume reached the source (%v)", err)
 			}
 			again := f.mount(t, f.mustCreateFrom(t, "again", tc.size, tc.fsType, snap), "pod-again")
-			sameContent(t, "the second restored volume", contentSums(t, again.target), atSnapshot)
+			testutil.SameTree(t, "the second restored volume", testutil.TreeSums(t, again.target), atSnapshot)
 		})
 	}
 }
@@ -326,7 +283,7 @@ func TestImageRestoreSize(t *testing.T) {
 			f := newRestoreFixture(t, testutil.XFSPlain, storage.KindImage)
 			src := f.mount(t, f.mustCreateFrom(t, "src", tc.size, tc.fsType, nil), "pod-src")
 			writeRandomFiles(t, src.target, "a", 2, 1<<20)
-			want := contentSums(t, src.target)
+			want := testutil.TreeSums(t, src.target)
 			st := statfsOf(t, src.target)
 			srcBytes := int64(st.Blocks) * st.Bsize
 			snap := f.snapshotReady(t, "snap", src.r.ID)
@@ -339,7 +296,7 @@ func TestImageRestoreSize(t *testing.T) {
 
 			for name, source := range map[string]*csi.VolumeContentSource{"restore": snap, "clone": volumeSource(src.r.ID)} {
 				large := f.mount(t, f.mustCreateFrom(t, name, tc.largeSize, tc.fsType, source), "pod-"+name)
-				sameContent(t, "the larger copy", contentSums(t, large.target), want)
+				testutil.SameTree(t, "the larger copy", testutil.TreeSums(t, large.target), want)
 				st := statfsOf(t, large.target)
 				if got, grown := int64(st.Blocks)*st.Bsize, tc.largeSize-tc.size; got < srcBytes+grown*9/10 {
 					t.Fatalf("%s: the filesystem of the %d-byte copy has %d bytes, its %d-byte source %d: not grown", name, tc.largeSize, got, tc.size, srcBytes)
@@ -366,7 +323,7 @@ func TestImageRestoreFSType(t *testing.T) {
 	f := newRestoreFixture(t, testutil.XFSPlain, storage.KindImage)
 	src := f.mount(t, f.mustCreateFrom(t, "src", 320<<20, "xfs", nil), "pod-src")
 	writeRandomFiles(t, src.target, "a", 1, 1<<20)
-	want := contentSums(t, src.target)
+	want := testutil.TreeSums(t, src.target)
 	snap := f.snapshotReady(t, "snap", src.r.ID)
 	f.unmount(t, src)
 
@@ -380,7 +337,7 @@ func TestImageRestoreFSType(t *testing.T) {
 			t.Fatalf("restored volume recorded with fsType %q, want the source's xfs", r.FSType)
 		}
 		m := f.mount(t, r, "pod-"+r.Hash())
-		sameContent(t, "the restored volume", contentSums(t, m.target), want)
+		testutil.SameTree(t, "the restored volume", testutil.TreeSums(t, m.target), want)
 		f.unmount(t, m)
 	}
 }
