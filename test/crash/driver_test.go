@@ -60,6 +60,12 @@ type site struct {
 }
 
 func newSite(t *testing.T, bin string) *site {
+	return newSiteWith(t, bin, "default", "dir")
+}
+
+// newSiteWith makes a site whose one pool, name, is of kind; its clean-up shows
+// the driver's log tail when the test failed.
+func newSiteWith(t *testing.T, bin, name, kind string) *site {
 	t.Helper()
 	dir := t.TempDir()
 	s := &site{
@@ -70,8 +76,8 @@ func newSite(t *testing.T, bin string) *site {
 		sock:    filepath.Join(dir, "csi.sock"),
 		logPath: filepath.Join(dir, "driver.log"),
 	}
-	cfg := fmt.Sprintf("pools:\n- name: default\n  path: %s\n  kind: dir\n  reservedBytes: 0\n  overcommit: true\n",
-		strconv.Quote(s.pool))
+	cfg := fmt.Sprintf("pools:\n- name: %s\n  path: %s\n  kind: %s\n  reservedBytes: 0\n  overcommit: true\n",
+		name, strconv.Quote(s.pool), kind)
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +86,7 @@ func newSite(t *testing.T, bin string) *site {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("driver log tail:\n%s", s.logTail(40))
+			t.Logf("driver log tail:\n%s", s.logTail(60))
 		}
 	})
 	return s

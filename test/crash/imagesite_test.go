@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -41,28 +40,9 @@ const (
 // device backed by the pool, so that a failing test leaves nothing behind.
 func newImageSite(t *testing.T, bin string) *site {
 	t.Helper()
-	dir := t.TempDir()
-	s := &site{
-		bin:     bin,
-		pool:    filepath.Join(dir, "pool"),
-		config:  filepath.Join(dir, "pools.yaml"),
-		kubelet: filepath.Join(dir, "kubelet"),
-		sock:    filepath.Join(dir, "csi.sock"),
-		logPath: filepath.Join(dir, "driver.log"),
-	}
-	cfg := fmt.Sprintf("pools:\n- name: %s\n  path: %s\n  kind: image\n  reservedBytes: 0\n  overcommit: true\n",
-		imagePool, strconv.Quote(s.pool))
-	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(s.kubelet, 0o750); err != nil {
-		t.Fatal(err)
-	}
+	s := newSiteWith(t, bin, imagePool, "image")
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("driver log tail:\n%s", s.logTail(60))
-		}
-		if err := unmountUnder(dir); err != nil {
+		if err := unmountUnder(s.dir()); err != nil {
 			t.Errorf("clean-up: %v", err)
 		}
 		if err := detachPool(s.pool); err != nil {
