@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -84,30 +83,6 @@ func (f *kindFixture) publishQuota(t *testing.T, r *storage.Record, pod string) 
 	return target
 }
 
-// unprivileged runs fn on an OS thread of its own whose effective capabilities lack
-// CAP_SYS_RESOURCE, as a pod's writes do: with it, ext4 lets writes past project
-// limits. The thread is thrown away afterwards.
-func unprivileged(t *testing.T, fn func() error) error {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capget: %w", err)
-			return
-		}
-		data[unix.CAP_SYS_RESOURCE/32].Effective &^= 1 << (unix.CAP_SYS_RESOURCE % 32)
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capset: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // overQuota reports an error by which a filesystem refuses a write past a project
 // limit: ENOSPC on XFS, EDQUOT on ext4.
 func overQuota(err error) bool { return errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.ENOSPC) }
@@ -115,7 +90,7 @@ func overQuota(err error) bool { return errors.Is(err, unix.EDQUOT) || errors.Is
 // fillUnprivileged is fill without CAP_SYS_RESOURCE.
 func fillUnprivileged(t *testing.T, fh *os.File, limit int64) (n int64, err error) {
 	t.Helper()
-	if perr := unprivileged(t, func() error { n, err = fill(fh, limit); return nil }); perr != nil {
+	if perr := testutil.WithoutSysResource(func() error { n, err = fill(fh, limit); return nil }); perr != nil {
 		t.Fatal(perr)
 	}
 	return n, err
@@ -155,7 +130,7 @@ func TestQuotaInodeLimit(t *testing.T) {
 		r := f.create(t, "pvc-inodes", 16<<20, map[string]string{storage.ParamInodeLimit: fmt.Sprint(limit)}, rwo)
 		target := f.publishQuota(t, r, "pod")
 		var created int
-		err := unprivileged(t, func() error {
+		err := testutil.WithoutSysResource(func() error {
 			for created < 2*limit {
 				if err := os.WriteFile(filepath.Join(target, fmt.Sprint("f", created)), nil, 0o644); err != nil {
 					return err

@@ -6,11 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -140,7 +140,7 @@ func TestInodeLimit(t *testing.T) {
 			// The directory is inode 1 of 10: nine files fit, the tenth (the
 			// eleventh inode) does not.
 			var created int
-			err = asUnprivileged(func() error {
+			err = testutil.WithoutSysResource(func() error {
 				for created = 0; created < 20; created++ {
 					f, err := os.Create(filepath.Join(vol, fmt.Sprint("f", created)))
 					if err != nil {
@@ -320,7 +320,7 @@ func crossCheck(t *testing.T, mnt string, id uint32, u Usage, wantHard uint64) {
 // syncs it, and returns how many bytes were written and the first error.
 func writeFile(path string, n int) (int, error) {
 	var written int
-	err := asUnprivileged(func() error {
+	err := testutil.WithoutSysResource(func() error {
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return err
@@ -340,28 +340,4 @@ func writeFile(path string, n int) (int, error) {
 		return f.Sync()
 	})
 	return written, err
-}
-
-// asUnprivileged runs fn on an OS thread of its own whose effective
-// capabilities lack CAP_SYS_RESOURCE, which would let ext4 writes through
-// quota limits. The thread is thrown away afterwards.
-func asUnprivileged(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the runtime ends the thread when this goroutine exits.
-		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capget: %w", err)
-			return
-		}
-		data[unix.CAP_SYS_RESOURCE/32].Effective &^= 1 << (unix.CAP_SYS_RESOURCE % 32)
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			errc <- fmt.Errorf("capset: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }
