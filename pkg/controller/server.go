@@ -12,7 +12,7 @@ import (
 )
 
 // TopologyKey is the topology segment every node-local volume carries.
-const TopologyKey = "topology.berth.csi.io/node"
+const TopologyKey = storage.TopologyKey
 
 // Server implements csi.ControllerServer on top of the storage engine.
 type Server struct {

@@ -22,6 +22,8 @@ var codeOf = []struct {
 	{storage.ErrOutOfRange, codes.OutOfRange},
 	{storage.ErrInUse, codes.FailedPrecondition},
 	{storage.ErrPrecondition, codes.FailedPrecondition},
+	{storage.ErrNotStaged, codes.FailedPrecondition},
+	{storage.ErrStaleMount, codes.FailedPrecondition},
 	{storage.ErrNotReady, codes.Unavailable},
 	{storage.ErrBusy, codes.Aborted},
 	{context.Canceled, codes.Canceled},

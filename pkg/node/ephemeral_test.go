@@ -8,6 +8,7 @@ import (
 
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/node"
+	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 )
@@ -162,7 +163,7 @@ func TestParseQuantity(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
-			got, err := node.ParseQuantity(tc.in)
+			got, err := storage.ParseQuantity(tc.in)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("ParseQuantity(%q) = %d, %v; want error %t", tc.in, got, err, tc.wantErr)
 			}

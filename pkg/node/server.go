@@ -1,21 +1,27 @@
 // Package node serves the CSI Node service: bind mounts of pool volumes into pods,
-// volume statistics and health, CSI ephemeral inline volumes.
+// volume statistics and health, CSI ephemeral inline volumes. Each handler validates
+// the request, takes the volume's (and path's) try-lock, makes one call to the
+// engine's node side (storage.Node) and maps its error to a code in pkg/csierr.
 package node
 
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 
+	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/volcap"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
 // TopologyKey is the topology segment naming this node.
-const TopologyKey = "topology.berth.csi.io/node"
+const TopologyKey = storage.TopologyKey
+
+// AttrPath is the volume attribute naming an adopted host directory.
+const AttrPath = storage.AttrPath
 
 // Config is what the node service needs from the command line.
 type Config struct {
@@ -27,24 +33,22 @@ type Config struct {
 // Server implements csi.NodeServer.
 type Server struct {
 	csi.UnimplementedNodeServer
-	cfg    Config
-	engine *storage.Engine
-	locks  *locks.Set
+	cfg   Config
+	node  *storage.Node
+	locks *locks.Set
 }
 
-// New returns a node server. The kubelet dir is resolved once, so a symlinked
-// /var/lib/kubelet (common on some distributions) is compared by its real path.
+// New returns a node server publishing engine's volumes under cfg.KubeletDir.
 func New(cfg Config, engine *storage.Engine, l *locks.Set) (*Server, error) {
-	if !filepath.IsAbs(cfg.KubeletDir) {
-		return nil, fmt.Errorf("kubelet dir %q must be absolute", cfg.KubeletDir)
-	}
-	real, err := filepath.EvalSymlinks(cfg.KubeletDir)
+	n, err := engine.Node(cfg.KubeletDir)
 	if err != nil {
-		return nil, fmt.Errorf("kubelet dir: %w", err)
+		return nil, err
 	}
-	cfg.KubeletDir = real
-	return &Server{cfg: cfg, engine: engine, locks: l}, nil
+	return &Server{cfg: cfg, node: n, locks: l}, nil
 }
+
+// Recover rebuilds the engine's publication table from the mount table at start-up.
+func (s *Server) Recover(ctx context.Context) error { return s.node.Recover(ctx) }
 
 var capabilities = []csi.NodeServiceCapability_RPC_Type{
 	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
@@ -74,11 +78,19 @@ func (s *Server) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.Nod
 	}, nil
 }
 
-// lock takes the volume's and the target's try-locks together, or answers Aborted.
-func (s *Server) lock(volumeID, target string) (func(), error) {
-	keys := []string{volumeID, "target:" + target}
+// lock takes the try-locks of a volume and, when path is not empty, of a path,
+// all or none; when another operation holds one, the answer is Aborted at once.
+func (s *Server) lock(volumeID, path string) (func(), error) {
+	keys := []string{volumeID}
+	if path != "" {
+		keys = append(keys, "path:"+path)
+	}
 	if !s.locks.TryAcquire(keys...) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s or target %s is already in progress", volumeID, target)
+		what := "volume " + volumeID
+		if path != "" {
+			what += " or path " + path
+		}
+		return nil, csierr.Status(fmt.Errorf("an operation on %s is already in progress: %w", what, storage.ErrBusy))
 	}
 	return func() { s.locks.Release(keys...) }, nil
 }
@@ -94,19 +106,22 @@ func checkVolumeID(id string) error {
 	return nil
 }
 
-// beginUnmount validates an unpublish or unstage request's volume ID and path (field
-// names it), refuses a path reached through a symlinked parent, and takes the
-// volume's and the path's locks.
-func (s *Server) beginUnmount(id, field, path string) (unlock func(), err error) {
-	if err := checkVolumeID(id); err != nil {
-		return nil, err
+// capability reads the request's volume_capability (required) in the engine's terms.
+func capability(vc *csi.VolumeCapability) (storage.Capability, error) {
+	if vc == nil {
+		return storage.Capability{}, status.Error(codes.InvalidArgument, "volume_capability is required")
 	}
-	rel, err := s.checkTarget(field, path)
+	c, err := volcap.Parse(vc)
 	if err != nil {
-		return nil, err
+		return c, csierr.Status(fmt.Errorf("volume_capability: %w", err))
 	}
-	if err := s.checkParent(path, rel); err != nil {
-		return nil, err
+	return c, nil
+}
+
+// required refuses a request without the path field names.
+func required(field, value string) error {
+	if value == "" {
+		return status.Errorf(codes.InvalidArgument, "%s is required", field)
 	}
-	return s.lock(id, path)
+	return nil
 }

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func init() { backends[KindDir] = func(PoolConfig) Backend { return dirBackend{} } }
+func init() { backends[KindDir] = func(PoolConfig, Host) Backend { return dirBackend{} } }
 
 // DataDirMode is the mode of a new volume's data directory: writable by any user of
 // the pod, as pods commonly run as non-root; kubelet applies fsGroup on top
@@ -19,11 +19,13 @@ const DataDirMode = 0o777
 
 // dirBackend serves a plain directory per volume. Capacity is accounted, not enforced:
 // use the quota kind for enforced sizes.
-type dirBackend struct{}
+type dirBackend struct{ localDirNode }
 
 func (dirBackend) Check(context.Context, *Pool) error { return nil }
 
 func (dirBackend) SupportsBlock() bool { return false }
+
+func (dirBackend) MultiNode() bool { return false }
 
 func (dirBackend) Params() []string { return nil }
 

@@ -22,6 +22,7 @@ type Publication struct {
 type Engine struct {
 	pools      []*Pool
 	adoptRoots []string
+	host       Host
 	byNm       map[string]*Pool
 	ready      atomic.Bool
 	bg         sync.WaitGroup // background goroutines, ended by Start's context
@@ -30,15 +31,21 @@ type Engine struct {
 	pubs  map[string]map[string]Publication // volume ID -> target -> publication
 }
 
-// New builds an engine for a validated configuration. Nothing touches the disk until Start.
-func New(cfg Config) (*Engine, error) {
+// New builds an engine for a validated configuration on this machine. Nothing
+// touches the disk until Start.
+func New(cfg Config) (*Engine, error) { return NewWithHost(cfg, RealHost()) }
+
+// NewWithHost builds an engine that reaches mounts, loop devices and child
+// processes through host (the real machine's for what host leaves nil).
+func NewWithHost(cfg Config, host Host) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}, adoptRoots: cfg.AdoptRoots}
+	host = host.withDefaults()
+	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}, adoptRoots: cfg.AdoptRoots, host: host}
 	projects := newProjectIDs()
 	for _, pc := range cfg.Pools {
-		p := newPool(pc, projects)
+		p := newPool(pc, projects, host)
 		e.pools = append(e.pools, p)
 		e.byNm[pc.Name] = p
 	}

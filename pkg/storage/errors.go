@@ -38,3 +38,29 @@ var ErrBusy = errors.New("locked by another operation")
 // (a central controller serves only the shared pools; the node that holds a
 // node-local pool does), so deletions must not take it for "already gone".
 var ErrPoolNotConfigured = fmt.Errorf("pool %w", ErrNotFound)
+
+// Sentinels of the node side.
+var (
+	// ErrNotStaged: a publish or an expansion needs the volume staged first.
+	ErrNotStaged = errors.New("volume not staged")
+	// ErrStaleMount: the filesystem holding the volume no longer answers (a dead
+	// FUSE client, a lost NFS server); NodeStageVolume remounts it.
+	ErrStaleMount = errors.New("stale mount")
+)
+
+// codedError is an error whose message is its own and that matches a sentinel, so
+// the engine can say what went wrong in plain words and still be mapped to a code.
+type codedError struct {
+	sentinel error
+	cause    error
+}
+
+func (e *codedError) Error() string        { return e.cause.Error() }
+func (e *codedError) Unwrap() []error      { return []error{e.sentinel, e.cause} }
+func (e *codedError) Is(target error) bool { return target == e.sentinel }
+
+// errorf formats an error that matches sentinel (and whatever the format wraps with
+// %w) without naming the sentinel in its message.
+func errorf(sentinel error, format string, args ...any) error {
+	return &codedError{sentinel: sentinel, cause: fmt.Errorf(format, args...)}
+}

@@ -32,7 +32,15 @@ func VolumeID(pool, name string) string {
 // EphemeralName is the volume name Berth uses for a CSI ephemeral inline volume whose
 // kubelet-chosen volume_id is volumeID. The ':' cannot occur in a CreateVolume name, so
 // ephemeral volumes can never collide with provisioned ones.
-func EphemeralName(volumeID string) string { return "ephemeral:" + volumeID }
+func EphemeralName(volumeID string) string { return ephemeralPrefix + volumeID }
+
+const ephemeralPrefix = "ephemeral:"
+
+// cutEphemeral returns kubelet's volume ID from an ephemeral volume's name.
+func cutEphemeral(name string) (string, bool) {
+	id, ok := strings.CutPrefix(name, ephemeralPrefix)
+	return id, ok && id != ""
+}
 
 func nameHash(kind, name string) string {
 	sum := sha256.Sum256([]byte(kind + "\x00" + name))

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/berth-csi/berth/pkg/storage/loop"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,11 +31,15 @@ const DefaultImageFSType = "ext4"
 // sectors, and 4 KiB keeps every common request (Mi, Gi) exact.
 const imageAlign = 4096
 
-func init() { backends[KindImage] = func(PoolConfig) Backend { return imageBackend{} } }
+func init() {
+	backends[KindImage] = func(_ PoolConfig, h Host) Backend { return imageBackend{host: h} }
+}
 
-type imageBackend struct{}
+type imageBackend struct{ host Host }
 
 func (imageBackend) SupportsBlock() bool { return true }
+
+func (imageBackend) MultiNode() bool { return false }
 
 func (imageBackend) Params() []string { return []string{ParamFSType} }
 
@@ -111,8 +114,8 @@ func (imageBackend) Expand(_ context.Context, _ *Pool, r *Record, volDir string,
 func (imageBackend) Release(context.Context, *Pool, *Record) error { return nil }
 
 // InUse refuses to delete an image still attached to a loop device (still staged).
-func (imageBackend) InUse(_ context.Context, _ *Pool, r *Record, volDir string) error {
-	dev, err := loop.Find(filepath.Join(volDir, ImageFile))
+func (b imageBackend) InUse(_ context.Context, _ *Pool, r *Record, volDir string) error {
+	dev, err := b.host.Loops.Find(filepath.Join(volDir, ImageFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -10,6 +10,8 @@ import (
 type Usage struct {
 	TotalBytes, UsedBytes, AvailableBytes    int64
 	TotalInodes, UsedInodes, AvailableInodes int64
+	// BytesOnly: a raw block device, which has no inodes to count.
+	BytesOnly bool
 }
 
 // Backend is one pool kind. The engine owns names, IDs, records, capacity accounting
@@ -25,6 +27,9 @@ type Backend interface {
 	Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error)
 	// SupportsBlock reports whether raw block volumes can be served.
 	SupportsBlock() bool
+	// MultiNode reports whether several nodes may use a volume at once (the pool's
+	// root is shared by every node).
+	MultiNode() bool
 	// Expand grows a committed volume's limit or backing store to newBytes. The engine
 	// has checked the size and records it once Expand succeeds; Expand must be
 	// idempotent (a retry after a crash finds part of the work done).
@@ -42,10 +47,13 @@ type Backend interface {
 	Data() (name string, isDir bool)
 	// Params lists the StorageClass parameters this kind understands, besides "pool".
 	Params() []string
+
+	// NodeBackend is the node-side half of the kind (node.go).
+	NodeBackend
 }
 
 // backends maps a kind name to its implementation; each kind registers itself.
-var backends = map[string]func(PoolConfig) Backend{}
+var backends = map[string]func(PoolConfig, Host) Backend{}
 
 func knownKinds() string {
 	var ks []string

@@ -41,6 +41,7 @@ type Pool struct {
 	backend  Backend
 	volSync  *meta.DirSyncer
 	projects *projectIDs // shared by the engine's pools
+	host     Host
 
 	mu        sync.Mutex
 	index     map[string]*Record // committed volumes by hash
@@ -56,11 +57,12 @@ type Pool struct {
 	reflink bool // copies are reflinks (FICLONE works in this pool)
 }
 
-func newPool(cfg PoolConfig, projects *projectIDs) *Pool {
+func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
 	return &Pool{
 		projects: projects,
+		host:     host,
 		cfg:      cfg,
-		backend:  backends[cfg.Kind](cfg),
+		backend:  backends[cfg.Kind](cfg, host),
 		volSync:  meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
 		index:    map[string]*Record{},
 		purge:    make(chan struct{}, 1),

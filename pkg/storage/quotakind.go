@@ -18,14 +18,16 @@ const KindQuota = "quota"
 // ParamInodeLimit is the StorageClass parameter capping a quota volume's inodes.
 const ParamInodeLimit = "inodeLimit"
 
-func init() { backends[KindQuota] = func(PoolConfig) Backend { return quotaBackend{} } }
+func init() { backends[KindQuota] = func(PoolConfig, Host) Backend { return quotaBackend{} } }
 
 // quotaBackend gives each volume directory its own project ID (inherited by all it
 // holds) and a hard block limit equal to its capacity, on XFS or ext4 with project
 // quotas enforced.
-type quotaBackend struct{}
+type quotaBackend struct{ localDirNode }
 
 func (quotaBackend) SupportsBlock() bool { return false }
+
+func (quotaBackend) MultiNode() bool { return false }
 
 func (quotaBackend) Params() []string { return []string{ParamInodeLimit} }
 

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
-	"github.com/berth-csi/berth/pkg/storage/loop"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -171,7 +170,7 @@ func (p *Pool) freeze(ctx context.Context, r *Record) func() {
 	// node rebooted since): the path then lies on the host's filesystem, which must
 	// never be frozen (the copy itself may write there). Only the filesystem on the
 	// image's own loop device is; one that is not mounted has no writer to pause.
-	if !onImageDevice(fd, p.ImagePath(r.Hash())) {
+	if !p.onImageDevice(fd, p.ImagePath(r.Hash())) {
 		unix.Close(fd)
 		return func() {}
 	}
@@ -190,8 +189,8 @@ func (p *Pool) freeze(ctx context.Context, r *Record) func() {
 
 // onImageDevice reports whether the open directory fd lies on the filesystem of the
 // loop device backing image.
-func onImageDevice(fd int, image string) bool {
-	dev, err := loop.Find(image)
+func (p *Pool) onImageDevice(fd int, image string) bool {
+	dev, err := p.host.Loops.Find(image)
 	if err != nil || dev == nil {
 		return false
 	}

@@ -40,7 +40,9 @@ func ExecCommand(ctx context.Context, name string, args ...string) ([]byte, erro
 }
 
 func init() {
-	backends[KindShared] = func(cfg PoolConfig) Backend { return &sharedBackend{cfg: cfg, run: ExecCommand} }
+	backends[KindShared] = func(cfg PoolConfig, h Host) Backend {
+		return &sharedBackend{cfg: cfg, run: h.Run, mounts: h.Mounts}
+	}
 }
 
 var (
@@ -102,14 +104,19 @@ func glusterVolume(source string) (host, volume, subdir string) {
 // host. With a source, it mounts that filesystem once per process host at the pool
 // path, and again when the mount has died.
 type sharedBackend struct {
-	cfg PoolConfig
-	run CommandRunner
+	localDirNode // recovery, stats and growth are a directory's; see sharednode.go
+
+	cfg    PoolConfig
+	run    CommandRunner
+	mounts Mounter
 
 	mu           sync.Mutex // serialises mounting and enabling quotas
 	quotaEnabled bool
 }
 
 func (*sharedBackend) SupportsBlock() bool { return false }
+
+func (*sharedBackend) MultiNode() bool { return true }
 
 func (*sharedBackend) Params() []string { return nil }
 
@@ -128,7 +135,7 @@ func (b *sharedBackend) Mount(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	path := b.cfg.Path
-	mounted, err := mounter.IsMountPoint(path)
+	mounted, err := b.mounts.IsMountPoint(path)
 	switch {
 	case errors.Is(err, mounter.ErrStale):
 		if b.cfg.Source == "" {
@@ -136,7 +143,7 @@ func (b *sharedBackend) Mount(ctx context.Context) error {
 		}
 		klog.FromContext(ctx).Info("Remounting dead shared pool mount", "pool", b.cfg.Name, "path", path, "err", err.Error())
 		// Lazily: bind mounts of the dead mount (stagings, publications) keep it busy.
-		if err := mounter.Unmount(path); err != nil {
+		if err := b.mounts.Unmount(path); err != nil {
 			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
 		}
 	case errors.Is(err, os.ErrNotExist) && b.cfg.Source != "":
@@ -149,7 +156,7 @@ func (b *sharedBackend) Mount(ctx context.Context) error {
 		if b.cfg.Source == "" {
 			return nil
 		}
-		m, err := mounter.At(path)
+		m, err := b.mounts.At(path)
 		if err != nil {
 			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
 		}

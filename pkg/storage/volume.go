@@ -56,11 +56,11 @@ func (req *CreateRequest) matches(r *Record) bool {
 
 func validVolumeName(name string, ephemeral bool) error {
 	if ephemeral {
-		const prefix = "ephemeral:"
-		if len(name) <= len(prefix) || name[:len(prefix)] != prefix {
+		id, ok := cutEphemeral(name)
+		if !ok {
 			return fmt.Errorf("ephemeral volume name %q lacks its prefix: %w", truncate(name), ErrInvalid)
 		}
-		name = name[len(prefix):]
+		name = id
 	}
 	return ValidateName(name)
 }

@@ -1,5 +1,6 @@
-// Package volcap checks CSI volume capabilities against what a pool can serve. The
-// controller and the node service share it so both refuse the same things.
+// Package volcap translates CSI volume capabilities into the engine's terms. The
+// pools decide what they serve (storage.Pool.CheckCapability); the controller and
+// the node service share this translation so both refuse the same things.
 package volcap
 
 import (
@@ -9,94 +10,65 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 )
 
-// Access modes a node-local pool serves.
-var nodeLocal = map[csi.VolumeCapability_AccessMode_Mode]bool{
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER:        true,
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY:   true,
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER: true,
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:  true,
+var modes = map[csi.VolumeCapability_AccessMode_Mode]storage.AccessMode{
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER:        storage.SingleNodeWriter,
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY:   storage.SingleNodeReaderOnly,
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER: storage.SingleNodeSingleWriter,
+	csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:  storage.SingleNodeMultiWriter,
+	csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:    storage.MultiNodeReaderOnly,
+	csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER:  storage.MultiNodeSingleWriter,
+	csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER:   storage.MultiNodeMultiWriter,
 }
 
-// Access modes a shared pool serves: every node mounts its root, so every mode.
-// MULTI_NODE_SINGLE_WRITER's "one writer" across nodes is the CO's to enforce: with
-// no attach step, no node knows where else the volume is published.
-var multiNode = map[csi.VolumeCapability_AccessMode_Mode]bool{
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER:        true,
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY:   true,
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER: true,
-	csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:  true,
-	csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:    true,
-	csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER:  true,
-	csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER:   true,
-}
-
-// Modes returns the access modes a pool of kind serves.
-func Modes(kind string) map[csi.VolumeCapability_AccessMode_Mode]bool {
-	if kind == storage.KindShared {
-		return multiNode
+// Parse reads one capability. Errors wrap storage.ErrInvalid.
+func Parse(c *csi.VolumeCapability) (storage.Capability, error) {
+	if c == nil {
+		return storage.Capability{}, fmt.Errorf("capability is empty: %w", storage.ErrInvalid)
 	}
-	return nodeLocal
+	mode, ok := modes[c.GetAccessMode().GetMode()]
+	if !ok {
+		return storage.Capability{}, fmt.Errorf("access_mode is required: %w", storage.ErrInvalid)
+	}
+	switch {
+	case c.GetMount() != nil:
+		return storage.Capability{Access: storage.AccessMount, Mode: mode,
+			FSType: c.GetMount().GetFsType(), MountFlags: c.GetMount().GetMountFlags()}, nil
+	case c.GetBlock() != nil:
+		return storage.Capability{Access: storage.AccessBlock, Mode: mode}, nil
+	}
+	return storage.Capability{}, fmt.Errorf("access_type (mount or block) is required: %w", storage.ErrInvalid)
+}
+
+// ParseAll reads a request's capabilities, which must share one access type.
+func ParseAll(caps []*csi.VolumeCapability) ([]storage.Capability, error) {
+	if len(caps) == 0 {
+		return nil, fmt.Errorf("volume_capabilities is required: %w", storage.ErrInvalid)
+	}
+	out := make([]storage.Capability, 0, len(caps))
+	for i, c := range caps {
+		pc, err := Parse(c)
+		if err != nil {
+			return nil, fmt.Errorf("volume_capabilities[%d]: %w", i, err)
+		}
+		if i > 0 && pc.Access != out[0].Access {
+			return nil, fmt.Errorf("volume_capabilities mix mount and block access types: %w", storage.ErrInvalid)
+		}
+		out = append(out, pc)
+	}
+	return out, nil
 }
 
 // Check validates every capability for pool p and returns the one access type they
 // share ("mount" or "block"). Errors wrap storage.ErrInvalid or storage.ErrUnsupported.
 func Check(caps []*csi.VolumeCapability, p *storage.Pool) (string, error) {
-	if len(caps) == 0 {
-		return "", fmt.Errorf("volume_capabilities is required: %w", storage.ErrInvalid)
+	parsed, err := ParseAll(caps)
+	if err != nil {
+		return "", err
 	}
-	access := ""
-	for i, c := range caps {
-		t, err := checkOne(c, p)
-		if err != nil {
+	for i, c := range parsed {
+		if err := p.CheckCapability(c); err != nil {
 			return "", fmt.Errorf("volume_capabilities[%d]: %w", i, err)
 		}
-		if access != "" && t != access {
-			return "", fmt.Errorf("volume_capabilities mix mount and block access types: %w", storage.ErrInvalid)
-		}
-		access = t
 	}
-	return access, nil
-}
-
-// CheckOne validates a single capability (NodePublishVolume's) for pool p.
-func CheckOne(c *csi.VolumeCapability, p *storage.Pool) (string, error) {
-	if c == nil {
-		return "", fmt.Errorf("volume_capability is required: %w", storage.ErrInvalid)
-	}
-	return checkOne(c, p)
-}
-
-func checkOne(c *csi.VolumeCapability, p *storage.Pool) (string, error) {
-	if c == nil {
-		return "", fmt.Errorf("capability is empty: %w", storage.ErrInvalid)
-	}
-	mode := c.GetAccessMode().GetMode()
-	switch {
-	case c.GetAccessMode() == nil || mode == csi.VolumeCapability_AccessMode_UNKNOWN:
-		return "", fmt.Errorf("access_mode is required: %w", storage.ErrInvalid)
-	case !Modes(p.Kind())[mode]:
-		return "", fmt.Errorf("access mode %s is not supported by node-local pool %s: %w", mode, p.Name(), storage.ErrUnsupported)
-	}
-	switch {
-	case c.GetMount() != nil:
-		return storage.AccessMount, nil
-	case c.GetBlock() != nil:
-		if !p.SupportsBlock() {
-			return "", fmt.Errorf("block access type is not supported by pool %s (kind %s): %w", p.Name(), p.Config().Kind, storage.ErrUnsupported)
-		}
-		return storage.AccessBlock, nil
-	}
-	return "", fmt.Errorf("access_type (mount or block) is required: %w", storage.ErrInvalid)
-}
-
-// SingleWriter reports whether the capability allows one writer on one target only.
-func SingleWriter(c *csi.VolumeCapability) bool {
-	return c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
-}
-
-// ReaderOnly reports whether the capability's access mode forbids writes.
-func ReaderOnly(c *csi.VolumeCapability) bool {
-	m := c.GetAccessMode().GetMode()
-	return m == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY ||
-		m == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+	return parsed[0].Access, nil
 }

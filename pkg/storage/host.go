@@ -1,0 +1,131 @@
+package storage
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-csi/berth/pkg/mounter"
+	"github.com/berth-csi/berth/pkg/storage/loop"
+)
+
+// Host is what the engine asks of the machine besides plain file work in its pools:
+// mounts, loop devices, child processes and privileges. The engine receives it, so
+// the logic above it can be tested with a fake (internal/fakehost) by a user who is
+// not root; RealHost is the machine itself, tested for real as root.
+type Host struct {
+	Mounts Mounter
+	Loops  Loops
+	// Run runs every child process of the engine (mount(8), the gluster CLI).
+	Run CommandRunner
+	// CanGrowMountedExt4 reports whether this process may resize a mounted ext4
+	// filesystem (the kernel checks CAP_SYS_RESOURCE for EXT4_IOC_RESIZE_FS).
+	CanGrowMountedExt4 func() bool
+}
+
+// Mounter is the mount table and what changes it: package mounter's functions.
+type Mounter interface {
+	// Bind and BindBlock mount a directory or a device at target, nosuid,nodev.
+	Bind(source, target string, o mounter.Options) error
+	BindBlock(source, target string, o mounter.Options) error
+	// Unmount removes the top-most mount at target (lazily when it is dead).
+	Unmount(target string) error
+	// IsMountPoint reports a mount at target; a dead one wraps mounter.ErrStale.
+	IsMountPoint(target string) (bool, error)
+	// At is the top-most mount at target, nil when none.
+	At(target string) (*mounter.MountInfo, error)
+	// SameSource reports whether mount m shows the directory (or file) path.
+	SameSource(m *mounter.MountInfo, path string) (bool, error)
+	// All lists the mount table; Locate says what a bind mount of dir shows as its
+	// device and root, so binds of dir's subdirectories can be found in it.
+	All() ([]*mounter.MountInfo, error)
+	Locate(dir string) (major, minor int, root string, err error)
+	// FormatAndMount, GrowFS and GrowExt4Offline run the filesystems' own tools.
+	FormatAndMount(dev, target, fsType string, options []string) error
+	GrowFS(dev, mountPath string) error
+	GrowExt4Offline(dev string) error
+}
+
+// Loops attaches image files to loop devices: package loop's functions.
+type Loops interface {
+	Attach(backingFile string, o loop.Options) (*loop.Device, error)
+	// Find returns the device backed by the file, nil when none.
+	Find(backingFile string) (*loop.Device, error)
+	// List returns the devices whose backing files lie under dir.
+	List(dir string) ([]*loop.Device, error)
+	Detach(d *loop.Device) error
+	// DetachFile detaches the device backed by the file, if any.
+	DetachFile(backingFile string) error
+	// SetCapacity makes a device see its backing file's new size.
+	SetCapacity(d *loop.Device) error
+	// Size is the size of the block device at path (opened without following links).
+	Size(path string) (int64, error)
+	// DevNumber is the device's major and minor number.
+	DevNumber(d *loop.Device) (major, minor int, err error)
+}
+
+// RealHost is the machine itself.
+func RealHost() Host {
+	return Host{Mounts: realMounts{}, Loops: realLoops{}, Run: ExecCommand, CanGrowMountedExt4: hasCapSysResource}
+}
+
+// withDefaults fills what a partial Host leaves out with the real machine's.
+func (h Host) withDefaults() Host {
+	real := RealHost()
+	if h.Mounts == nil {
+		h.Mounts = real.Mounts
+	}
+	if h.Loops == nil {
+		h.Loops = real.Loops
+	}
+	if h.Run == nil {
+		h.Run = real.Run
+	}
+	if h.CanGrowMountedExt4 == nil {
+		h.CanGrowMountedExt4 = real.CanGrowMountedExt4
+	}
+	return h
+}
+
+type realMounts struct{}
+
+func (realMounts) Bind(s, t string, o mounter.Options) error      { return mounter.Bind(s, t, o) }
+func (realMounts) BindBlock(s, t string, o mounter.Options) error { return mounter.BindBlock(s, t, o) }
+func (realMounts) Unmount(t string) error                         { return mounter.Unmount(t) }
+func (realMounts) IsMountPoint(t string) (bool, error)            { return mounter.IsMountPoint(t) }
+func (realMounts) At(t string) (*mounter.MountInfo, error)        { return mounter.At(t) }
+func (realMounts) All() ([]*mounter.MountInfo, error)             { return mounter.All() }
+func (realMounts) GrowFS(dev, path string) error                  { return mounter.GrowFS(dev, path) }
+func (realMounts) GrowExt4Offline(dev string) error               { return mounter.GrowExt4Offline(dev) }
+func (realMounts) SameSource(m *mounter.MountInfo, p string) (bool, error) {
+	return mounter.SameSource(m, p)
+}
+func (realMounts) Locate(dir string) (int, int, string, error) { return mounter.Locate(dir) }
+func (realMounts) FormatAndMount(dev, target, fsType string, options []string) error {
+	return mounter.FormatAndMount(dev, target, fsType, options)
+}
+
+type realLoops struct{}
+
+func (realLoops) Attach(f string, o loop.Options) (*loop.Device, error) { return loop.AttachWith(f, o) }
+func (realLoops) Find(f string) (*loop.Device, error)                   { return loop.Find(f) }
+func (realLoops) List(dir string) ([]*loop.Device, error)               { return loop.List(dir) }
+func (realLoops) Detach(d *loop.Device) error                           { return loop.Detach(d) }
+func (realLoops) DetachFile(f string) error                             { return loop.DetachFile(f) }
+func (realLoops) SetCapacity(d *loop.Device) error                      { return loop.SetCapacity(d) }
+func (realLoops) Size(path string) (int64, error)                       { return loop.Size(path) }
+func (realLoops) DevNumber(d *loop.Device) (int, int, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(d.Path, &st); err != nil {
+		return 0, 0, err
+	}
+	return int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev)), nil
+}
+
+// hasCapSysResource reports whether CAP_SYS_RESOURCE is in the effective set.
+func hasCapSysResource() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[0].Effective&(1<<unix.CAP_SYS_RESOURCE) != 0
+}

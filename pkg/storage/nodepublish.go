@@ -1,0 +1,180 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/berth-csi/berth/pkg/mounter"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// PublishRequest is a NodePublishVolume in the engine's terms.
+type PublishRequest struct {
+	VolumeID, TargetPath, StagingPath string
+	Capability                        Capability
+	ReadOnly                          bool
+	// VolumeContext carries an ephemeral inline volume's attributes, or the host
+	// directory of an adopted volume.
+	VolumeContext map[string]string
+}
+
+// Publish bind-mounts the volume at the target path, always nosuid and nodev,
+// read-only when asked. Publishing the same volume at the same target again is
+// success; with another read-only flag it is ErrExists. An ephemeral inline volume
+// is created first, and deleted again when the publish fails (kubelet never
+// unpublishes a publish refused with a final error).
+func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
+	rel, err := n.checkTarget("target_path", req.TargetPath)
+	if err != nil {
+		return err
+	}
+	flags, err := mounter.ParseFlags(req.Capability.MountFlags)
+	if err != nil {
+		return fmt.Errorf("volume_capability.mount.mount_flags: %w: %w", err, ErrInvalid)
+	}
+	src, err := n.publishSource(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer src.close()
+	if src.ephemeral {
+		defer func() {
+			if err != nil {
+				n.dropEphemeral(ctx, req.VolumeID)
+			}
+		}()
+	}
+	id, target, c := req.VolumeID, req.TargetPath, req.Capability
+	// A "ro" mount flag makes the mount read-only too: record it so, or a retry of this
+	// very request would find a read-only mount and answer AlreadyExists.
+	readOnly := req.ReadOnly || c.Mode.ReaderOnly() || flags&unix.MS_RDONLY != 0
+	if done, err := n.published(id, target, src.Path, readOnly); done || err != nil {
+		return err
+	}
+	for _, pub := range n.e.Publications(id) {
+		if pub.TargetPath != target && (c.Mode.SingleWriter() || pub.SingleWriter) {
+			return errorf(ErrPrecondition, "volume %s is SINGLE_NODE_SINGLE_WRITER and already published at %s", id, pub.TargetPath)
+		}
+	}
+	if err := n.prepareTarget(target, rel, src.Block); err != nil {
+		return err
+	}
+	bind := n.e.host.Mounts.Bind
+	if src.Block {
+		bind = n.e.host.Mounts.BindBlock
+	}
+	if err := bind(src.bindPath(), target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
+		return fmt.Errorf("bind mount %s at %s: %w", id, target, err)
+	}
+	n.e.AddPublication(id, Publication{TargetPath: target, ReadOnly: readOnly, SingleWriter: c.Mode.SingleWriter()})
+	klog.FromContext(ctx).V(4).Info("Bind mounted", "volumeID", id, "targetPath", target, "source", src.Path, "readOnly", readOnly)
+	return nil
+}
+
+// publishSource is what a publish mounts, with what it took to find it.
+type publishSource struct {
+	MountSource
+	handle    *os.File // adopted directories: the checked O_PATH handle to mount
+	ephemeral bool
+}
+
+// bindPath is the path handed to mount(2): the checked handle when there is one, so
+// the directory that passed the checks is the one mounted even if a path component
+// is swapped meanwhile.
+func (s *publishSource) bindPath() string {
+	if s.handle != nil {
+		return fmt.Sprintf("/proc/self/fd/%d", s.handle.Fd())
+	}
+	return s.Path
+}
+
+func (s *publishSource) close() {
+	if s.handle != nil {
+		s.handle.Close()
+	}
+}
+
+// publishSource resolves what a publish request mounts: an adopted host directory,
+// or a pool volume (created first when it is an ephemeral inline volume), as its kind
+// serves it.
+func (n *Node) publishSource(ctx context.Context, req PublishRequest) (*publishSource, error) {
+	if IsAdopted(req.VolumeID) {
+		return n.adoptedSource(req)
+	}
+	p, r, err := n.publishedVolume(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	src, err := n.kindSource(ctx, p, r, req)
+	if err != nil {
+		if r.Ephemeral {
+			n.dropEphemeral(ctx, req.VolumeID)
+		}
+		return nil, err
+	}
+	return &publishSource{MountSource: *src, ephemeral: r.Ephemeral}, nil
+}
+
+func (n *Node) kindSource(ctx context.Context, p *Pool, r *Record, req PublishRequest) (*MountSource, error) {
+	if err := p.CheckCapability(req.Capability); err != nil {
+		return nil, err
+	}
+	if req.Capability.Access != r.AccessType {
+		return nil, errorf(ErrInvalid, "volume %s was created for %s access, not %s", r.ID, r.AccessType, req.Capability.Access)
+	}
+	return p.nodeKind().PublishSource(ctx, n, p, r, req.StagingPath)
+}
+
+// published reports whether target already shows this volume: done with nil when the
+// mount matches, ErrExists when its read-only flag differs, ErrPrecondition when
+// something else is mounted there. A dead mount there is removed.
+func (n *Node) published(id, target, source string, readOnly bool) (bool, error) {
+	m := n.e.host.Mounts
+	mounted, err := m.IsMountPoint(target)
+	if errors.Is(err, mounter.ErrStale) {
+		if uerr := m.Unmount(target); uerr != nil {
+			return false, fmt.Errorf("unmount stale %s: %w", target, uerr)
+		}
+		n.e.RemovePublication(id, target)
+		return false, nil
+	}
+	if err != nil || !mounted {
+		n.e.RemovePublication(id, target)
+		return false, nil
+	}
+	at, err := m.At(target)
+	if err != nil {
+		return false, fmt.Errorf("read mount at %s: %w", target, err)
+	}
+	same, err := m.SameSource(at, source)
+	if err != nil {
+		return false, fmt.Errorf("compare mount at %s: %w", target, err)
+	}
+	if !same {
+		return false, errorf(ErrPrecondition, "target_path %s is already a mount point of something else", target)
+	}
+	if at.ReadOnly != readOnly {
+		return false, errorf(ErrExists, "volume %s is already published at %s with readonly=%t", id, target, at.ReadOnly)
+	}
+	return true, nil
+}
+
+// Unpublish unmounts the target and removes it if it is left empty. A missing
+// target, an unmounted one or a stale mount is success. An ephemeral volume is
+// deleted with its last publication.
+func (n *Node) Unpublish(ctx context.Context, volumeID, target string) error {
+	if err := n.checkUnmountPath("target_path", target); err != nil {
+		return err
+	}
+	if err := n.unmountAll(target); err != nil {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	n.e.RemovePublication(volumeID, target)
+	if err := removeTarget(target); err != nil {
+		return fmt.Errorf("remove target %s: %w", target, err)
+	}
+	return n.deleteEphemeral(ctx, volumeID)
+}
