@@ -11,10 +11,12 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 func TestBindReadWrite(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dirs := mkdirs(t, t.TempDir(), "src", "target")
 	src, target := dirs[0], dirs[1]
 	mustBind(t, src, target, Options{})
@@ -30,7 +32,7 @@ func TestBindReadWrite(t *testing.T) {
 }
 
 func TestBindReadOnly(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dirs := mkdirs(t, t.TempDir(), "src", "target")
 	src, target := dirs[0], dirs[1]
 	mustBind(t, src, target, Options{ReadOnly: true})
@@ -49,7 +51,7 @@ func TestBindReadOnly(t *testing.T) {
 }
 
 func TestBindFlags(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	tests := []struct {
 		name     string
 		flags    []string
@@ -78,7 +80,7 @@ func TestBindFlags(t *testing.T) {
 }
 
 func TestBindKeepsSourceMountFlags(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	fs := mountTmpfs(t, dir, "fs", unix.MS_NOEXEC|unix.MS_NOATIME)
 	src := mkdirs(t, fs, "src")[0]
@@ -101,7 +103,7 @@ func TestBindKeepsSourceMountFlags(t *testing.T) {
 }
 
 func TestBindErrors(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	dirs := mkdirs(t, dir, "src", "target")
 	tests := []struct {
@@ -126,7 +128,7 @@ func TestBindErrors(t *testing.T) {
 }
 
 func TestBindBlock(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dev := attachLoop(t, 10<<20)
 	target := filepath.Join(t.TempDir(), "block")
 	if err := os.WriteFile(target, nil, 0o600); err != nil {
@@ -180,7 +182,7 @@ func TestBindBlock(t *testing.T) {
 }
 
 func TestBindBlockRejects(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	dirs := mkdirs(t, dir, "dir-source", "dir-target")
 	file := filepath.Join(dir, "file-target")
@@ -235,7 +237,7 @@ func TestBindInUserNamespace(t *testing.T) {
 		bindInUserNamespace(t, dir)
 		return
 	}
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	fs := mountTmpfs(t, dir, "fs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_NOATIME)
 	mkdirs(t, fs, "src")
@@ -301,7 +303,7 @@ func bindInUserNamespace(t *testing.T, dir string) {
 }
 
 func BenchmarkBindUnmount(b *testing.B) {
-	requireRoot(b)
+	testutil.RequireRoot(b)
 	dirs := mkdirs(b, b.TempDir(), "src", "target")
 	detachOnCleanup(b, dirs[1])
 	for b.Loop() {
@@ -315,7 +317,7 @@ func BenchmarkBindUnmount(b *testing.B) {
 }
 
 func BenchmarkRawBindUmount(b *testing.B) {
-	requireRoot(b)
+	testutil.RequireRoot(b)
 	dirs := mkdirs(b, b.TempDir(), "src", "target")
 	detachOnCleanup(b, dirs[1])
 	for b.Loop() {

@@ -11,14 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// requireRoot skips tests that make real mounts when not run as root. CI runs
-// them as root.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: makes real mounts")
-	}
-}
 
 // detachOnCleanup lazily unmounts everything stacked at target when the test
 // ends, pass or fail. Call it after the t.TempDir that holds target, so it

@@ -10,10 +10,12 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 func TestIsMountPoint(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	dirs := mkdirs(t, dir, "src/sub", "target", "plain")
 	src, target := filepath.Dir(dirs[0]), dirs[1]
@@ -48,7 +50,7 @@ func TestIsMountPoint(t *testing.T) {
 }
 
 func TestAt(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	tmp := mountTmpfs(t, dir, "fs", 0)
 	mkdirs(t, tmp, "a/b")
@@ -93,7 +95,7 @@ func TestAt(t *testing.T) {
 }
 
 func TestSameSource(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	dirs := mkdirs(t, dir, "vol", "other", "target", "base/sub", "view", "target2")
 	vol, other, target := dirs[0], dirs[1], dirs[2]
@@ -143,7 +145,7 @@ func TestSameSource(t *testing.T) {
 }
 
 func TestSameSourceLoopFilesystem(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dev := attachLoop(t, 32<<20)
 	if out, err := exec.Command("mkfs.ext4", "-q", dev).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4 %s: %v: %s", dev, err, out)
@@ -175,7 +177,7 @@ func TestSameSourceLoopFilesystem(t *testing.T) {
 // kernels whose statx does not report a mount ID: it must find the mount the
 // kernel reports.
 func TestHoldingMountFallback(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	dirs := mkdirs(t, dir, "base/sub", "view", "stack")
 	tmp := mountTmpfs(t, dir, "fs", 0)
@@ -208,7 +210,7 @@ func TestHoldingMountFallback(t *testing.T) {
 // TestStaleMount makes a FUSE mount whose server is gone (its /dev/fuse file
 // closed before answering anything), the state a crashed FUSE daemon leaves.
 func TestStaleMount(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skipf("needs FUSE: %v", err)
 	}
@@ -245,7 +247,7 @@ func TestStaleMount(t *testing.T) {
 }
 
 func BenchmarkIsMountPoint(b *testing.B) {
-	requireRoot(b)
+	testutil.RequireRoot(b)
 	dirs := mkdirs(b, b.TempDir(), "src", "target")
 	mustBind(b, dirs[0], dirs[1], Options{})
 	for b.Loop() {
@@ -256,7 +258,7 @@ func BenchmarkIsMountPoint(b *testing.B) {
 }
 
 func BenchmarkAt(b *testing.B) {
-	requireRoot(b)
+	testutil.RequireRoot(b)
 	dirs := mkdirs(b, b.TempDir(), "src", "target")
 	mustBind(b, dirs[0], dirs[1], Options{})
 	for b.Loop() {
@@ -268,7 +270,7 @@ func BenchmarkAt(b *testing.B) {
 
 // TestAtPropagation: Optional carries the mount's propagation, "" when private.
 func TestAtPropagation(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	src, target := mkdirs(t, dir, "src")[0], mkdirs(t, dir, "target")[0]
 	mustBind(t, src, target, Options{})

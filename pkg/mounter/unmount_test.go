@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 // checkMounted asserts whether target is a mount point.
@@ -15,7 +17,7 @@ func checkMounted(t *testing.T, target string, want bool) {
 }
 
 func TestUnmount(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	dirs := mkdirs(t, dir, "src", "target", "plain")
 	src, target := dirs[0], dirs[1]
@@ -33,7 +35,7 @@ func TestUnmount(t *testing.T) {
 }
 
 func TestUnmountStacked(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dirs := mkdirs(t, t.TempDir(), "src", "target")
 	mustBind(t, dirs[0], dirs[1], Options{})
 	mustBind(t, dirs[0], dirs[1], Options{ReadOnly: true})
@@ -52,7 +54,7 @@ func TestUnmountStacked(t *testing.T) {
 }
 
 func TestUnmountDoesNotFollowSymlink(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	dirs := mkdirs(t, dir, "src", "target")
 	mustBind(t, dirs[0], dirs[1], Options{})
@@ -67,7 +69,7 @@ func TestUnmountDoesNotFollowSymlink(t *testing.T) {
 }
 
 func TestUnmountBusy(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	dirs := mkdirs(t, t.TempDir(), "src", "target")
 	if err := os.WriteFile(filepath.Join(dirs[0], "f"), []byte("kept"), 0o644); err != nil {
 		t.Fatal(err)

@@ -6,16 +6,16 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+
+	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/controller"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/node"
 	"github.com/berth-csi/berth/pkg/storage"
-	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/go-logr/logr"
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/codes"
-	"k8s.io/klog/v2"
 )
 
 // adoptFixture is a node service whose configuration allows adopting directories
@@ -35,20 +35,10 @@ func newAdoptFixture(t *testing.T) *adoptFixture {
 			t.Fatal(err)
 		}
 	}
-	e, err := storage.New(storage.Config{
+	e := testengine.Start(t, storage.Config{
 		Pools:      []storage.PoolConfig{{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir}},
 		AdoptRoots: []string{root},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	// Stop the engine's background work (purges, snapshot copies) and wait for it
-	// before the test's directories are removed.
-	t.Cleanup(func() { cancel(); e.Wait() })
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	l := &locks.Set{}
 	kubelet := filepath.Join(base, "kubelet")
 	srv, err := node.New(node.Config{NodeID: testNode, KubeletDir: kubelet}, e, l)

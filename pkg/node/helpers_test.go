@@ -9,16 +9,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/mounter"
 	"github.com/berth-csi/berth/pkg/node"
 	"github.com/berth-csi/berth/pkg/storage"
-	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/go-logr/logr"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 )
 
 const testNode = "node-a"
@@ -50,20 +50,9 @@ func newFixtureTB(t testing.TB) *fixture {
 // restarted driver would.
 func startFixture(t testing.TB, base string, cfg node.Config) *fixture {
 	t.Helper()
-	e, err := storage.New(storage.Config{Pools: []storage.PoolConfig{
+	e := testengine.Start(t, storage.Config{Pools: []storage.PoolConfig{
 		{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir},
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The engine's purgers may outlive the test by an instant: they log nowhere.
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	// Stop the engine's background work (purges, snapshot copies) and wait for it
-	// before the test's directories are removed.
-	t.Cleanup(func() { cancel(); e.Wait() })
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	l := &locks.Set{}
 	srv, err := node.New(cfg, e, l)
 	if err != nil {

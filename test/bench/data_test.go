@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 func TestByteSize(t *testing.T) {
@@ -50,7 +52,7 @@ func TestSummarizeRunsTakesTheLowerMedian(t *testing.T) {
 }
 
 func TestRunDataMeasuresAndRemovesItsFile(t *testing.T) {
-	requireRoot(t) // drops the page cache
+	testutil.RequireRoot(t) // drops the page cache
 	dir := t.TempDir()
 	res, err := runData(context.Background(), dir, dataLoad{size: 4 << 20, ops: 64, seed: 1}, 0)
 	if err != nil {

@@ -7,14 +7,9 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: bind mounts")
-	}
-}
+	"github.com/berth-csi/berth/internal/testutil"
+)
 
 func TestFloorRecordIsAboutThreeHundredBytes(t *testing.T) {
 	if n := len(floorRecord); n < 250 || n > 350 {
@@ -79,7 +74,7 @@ func TestDurableFloorStopsWhenCancelled(t *testing.T) {
 }
 
 func TestRawMountFloorLeavesNoMount(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	root := t.TempDir()
 	src, tgt := filepath.Join(root, "src"), filepath.Join(root, "tgt")
 	for _, p := range []string{src, tgt} {
@@ -114,7 +109,7 @@ func TestRawMountFloorLeavesNoMount(t *testing.T) {
 }
 
 func TestRemoveTreeDetachesMountsFirst(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	base := t.TempDir()
 	keep := filepath.Join(base, "keep")
 	tree := filepath.Join(base, "tree")

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 const (
@@ -26,7 +28,7 @@ const (
 // that every acknowledged create and delete survived the crash and that
 // start-up reconciliation left no half-built or half-deleted volume.
 func TestCrashConsistency(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	rounds := envInt(t, "BERTH_CRASH_ROUNDS", 8)
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("BERTH_CRASH_SEED"); v != "" {

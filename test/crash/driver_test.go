@@ -18,12 +18,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the driver manages mounts and pool ownership")
-	}
-}
 
 // driverBinary returns $BERTH_BIN, or builds the driver into a temporary
 // directory.

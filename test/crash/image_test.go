@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-csi/berth/pkg/storage/loop"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/status"
+
+	"github.com/berth-csi/berth/internal/testutil"
+	"github.com/berth-csi/berth/pkg/storage/loop"
 )
 
 // killChance is how often a call of each kind is chosen to be killed; the
@@ -41,7 +43,7 @@ var killChance = map[string]float64{
 // BERTH_IMAGE_CRASH_ROUNDS sets the number of kills (default 120, about a
 // minute).
 func TestCrashImageStaging(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	rounds := envInt(t, "BERTH_IMAGE_CRASH_ROUNDS", 120)
 	seed := crashSeed(t)
 	t.Logf("seed %d (set BERTH_CRASH_SEED to repeat the choices), %d kills", seed, rounds)

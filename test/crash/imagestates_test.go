@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 )
 
@@ -34,7 +35,7 @@ type interruption struct {
 // checks that it succeeds and leaves exactly one loop device, the volume
 // mounted, its data intact and, after an expansion, the filesystem grown.
 func TestCrashImageInterrupted(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	bin := driverBinary(t)
 	cases := []interruption{
 		{

@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 const walkTimeout = 30 * time.Second
 
 func TestRemoveTree(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	tests := []struct {
 		name string
 		// setup builds the entry vol of parent; outside is a directory beside
@@ -210,7 +212,7 @@ func TestRemoveTreeInvalidName(t *testing.T) {
 }
 
 func TestRemoveTreeDeep(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	const depth = 5000
 	parent := t.TempDir()
 	vol := filepath.Join(parent, "vol")
@@ -251,7 +253,7 @@ func TestRemoveTreeDeep(t *testing.T) {
 }
 
 func TestRemoveTreeNestedMount(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	base := t.TempDir()
 	parent, src := filepath.Join(base, "pool"), filepath.Join(base, "src")
 	writeFile(t, filepath.Join(src, "host", "file"), "host data")
@@ -281,7 +283,7 @@ func TestRemoveTreeNestedMount(t *testing.T) {
 }
 
 func TestRemoveTreeMountedVolume(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	base := t.TempDir()
 	parent, src := filepath.Join(base, "pool"), filepath.Join(base, "src")
 	writeFile(t, filepath.Join(src, "file"), "host data")

@@ -10,16 +10,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// requireRoot skips tests that create device nodes, mount, or rely on root
-// bypassing permissions. CI runs them as root.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-}
+	"github.com/berth-csi/berth/internal/testutil"
+)
 
 // writeFile creates path (and its parents) with content, fsynced so its
 // blocks are allocated when the test reads st_blocks.
@@ -135,7 +128,7 @@ func makeDeep(t testing.TB, root string, depth int, level func(fd, i int)) {
 }
 
 func TestOpenBeneath(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	outside := t.TempDir()
 	writeFile(t, filepath.Join(outside, "secret"), "host")
 	root := t.TempDir()
@@ -202,7 +195,7 @@ func TestOpenBeneath(t *testing.T) {
 }
 
 func TestOpenBeneathCreate(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	root := t.TempDir()
 	f, err := OpenBeneath(root, "new", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 // allocated is what Usage should count for path: st_blocks*512, no follow.
@@ -21,7 +23,7 @@ func allocated(t testing.TB, path string) int64 {
 }
 
 func TestUsage(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	outside := t.TempDir()
 	big := filepath.Join(outside, "big")
 	writeFile(t, big, strings.Repeat("B", 1<<20))
@@ -161,7 +163,7 @@ func TestUsage(t *testing.T) {
 }
 
 func TestUsageDeep(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	const depth = 5000
 	root := t.TempDir()
 	wantBytes, wantInodes := allocated(t, root), int64(1)

@@ -7,12 +7,14 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 // Push enters directories only: a symlink (to a directory, in or out of the
 // tree), a file and a mount point are refused with their raw errno.
 func TestWalkerPushRefuses(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t)
 	base := t.TempDir()
 	root, host := filepath.Join(base, "root"), filepath.Join(base, "host")
 	writeFile(t, filepath.Join(host, "secret"), "host data")
