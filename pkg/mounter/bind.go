@@ -5,7 +5,9 @@
 // mounted there, and is that our volume.
 //
 // Bind, BindBlock and Unmount need CAP_SYS_ADMIN in the caller's mount
-// namespace; the others only read.
+// namespace; the others only read. Tools (format.go) is the exception to "no
+// child process": it formats and grows filesystems with their own programs,
+// through an injected exec.
 package mounter
 
 import (

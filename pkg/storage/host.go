@@ -64,7 +64,7 @@ type Loops interface {
 
 // RealHost is the machine itself.
 func RealHost() Host {
-	return Host{Mounts: realMounts{}, Loops: realLoops{}, Run: ExecCommand, CanGrowMountedExt4: hasCapSysResource}
+	return Host{Mounts: realMounts{tools: mounter.NewTools()}, Loops: realLoops{}, Run: ExecCommand, CanGrowMountedExt4: hasCapSysResource}
 }
 
 // withDefaults fills what a partial Host leaves out with the real machine's.
@@ -85,7 +85,9 @@ func (h Host) withDefaults() Host {
 	return h
 }
 
-type realMounts struct{}
+// realMounts binds by syscall (package mounter) and formats with the filesystems'
+// own tools.
+type realMounts struct{ tools mounter.Tools }
 
 func (realMounts) Bind(s, t string, o mounter.Options) error      { return mounter.Bind(s, t, o) }
 func (realMounts) BindBlock(s, t string, o mounter.Options) error { return mounter.BindBlock(s, t, o) }
@@ -93,14 +95,14 @@ func (realMounts) Unmount(t string) error                         { return mount
 func (realMounts) IsMountPoint(t string) (bool, error)            { return mounter.IsMountPoint(t) }
 func (realMounts) At(t string) (*mounter.MountInfo, error)        { return mounter.At(t) }
 func (realMounts) All() ([]*mounter.MountInfo, error)             { return mounter.All() }
-func (realMounts) GrowFS(dev, path string) error                  { return mounter.GrowFS(dev, path) }
-func (realMounts) GrowExt4Offline(dev string) error               { return mounter.GrowExt4Offline(dev) }
+func (m realMounts) GrowFS(dev, path string) error                { return m.tools.GrowFS(dev, path) }
+func (m realMounts) GrowExt4Offline(dev string) error             { return m.tools.GrowExt4Offline(dev) }
 func (realMounts) SameSource(m *mounter.MountInfo, p string) (bool, error) {
 	return mounter.SameSource(m, p)
 }
 func (realMounts) Locate(dir string) (int, int, string, error) { return mounter.Locate(dir) }
-func (realMounts) FormatAndMount(dev, target, fsType string, options []string) error {
-	return mounter.FormatAndMount(dev, target, fsType, options)
+func (m realMounts) FormatAndMount(dev, target, fsType string, options []string) error {
+	return m.tools.FormatAndMount(dev, target, fsType, options)
 }
 
 type realLoops struct{}
