@@ -11,7 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-
 // detachOnCleanup lazily unmounts everything stacked at target when the test
 // ends, pass or fail. Call it after the t.TempDir that holds target, so it
 // runs before that directory is removed.

@@ -27,6 +27,8 @@ func (dirBackend) SupportsBlock() bool { return false }
 
 func (dirBackend) MultiNode() bool { return false }
 
+func (dirBackend) SizeStep() int64 { return 1 }
+
 func (dirBackend) Params() []string { return nil }
 
 func (dirBackend) Data() (string, bool) { return DataDir, true }

@@ -131,10 +131,5 @@ func (b imageBackend) InUse(_ context.Context, _ *Pool, r *Record, volDir string
 // Full is judged by the node on the mounted filesystem.
 func (imageBackend) Full(context.Context, *Pool, *Record, string) (bool, error) { return false, nil }
 
-// AlignedSize is the capacity an image volume of the requested size gets.
-func AlignedSize(kind string, n int64) int64 {
-	if kind == KindImage {
-		return alignImage(n)
-	}
-	return n
-}
+// SizeStep: images are sized in whole 4 KiB blocks.
+func (imageBackend) SizeStep() int64 { return imageAlign }

@@ -25,6 +25,8 @@ type Backend interface {
 	Build(ctx context.Context, p *Pool, r *Record, volDir string) error
 	// Usage measures a committed volume.
 	Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error)
+	// SizeStep is the granularity of the kind's volume sizes in bytes (1: exact).
+	SizeStep() int64
 	// SupportsBlock reports whether raw block volumes can be served.
 	SupportsBlock() bool
 	// MultiNode reports whether several nodes may use a volume at once (the pool's

@@ -89,6 +89,16 @@ func (p *Pool) Health() error {
 	return p.healthErr
 }
 
+// Shared reports whether the pool's root is shared by several hosts (its kind
+// serves multi-node access modes).
+func (p *Pool) Shared() bool { return p.backend.MultiNode() }
+
+// alignSize rounds a size up to the kind's size step.
+func (p *Pool) alignSize(n int64) int64 {
+	step := p.backend.SizeStep()
+	return (n + step - 1) / step * step
+}
+
 // VolumeDir is the directory of the volume with this (validated) hash.
 func (p *Pool) VolumeDir(hash string) string { return filepath.Join(p.cfg.Path, volumesDir, hash) }
 

@@ -29,6 +29,8 @@ func (quotaBackend) SupportsBlock() bool { return false }
 
 func (quotaBackend) MultiNode() bool { return false }
 
+func (quotaBackend) SizeStep() int64 { return 1 }
+
 func (quotaBackend) Params() []string { return []string{ParamInodeLimit} }
 
 func (quotaBackend) Data() (string, bool) { return DataDir, true }

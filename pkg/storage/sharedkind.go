@@ -118,6 +118,8 @@ func (*sharedBackend) SupportsBlock() bool { return false }
 
 func (*sharedBackend) MultiNode() bool { return true }
 
+func (*sharedBackend) SizeStep() int64 { return 1 }
+
 func (*sharedBackend) Params() []string { return nil }
 
 func (*sharedBackend) Data() (string, bool) { return DataDir, true }
@@ -276,6 +278,3 @@ func (p *Pool) EnsureMounted(ctx context.Context) error {
 	}
 	return nil
 }
-
-// Shared reports whether the pool's root is shared by several hosts.
-func (p *Pool) Shared() bool { return p.cfg.Kind == KindShared }

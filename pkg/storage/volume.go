@@ -82,13 +82,13 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	size = AlignedSize(p.cfg.Kind, size)
+	size = p.alignSize(size)
 	if req.LimitBytes > 0 && size > req.LimitBytes {
 		// Rounded up past the limit: the step below still serves a request whose
 		// required bytes it holds (one that named only a limit).
-		if size -= imageAlign; size < max(req.RequiredBytes, 1) {
+		if size -= p.backend.SizeStep(); size < max(req.RequiredBytes, 1) {
 			return nil, fmt.Errorf("pool %s allocates in %d-byte steps: none lies within [%d, %d] bytes: %w",
-				p.cfg.Name, imageAlign, req.RequiredBytes, req.LimitBytes, ErrOutOfRange)
+				p.cfg.Name, p.backend.SizeStep(), req.RequiredBytes, req.LimitBytes, ErrOutOfRange)
 		}
 	}
 	id := VolumeID(p.cfg.Name, req.Name)
