@@ -8,7 +8,7 @@ CSI_SANITY_VERSION := v5.6.0
 CSI_SANITY := $(TOOLS_DIR)/csi-sanity-$(CSI_SANITY_VERSION)
 RUN_DIR ?= $(CURDIR)/_output/run
 
-.PHONY: all build run test unit sanity bench vet fmt-check clean \
+.PHONY: all build run test unit sanity sanity-nonroot bench vet fmt-check clean \
 	images cluster-up cluster-down demo e2e e2e-bench deploy verify-deploy helm quota-vm bench-quota-vm
 
 all: build
@@ -23,14 +23,29 @@ run: build
 	./bin/csi-driver --endpoint unix://$(RUN_DIR)/csi.sock --kubelet-dir $(RUN_DIR)/kubelet -v 2
 
 # Everything, with the race detector, as root: unit tests, real-mount tests,
-# csi-sanity in-process, then the csi-sanity binary against the built driver.
-test: vet fmt-check unit sanity
+# csi-sanity in-process, csi-sanity over the fake host as an unprivileged user, then
+# the csi-sanity binary against the built driver.
+test: vet fmt-check unit sanity-nonroot sanity
 
 unit:
 	go test -race -count=1 -timeout 20m ./...
 
 sanity: build $(CSI_SANITY)
 	hack/sanity.sh bin/csi-driver $(CSI_SANITY)
+
+# csi-sanity in-process over the fake host (internal/fakehost), run as nobody
+# (uid 65534) when started as root: the node service's logic needs no privilege, and
+# the test fails if BERTH_SANITY_NONROOT=1 finds it privileged. The test binary and
+# its TMPDIR live in a directory of their own, removed afterwards.
+sanity-nonroot:
+	@dir=$$(mktemp -d /tmp/berth-sanity-nonroot.XXXXXX) && trap 'rm -rf "$$dir"' EXIT && \
+	chmod 755 "$$dir" && mkdir "$$dir/tmp" && \
+	go test -c -race -o "$$dir/sanity.test" ./test/sanity && \
+	if [ "$$(id -u)" = 0 ]; then \
+		chown 65534:65534 "$$dir/tmp"; drop="setpriv --reuid=65534 --regid=65534 --clear-groups"; \
+	fi && \
+	cd "$$dir" && TMPDIR="$$dir/tmp" BERTH_SANITY_NONROOT=1 $$drop ./sanity.test \
+		-test.run '^TestSanityFakeHost$$' -test.count=1 -test.v -test.timeout 10m
 
 $(CSI_SANITY):
 	mkdir -p $(TOOLS_DIR)

@@ -15,7 +15,14 @@ import (
 // pool is not served.
 func Start(t testing.TB, cfg storage.Config) *storage.Engine {
 	t.Helper()
-	e := StartAny(t, cfg)
+	return StartWithHost(t, cfg, storage.Host{})
+}
+
+// StartWithHost is Start on an engine that reaches the machine through host (a fake
+// of internal/fakehost; the zero Host is the real machine).
+func StartWithHost(t testing.TB, cfg storage.Config, host storage.Host) *storage.Engine {
+	t.Helper()
+	e := startAny(t, cfg, host)
 	if err := e.Unserved(); err != nil {
 		t.Fatalf("pool not served: %v", err)
 	}
@@ -27,7 +34,12 @@ func Start(t testing.TB, cfg storage.Config) *storage.Engine {
 // for at cleanup, before the test's directories are removed.
 func StartAny(t testing.TB, cfg storage.Config) *storage.Engine {
 	t.Helper()
-	e, err := storage.New(cfg)
+	return startAny(t, cfg, storage.Host{})
+}
+
+func startAny(t testing.TB, cfg storage.Config, host storage.Host) *storage.Engine {
+	t.Helper()
+	e, err := storage.NewWithHost(cfg, host)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,10 @@ type Options struct {
 	RegistrationPath     string
 	RegistrationEndpoint string
 	HealthPort           int // 0: no /healthz server
+
+	// Host is what the engine reaches the machine through; the zero value is the
+	// machine itself. Tests set a fake (internal/fakehost); no flag does.
+	Host storage.Host
 }
 
 // driverName follows the CSI rule: at most 63 characters, a domain-like name.

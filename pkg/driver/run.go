@@ -29,7 +29,7 @@ func Run(ctx context.Context, o Options) error {
 	logger.Info("Starting Berth", "version", version.Get(), "driverName", o.DriverName, "nodeID", o.NodeID,
 		"mode", o.Mode, "endpoint", o.Endpoint, "pools", len(o.Config.Pools))
 
-	engine, err := storage.New(o.Config)
+	engine, err := storage.NewWithHost(o.Config, o.Host)
 	if err != nil {
 		return err
 	}

@@ -1,5 +1,7 @@
 // Package sanity runs csi-sanity, the CSI conformance suite, in-process against a
-// real Berth driver serving a dir pool on a unix socket, with real bind mounts.
+// real Berth driver serving a pool on a unix socket: with real mounts as root
+// (TestSanity), and over the fake host of internal/fakehost as any user
+// (TestSanityFakeHost; `make sanity-nonroot` runs it unprivileged).
 //
 // Specs csi-sanity skips by itself, and why that is right for Berth today:
 //   - ControllerPublish/Unpublish: Berth needs no attach step (CSIDriver attachRequired
@@ -24,11 +26,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/fakehost"
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/driver"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -47,6 +51,11 @@ func (idGen) GenerateInvalidNodeID() string     { return "invalid-node" }
 
 // run starts the driver on pools (the first one is tested) and runs csi-sanity.
 func run(t *testing.T, pools []storage.PoolConfig, tune func(*sanity.TestConfig)) {
+	runOn(t, storage.Host{}, pools, tune)
+}
+
+// runOn is run with the driver reaching the machine through host (zero: the real one).
+func runOn(t *testing.T, host storage.Host, pools []storage.PoolConfig, tune func(*sanity.TestConfig)) {
 	base := t.TempDir()
 	kubelet := filepath.Join(base, "kubelet")
 	if err := os.MkdirAll(filepath.Join(kubelet, "pods"), 0o750); err != nil {
@@ -58,7 +67,7 @@ func run(t *testing.T, pools []storage.PoolConfig, tune func(*sanity.TestConfig)
 	go func() {
 		done <- driver.Run(ctx, driver.Options{
 			Endpoint: sock, NodeID: "sanity-node", DriverName: "berth.csi.io", Mode: driver.ModeAll,
-			Config: storage.Config{Pools: pools}, KubeletDir: kubelet,
+			Config: storage.Config{Pools: pools}, KubeletDir: kubelet, Host: host,
 		})
 	}()
 	t.Cleanup(func() {
@@ -161,7 +170,33 @@ func imageCase(t *testing.T, access string) {
 	})
 }
 
-const caseEnv = "BERTH_SANITY_CASE"
+// fakeCases run csi-sanity over the fake host: every mount and loop device is a
+// record in memory, so the node service's logic runs without root. The files the
+// engine makes (pools, records, images, targets) are real. The image pool's start-up
+// check still looks for /dev/loop-control on the machine.
+var fakeCases = map[string]func(t *testing.T){
+	"dir-fakehost": func(t *testing.T) {
+		fh := fakehost.New(filepath.Join(t.TempDir(), "dev"))
+		runOn(t, fh.Host(), []storage.PoolConfig{{Name: "default", Path: filepath.Join(t.TempDir(), "pool"), Kind: storage.KindDir}}, nil)
+	},
+	"image-mount-fakehost": func(t *testing.T) { fakeImageCase(t, "mount") },
+	"image-block-fakehost": func(t *testing.T) { fakeImageCase(t, "block") },
+}
+
+func fakeImageCase(t *testing.T, access string) {
+	fh := fakehost.New(filepath.Join(t.TempDir(), "dev"))
+	runOn(t, fh.Host(), []storage.PoolConfig{{Name: "img", Path: filepath.Join(t.TempDir(), "pool"), Kind: storage.KindImage}}, func(c *sanity.TestConfig) {
+		c.TestVolumeAccessType = access
+		c.TestVolumeExpandSize = 96 << 20
+	})
+}
+
+const (
+	caseEnv = "BERTH_SANITY_CASE"
+	// nonrootEnv=1 (make sanity-nonroot) makes the fake-host cases fail, not pass,
+	// when they run privileged.
+	nonrootEnv = "BERTH_SANITY_NONROOT"
+)
 
 // TestSanity runs csi-sanity once per pool configuration, each in its own process.
 func TestSanity(t *testing.T) {
@@ -169,29 +204,40 @@ func TestSanity(t *testing.T) {
 	if os.Getenv(caseEnv) != "" {
 		t.Skip("running as a single case")
 	}
-	names := make([]string, 0, len(cases))
-	for n := range cases {
-		names = append(names, n)
+	for _, name := range sorted(cases) {
+		t.Run(name, func(t *testing.T) { runCase(t, name) })
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		t.Run(name, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run", "^TestSanityCase$", "-test.v")
-			cmd.Env = append(os.Environ(), caseEnv+"="+name)
-			out, err := cmd.CombinedOutput()
-			text := string(out)
-			if err != nil {
-				t.Fatalf("csi-sanity over %s: %v\n%s", name, err, text)
-			}
-			if i := strings.Index(text, "--- SKIP: TestSanityCase"); i >= 0 {
-				t.Skip(strings.TrimSpace(text[i:]))
-			}
-			for _, line := range strings.Split(text, "\n") {
-				if strings.Contains(line, "Passed") && strings.Contains(line, "Failed") {
-					t.Log(strings.TrimSpace(line))
-				}
-			}
-		})
+}
+
+// TestSanityFakeHost runs csi-sanity over the fake host, each case in its own process,
+// as whatever user runs it; unprivileged only when BERTH_SANITY_NONROOT=1.
+func TestSanityFakeHost(t *testing.T) {
+	if os.Getenv(caseEnv) != "" {
+		t.Skip("running as a single case")
+	}
+	requireUnprivileged(t)
+	for _, name := range sorted(fakeCases) {
+		t.Run(name, func(t *testing.T) { runCase(t, name) })
+	}
+}
+
+// runCase runs one case in a child process of this test binary (ginkgo runs one suite
+// per process) and logs csi-sanity's counts.
+func runCase(t *testing.T, name string) {
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestSanityCase$", "-test.v", "-ginkgo.no-color")
+	cmd.Env = append(os.Environ(), caseEnv+"="+name)
+	out, err := cmd.CombinedOutput()
+	text := string(out)
+	if err != nil {
+		t.Fatalf("csi-sanity over %s: %v\n%s", name, err, text)
+	}
+	if i := strings.Index(text, "--- SKIP: TestSanityCase"); i >= 0 {
+		t.Skip(strings.TrimSpace(text[i:]))
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "Ran ") || strings.Contains(line, "Passed") && strings.Contains(line, "Failed") {
+			t.Log(strings.TrimSpace(line))
+		}
 	}
 }
 
@@ -199,7 +245,12 @@ func TestSanity(t *testing.T) {
 func TestSanityCase(t *testing.T) {
 	name := os.Getenv(caseEnv)
 	if name == "" {
-		t.Skip("run by TestSanity")
+		t.Skip("run by TestSanity and TestSanityFakeHost")
+	}
+	if c, ok := fakeCases[name]; ok {
+		requireUnprivileged(t)
+		c(t)
+		return
 	}
 	testutil.RequireRoot(t)
 	c, ok := cases[name]
@@ -207,4 +258,34 @@ func TestSanityCase(t *testing.T) {
 		t.Fatalf("unknown case %q", name)
 	}
 	c(t)
+}
+
+// requireUnprivileged fails the test, when BERTH_SANITY_NONROOT=1, if it runs as root
+// or with any effective capability: a run meant to prove that the fake host needs no
+// privilege must not pass by having it.
+func requireUnprivileged(t *testing.T) {
+	t.Helper()
+	if os.Getenv(nonrootEnv) != "1" {
+		return
+	}
+	if os.Geteuid() == 0 {
+		t.Fatalf("%s=1 but running as root: run it unprivileged (make sanity-nonroot)", nonrootEnv)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatalf("capget: %v", err)
+	}
+	if data[0].Effective != 0 || data[1].Effective != 0 {
+		t.Fatalf("%s=1 but running with effective capabilities %#x %#x", nonrootEnv, data[1].Effective, data[0].Effective)
+	}
+}
+
+func sorted(m map[string]func(*testing.T)) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
