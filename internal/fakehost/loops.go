@@ -31,6 +31,9 @@ type device struct {
 type loops struct{ h *Host }
 
 // Attach attaches the file to the lowest free device, or returns the device already
+// Available: the fake always has loop devices.
+func (loops) Available() error { return nil }
+
 // backed by it (loop.ErrMismatch when its read-only mode differs).
 func (l loops) Attach(backingFile string, o loop.Options) (*loop.Device, error) {
 	if hook := l.h.begin("Attach", backingFile).Attach; hook != nil {

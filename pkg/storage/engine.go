@@ -41,7 +41,10 @@ func NewWithHost(cfg Config, host Host) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	host = host.withDefaults()
+	host, err := host.resolve()
+	if err != nil {
+		return nil, err
+	}
 	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}, adoptRoots: cfg.AdoptRoots, host: host}
 	projects := newProjectIDs()
 	for _, pc := range cfg.Pools {

@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -305,5 +306,19 @@ func TestConcurrentCreateDelete(t *testing.T) {
 		if entries, _ := os.ReadDir(filepath.Join(p.Config().Path, d)); len(entries) != want {
 			t.Errorf("%s/ holds %d entries, want %d", d, len(entries), want)
 		}
+	}
+}
+
+// TestNewWithPartialHostRefused: a host with some parts missing is refused, never
+// completed with the real machine's (a fake would then make real mounts).
+func TestNewWithPartialHostRefused(t *testing.T) {
+	cfg := storage.Config{Pools: []storage.PoolConfig{dirPool(t.TempDir(), "a")}}
+	partial := storage.RealHost()
+	partial.Loops = nil
+	if _, err := storage.NewWithHost(cfg, partial); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("partial host: err %v, want ErrInvalid", err)
+	}
+	if _, err := storage.NewWithHost(cfg, storage.Host{}); err != nil {
+		t.Errorf("zero host (the real machine): %v", err)
 	}
 }

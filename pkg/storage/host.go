@@ -1,6 +1,9 @@
 package storage
 
 import (
+	"fmt"
+	"os"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-csi/berth/pkg/mounter"
@@ -46,6 +49,8 @@ type Mounter interface {
 
 // Loops attaches image files to loop devices: package loop's functions.
 type Loops interface {
+	// Available is nil when loop devices can be had on this machine.
+	Available() error
 	Attach(backingFile string, o loop.Options) (*loop.Device, error)
 	// Find returns the device backed by the file, nil when none.
 	Find(backingFile string) (*loop.Device, error)
@@ -56,7 +61,7 @@ type Loops interface {
 	DetachFile(backingFile string) error
 	// SetCapacity makes a device see its backing file's new size.
 	SetCapacity(d *loop.Device) error
-	// Size is the size of the block device at path (opened without following links).
+	// Size is the size of the block device at path (or of the device bound there).
 	Size(path string) (int64, error)
 	// DevNumber is the device's major and minor number.
 	DevNumber(d *loop.Device) (major, minor int, err error)
@@ -67,22 +72,17 @@ func RealHost() Host {
 	return Host{Mounts: realMounts{tools: mounter.NewTools()}, Loops: realLoops{}, Run: ExecCommand, CanGrowMountedExt4: hasCapSysResource}
 }
 
-// withDefaults fills what a partial Host leaves out with the real machine's.
-func (h Host) withDefaults() Host {
-	real := RealHost()
-	if h.Mounts == nil {
-		h.Mounts = real.Mounts
+// resolve returns the real machine for the zero Host, and h itself when it is
+// complete. A partial Host is refused: filling its gaps with the real machine
+// would let a fake run real mounts or commands unnoticed.
+func (h Host) resolve() (Host, error) {
+	switch {
+	case h.Mounts == nil && h.Loops == nil && h.Run == nil && h.CanGrowMountedExt4 == nil:
+		return RealHost(), nil
+	case h.Mounts == nil || h.Loops == nil || h.Run == nil || h.CanGrowMountedExt4 == nil:
+		return Host{}, fmt.Errorf("host: Mounts, Loops, Run and CanGrowMountedExt4 are all required: %w", ErrInvalid)
 	}
-	if h.Loops == nil {
-		h.Loops = real.Loops
-	}
-	if h.Run == nil {
-		h.Run = real.Run
-	}
-	if h.CanGrowMountedExt4 == nil {
-		h.CanGrowMountedExt4 = real.CanGrowMountedExt4
-	}
-	return h
+	return h, nil
 }
 
 // realMounts binds by syscall (package mounter) and formats with the filesystems'
@@ -106,6 +106,13 @@ func (m realMounts) FormatAndMount(dev, target, fsType string, options []string)
 }
 
 type realLoops struct{}
+
+func (realLoops) Available() error {
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		return fmt.Errorf("image pools need loop devices: %w", err)
+	}
+	return nil
+}
 
 func (realLoops) Attach(f string, o loop.Options) (*loop.Device, error) { return loop.AttachWith(f, o) }
 func (realLoops) Find(f string) (*loop.Device, error)                   { return loop.Find(f) }

@@ -46,12 +46,7 @@ func (imageBackend) Params() []string { return []string{ParamFSType} }
 func (imageBackend) Data() (string, bool) { return ImageFile, false }
 
 // Check makes sure loop devices can be had on this node.
-func (imageBackend) Check(context.Context, *Pool) error {
-	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		return fmt.Errorf("image pools need loop devices: %w", err)
-	}
-	return nil
-}
+func (b imageBackend) Check(context.Context, *Pool) error { return b.host.Loops.Available() }
 
 // alignImage rounds a size up to the image granularity.
 func alignImage(n int64) int64 { return (n + imageAlign - 1) / imageAlign * imageAlign }
