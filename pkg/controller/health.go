@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/berth-csi/berth/pkg/csierr"
-	"github.com/berth-csi/berth/pkg/health"
+	"github.com/berth-csi/berth/pkg/volhealth"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,7 +20,7 @@ func (s *Server) ControllerGetVolumeHealth(_ context.Context, req *csi.Controlle
 	if err != nil {
 		return nil, csierr.Status(err)
 	}
-	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: health.Of(r.ID, p.Condition(r.Hash()))}, nil
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: volhealth.Of(r.ID, p.Condition(r.Hash()))}, nil
 }
 
 // ControllerListVolumeHealth pages through the volumes that have an adverse condition,
@@ -46,7 +46,7 @@ func (s *Server) ControllerListVolumeHealth(_ context.Context, req *csi.Controll
 			resp.NextToken = r.ID
 			break
 		}
-		resp.Entries = append(resp.Entries, health.Of(r.ID, problems))
+		resp.Entries = append(resp.Entries, volhealth.Of(r.ID, problems))
 	}
 	return resp, nil
 }
