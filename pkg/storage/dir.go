@@ -29,6 +29,8 @@ func (dirBackend) MultiNode() bool { return false }
 
 func (dirBackend) Params() []string { return nil }
 
+func (dirBackend) Filesystems() []string { return nil }
+
 func (dirBackend) Data() (string, bool) { return DataDir, true }
 
 // Expand has nothing to grow: a dir volume's size is accounted, not enforced.

@@ -31,6 +31,8 @@ func (quotaBackend) MultiNode() bool { return false }
 
 func (quotaBackend) Params() []string { return []string{ParamInodeLimit} }
 
+func (quotaBackend) Filesystems() []string { return nil }
+
 func (quotaBackend) Data() (string, bool) { return DataDir, true }
 
 // Check refuses a filesystem that would not enforce the limits: never a silent pool

@@ -120,6 +120,8 @@ func (*sharedBackend) MultiNode() bool { return true }
 
 func (*sharedBackend) Params() []string { return nil }
 
+func (*sharedBackend) Filesystems() []string { return nil }
+
 func (*sharedBackend) Data() (string, bool) { return DataDir, true }
 
 func (*sharedBackend) InUse(context.Context, *Pool, *Record, string) error { return nil }
