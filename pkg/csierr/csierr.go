@@ -19,6 +19,7 @@ var codeOf = []struct {
 	{storage.ErrNotFound, codes.NotFound},
 	{storage.ErrExists, codes.AlreadyExists},
 	{storage.ErrNoSpace, codes.ResourceExhausted},
+	{storage.ErrUnreachable, codes.ResourceExhausted},
 	{storage.ErrOutOfRange, codes.OutOfRange},
 	{storage.ErrInUse, codes.FailedPrecondition},
 	{storage.ErrPrecondition, codes.FailedPrecondition},
