@@ -22,8 +22,8 @@ type ProvisionRequest struct {
 	// Capabilities are the ways the volume will be used; they share one access type,
 	// the one the volume is created for.
 	Capabilities []Capability
-	// Parameters are the StorageClass parameters, all of them the pool's kind's
-	// (see PoolFor); they are recorded with the volume.
+	// Parameters are the StorageClass parameters, all of them the pool's kind's;
+	// they are recorded with the volume, with the pool's name.
 	Parameters map[string]string
 	Source     *Source
 	// Node is the node this engine serves; Requisite lists topologies (their
@@ -63,7 +63,7 @@ func (p *Pool) CheckParams(params map[string]string) error {
 
 // Provision creates a volume in pool p for a CreateVolume, or returns the volume an
 // identical earlier request created. Beyond what Create checks:
-//   - every capability must be one the pool serves;
+//   - every parameter and capability must be one the pool's kind serves;
 //   - a filesystem volume of a kind that formats its own is formatted with the
 //     filesystem asked for (parameter and capabilities must agree), else its
 //     source's, else the kind's default;
@@ -73,6 +73,9 @@ func (p *Pool) CheckParams(params map[string]string) error {
 //
 // The caller holds the locks of the volume's ID, of its name and of its source.
 func (e *Engine) Provision(ctx context.Context, p *Pool, req ProvisionRequest) (*Record, error) {
+	if err := p.CheckParams(req.Parameters); err != nil {
+		return nil, err
+	}
 	access, err := p.CheckCapabilities(req.Capabilities)
 	if err != nil {
 		return nil, err

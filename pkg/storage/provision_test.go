@@ -129,6 +129,8 @@ func TestProvisionFilesystem(t *testing.T) {
 		{name: "a copy asked for another filesystem", pool: "image", source: "pvc-src", sourceFS: "xfs",
 			params: map[string]string{storage.ParamFSType: "ext4"}, wantErr: storage.ErrInvalid},
 		{name: "dir pool", pool: "default"},
+		{name: "dir pool, fsType parameter", pool: "default", params: map[string]string{storage.ParamFSType: "xfs"},
+			wantErr: storage.ErrInvalid},
 		// A directory volume has no filesystem of its own: the capability's is the pool's.
 		{name: "dir pool, fs_type asked", pool: "default", caps: []storage.Capability{rwoMount("xfs")}},
 	}
