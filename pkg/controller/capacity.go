@@ -17,10 +17,8 @@ func (s *Server) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 	if err != nil {
 		return nil, err
 	}
-	if t := req.GetAccessibleTopology(); t != nil && !p.Shared() {
-		if v, ok := t.GetSegments()[TopologyKey]; !ok || v != s.nodeID {
-			return &csi.GetCapacityResponse{}, nil
-		}
+	if t := req.GetAccessibleTopology(); t != nil && !p.AccessibleFrom(s.nodeID, t.GetSegments()) {
+		return &csi.GetCapacityResponse{}, nil
 	}
 	if len(req.GetVolumeCapabilities()) > 0 {
 		if _, err := volcap.Check(req.GetVolumeCapabilities(), p); err != nil {

@@ -4,36 +4,35 @@ import (
 	"context"
 
 	"github.com/berth-csi/berth/pkg/csierr"
-	"github.com/berth-csi/berth/pkg/health"
+	"github.com/berth-csi/berth/pkg/volhealth"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // ControllerGetVolumeHealth reports a volume's condition: its pool served, its data
 // directory present, its filesystem writable.
 func (s *Server) ControllerGetVolumeHealth(_ context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, required("volume_id")
 	}
 	p, r, err := s.engine.Volume(req.GetVolumeId())
 	if err != nil {
 		return nil, csierr.Status(err)
 	}
-	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: health.Of(r.ID, p.Condition(r.Hash()))}, nil
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: volhealth.Of(r.ID, p.Condition(r.Hash()))}, nil
 }
 
 // ControllerListVolumeHealth pages through the volumes that have an adverse condition,
 // in ID order, with the same token rules as ListVolumes.
 func (s *Server) ControllerListVolumeHealth(_ context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
-	all := s.engine.AllVolumes()
-	start, err := volumePage(all, req.GetMaxEntries(), req.GetStartingToken())
-	if err != nil {
+	if err := checkMaxEntries(req.GetMaxEntries()); err != nil {
 		return nil, err
 	}
+	rest, err := s.engine.VolumesFrom(req.GetStartingToken())
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
 	resp := &csi.ControllerListVolumeHealthResponse{}
-	for i := start; i < len(all); i++ {
-		r := all[i]
+	for _, r := range rest {
 		p, err := s.engine.Pool(r.Pool)
 		if err != nil {
 			continue
@@ -46,7 +45,7 @@ func (s *Server) ControllerListVolumeHealth(_ context.Context, req *csi.Controll
 			resp.NextToken = r.ID
 			break
 		}
-		resp.Entries = append(resp.Entries, health.Of(r.ID, problems))
+		resp.Entries = append(resp.Entries, volhealth.Of(r.ID, problems))
 	}
 	return resp, nil
 }

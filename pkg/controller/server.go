@@ -3,12 +3,12 @@ package controller
 
 import (
 	"context"
+	"fmt"
 
+	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // TopologyKey is the topology segment every node-local volume carries.
@@ -52,11 +52,12 @@ func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: out}, nil
 }
 
-// lock takes the try-locks for a volume ID (and any further keys) or answers Aborted.
+// lock takes the try-locks of a volume or snapshot ID (and any further keys), all or
+// none; when another operation holds one, the answer is Aborted at once.
 func (s *Server) lock(id string, more ...string) (func(), error) {
 	keys := append([]string{id}, more...)
 	if !s.locks.TryAcquire(keys...) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+		return nil, csierr.Status(fmt.Errorf("an operation on %s is already in progress: %w", id, storage.ErrBusy))
 	}
 	return func() { s.locks.Release(keys...) }, nil
 }
@@ -97,13 +98,4 @@ func (s *Server) volume(r *storage.Record) *csi.Volume {
 		}
 	}
 	return v
-}
-
-// notServed answers a deletion whose ID names a pool this driver does not have.
-// Success would let the CO forget an object that may well exist on the host that
-// serves the pool (a central controller is asked about node-local volumes too), so
-// the answer is FailedPrecondition and the CO retries until that host deletes it.
-func notServed(kind, id string, err error) error {
-	return status.Errorf(codes.FailedPrecondition,
-		"%s %s cannot be deleted here: %v; the driver that serves the pool deletes it", kind, id, err)
 }

@@ -2,8 +2,8 @@ package controller
 
 import (
 	"context"
-	"errors"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/storage"
@@ -29,18 +29,16 @@ func toCSI(s *storage.Snapshot) *csi.Snapshot {
 // with ready_to_use=false; repeating the call reports its progress.
 func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	if req.GetName() == "" {
-		return nil, status.Error(codes.InvalidArgument, "name is required")
+		return nil, required("name")
 	}
 	if err := storage.ValidateName(req.GetName()); err != nil {
 		return nil, csierr.Status(err)
 	}
 	if req.GetSourceVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "source_volume_id is required")
+		return nil, required("source_volume_id")
 	}
-	for k := range req.GetParameters() {
-		if len(k) < len(sidecarPrefix) || k[:len(sidecarPrefix)] != sidecarPrefix {
-			return nil, status.Errorf(codes.InvalidArgument, "unknown snapshot parameter %q", k)
-		}
+	if own := slices.Sorted(maps.Keys(ownParams(req.GetParameters()))); len(own) > 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "unknown snapshot parameter %q (snapshots take none)", own[0])
 	}
 	p, hash, err := s.engine.Resolve(req.GetSourceVolumeId())
 	if err != nil {
@@ -64,25 +62,15 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 // DeleteSnapshot removes a snapshot; an unknown one is success.
 func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	id := req.GetSnapshotId()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot_id is required")
-	}
-	if err := storage.ValidateName(id); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "snapshot_id: %v", err)
-	}
-	p, hash, err := s.engine.ResolveSnapshot(id)
-	if errors.Is(err, storage.ErrPoolNotConfigured) {
-		return nil, notServed("snapshot", id, err)
-	}
-	if err != nil {
-		return &csi.DeleteSnapshotResponse{}, nil
+	if err := checkID("snapshot_id", id); err != nil {
+		return nil, err
 	}
 	unlock, err := s.lock(id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if err := p.DeleteSnapshot(ctx, hash); err != nil {
+	if err := s.engine.DeleteSnapshot(ctx, id); err != nil {
 		return nil, csierr.Status(err)
 	}
 	klog.FromContext(ctx).V(2).Info("Snapshot deleted", "snapshotID", id)
@@ -92,46 +80,19 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 // ListSnapshots pages through snapshots in ID order, filtered by snapshot ID or
 // source volume ID; the token is the snapshot ID to resume from.
 func (s *Server) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries %d is negative", req.GetMaxEntries())
+	if err := checkMaxEntries(req.GetMaxEntries()); err != nil {
+		return nil, err
 	}
-	var all []*storage.Snapshot
-	switch {
-	case req.GetSnapshotId() != "":
-		if p, hash, err := s.engine.ResolveSnapshot(req.GetSnapshotId()); err == nil {
-			if snap, err := p.Snapshot(hash); err == nil {
-				all = append(all, snap)
-			}
-		}
-	default:
-		all = s.engine.AllSnapshots()
+	rest, err := s.engine.SnapshotsFrom(req.GetStartingToken(), storage.SnapshotFilter{
+		SnapshotID: req.GetSnapshotId(), SourceVolumeID: req.GetSourceVolumeId(),
+	})
+	if err != nil {
+		return nil, csierr.Status(err)
 	}
-	if src := req.GetSourceVolumeId(); src != "" {
-		kept := all[:0]
-		for _, snap := range all {
-			if snap.SourceVolumeID == src {
-				kept = append(kept, snap)
-			}
-		}
-		all = kept
-	}
-	start := 0
-	if tok := req.GetStartingToken(); tok != "" {
-		if _, err := storage.ParseSnapshotID(tok); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is not valid: %v", tok, err)
-		}
-		start = sort.Search(len(all), func(i int) bool { return all[i].ID >= tok })
-	}
-	end := len(all)
-	if n := int(req.GetMaxEntries()); n > 0 && start+n < end {
-		end = start + n
-	}
-	resp := &csi.ListSnapshotsResponse{}
-	for _, snap := range all[start:end] {
+	snaps, next := page(rest, req.GetMaxEntries(), func(snap *storage.Snapshot) string { return snap.ID })
+	resp := &csi.ListSnapshotsResponse{NextToken: next}
+	for _, snap := range snaps {
 		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: toCSI(snap)})
-	}
-	if end < len(all) {
-		resp.NextToken = all[end].ID
 	}
 	return resp, nil
 }

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/berth-csi/berth/pkg/csierr"
@@ -15,70 +14,75 @@ import (
 )
 
 // ParamPool is the StorageClass parameter that selects a pool.
-const ParamPool = "pool"
+const ParamPool = storage.ParamPool
 
 // sidecarPrefix marks parameters the CSI sidecars add (pvc name, fstype, secrets...).
 const sidecarPrefix = "csi.storage.k8s.io/"
 
-// poolFor resolves the pool a request's parameters name and returns the parameters
-// Berth keeps in the volume record (sidecar-added keys excluded). Parameters must be
-// ones the pool's kind understands.
-func (s *Server) poolFor(params map[string]string) (*storage.Pool, map[string]string, error) {
-	p := s.engine.DefaultPool()
-	if name, ok := params[ParamPool]; ok {
-		var err error
-		if p, err = s.engine.Pool(name); err != nil {
-			return nil, nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-	}
-	known := append([]string{ParamPool}, p.Params()...)
-	kept := map[string]string{}
-	for k, v := range params {
-		switch {
-		case strings.HasPrefix(k, sidecarPrefix):
-		case slices.Contains(known, k):
-			kept[k] = v
-		default:
-			return nil, nil, status.Errorf(codes.InvalidArgument, "unknown parameter %q for pool %s of kind %s (known: %s)",
-				k, p.Name(), p.Config().Kind, strings.Join(known, ", "))
-		}
-	}
-	// Recorded explicitly, so "no pool" and "the default pool by name" are one request.
-	kept[ParamPool] = p.Name()
-	return p, kept, nil
+// required refuses a request that lacks field.
+func required(field string) error {
+	return status.Errorf(codes.InvalidArgument, "%s is required", field)
 }
 
-// reachable reports whether the accessibility requirements allow this node, or any
-// node for a shared pool (a central controller serves those with no node of its own).
-func (s *Server) reachable(p *storage.Pool, req *csi.TopologyRequirement) bool {
-	if len(req.GetRequisite()) == 0 || p.Shared() {
-		return true
+// checkID refuses an empty ID in field, or one that is not even a valid name (it
+// could never name a Berth object, and must not reach a path).
+func checkID(field, id string) error {
+	if id == "" {
+		return required(field)
 	}
-	for _, t := range req.GetRequisite() {
-		if v, ok := t.GetSegments()[TopologyKey]; ok && v == s.nodeID {
-			return true
+	if err := storage.ValidateName(id); err != nil {
+		return status.Errorf(codes.InvalidArgument, "%s: %v", field, err)
+	}
+	return nil
+}
+
+// checkMaxEntries refuses a negative max_entries (zero asks for no limit).
+func checkMaxEntries(n int32) error {
+	if n < 0 {
+		return status.Errorf(codes.InvalidArgument, "max_entries %d is negative", n)
+	}
+	return nil
+}
+
+// ownParams are the parameters of a request that are Berth's: all but those the
+// sidecars add.
+func ownParams(params map[string]string) map[string]string {
+	own := map[string]string{}
+	for k, v := range params {
+		if !strings.HasPrefix(k, sidecarPrefix) {
+			own[k] = v
 		}
 	}
-	return false
+	return own
+}
+
+// poolFor resolves the pool a request's parameters name and returns the parameters
+// Berth keeps in the volume record (sidecar-added keys excluded). The engine refuses
+// an unknown pool, and parameters the pool's kind does not understand.
+func (s *Server) poolFor(params map[string]string) (*storage.Pool, map[string]string, error) {
+	own := ownParams(params)
+	p, err := s.engine.PoolFor(own)
+	if err != nil {
+		return nil, nil, csierr.Status(err)
+	}
+	return p, own, nil
 }
 
 // ValidateVolumeCapabilities confirms the capabilities only when the volume can serve
 // every one of them: access type as created, an access mode the pool serves.
 func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, required("volume_id")
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "volume_capabilities is required")
+		return nil, required("volume_capabilities")
 	}
 	p, r, err := s.engine.Volume(req.GetVolumeId())
 	if err != nil {
 		return nil, csierr.Status(err)
 	}
-	for k := range req.GetParameters() {
-		if !strings.HasPrefix(k, sidecarPrefix) && k != ParamPool && !slices.Contains(p.Params(), k) {
-			return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("unknown parameter %q", k)}, nil
-		}
+	if err := p.CheckParams(ownParams(req.GetParameters())); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	access, err := volcap.Check(req.GetVolumeCapabilities(), p)
 	if err != nil {
@@ -93,31 +97,4 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		VolumeCapabilities: req.GetVolumeCapabilities(),
 		Parameters:         req.GetParameters(),
 	}}, nil
-}
-
-// fsTypeFor picks the filesystem an image volume is formatted with: the fsType
-// parameter, else the capabilities' fs_type, else the default. Other kinds have no
-// filesystem of their own and record none.
-func fsTypeFor(p *storage.Pool, access string, params map[string]string, caps []*csi.VolumeCapability) (string, error) {
-	if p.Config().Kind != storage.KindImage || access != storage.AccessMount {
-		return "", nil
-	}
-	fsType := params[storage.ParamFSType]
-	for _, c := range caps {
-		t := c.GetMount().GetFsType()
-		switch {
-		case t == "":
-		case fsType == "":
-			fsType = t
-		case t != fsType:
-			return "", status.Errorf(codes.InvalidArgument, "fs_type %q conflicts with fsType %q", t, fsType)
-		}
-	}
-	if fsType == "" {
-		fsType = storage.DefaultImageFSType
-	}
-	if !slices.Contains(storage.ImageFSTypes, fsType) {
-		return "", status.Errorf(codes.InvalidArgument, "fsType %q is not supported (use one of %v)", fsType, storage.ImageFSTypes)
-	}
-	return fsType, nil
 }

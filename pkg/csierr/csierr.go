@@ -19,6 +19,7 @@ var codeOf = []struct {
 	{storage.ErrNotFound, codes.NotFound},
 	{storage.ErrExists, codes.AlreadyExists},
 	{storage.ErrNoSpace, codes.ResourceExhausted},
+	{storage.ErrUnreachable, codes.ResourceExhausted},
 	{storage.ErrOutOfRange, codes.OutOfRange},
 	{storage.ErrInUse, codes.FailedPrecondition},
 	{storage.ErrPrecondition, codes.FailedPrecondition},
@@ -26,6 +27,7 @@ var codeOf = []struct {
 	{storage.ErrStaleMount, codes.FailedPrecondition},
 	{storage.ErrNotReady, codes.Unavailable},
 	{storage.ErrBusy, codes.Aborted},
+	{storage.ErrBadToken, codes.Aborted},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/berth-csi/berth/pkg/csierr"
-	"github.com/berth-csi/berth/pkg/health"
+	"github.com/berth-csi/berth/pkg/volhealth"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 )
 
@@ -40,5 +40,5 @@ func (s *Server) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 	if err != nil {
 		return nil, csierr.Status(err)
 	}
-	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health.Of(req.GetVolumeId(), problems)}, nil
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: volhealth.Of(req.GetVolumeId(), problems)}, nil
 }

@@ -62,3 +62,20 @@ func (p *Pool) CheckCapability(c Capability) error {
 	}
 	return nil
 }
+
+// CheckCapabilities validates every capability a request names for the pool and
+// returns the access type they share. Errors wrap ErrInvalid or ErrUnsupported.
+func (p *Pool) CheckCapabilities(cs []Capability) (string, error) {
+	if len(cs) == 0 {
+		return "", fmt.Errorf("volume_capabilities is required: %w", ErrInvalid)
+	}
+	for i, c := range cs {
+		if err := p.CheckCapability(c); err != nil {
+			return "", fmt.Errorf("volume_capabilities[%d]: %w", i, err)
+		}
+		if c.Access != cs[0].Access {
+			return "", fmt.Errorf("volume_capabilities mix mount and block access types: %w", ErrInvalid)
+		}
+	}
+	return cs[0].Access, nil
+}

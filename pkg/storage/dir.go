@@ -31,6 +31,8 @@ func (dirBackend) SizeStep() int64 { return 1 }
 
 func (dirBackend) Params() []string { return nil }
 
+func (dirBackend) Filesystems() []string { return nil }
+
 func (dirBackend) Data() (string, bool) { return DataDir, true }
 
 // Expand has nothing to grow: a dir volume's size is accounted, not enforced.

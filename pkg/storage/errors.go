@@ -33,6 +33,14 @@ var (
 // caller retries.
 var ErrBusy = errors.New("locked by another operation")
 
+// ErrBadToken: a listing's starting token is not one the engine hands out; the
+// caller starts the listing over.
+var ErrBadToken = errors.New("invalid starting token")
+
+// ErrUnreachable: no topology the request requires can reach the volume (a node-local
+// pool's volume asked for on another node).
+var ErrUnreachable = errors.New("not accessible from the required topology")
+
 // ErrPoolNotConfigured: an ID names a pool this process does not have. It is an
 // ErrNotFound for lookups, but this process cannot tell whether the object exists
 // (a central controller serves only the shared pools; the node that holds a

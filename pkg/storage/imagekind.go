@@ -21,8 +21,9 @@ const ParamFSType = "fsType"
 // ImageFile is the name of an image volume's backing file inside its directory.
 const ImageFile = "image"
 
-// ImageFSTypes are the filesystems an image volume may be formatted with.
-var ImageFSTypes = []string{"ext4", "xfs"}
+// ImageFSTypes are the filesystems an image volume may be formatted with, the default
+// first.
+var ImageFSTypes = []string{DefaultImageFSType, "xfs"}
 
 // DefaultImageFSType formats image volumes that ask for no filesystem.
 const DefaultImageFSType = "ext4"
@@ -42,6 +43,8 @@ func (imageBackend) SupportsBlock() bool { return true }
 func (imageBackend) MultiNode() bool { return false }
 
 func (imageBackend) Params() []string { return []string{ParamFSType} }
+
+func (imageBackend) Filesystems() []string { return ImageFSTypes }
 
 func (imageBackend) Data() (string, bool) { return ImageFile, false }
 

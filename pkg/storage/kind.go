@@ -49,6 +49,9 @@ type Backend interface {
 	Data() (name string, isDir bool)
 	// Params lists the StorageClass parameters this kind understands, besides "pool".
 	Params() []string
+	// Filesystems lists the filesystems a mount volume of the kind is formatted with,
+	// its default first; none when its volumes live on the pool's own filesystem.
+	Filesystems() []string
 
 	// NodeBackend is the node-side half of the kind (node.go).
 	NodeBackend

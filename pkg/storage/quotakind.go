@@ -33,6 +33,8 @@ func (quotaBackend) SizeStep() int64 { return 1 }
 
 func (quotaBackend) Params() []string { return []string{ParamInodeLimit} }
 
+func (quotaBackend) Filesystems() []string { return nil }
+
 func (quotaBackend) Data() (string, bool) { return DataDir, true }
 
 // Check refuses a filesystem that would not enforce the limits: never a silent pool

@@ -122,6 +122,8 @@ func (*sharedBackend) SizeStep() int64 { return 1 }
 
 func (*sharedBackend) Params() []string { return nil }
 
+func (*sharedBackend) Filesystems() []string { return nil }
+
 func (*sharedBackend) Data() (string, bool) { return DataDir, true }
 
 func (*sharedBackend) InUse(context.Context, *Pool, *Record, string) error { return nil }

@@ -245,7 +245,7 @@ func (p *Pool) Get(hash string) (*Record, error) {
 
 // Delete removes a volume: an atomic rename into the trash, made durable before it
 // returns, then a background purge. Deleting a missing volume succeeds. The caller holds
-// the volume's lock and has checked that it is not published.
+// the volume's lock and has checked that it is not published (Engine.DeleteVolume does).
 func (p *Pool) Delete(ctx context.Context, hash string) error {
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {

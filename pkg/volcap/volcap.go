@@ -65,10 +65,5 @@ func Check(caps []*csi.VolumeCapability, p *storage.Pool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for i, c := range parsed {
-		if err := p.CheckCapability(c); err != nil {
-			return "", fmt.Errorf("volume_capabilities[%d]: %w", i, err)
-		}
-	}
-	return parsed[0].Access, nil
+	return p.CheckCapabilities(parsed)
 }

@@ -1,6 +1,6 @@
-// Package health renders engine problems as CSI VolumeHealth messages, for the
+// Package volhealth renders engine problems as CSI VolumeHealth messages, for the
 // controller's and the node's health RPCs alike.
-package health
+package volhealth
 
 import (
 	"github.com/berth-csi/berth/pkg/storage"

@@ -1,0 +1,50 @@
+package storage
+
+import "sort"
+
+// VolumesFrom lists the volumes whose IDs are not below token, in ID order (every
+// volume when token is empty): a listing resumes at its token although volumes were
+// created or deleted meanwhile. A token that is not a volume ID is ErrBadToken.
+func (e *Engine) VolumesFrom(token string) ([]*Record, error) {
+	all := e.AllVolumes()
+	if token == "" {
+		return all, nil
+	}
+	if _, err := ParseVolumeID(token); err != nil {
+		return nil, errorf(ErrBadToken, "starting_token %q is not valid: %v", token, err)
+	}
+	return all[sort.Search(len(all), func(i int) bool { return all[i].ID >= token }):], nil
+}
+
+// SnapshotFilter narrows a listing of snapshots; an empty field matches any.
+type SnapshotFilter struct {
+	SnapshotID     string
+	SourceVolumeID string
+}
+
+// SnapshotsFrom lists the snapshots that match f, committed or being copied, from
+// token on in ID order, with VolumesFrom's rules for the token.
+func (e *Engine) SnapshotsFrom(token string, f SnapshotFilter) ([]*Snapshot, error) {
+	if token != "" {
+		if _, err := ParseSnapshotID(token); err != nil {
+			return nil, errorf(ErrBadToken, "starting_token %q is not valid: %v", token, err)
+		}
+	}
+	var all []*Snapshot
+	if f.SnapshotID != "" {
+		if p, hash, err := e.ResolveSnapshot(f.SnapshotID); err == nil {
+			if s, err := p.Snapshot(hash); err == nil {
+				all = append(all, s)
+			}
+		}
+	} else {
+		all = e.AllSnapshots()
+	}
+	kept := all[:0]
+	for _, s := range all {
+		if (f.SourceVolumeID == "" || s.SourceVolumeID == f.SourceVolumeID) && s.ID >= token {
+			kept = append(kept, s)
+		}
+	}
+	return kept, nil
+}
