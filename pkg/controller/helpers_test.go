@@ -5,14 +5,13 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/pkg/controller"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/go-logr/logr"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 )
 
 const testNode = "node-a"
@@ -36,18 +35,7 @@ func newFixture(t *testing.T, pools ...storage.PoolConfig) *fixture {
 	if len(pools) == 0 {
 		pools = []storage.PoolConfig{dirPool(t.TempDir(), "default")}
 	}
-	e, err := storage.New(storage.Config{Pools: pools})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The engine's purgers may outlive the test by an instant: they log nowhere.
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	// Stop the engine's background work (purges, snapshot copies) and wait for it
-	// before the test's directories are removed.
-	t.Cleanup(func() { cancel(); e.Wait() })
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e := testengine.StartAny(t, storage.Config{Pools: pools})
 	l := &locks.Set{}
 	return &fixture{srv: controller.New(e, testNode, l), engine: e, locks: l}
 }
