@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
@@ -46,6 +47,9 @@ type Options struct {
 	RegistrationEndpoint string
 	HealthPort           int // 0: no /healthz server
 
+	// PoolRetry is how often pools that cannot be served are tried again.
+	PoolRetry time.Duration
+
 	// Host is what the engine reaches the machine through; the zero value is the
 	// machine itself. Tests set a fake (internal/fakehost); no flag does.
 	Host storage.Host
@@ -77,7 +81,8 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	var registration string
 	fs.StringVar(&registration, "registration", "auto", "register with the kubelet: auto (in node and all modes, when <kubelet-dir>/plugins_registry exists), on or off")
 	fs.StringVar(&o.RegistrationEndpoint, "kubelet-registration-path", "", "the CSI socket as the kubelet sees it (default: the --endpoint path)")
-	fs.IntVar(&o.HealthPort, "health-port", 0, "serve GET /healthz on 127.0.0.1:<port> (0: off)")
+	fs.IntVar(&o.HealthPort, "health-port", 0, "serve GET /healthz and /readyz on 127.0.0.1:<port> (0: off)")
+	fs.DurationVar(&o.PoolRetry, "pool-retry-interval", storage.DefaultPoolRetry, "how often a pool that cannot be served is tried again")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -107,6 +112,8 @@ func ParseFlags(prog string, args []string) (Options, error) {
 		return o, fmt.Errorf("--max-volumes-per-node %d: must not be negative", o.MaxVolumes)
 	case o.LoggingFormat != "text" && o.LoggingFormat != "json":
 		return o, fmt.Errorf("--logging-format %q: must be text or json", o.LoggingFormat)
+	case o.PoolRetry < time.Second || o.PoolRetry > time.Hour:
+		return o, fmt.Errorf("--pool-retry-interval %s: must be from 1s to 1h", o.PoolRetry)
 	}
 	if err := o.resolveRegistration(registration); err != nil {
 		return o, err

@@ -83,6 +83,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad registration value", args: []string{"--registration", "yes"}, wantErr: "--registration"},
 		{name: "relative registration path", args: []string{"--kubelet-registration-path", "csi.sock"}, wantErr: "--kubelet-registration-path"},
 		{name: "health port out of range", args: []string{"--health-port", "70000"}, wantErr: "--health-port"},
+		{name: "pool retry too short", args: []string{"--pool-retry-interval", "10ms"}, wantErr: "--pool-retry-interval"},
+		{name: "pool retry not a duration", args: []string{"--pool-retry-interval", "soon"}, wantErr: "pool-retry-interval"},
 		{name: "negative health port", args: []string{"--health-port", "-1"}, wantErr: "--health-port"},
 		{name: "version", args: []string{"--version", "--mode", "bogus"}, check: func(t *testing.T, o Options) {
 			if !o.ShowVersion {

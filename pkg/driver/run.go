@@ -33,6 +33,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	engine.SetPoolRetry(o.PoolRetry)
 	// On the way out, stop background work (purges, snapshot copies) and wait for it.
 	defer func() { cancel(); engine.Wait() }()
 	l := &locks.Set{}
@@ -56,8 +57,12 @@ func Run(ctx context.Context, o Options) error {
 	if nodeSrv != nil {
 		nodeCSI = nodeSrv
 	}
-	isReady := func() bool { return ready.Load() && engine.Unserved() == nil }
-	srv := server.New(identity.New(o.DriverName, ctrl != nil, isReady), ctrl, nodeCSI)
+	// Until start-up reconciliation is done the driver does not know its volumes and
+	// mounts: every call but the Identity service's answers Unavailable meanwhile,
+	// never a success that did nothing. A pool that cannot be served does not make
+	// the driver unready: its own volumes fail, the other pools serve.
+	srv := server.New(identity.New(o.DriverName, ctrl != nil, ready.Load), ctrl, nodeCSI)
+	srv.GateUntil(ready.Load)
 
 	// The first failure of a background part stops the driver and is returned.
 	var wg sync.WaitGroup
@@ -81,11 +86,14 @@ func Run(ctx context.Context, o Options) error {
 			lis.Close()
 			return err
 		}
+		// Liveness is the process's own health; a pool's trouble is reported per
+		// pool (/readyz, logs, capacity, volume health), and restarting the driver
+		// for it would only cancel the healthy pools' work.
 		checks := []healthz.Check{func() error {
 			if !ready.Load() {
 				return errors.New("start-up reconciliation not finished")
 			}
-			return engine.Unserved()
+			return nil
 		}}
 		if reg != nil {
 			checks = append(checks, func() error {
@@ -96,7 +104,7 @@ func Run(ctx context.Context, o Options) error {
 			})
 		}
 		wg.Go(func() {
-			if err := healthz.Serve(ctx, hl, healthz.Handler(checks...)); err != nil {
+			if err := healthz.Serve(ctx, hl, healthz.Routes(checks, []healthz.Check{engine.UnservedPools})); err != nil {
 				fail(err)
 			}
 		})
@@ -120,8 +128,8 @@ func Run(ctx context.Context, o Options) error {
 				}
 			})
 		}
-		if err := engine.Unserved(); err != nil {
-			logger.Error(err, "Not ready: a pool cannot be served; fix it and restart the driver")
+		if err := engine.UnservedPools(); err != nil {
+			logger.Error(err, "Ready, without the pools that cannot be served; they are tried again")
 			return
 		}
 		logger.Info("Ready")

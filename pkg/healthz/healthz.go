@@ -19,21 +19,31 @@ type Check func() error
 
 // Handler answers /healthz with 200 "ok" when every check passes, else 503 and the
 // first failure. Anything else is 404.
-func Handler(checks ...Check) http.Handler {
+func Handler(checks ...Check) http.Handler { return Routes(checks, nil) }
+
+// Routes answers /healthz (liveness) from live, and /readyz from live and then
+// ready: 200 "ok" when every check passes, else 503 and the first failure. Anything
+// else is 404.
+func Routes(live, ready []Check) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /healthz", answer(live))
+	mux.HandleFunc("GET /readyz", answer(append(append([]Check{}, live...), ready...)))
+	return mux
+}
+
+func answer(checks []Check) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		for _, c := range checks {
 			if err := c(); err != nil {
-				klog.FromContext(r.Context()).V(6).Info("Health check failed", "err", err)
+				klog.FromContext(r.Context()).V(6).Info("Health check failed", "path", r.URL.Path, "err", err)
 				w.WriteHeader(http.StatusServiceUnavailable)
 				fmt.Fprintln(w, err)
 				return
 			}
 		}
 		fmt.Fprintln(w, "ok")
-	})
-	return mux
+	}
 }
 
 // Listen opens the health port on 127.0.0.1 only (0 picks a free port, for tests).

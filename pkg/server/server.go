@@ -23,6 +23,7 @@ type Server struct {
 	node       csi.NodeServer
 
 	stopTimeout time.Duration
+	ready       func() bool // nil: always ready (see GateUntil)
 }
 
 // New returns a Server for the given services. identity is required; controller
@@ -48,7 +49,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return errors.New("serve: identity server is required")
 	}
 
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(UnaryInterceptor()))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(UnaryInterceptor(), readyGate(s.ready)))
 	csi.RegisterIdentityServer(srv, s.identity)
 	if s.controller != nil {
 		csi.RegisterControllerServer(srv, s.controller)

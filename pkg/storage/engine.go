@@ -6,6 +6,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/klog/v2"
 )
@@ -23,6 +24,8 @@ type Engine struct {
 	pools      []*Pool
 	adoptRoots []string
 	host       Host
+	retry      time.Duration                // how often unserved pools are tried again
+	onServed   func(context.Context, *Pool) // told when an unserved pool becomes served
 	byNm       map[string]*Pool
 	ready      atomic.Bool
 	bg         sync.WaitGroup // background goroutines, ended by Start's context
@@ -63,12 +66,20 @@ func (e *Engine) Start(ctx context.Context) error {
 		if err := p.open(ctx); err != nil {
 			return err
 		}
+		if err := p.Health(); err != nil {
+			klog.FromContext(ctx).Error(err, "Pool cannot be served; its volumes fail with Unavailable, the other pools serve, and it is tried again", "pool", p.Name(), "retryEvery", e.poolRetry())
+		}
 		e.bg.Add(1)
 		go func() {
 			defer e.bg.Done()
 			p.purger(ctx)
 		}()
 	}
+	e.bg.Add(1)
+	go func() {
+		defer e.bg.Done()
+		e.retryPools(ctx)
+	}()
 	e.ready.Store(true)
 	klog.FromContext(ctx).Info("Storage engine ready", "pools", len(e.pools))
 	return nil
@@ -184,9 +195,8 @@ func (e *Engine) Ephemeral(kubeletVolumeID string) (*Pool, *Record, bool) {
 	return nil, nil, false
 }
 
-// Unserved returns the error of the first pool that cannot be served, or nil. A node
-// with such a pool is not ready: a pool never runs silently without what its kind
-// promises (a quota pool without enforced limits).
+// Unserved returns the error of the first pool that cannot be served, or nil. Such a
+// pool is tried again in the background (serve.go); UnservedPools names them all.
 func (e *Engine) Unserved() error {
 	for _, p := range e.pools {
 		if err := p.Health(); err != nil {

@@ -63,7 +63,9 @@ func (e *Engine) Node(kubeletDir string) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubelet dir: %w", err)
 	}
-	return &Node{e: e, kubeletDir: real}, nil
+	n := &Node{e: e, kubeletDir: real}
+	e.onServed = n.recoverPool
+	return n, nil
 }
 
 // Engine is the engine this node side belongs to.
@@ -106,6 +108,18 @@ func (n *Node) Recover(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// recoverPool finds the publications of a pool that has just become served, as
+// Recover does at start-up for the pools served then.
+func (n *Node) recoverPool(ctx context.Context, p *Pool) {
+	mounts, err := n.e.host.Mounts.All()
+	if err == nil {
+		err = p.nodeKind().RecoverPublications(ctx, n, p, mounts)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot recover the publications of a pool served again", "pool", p.Name())
+	}
 }
 
 // recovered adds a publication found at start-up.

@@ -48,6 +48,7 @@ type Pool struct {
 	allocated int64              // sum of committed and reserved capacities
 	inflight  int64              // the reserved part of allocated: not committed yet
 	healthErr error              // non-nil: the pool cannot be served
+	loaded    bool               // open got past mounting: the layout and index are loaded
 	purge     chan struct{}
 
 	bgCtx context.Context // the engine's lifetime: background copies stop with it
@@ -114,8 +115,7 @@ func (p *Pool) open(ctx context.Context) error {
 	}
 	if err := p.EnsureMounted(ctx); err != nil {
 		// Never lay a shared pool out on the node's own disk.
-		p.healthErr = err
-		logger.Error(err, "Pool cannot be served")
+		p.setHealth(err)
 		return nil
 	}
 	for _, d := range []string{volumesDir, tmpDir, trashDir} {
@@ -123,10 +123,7 @@ func (p *Pool) open(ctx context.Context) error {
 			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 		}
 	}
-	if err := p.backend.Check(ctx, p); err != nil {
-		p.healthErr = err
-		logger.Error(err, "Pool cannot be served")
-	}
+	p.setHealth(p.backend.Check(ctx, p))
 	// Half-created volumes: never acknowledged, so discard them.
 	tmps, err := os.ReadDir(filepath.Join(p.cfg.Path, tmpDir))
 	if err != nil {
@@ -172,6 +169,9 @@ func (p *Pool) open(ctx context.Context) error {
 			p.projects.mark(r.ProjectID)
 		}
 	}
+	p.mu.Lock()
+	p.loaded = true
+	p.mu.Unlock()
 	p.kickPurge()
 	return nil
 }

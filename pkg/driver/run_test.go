@@ -1,0 +1,241 @@
+package driver_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-csi/berth/internal/fakehost"
+	"github.com/berth-csi/berth/internal/testutil"
+	"github.com/berth-csi/berth/pkg/driver"
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// testWait bounds every wait here; it guards against deadlock and asserts no timing.
+const testWait = 30 * time.Second
+
+// TestNotServedBeforeReconciled: while start-up reconciliation runs (held here in the
+// fake host's mount-table read), every call but the Identity service's answers
+// Unavailable, and the volume a DeleteVolume names is still there afterwards; once
+// reconciliation ends, the same calls are served.
+func TestNotServedBeforeReconciled(t *testing.T) {
+	base := t.TempDir()
+	pool := storage.PoolConfig{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir}
+	kubelet := filepath.Join(base, "kubelet")
+	if err := os.MkdirAll(kubelet, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	// A volume made by an earlier run of the driver.
+	prev, err := storage.New(storage.Config{Pools: []storage.PoolConfig{pool}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := prev.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := prev.DefaultPool().Create(ctx, storage.CreateRequest{Name: "pvc-1", RequiredBytes: 1 << 20, AccessType: storage.AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	prev.Wait()
+
+	host := fakehost.New(t.TempDir())
+	hold, held := make(chan struct{}), make(chan struct{}, 1)
+	host.SetHooks(fakehost.Hooks{All: func() error {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		<-hold
+		return nil
+	}})
+	sock := filepath.Join(testutil.ShortTempDir(t), "csi.sock")
+	conn := startDriver(t, driver.Options{
+		Endpoint: sock, NodeID: "n1", DriverName: "berth.csi.io", Mode: driver.ModeAll,
+		Config: storage.Config{Pools: []storage.PoolConfig{pool}}, KubeletDir: kubelet, Host: host.Host(),
+	})
+	select {
+	case <-held:
+	case <-time.After(testWait):
+		t.Fatal("reconciliation never read the mount table")
+	}
+	ctrl, node, ident := csi.NewControllerClient(conn), csi.NewNodeClient(conn), csi.NewIdentityClient(conn)
+	call := context.Background()
+	if _, err := ctrl.DeleteVolume(call, &csi.DeleteVolumeRequest{VolumeId: r.ID}); status.Code(err) != codes.Unavailable {
+		t.Errorf("DeleteVolume during reconciliation: %v, want Unavailable", err)
+	}
+	if _, err := node.NodeUnpublishVolume(call, &csi.NodeUnpublishVolumeRequest{VolumeId: r.ID, TargetPath: filepath.Join(kubelet, "t")}); status.Code(err) != codes.Unavailable {
+		t.Errorf("NodeUnpublishVolume during reconciliation: %v, want Unavailable", err)
+	}
+	if _, err := ctrl.ControllerGetCapabilities(call, &csi.ControllerGetCapabilitiesRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("ControllerGetCapabilities during reconciliation: %v, want Unavailable", err)
+	}
+	if resp, err := ident.Probe(call, &csi.ProbeRequest{}); err != nil || resp.GetReady().GetValue() {
+		t.Errorf("Probe during reconciliation: %v, %v; want not ready", resp, err)
+	}
+	if _, err := os.Stat(filepath.Join(pool.Path, "volumes", r.Hash())); err != nil {
+		t.Errorf("volume touched by a refused deletion: %v", err)
+	}
+
+	close(hold)
+	waitProbe(t, ident)
+	if _, err := ctrl.DeleteVolume(call, &csi.DeleteVolumeRequest{VolumeId: r.ID}); err != nil {
+		t.Errorf("DeleteVolume once ready: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(pool.Path, "volumes", r.Hash())); !os.IsNotExist(err) {
+		t.Errorf("volume still there after its deletion once ready: %v", err)
+	}
+}
+
+// startDriver runs the driver until the test ends and returns a client of its socket.
+func startDriver(t *testing.T, o driver.Options) *grpc.ClientConn {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- driver.Run(ctx, o) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("driver: %v", err)
+			}
+		case <-time.After(testWait):
+			t.Error("driver did not stop")
+		}
+	})
+	deadline := time.Now().Add(testWait)
+	for {
+		if _, err := os.Stat(o.Endpoint); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("driver socket never appeared")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+o.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// waitProbe waits until Probe answers ready.
+func waitProbe(t *testing.T, ident csi.IdentityClient) {
+	t.Helper()
+	deadline := time.Now().Add(testWait)
+	for {
+		resp, err := ident.Probe(context.Background(), &csi.ProbeRequest{})
+		if err == nil && resp.GetReady().GetValue() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestOnePoolDownOthersServe: a shared pool whose filesystem is not mounted leaves the
+// driver ready and alive (/healthz 200) with that pool reported on /readyz and its
+// calls Unavailable, while the dir pool serves; once the filesystem is mounted the
+// pool is tried again and served, without a restart.
+func TestOnePoolDownOthersServe(t *testing.T) {
+	base := t.TempDir()
+	sharedPath := filepath.Join(base, "shared")
+	if err := os.MkdirAll(sharedPath, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kubelet := filepath.Join(base, "kubelet")
+	if err := os.MkdirAll(kubelet, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	host := fakehost.New(t.TempDir())
+	port := freePort(t)
+	sock := filepath.Join(testutil.ShortTempDir(t), "csi.sock")
+	conn := startDriver(t, driver.Options{
+		Endpoint: sock, NodeID: "n1", DriverName: "berth.csi.io", Mode: driver.ModeAll, KubeletDir: kubelet,
+		Config: storage.Config{Pools: []storage.PoolConfig{
+			{Name: "local", Path: filepath.Join(base, "local"), Kind: storage.KindDir},
+			{Name: "shared", Path: sharedPath, Kind: storage.KindShared},
+		}},
+		Host: host.Host(), HealthPort: port, PoolRetry: 20 * time.Millisecond,
+	})
+	ctrl, ident := csi.NewControllerClient(conn), csi.NewIdentityClient(conn)
+	waitProbe(t, ident)
+	health := "http://127.0.0.1:" + strconv.Itoa(port)
+	if code, body := get(t, health+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz with one pool down = %d %q, want 200: liveness is the process's", code, body)
+	}
+	if code, body := get(t, health+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "shared") {
+		t.Errorf("/readyz with one pool down = %d %q, want 503 naming the pool", code, body)
+	}
+	create := func(pool string) error {
+		_, err := ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{
+			Name: "pvc-" + pool, Parameters: map[string]string{"pool": pool},
+			CapacityRange:      &csi.CapacityRange{RequiredBytes: 1 << 20},
+			VolumeCapabilities: []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}, AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}},
+		})
+		return err
+	}
+	if err := create("local"); err != nil {
+		t.Errorf("CreateVolume in the served pool: %v", err)
+	}
+	if err := create("shared"); status.Code(err) != codes.Unavailable {
+		t.Errorf("CreateVolume in the pool down: %v, want Unavailable", err)
+	}
+	if _, err := os.ReadDir(filepath.Join(sharedPath, "volumes")); !os.IsNotExist(err) {
+		t.Errorf("the pool down was laid out on the local disk: %v", err)
+	}
+
+	if err := host.MountFS("gluster.example:/gv0", sharedPath, "fuse.glusterfs"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testWait)
+	for code, body := get(t, health+"/readyz"); code != http.StatusOK; code, body = get(t, health+"/readyz") {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool never served again: /readyz %d %q", code, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := create("shared"); err != nil {
+		t.Errorf("CreateVolume once the pool is served again: %v", err)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}

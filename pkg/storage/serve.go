@@ -1,0 +1,88 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// DefaultPoolRetry is how often a pool that cannot be served is tried again.
+const DefaultPoolRetry = 30 * time.Second
+
+// SetPoolRetry sets how often unserved pools are tried again; call it before Start.
+func (e *Engine) SetPoolRetry(d time.Duration) { e.retry = d }
+
+func (e *Engine) poolRetry() time.Duration {
+	if e.retry <= 0 {
+		return DefaultPoolRetry
+	}
+	return e.retry
+}
+
+// setHealth records whether the pool can be served (nil: it can).
+func (p *Pool) setHealth(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.healthErr = err
+}
+
+// UnservedPools lists why each pool that cannot be served is not, in
+// configuration order; nil when every pool is served.
+func (e *Engine) UnservedPools() error {
+	var errs []error
+	for _, p := range e.pools {
+		if err := p.Health(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// retryPools tries the unserved pools again every poolRetry until ctx ends: a shared
+// pool whose filesystem could not be mounted is mounted and loaded, a pool whose
+// filesystem failed its kind's check is checked again. One pool's trouble never
+// stops the others: each is served on its own as soon as it can be.
+func (e *Engine) retryPools(ctx context.Context) {
+	t := time.NewTicker(e.poolRetry())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, p := range e.pools {
+			if p.Health() == nil || ctx.Err() != nil {
+				continue
+			}
+			logger := klog.FromContext(ctx).WithValues("pool", p.Name())
+			if err := p.reopen(ctx); err != nil {
+				logger.Error(err, "Cannot reconcile pool")
+				continue
+			}
+			if err := p.Health(); err != nil {
+				logger.V(2).Info("Pool still cannot be served", "err", err.Error())
+				continue
+			}
+			logger.Info("Pool served again")
+			if e.onServed != nil {
+				e.onServed(ctx, p)
+			}
+		}
+	}
+}
+
+// reopen runs a pool's start-up again: all of it when mounting failed before the
+// layout was loaded, else only its kind's check.
+func (p *Pool) reopen(ctx context.Context) error {
+	p.mu.Lock()
+	loaded := p.loaded
+	p.mu.Unlock()
+	if !loaded {
+		return p.open(ctx)
+	}
+	p.setHealth(p.backend.Check(ctx, p))
+	return nil
+}
