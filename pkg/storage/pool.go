@@ -157,6 +157,7 @@ func (p *Pool) open(ctx context.Context) error {
 	if err := p.loadSnapshots(ctx); err != nil {
 		return err
 	}
+	p.thawLeftovers(ctx)
 	p.reflink = clone.ReflinkSupported(filepath.Join(p.cfg.Path, tmpDir))
 	logger.V(2).Info("Pool copy mode", "reflink", p.reflink)
 	// Deleted volumes still in the trash keep their quota project IDs until purged.

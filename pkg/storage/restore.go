@@ -8,19 +8,12 @@ import (
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 )
 
 // Content source kinds.
 const (
 	SourceSnapshot = "snapshot"
 	SourceVolume   = "volume"
-)
-
-// FIFREEZE and FITHAW (linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int)).
-const (
-	fiFreeze = 0xc0045877
-	fiThaw   = 0xc0045878
 )
 
 var copyOptions = clone.Options{Reflink: clone.Auto, Specials: clone.Recreate}
@@ -151,54 +144,6 @@ func (p *Pool) copyData(ctx context.Context, src *Record, dstDir string) error {
 		return err
 	}
 	return syncFS(dstDir)
-}
-
-// freeze freezes the filesystem of a staged image volume (FIFREEZE on its staging
-// mount) so a copy of its image is consistent; the returned func thaws it. A volume
-// that is not staged, or a block volume, needs nothing.
-func (p *Pool) freeze(ctx context.Context, r *Record) func() {
-	st, err := p.Staged(r.Hash())
-	if err != nil || st == nil || r.AccessType != AccessMount {
-		return func() {}
-	}
-	fd, err := unix.Open(st.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		klog.FromContext(ctx).Error(err, "Cannot open staged filesystem to freeze it; copying unfrozen", "volumeID", r.ID)
-		return func() {}
-	}
-	// A staging record outlives its mount (a stage that failed before mounting, a
-	// node rebooted since): the path then lies on the host's filesystem, which must
-	// never be frozen (the copy itself may write there). Only the filesystem on the
-	// image's own loop device is; one that is not mounted has no writer to pause.
-	if !p.onImageDevice(fd, p.ImagePath(r.Hash())) {
-		unix.Close(fd)
-		return func() {}
-	}
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiFreeze, 0); e != 0 {
-		unix.Close(fd)
-		klog.FromContext(ctx).Error(e, "Cannot freeze staged filesystem; copying unfrozen", "volumeID", r.ID)
-		return func() {}
-	}
-	return func() {
-		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); e != 0 {
-			klog.FromContext(ctx).Error(e, "Cannot thaw staged filesystem", "volumeID", r.ID)
-		}
-		unix.Close(fd)
-	}
-}
-
-// onImageDevice reports whether the open directory fd lies on the filesystem of the
-// loop device backing image.
-func (p *Pool) onImageDevice(fd int, image string) bool {
-	dev, err := p.host.Loops.Find(image)
-	if err != nil || dev == nil {
-		return false
-	}
-	var node, dir unix.Stat_t
-	if unix.Stat(dev.Path, &node) != nil || unix.Fstat(fd, &dir) != nil {
-		return false
-	}
-	return node.Mode&unix.S_IFMT == unix.S_IFBLK && dir.Dev == node.Rdev
 }
 
 // syncFS flushes the filesystem holding dir: a copied tree is not fsynced file by

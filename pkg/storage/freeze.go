@@ -1,0 +1,160 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/berth-csi/berth/pkg/storage/meta"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// FIFREEZE and FITHAW (linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int)).
+const (
+	fiFreeze = 0xc0045877
+	fiThaw   = 0xc0045878
+)
+
+// frozenFile records, beside a volume's record, that its staged filesystem is being
+// frozen: it is written (durably) before FIFREEZE and removed after FITHAW, so a
+// driver killed in between leaves a record that start-up finds and thaws. A frozen
+// filesystem left behind would hang every writer of the pod until someone thaws it.
+const frozenFile = "frozen.json"
+
+// freezeRecord is what frozenFile holds.
+type freezeRecord struct {
+	Path string `json:"path"` // the staging mount that was frozen
+}
+
+// freeze freezes the filesystem of a staged image volume (FIFREEZE on its staging
+// mount) so a copy of its image is consistent; the returned func thaws it. A volume
+// that is not staged, or a block volume, needs nothing.
+func (p *Pool) freeze(ctx context.Context, r *Record) func() {
+	logger := klog.FromContext(ctx).WithValues("volumeID", r.ID)
+	st, err := p.Staged(r.Hash())
+	if err != nil || st == nil || r.AccessType != AccessMount {
+		return func() {}
+	}
+	fd, err := unix.Open(st.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		logger.Error(err, "Cannot open staged filesystem to freeze it; copying unfrozen")
+		return func() {}
+	}
+	// A staging record outlives its mount (a stage that failed before mounting, a
+	// node rebooted since): the path then lies on the host's filesystem, which must
+	// never be frozen (the copy itself may write there). Only the filesystem on the
+	// image's own loop device is; one that is not mounted has no writer to pause.
+	if !p.onImageDevice(fd, p.ImagePath(r.Hash())) {
+		unix.Close(fd)
+		return func() {}
+	}
+	volDir := p.VolumeDir(r.Hash())
+	data, _ := json.Marshal(freezeRecord{Path: st.Path})
+	if err := meta.WriteFile(volDir, frozenFile, data); err != nil {
+		unix.Close(fd)
+		logger.Error(err, "Cannot record the freeze; copying unfrozen")
+		return func() {}
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiFreeze, 0); e != 0 {
+		unix.Close(fd)
+		p.clearFrozen(ctx, r.ID, volDir)
+		logger.Error(e, "Cannot freeze staged filesystem; copying unfrozen")
+		return func() {}
+	}
+	logger.V(4).Info("Filesystem frozen for a copy", "stagingPath", st.Path)
+	return func() {
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); e != 0 {
+			logger.Error(e, "Cannot thaw staged filesystem")
+		} else {
+			p.clearFrozen(ctx, r.ID, volDir)
+		}
+		unix.Close(fd)
+	}
+}
+
+// clearFrozen removes the freeze record once the filesystem is thawed.
+func (p *Pool) clearFrozen(ctx context.Context, id, volDir string) {
+	err := os.Remove(filepath.Join(volDir, frozenFile))
+	if err == nil {
+		err = meta.SyncDir(volDir)
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		klog.FromContext(ctx).Error(err, "Cannot remove the freeze record", "volumeID", id)
+	}
+}
+
+// thawLeftovers thaws, at start-up, the filesystems a killed driver left frozen: for
+// every committed volume with a freeze record, FITHAW on the recorded staging mount
+// when that is still the filesystem of the volume's own image (EINVAL: it was not
+// frozen, nothing to do), then the record goes.
+func (p *Pool) thawLeftovers(ctx context.Context) {
+	p.mu.Lock()
+	hashes := make([]string, 0, len(p.index))
+	for hash := range p.index {
+		hashes = append(hashes, hash)
+	}
+	p.mu.Unlock()
+	for _, hash := range hashes {
+		volDir := p.VolumeDir(hash)
+		data, err := os.ReadFile(filepath.Join(volDir, frozenFile))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name, "volumeHash", hash)
+		var fr freezeRecord
+		if err == nil {
+			err = json.Unmarshal(data, &fr)
+		}
+		if err != nil {
+			logger.Error(err, "Unreadable freeze record left alone")
+			continue
+		}
+		if err := p.thaw(fr.Path, p.ImagePath(hash)); err != nil {
+			logger.Error(err, "Cannot thaw a filesystem left frozen by an interrupted copy", "stagingPath", fr.Path)
+			continue
+		}
+		logger.Info("Thawed the filesystem an interrupted copy left frozen", "stagingPath", fr.Path)
+		p.clearFrozen(ctx, hash, volDir)
+	}
+}
+
+// thaw undoes a freeze of the filesystem mounted at path, if it is the one on
+// image's loop device and is frozen.
+func (p *Pool) thaw(path, image string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil // unstaged since: nothing mounted there is ours
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if !p.onImageDevice(fd, image) {
+		return nil
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); e != 0 && e != unix.EINVAL {
+		return e
+	}
+	return nil
+}
+
+// onImageDevice reports whether the open directory fd lies on the filesystem of the
+// loop device backing image.
+func (p *Pool) onImageDevice(fd int, image string) bool {
+	dev, err := p.host.Loops.Find(image)
+	if err != nil || dev == nil {
+		return false
+	}
+	major, minor, err := p.host.Loops.DevNumber(dev)
+	if err != nil {
+		return false
+	}
+	var dir unix.Stat_t
+	if unix.Fstat(fd, &dir) != nil {
+		return false
+	}
+	return int(unix.Major(dir.Dev)) == major && int(unix.Minor(dir.Dev)) == minor
+}
