@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,10 +94,16 @@ func (p *Pool) Health() error {
 // serves multi-node access modes).
 func (p *Pool) Shared() bool { return p.backend.MultiNode() }
 
-// alignSize rounds a size up to the kind's size step.
-func (p *Pool) alignSize(n int64) int64 {
+// alignSize rounds a size up to the kind's size step. A size whose rounding would
+// pass the largest int64 is ErrOutOfRange: no pool holds it, and the overflowed sum
+// would be a negative size.
+func (p *Pool) alignSize(n int64) (int64, error) {
 	step := p.backend.SizeStep()
-	return (n + step - 1) / step * step
+	if n > math.MaxInt64-(step-1) {
+		return 0, errorf(ErrOutOfRange, "%d bytes cannot be rounded up to pool %s's %d-byte steps: the largest size it can serve is %d bytes",
+			n, p.cfg.Name, step, math.MaxInt64/step*step)
+	}
+	return (n + step - 1) / step * step, nil
 }
 
 // VolumeDir is the directory of the volume with this (validated) hash.

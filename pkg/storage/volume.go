@@ -82,7 +82,9 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	size = p.alignSize(size)
+	if size, err = p.alignSize(size); err != nil {
+		return nil, err
+	}
 	if req.LimitBytes > 0 && size > req.LimitBytes {
 		// Rounded up past the limit: the step below still serves a request whose
 		// required bytes it holds (one that named only a limit).
