@@ -207,7 +207,8 @@ func full(st *unix.Statfs_t) bool {
 // RecoverPublications reconciles the pool's loop devices with its staging records: a
 // device backing a volume that is not staged is a leftover of a stage that never
 // recorded its intent (or of an unstage that crashed after clearing it) and is
-// detached, so devices always match staged volumes. The mounts of a staged volume's
+// detached, so devices always match staged volumes. A device backing a volume whose
+// record cannot be read is left alone (damaged.go). The mounts of a staged volume's
 // device, other than its staging mount, are its publications.
 func (b imageBackend) RecoverPublications(ctx context.Context, n *Node, p *Pool, mounts []*mounter.MountInfo) error {
 	logger := klog.FromContext(ctx).WithValues("pool", p.Name())
@@ -219,6 +220,12 @@ func (b imageBackend) RecoverPublications(ctx context.Context, n *Node, p *Pool,
 		var r *Record
 		var st *Staging
 		if hash, ok := imageHash(d.BackingFile); ok {
+			if err := p.damagedVolume(hash); err != nil {
+				// Its record cannot be read: the device may well be in use.
+				logger.Info("Loop device of a volume directory without a readable record: left attached",
+					"device", d.Path, "backingFile", d.BackingFile)
+				continue
+			}
 			r, _ = p.Get(hash)
 			if r != nil {
 				st, _ = p.Staged(r.Hash())

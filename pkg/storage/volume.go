@@ -109,6 +109,9 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
+	if err := p.damagedVolume(hash); err != nil {
+		return nil, fmt.Errorf("create volume %s: %w", id, err)
+	}
 	if err := p.checkSource(&req, size); err != nil {
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
@@ -256,6 +259,9 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	defer l.unlock()
 	r, err := p.find(hash)
 	if errors.Is(err, ErrNotFound) {
+		if err := p.damagedVolume(hash); err != nil {
+			return fmt.Errorf("delete volume %s: %w", hash, err)
+		}
 		return nil
 	}
 	if err != nil {
