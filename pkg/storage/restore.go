@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -134,23 +135,59 @@ func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
 	return syncFS(volDir)
 }
 
-// copyData copies a volume's data into dstDir for a snapshot.
+// copyData copies a volume's data into dstDir for a snapshot. The copy skips entries
+// that vanish while it runs (a pod deleting a file), but a source volume deleted
+// meanwhile (on another host of a shared pool: this one refuses to delete a volume
+// being copied) leaves only a partial copy: that is ErrNotFound, never a snapshot.
 func (p *Pool) copyData(ctx context.Context, src *Record, dstDir string) error {
 	name, isDir := p.backend.Data()
-	from := filepath.Join(p.VolumeDir(src.Hash()), name)
-	if isDir {
-		if _, err := clone.Tree(ctx, from, dstDir, name, copyOptions); err != nil {
-			return err
-		}
-		return syncFS(dstDir)
+	volDir := p.VolumeDir(src.Hash())
+	before, err := os.Lstat(volDir)
+	if err != nil {
+		return sourceGone(src, volDir, err)
 	}
-	thaw := p.freeze(ctx, src)
-	_, err := clone.File(ctx, from, filepath.Join(dstDir, name), copyOptions)
-	thaw()
+	from := filepath.Join(volDir, name)
+	if isDir {
+		_, err = clone.Tree(ctx, from, dstDir, name, copyOptions)
+	} else {
+		thaw := p.freeze(ctx, src)
+		_, err = clone.File(ctx, from, filepath.Join(dstDir, name), copyOptions)
+		thaw()
+	}
+	if kerr := p.sourceKept(src, before); kerr != nil {
+		return kerr // whatever the copy met, it met it in a vanishing tree
+	}
 	if err != nil {
 		return err
 	}
 	return syncFS(dstDir)
+}
+
+// sourceKept checks, once a copy of volume src has ended, that the volume was there
+// all along: the directory found before the copy (before) is still at its path, with
+// src's record in it. A volume is deleted by renaming its directory away, so the same
+// directory still in place means nothing was deleted under the copy.
+func (p *Pool) sourceKept(src *Record, before os.FileInfo) error {
+	volDir := p.VolumeDir(src.Hash())
+	now, err := os.Lstat(volDir)
+	switch {
+	case err != nil:
+	case !os.SameFile(before, now):
+		err = errors.New("another directory is there now")
+	default:
+		var r *Record
+		if r, err = p.readVolume(src.Hash()); err == nil && r.ID != src.ID {
+			err = fmt.Errorf("its record names %s", r.ID)
+		}
+	}
+	if err != nil {
+		return sourceGone(src, volDir, err)
+	}
+	return nil
+}
+
+func sourceGone(src *Record, volDir string, err error) error {
+	return errorf(ErrNotFound, "source volume %s was deleted during the copy (%s: %v): the partial copy is discarded", src.ID, volDir, err)
 }
 
 // freeze freezes the filesystem of a staged image volume (FIFREEZE on its staging
