@@ -111,7 +111,7 @@ func (n *Node) Recover(ctx context.Context) error {
 // recovered adds a publication found at start-up.
 func (n *Node) recovered(ctx context.Context, r *Record, m *mounter.MountInfo) {
 	id := r.PublicationID()
-	n.e.AddPublication(id, Publication{TargetPath: m.Mountpoint, ReadOnly: m.ReadOnly})
+	n.e.AddPublication(id, Publication{TargetPath: m.Mountpoint, ReadOnly: m.ReadOnly, Recovered: true})
 	klog.FromContext(ctx).V(2).Info("Publication recovered", "volumeID", id, "targetPath", m.Mountpoint)
 }
 
