@@ -189,6 +189,20 @@ func (e *Engine) Publications(id string) []Publication {
 	return out
 }
 
+// PublishedAt lists the volumes the table records as published at target, sorted.
+func (e *Engine) PublishedAt(target string) []string {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	var ids []string
+	for id, m := range e.pubs {
+		if _, ok := m[target]; ok {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
 // Ephemeral finds the ephemeral inline volume created for kubelet's volume ID.
 func (e *Engine) Ephemeral(kubeletVolumeID string) (*Pool, *Record, bool) {
 	name := EphemeralName(kubeletVolumeID)

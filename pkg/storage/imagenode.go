@@ -114,6 +114,22 @@ func (b imageBackend) PublishSource(_ context.Context, _ *Node, p *Pool, r *Reco
 	return &MountSource{Path: staging}, nil
 }
 
+// Shows: a publication is a mount of the filesystem on the image's loop device, or
+// a bind of the device itself for a block volume.
+func (b imageBackend) Shows(_ *Node, p *Pool, r *Record, m *mounter.MountInfo) (bool, error) {
+	dev, err := b.host.Loops.Find(p.ImagePath(r.Hash()))
+	if err != nil {
+		return false, err
+	}
+	if dev == nil {
+		return false, fmt.Errorf("volume %s is not attached to a loop device", r.ID)
+	}
+	if r.AccessType == AccessBlock {
+		return b.host.Mounts.SameSource(m, dev.Path)
+	}
+	return b.isDeviceMount(m, dev), nil
+}
+
 // CanServeInline refuses inline volumes: kubelet does not stage them.
 func (imageBackend) CanServeInline(p *Pool) error {
 	return errorf(ErrInvalid, "ephemeral volumes cannot use image pool %s: kubelet does not stage them; use a dir or quota pool", p.cfg.Name)

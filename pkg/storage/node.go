@@ -40,6 +40,9 @@ type NodeBackend interface {
 	RecoverPublications(ctx context.Context, n *Node, p *Pool, mounts []*mounter.MountInfo) error
 	// Stats measures a volume published at volumePath.
 	Stats(ctx context.Context, n *Node, p *Pool, r *Record, volumePath string) (Usage, error)
+	// Shows reports whether mount m shows the volume as its publications do; an
+	// error when that cannot be told (an image no longer attached).
+	Shows(n *Node, p *Pool, r *Record, m *mounter.MountInfo) (bool, error)
 	// PathProblems reports what is wrong with the volume as seen at its publish path.
 	PathProblems(n *Node, p *Pool, r *Record, path string) []Problem
 	// CanServeInline is nil when CSI ephemeral inline volumes may use the pool.

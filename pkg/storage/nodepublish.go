@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/berth-csi/berth/pkg/mounter"
 	"golang.org/x/sys/unix"
@@ -183,10 +184,14 @@ func (n *Node) published(id, source string, pub Publication) (bool, error) {
 }
 
 // Unpublish unmounts the target and removes it if it is left empty. A missing
-// target, an unmounted one or a stale mount is success. An ephemeral volume is
-// deleted with its last publication.
+// target, an unmounted one or a stale mount is success; a target that is another
+// volume's is ErrPrecondition (ownsTarget). An ephemeral volume is deleted with its
+// last publication.
 func (n *Node) Unpublish(ctx context.Context, volumeID, target string) error {
 	if err := n.checkUnmountPath("target_path", target); err != nil {
+		return err
+	}
+	if err := n.ownsTarget(volumeID, target); err != nil {
 		return err
 	}
 	if err := n.unmountAll(target); err != nil {
@@ -197,4 +202,40 @@ func (n *Node) Unpublish(ctx context.Context, volumeID, target string) error {
 		return fmt.Errorf("remove target %s: %w", target, err)
 	}
 	return n.deleteEphemeral(ctx, volumeID)
+}
+
+// ownsTarget refuses, before anything is unmounted, to unpublish volumeID at a target
+// that is another's: one the publication table records for another volume (whose
+// publication would be left stale), or, when the table records it for none, one
+// holding a live mount that volumeID's kind says is not the volume (another driver's
+// or an operator's mount: Berth's own are all in the table, rebuilt at start-up).
+// What cannot be told is unpublished as before, since kubelet must be able to clean
+// its pods' targets: a target with nothing or a dead mount on it, a volume this node
+// does not know (deleted from another host, an unreadable record) and an adopted
+// directory, whose publications are not rebuilt after a restart.
+func (n *Node) ownsTarget(volumeID, target string) error {
+	owners := n.e.PublishedAt(target)
+	if slices.Contains(owners, volumeID) {
+		return nil
+	}
+	if len(owners) > 0 {
+		return errorf(ErrPrecondition, "target_path %s is a publication of volume %s, not of volume %s: nothing was unmounted",
+			target, owners[0], volumeID)
+	}
+	if mounted, err := n.e.host.Mounts.IsMountPoint(target); err != nil || !mounted || IsAdopted(volumeID) {
+		return nil
+	}
+	p, r, err := n.volume(volumeID)
+	if err != nil {
+		return nil
+	}
+	m, err := n.e.host.Mounts.At(target)
+	if err != nil || m == nil {
+		return nil
+	}
+	if shows, err := p.nodeKind().Shows(n, p, r, m); err != nil || shows {
+		return nil
+	}
+	return errorf(ErrPrecondition, "target_path %s holds a mount of %s (%s, root %s) that is not volume %s, and no publication "+
+		"on this node records it: nothing was unmounted; unmount it by hand if it is a leftover", target, m.Source, m.FSType, m.Root, volumeID)
 }
