@@ -184,3 +184,25 @@ func TestExpandVolumePath(t *testing.T) {
 		})
 	}
 }
+
+// TestExpandGrowsOnlyItsOwnFilesystem: the filesystem grown is the one mounted at
+// the staging path, so that path must hold the volume's own: another volume's
+// staging path is FailedPrecondition, and nothing is grown there.
+func TestExpandGrowsOnlyItsOwnFilesystem(t *testing.T) {
+	f := newFakeNode(t)
+	r, _ := f.staged(t, "pvc-grown")
+	_, otherStaging := f.staged(t, "pvc-other")
+	var grownAt []string
+	f.host.SetHooks(fakehost.Hooks{GrowFS: func(_, mountPath string) error {
+		grownAt = append(grownAt, mountPath)
+		return nil
+	}})
+	_, err := f.srv.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{
+		VolumeId: r.ID, VolumePath: otherStaging, StagingTargetPath: otherStaging,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 96 << 20},
+	})
+	wantCode(t, err, codes.FailedPrecondition)
+	if len(grownAt) != 0 {
+		t.Fatalf("filesystems grown at %v, want none", grownAt)
+	}
+}

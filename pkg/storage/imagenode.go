@@ -177,6 +177,13 @@ func (b imageBackend) GrowOnNode(_ context.Context, _ *Node, p *Pool, r *Record,
 		}
 		staging = st.Path
 	}
+	// The filesystem grown is the one mounted there (xfs_growfs takes the mount
+	// point): it must be the volume's own.
+	if m, err := b.host.Mounts.At(staging); err != nil {
+		return fmt.Errorf("read mount at %s: %w", staging, err)
+	} else if m == nil || !b.isDeviceMount(m, dev) {
+		return errorf(ErrNotStaged, "volume %s is not staged at %s: its filesystem is not mounted there", r.ID, staging)
+	}
 	if err := b.host.Mounts.GrowFS(dev.Path, staging); err != nil {
 		if r.FSType == "ext4" && !b.host.CanGrowMountedExt4() {
 			return ext4GrowthRefused(r)
