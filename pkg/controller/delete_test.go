@@ -3,6 +3,7 @@ package controller_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -103,5 +104,29 @@ func TestDeleteVolumeThenCreateAgain(t *testing.T) {
 	}
 	if _, err := os.Stat(data + "/old"); !os.IsNotExist(err) {
 		t.Fatalf("the new volume holds the deleted one's data (stat: %v)", err)
+	}
+}
+
+// TestVolumeWithUnreadableRecord: a volume directory whose record the driver cannot
+// read at start-up is neither deleted (success would let the CO forget data that is
+// still there) nor created again over: both are FailedPrecondition.
+func TestVolumeWithUnreadableRecord(t *testing.T) {
+	base := t.TempDir()
+	id := storage.VolumeID("default", "pvc-damaged")
+	volDir := filepath.Join(base, "default", "volumes", id[len(id)-32:])
+	if err := os.MkdirAll(filepath.Join(volDir, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(volDir, "record.json"), []byte(`{"version": 1, "id": "b1-`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, dirPool(base, "default"))
+
+	_, err := f.srv.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = f.srv.CreateVolume(context.Background(), createReq("pvc-damaged", 1<<20))
+	wantCode(t, err, codes.FailedPrecondition)
+	if _, err := os.Stat(filepath.Join(volDir, "data")); err != nil {
+		t.Fatalf("data of the damaged volume: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"context"
+	"math"
 	"path/filepath"
 	"testing"
 
@@ -60,6 +61,7 @@ func TestCreateVolumeKinds(t *testing.T) {
 		{"limit alone, not a multiple of 4 KiB", "image", nil, rwo, 0, 5<<20 + 100, codes.OK, 5 << 20, "ext4"},
 		{"limit alone, below 4 KiB", "image", nil, rwo, 0, 4095, codes.OutOfRange, 0, ""},
 		{"dir pool sizes are exact", "default", nil, rwo, 1<<20 + 1, 0, codes.OK, 1<<20 + 1, ""},
+		{"image size whose rounding would overflow", "image", nil, rwo, math.MaxInt64 - 1, 0, codes.OutOfRange, 0, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,6 +3,8 @@ package mounter
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -107,4 +109,57 @@ func inheritedFlags(source string, requested uintptr) (uintptr, error) {
 		}
 	}
 	return flags, nil
+}
+
+// flagNames name the MS_ flags ParseFlags returns, in a fixed order.
+var flagNames = []struct {
+	ms   uintptr
+	name string
+}{
+	{unix.MS_RDONLY, "ro"}, {unix.MS_NOSUID, "nosuid"}, {unix.MS_NODEV, "nodev"}, {unix.MS_NOEXEC, "noexec"},
+	{unix.MS_SYNCHRONOUS, "sync"}, {unix.MS_DIRSYNC, "dirsync"}, {unix.MS_NOATIME, "noatime"},
+	{unix.MS_NODIRATIME, "nodiratime"}, {unix.MS_RELATIME, "relatime"}, {unix.MS_STRICTATIME, "strictatime"},
+}
+
+// FormatFlags names the MS_ flags of ParseFlags' result, comma-separated ("none"
+// when there are none), for messages.
+func FormatFlags(flags uintptr) string {
+	var out []string
+	for _, f := range flagNames {
+		if flags&f.ms != 0 {
+			out = append(out, f.name)
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ",")
+}
+
+// ShowsFlags reports whether mount m carries the per-mount flags asked for (as
+// ParseFlags returns them), as far as its mount table line tells: ro, nosuid,
+// nodev, noexec and nodiratime among its options, and the access-time policy asked
+// for, if any (strictatime: neither noatime nor relatime). Flags m has beyond those
+// may come from the mount it binds and are not held against it. sync and dirsync
+// belong to the filesystem, not to the mount, and are not compared.
+func ShowsFlags(m *MountInfo, flags uintptr) bool {
+	opts := strings.Split(m.Options, ",")
+	has := func(o string) bool { return slices.Contains(opts, o) }
+	for _, f := range flagNames {
+		switch f.ms {
+		case unix.MS_RDONLY, unix.MS_NOSUID, unix.MS_NODEV, unix.MS_NOEXEC, unix.MS_NODIRATIME:
+			if flags&f.ms != 0 && !has(f.name) {
+				return false
+			}
+		}
+	}
+	switch {
+	case flags&unix.MS_NOATIME != 0:
+		return has("noatime")
+	case flags&unix.MS_RELATIME != 0:
+		return has("relatime")
+	case flags&unix.MS_STRICTATIME != 0:
+		return !has("noatime") && !has("relatime")
+	}
+	return true
 }

@@ -67,3 +67,38 @@ func TestParseFlagsRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestShowsFlags: what a mount table line says of the per-mount flags asked for.
+func TestShowsFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		options string
+		flags   []string
+		want    bool
+	}{
+		{"nothing asked", "rw,nosuid,nodev,relatime", nil, true},
+		{"flags shown", "rw,nosuid,nodev,noexec,noatime", []string{"noexec", "noatime"}, true},
+		{"more shown than asked (inherited)", "ro,nosuid,nodev,noexec,relatime", []string{"nosuid"}, true},
+		{"a flag missing", "rw,nosuid,nodev,relatime", []string{"noexec"}, false},
+		{"read-only missing", "rw,nosuid,nodev,relatime", []string{"ro"}, false},
+		{"another atime policy", "rw,nosuid,nodev,noatime", []string{"relatime"}, false},
+		{"strictatime shown by no policy", "rw,nosuid,nodev", []string{"strictatime"}, true},
+		{"strictatime asked, relatime shown", "rw,nosuid,nodev,relatime", []string{"strictatime"}, false},
+		{"sync belongs to the filesystem", "rw,nosuid,nodev,relatime", []string{"sync", "dirsync"}, true},
+		{"rw and exec ask nothing", "rw,nosuid,nodev,noexec,relatime", []string{"rw", "exec"}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			flags, err := ParseFlags(tc.flags)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ShowsFlags(&MountInfo{Options: tc.options}, flags); got != tc.want {
+				t.Fatalf("ShowsFlags(%q, %v) = %t, want %t", tc.options, tc.flags, got, tc.want)
+			}
+		})
+	}
+	if got := FormatFlags(unix.MS_NOEXEC | unix.MS_NOATIME); got != "noexec,noatime" {
+		t.Errorf("FormatFlags = %q", got)
+	}
+}

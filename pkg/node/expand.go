@@ -28,7 +28,7 @@ func (s *Server) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	}
 	defer unlock()
 	grown, err := s.node.Expand(ctx, storage.ExpandRequest{
-		VolumeID: id, StagingPath: req.GetStagingTargetPath(),
+		VolumeID: id, VolumePath: req.GetVolumePath(), StagingPath: req.GetStagingTargetPath(),
 		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes(),
 	})
 	if err != nil {

@@ -121,3 +121,88 @@ func TestExpandLocksOnlyTheVolume(t *testing.T) {
 		}
 	}
 }
+
+// TestExpandVolumePath: NodeExpandVolume grows a volume only at a volume_path where
+// it is available on this node: one of its publications (what kubelet passes), or
+// its staging path when the request names the same (older kubelets). Anything else
+// is FailedPrecondition and grows nothing; an unknown volume is NotFound first, as
+// csi-sanity asks, whatever its path.
+func TestExpandVolumePath(t *testing.T) {
+	f := newFakeNode(t)
+	r, staging := f.staged(t, "pvc-path")
+	other, otherStaging := f.staged(t, "pvc-other")
+	pods := filepath.Join(f.kubelet, "pods")
+	publish := func(r *storage.Record, staging, pod string) string {
+		target := filepath.Join(pods, pod, "mount")
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		_, err := f.srv.NodePublishVolume(context.Background(), &csi.NodePublishVolumeRequest{
+			VolumeId: r.ID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: capOf(r),
+		})
+		wantCode(t, err, codes.OK)
+		return target
+	}
+	target := publish(r, staging, "pod-a")
+	otherTarget := publish(other, otherStaging, "pod-b")
+	if err := os.Symlink(pods, filepath.Join(f.kubelet, "link")); err != nil {
+		t.Fatal(err)
+	}
+	size := r.CapacityBytes
+	for _, tc := range []struct {
+		name                string
+		id                  string
+		volumePath, staging string
+		wantCode            codes.Code
+	}{
+		{"relative", r.ID, "pods/pod-a/mount", staging, codes.FailedPrecondition},
+		{"outside the kubelet dir", r.ID, "/etc", staging, codes.FailedPrecondition},
+		{"not clean", r.ID, filepath.Join(pods, "pod-a") + "/../pod-a/mount", staging, codes.FailedPrecondition},
+		{"through a symlinked parent", r.ID, filepath.Join(f.kubelet, "link", "pod-a", "mount"), staging, codes.FailedPrecondition},
+		{"another volume's publication", r.ID, otherTarget, staging, codes.FailedPrecondition},
+		{"another volume's staging path", r.ID, otherStaging, "", codes.FailedPrecondition},
+		{"a path that is nothing of it", r.ID, filepath.Join(pods, "pod-c", "mount"), staging, codes.FailedPrecondition},
+		{"a staging path outside the kubelet dir", r.ID, "/etc", "/etc", codes.FailedPrecondition},
+		{"an unknown volume", unknownID, "some/path", "", codes.NotFound},
+		{"its publication", r.ID, target, "", codes.OK},
+		{"its staging path", r.ID, staging, staging, codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			size += 4 << 20
+			_, err := f.srv.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{
+				VolumeId: tc.id, VolumePath: tc.volumePath, StagingTargetPath: tc.staging,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: size},
+			})
+			wantCode(t, err, tc.wantCode)
+			got, _ := f.pool.Get(r.Hash())
+			if grown := got.CapacityBytes == size; grown != (tc.wantCode == codes.OK) {
+				t.Fatalf("capacity %d after the expansion to %d: grown %t", got.CapacityBytes, size, grown)
+			}
+			if tc.wantCode != codes.OK {
+				size = got.CapacityBytes
+			}
+		})
+	}
+}
+
+// TestExpandGrowsOnlyItsOwnFilesystem: the filesystem grown is the one mounted at
+// the staging path, so that path must hold the volume's own: another volume's
+// staging path is FailedPrecondition, and nothing is grown there.
+func TestExpandGrowsOnlyItsOwnFilesystem(t *testing.T) {
+	f := newFakeNode(t)
+	r, _ := f.staged(t, "pvc-grown")
+	_, otherStaging := f.staged(t, "pvc-other")
+	var grownAt []string
+	f.host.SetHooks(fakehost.Hooks{GrowFS: func(_, mountPath string) error {
+		grownAt = append(grownAt, mountPath)
+		return nil
+	}})
+	_, err := f.srv.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{
+		VolumeId: r.ID, VolumePath: otherStaging, StagingTargetPath: otherStaging,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 96 << 20},
+	})
+	wantCode(t, err, codes.FailedPrecondition)
+	if len(grownAt) != 0 {
+		t.Fatalf("filesystems grown at %v, want none", grownAt)
+	}
+}

@@ -555,12 +555,16 @@ func TestImageExpandUnstaged(t *testing.T) {
 			}
 			wantCode(t, f.unstage(r, staging), codes.OK)
 
-			resp, err := f.expand(r, "", staging, tc.to, 0)
-			wantCode(t, err, codes.OK)
-			if resp.GetCapacityBytes() != tc.to {
-				t.Fatalf("capacity_bytes %d, want %d", resp.GetCapacityBytes(), tc.to)
+			// Neither staged nor published, the volume is available at no volume_path.
+			_, err := f.expand(r, "", staging, tc.to, 0)
+			wantCode(t, err, codes.FailedPrecondition)
+			// An expansion recorded before an unstage (kubelet's retry after a crash
+			// between its steps comes once the volume is staged again) ...
+			grown, err := f.pool.Expand(context.Background(), r.Hash(), tc.to, 0)
+			if err != nil || grown.CapacityBytes != tc.to {
+				t.Fatalf("Expand: %+v, %v; want %d bytes", grown, err, tc.to)
 			}
-			// The next stage serves the grown volume.
+			// ... is served by the next stage.
 			_, err = f.srv.NodeStageVolume(context.Background(), stageReq(r, staging))
 			wantCode(t, err, codes.OK)
 			if size, err := loop.Size(f.device(t, r).Path); err != nil || size != tc.to {

@@ -106,32 +106,52 @@ func TestNodePublishVolumeReadOnly(t *testing.T) {
 	}
 }
 
-// TestNodePublishVolumeAgain covers a second publish at a target already published.
+// TestNodePublishVolumeAgain covers a second publish at a target already published:
+// the same request is done already; another read-only flag, other mount flags or
+// another access mode is AlreadyExists, as the spec says.
 func TestNodePublishVolumeAgain(t *testing.T) {
 	testutil.RequireRoot(t)
+	const snw = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
 	rwoRO := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY)
+	noexec := mountCap(snw, "noexec")
 	tests := []struct {
 		name          string
+		first         *csi.VolumeCapability // nil: rwo
 		firstReadOnly bool
 		second        func(f *fixture, id, other string) (string, *csi.VolumeCapability, bool)
 		wantCode      codes.Code
 	}{
-		{"same arguments", false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+		{"same arguments", nil, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
 			return id, rwo, false
 		}, codes.OK},
-		{"same arguments read-only", true, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+		{"same arguments read-only", nil, true, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
 			return id, rwo, true
 		}, codes.OK},
-		{"now read-only", false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+		{"same mount flags", noexec, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+			return id, mountCap(snw, "noexec"), false
+		}, codes.OK},
+		{"flags that add nothing", nil, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+			return id, mountCap(snw, "rw", "exec", "nosuid"), false
+		}, codes.OK},
+		{"now read-only", nil, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
 			return id, rwo, true
 		}, codes.AlreadyExists},
-		{"now read-write", true, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+		{"now read-write", nil, true, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
 			return id, rwo, false
 		}, codes.AlreadyExists},
-		{"now reader-only mode", false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+		{"now reader-only mode", nil, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
 			return id, rwoRO, false
 		}, codes.AlreadyExists},
-		{"another volume", false, func(_ *fixture, _, other string) (string, *csi.VolumeCapability, bool) {
+		{"now with a mount flag", nil, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+			return id, noexec, false
+		}, codes.AlreadyExists},
+		{"now without its mount flag", noexec, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+			return id, rwo, false
+		}, codes.AlreadyExists},
+		{"now another access mode", nil, false, func(_ *fixture, id, _ string) (string, *csi.VolumeCapability, bool) {
+			return id, mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER), false
+		}, codes.AlreadyExists},
+		{"another volume", nil, false, func(_ *fixture, _, other string) (string, *csi.VolumeCapability, bool) {
 			return other, rwo, false
 		}, codes.FailedPrecondition},
 	}
@@ -141,7 +161,11 @@ func TestNodePublishVolumeAgain(t *testing.T) {
 			r := f.createVolume(t, "pvc-again")
 			other := f.createVolume(t, "pvc-other")
 			target := f.target(t, "pod")
-			f.publish(t, r.ID, target, rwo, tc.firstReadOnly)
+			first := tc.first
+			if first == nil {
+				first = rwo
+			}
+			f.publish(t, r.ID, target, first, tc.firstReadOnly)
 			id, vc, ro := tc.second(f, r.ID, other.ID)
 			_, err := f.srv.NodePublishVolume(context.Background(), publishReq(id, target, vc, ro))
 			wantCode(t, err, tc.wantCode)

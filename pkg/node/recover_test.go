@@ -9,6 +9,7 @@ import (
 	"github.com/berth-csi/berth/pkg/node"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // restart builds a new engine and node service on f's pool and kubelet dir, as the
@@ -77,5 +78,41 @@ func TestRecoverIgnoresForeignMounts(t *testing.T) {
 	g := f.restart(t)
 	if n := len(g.engine.Publications(r.ID)); n != 0 {
 		t.Fatalf("a foreign mount was recovered as %d publications", n)
+	}
+}
+
+// TestRecoverThenRepublishWithFlags: after a restart the publication table knows of
+// a publish only what the mount table shows. The same request is still done already;
+// one asking for flags the mount does not have is AlreadyExists. Once the same
+// request has come again, the table knows all of it again (its access mode too).
+func TestRecoverThenRepublishWithFlags(t *testing.T) {
+	testutil.RequireRoot(t)
+	const snw = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	f := newFixture(t)
+	r := f.createVolume(t, "pvc-flags")
+	target := f.target(t, "pod")
+	asked := mountCap(snw, "noexec", "noatime")
+	f.publish(t, r.ID, target, asked, false)
+
+	g := f.restart(t)
+	for _, tc := range []struct {
+		name     string
+		vc       *csi.VolumeCapability
+		wantCode codes.Code
+	}{
+		{"another flag", mountCap(snw, "noexec", "noatime", "nodiratime"), codes.AlreadyExists},
+		{"another atime policy", mountCap(snw, "noexec", "relatime"), codes.AlreadyExists},
+		{"the same request", asked, codes.OK},
+		{"another access mode, once known", mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER, "noexec", "noatime"), codes.AlreadyExists},
+		{"fewer flags, once known", mountCap(snw, "noexec"), codes.AlreadyExists},
+		{"the same request again", asked, codes.OK},
+	} {
+		_, err := g.srv.NodePublishVolume(context.Background(), publishReq(r.ID, target, tc.vc, false))
+		if got := status.Code(err); got != tc.wantCode {
+			t.Errorf("%s: code %s (err %v), want %s", tc.name, got, err, tc.wantCode)
+		}
+	}
+	if m := mountsUnder(t, f.base); len(m) != 1 {
+		t.Fatalf("mounts %v, want only %s", m, target)
 	}
 }

@@ -192,3 +192,79 @@ func TestNodeUnpublishVolumeNeverFollowsLinks(t *testing.T) {
 		})
 	}
 }
+
+// TestNodeUnpublishVolumeOfAnotherVolume: an unpublish naming another volume than
+// the one at the target unmounts nothing, rather than leave the real owner's
+// publication stale. Kubelet's own calls are never refused: a target without a
+// mount, and a volume this node does not know (deleted from another host), are
+// unpublished as before.
+func TestNodeUnpublishVolumeOfAnotherVolume(t *testing.T) {
+	testutil.RequireRoot(t)
+	tests := []struct {
+		name string
+		// setup mounts something at target, for which volume id is then unpublished.
+		setup       func(t *testing.T, f *fixture, owner, target string) (id string)
+		wantCode    codes.Code
+		wantMounted bool
+	}{
+		{"a publication of another volume", func(t *testing.T, f *fixture, owner, target string) string {
+			f.publish(t, owner, target, rwo, false)
+			return f.createVolume(t, "pvc-asker").ID
+		}, codes.FailedPrecondition, true},
+		{"a publication of another volume, recovered after a restart", func(t *testing.T, f *fixture, owner, target string) string {
+			f.publish(t, owner, target, rwo, false)
+			id := f.createVolume(t, "pvc-asker").ID
+			*f = *f.restart(t)
+			return id
+		}, codes.FailedPrecondition, true},
+		{"a mount no publication records", func(t *testing.T, f *fixture, _, target string) string {
+			testutil.MountTmpfs(t, target, 1<<20)
+			return f.createVolume(t, "pvc-asker").ID
+		}, codes.FailedPrecondition, true},
+		{"another volume's data bound by hand", func(t *testing.T, f *fixture, owner, target string) string {
+			r, _ := f.pool.Get(owner[len(owner)-32:])
+			if err := os.Mkdir(target, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Mount(f.dataPath(r), target, "", unix.MS_BIND, ""); err != nil {
+				t.Fatal(err)
+			}
+			return f.createVolume(t, "pvc-asker").ID
+		}, codes.FailedPrecondition, true},
+		{"its own data bound by hand", func(t *testing.T, f *fixture, _, target string) string {
+			r := f.createVolume(t, "pvc-asker")
+			if err := os.Mkdir(target, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Mount(f.dataPath(r), target, "", unix.MS_BIND, ""); err != nil {
+				t.Fatal(err)
+			}
+			return r.ID
+		}, codes.OK, false},
+		{"a volume this node does not know", func(t *testing.T, f *fixture, _, target string) string {
+			testutil.MountTmpfs(t, target, 1<<20)
+			return unknownID
+		}, codes.OK, false},
+		{"nothing mounted", func(t *testing.T, f *fixture, _, target string) string {
+			return f.createVolume(t, "pvc-asker").ID
+		}, codes.OK, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			owner := f.createVolume(t, "pvc-owner").ID
+			target := f.target(t, "pod")
+			id := tc.setup(t, f, owner, target)
+			err := f.unpublish(id, target)
+			wantCode(t, err, tc.wantCode)
+			if got := isMounted(t, target); got != tc.wantMounted {
+				t.Fatalf("%s mounted %t after the unpublish, want %t", target, got, tc.wantMounted)
+			}
+			if tc.wantCode != codes.OK && status.Code(err) == codes.FailedPrecondition {
+				if pubs := f.engine.Publications(id); len(pubs) != 0 {
+					t.Fatalf("the asking volume has publications %v", pubs)
+				}
+			}
+		})
+	}
+}

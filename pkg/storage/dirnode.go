@@ -22,6 +22,12 @@ func (localDirNode) PublishSource(_ context.Context, _ *Node, p *Pool, r *Record
 	return &MountSource{Path: p.DataPath(r.Hash())}, nil
 }
 
+// Shows: a publication binds the data directory (a shared volume's, through its
+// staging bind).
+func (localDirNode) Shows(n *Node, p *Pool, r *Record, m *mounter.MountInfo) (bool, error) {
+	return n.e.host.Mounts.SameSource(m, p.DataPath(r.Hash()))
+}
+
 func (localDirNode) CheckGrow(*Node, *Pool, *Record, int64) error { return nil }
 
 func (localDirNode) GrowOnNode(context.Context, *Node, *Pool, *Record, string) error { return nil }

@@ -16,6 +16,23 @@ type Publication struct {
 	TargetPath   string
 	ReadOnly     bool
 	SingleWriter bool // published with SINGLE_NODE_SINGLE_WRITER
+	// Flags are the MS_ flags the publish asked for (mounter.ParseFlags), besides
+	// read-only, nosuid and nodev, which every publish decides alone.
+	Flags uintptr
+	// Mode is the access mode it was published with.
+	Mode AccessMode
+	// Recovered: rebuilt from the mount table at start-up, which shows whether the
+	// mount is read-only and its per-mount flags, but not what was asked (Flags,
+	// Mode and SingleWriter are unknown) until the same publish comes again.
+	Recovered bool
+}
+
+// Publication returns the publication of volume id at target, if the table has it.
+func (e *Engine) Publication(id, target string) (Publication, bool) {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	pub, ok := e.pubs[id][target]
+	return pub, ok
 }
 
 // Engine is the host storage engine: the configured pools and the node's publication
@@ -181,6 +198,20 @@ func (e *Engine) Publications(id string) []Publication {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].TargetPath < out[j].TargetPath })
 	return out
+}
+
+// PublishedAt lists the volumes the table records as published at target, sorted.
+func (e *Engine) PublishedAt(target string) []string {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	var ids []string
+	for id, m := range e.pubs {
+		if _, ok := m[target]; ok {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 // Ephemeral finds the ephemeral inline volume created for kubelet's volume ID.

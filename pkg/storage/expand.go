@@ -31,12 +31,20 @@ func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitByte
 		return nil, fmt.Errorf("capacity_range must not be negative: %w", ErrInvalid)
 	case limitBytes > 0 && requiredBytes > limitBytes:
 		return nil, fmt.Errorf("required_bytes %d exceeds limit_bytes %d: %w", requiredBytes, limitBytes, ErrInvalid)
-	case p.alignSize(requiredBytes) < r.CapacityBytes:
+	}
+	required, err := p.alignSize(requiredBytes)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("expand volume %s: %w", r.ID, err)
+	case required < r.CapacityBytes:
 		return nil, fmt.Errorf("volume %s is %d bytes; required_bytes %d would shrink it: %w", r.ID, r.CapacityBytes, requiredBytes, ErrOutOfRange)
 	case limitBytes > 0 && limitBytes < r.CapacityBytes:
 		return nil, fmt.Errorf("volume %s is %d bytes; limit_bytes %d would shrink it: %w", r.ID, r.CapacityBytes, limitBytes, ErrOutOfRange)
 	}
-	newBytes := p.alignSize(max(requiredBytes, r.CapacityBytes))
+	newBytes, err := p.alignSize(max(requiredBytes, r.CapacityBytes))
+	if err != nil {
+		return nil, fmt.Errorf("expand volume %s: %w", r.ID, err)
+	}
 	if limitBytes > 0 && newBytes > limitBytes {
 		return nil, fmt.Errorf("volume %s grows in %d-byte steps: %d bytes exceeds limit_bytes %d: %w", r.ID, p.backend.SizeStep(), newBytes, limitBytes, ErrOutOfRange)
 	}

@@ -114,6 +114,22 @@ func (b imageBackend) PublishSource(_ context.Context, _ *Node, p *Pool, r *Reco
 	return &MountSource{Path: staging}, nil
 }
 
+// Shows: a publication is a mount of the filesystem on the image's loop device, or
+// a bind of the device itself for a block volume.
+func (b imageBackend) Shows(_ *Node, p *Pool, r *Record, m *mounter.MountInfo) (bool, error) {
+	dev, err := b.host.Loops.Find(p.ImagePath(r.Hash()))
+	if err != nil {
+		return false, err
+	}
+	if dev == nil {
+		return false, fmt.Errorf("volume %s is not attached to a loop device", r.ID)
+	}
+	if r.AccessType == AccessBlock {
+		return b.host.Mounts.SameSource(m, dev.Path)
+	}
+	return b.isDeviceMount(m, dev), nil
+}
+
 // CanServeInline refuses inline volumes: kubelet does not stage them.
 func (imageBackend) CanServeInline(p *Pool) error {
 	return errorf(ErrInvalid, "ephemeral volumes cannot use image pool %s: kubelet does not stage them; use a dir or quota pool", p.cfg.Name)
@@ -161,6 +177,13 @@ func (b imageBackend) GrowOnNode(_ context.Context, _ *Node, p *Pool, r *Record,
 		}
 		staging = st.Path
 	}
+	// The filesystem grown is the one mounted there (xfs_growfs takes the mount
+	// point): it must be the volume's own.
+	if m, err := b.host.Mounts.At(staging); err != nil {
+		return fmt.Errorf("read mount at %s: %w", staging, err)
+	} else if m == nil || !b.isDeviceMount(m, dev) {
+		return errorf(ErrNotStaged, "volume %s is not staged at %s: its filesystem is not mounted there", r.ID, staging)
+	}
 	if err := b.host.Mounts.GrowFS(dev.Path, staging); err != nil {
 		if r.FSType == "ext4" && !b.host.CanGrowMountedExt4() {
 			return ext4GrowthRefused(r)
@@ -207,7 +230,8 @@ func full(st *unix.Statfs_t) bool {
 // RecoverPublications reconciles the pool's loop devices with its staging records: a
 // device backing a volume that is not staged is a leftover of a stage that never
 // recorded its intent (or of an unstage that crashed after clearing it) and is
-// detached, so devices always match staged volumes. The mounts of a staged volume's
+// detached, so devices always match staged volumes. A device backing a volume whose
+// record cannot be read is left alone (damaged.go). The mounts of a staged volume's
 // device, other than its staging mount, are its publications.
 func (b imageBackend) RecoverPublications(ctx context.Context, n *Node, p *Pool, mounts []*mounter.MountInfo) error {
 	logger := klog.FromContext(ctx).WithValues("pool", p.Name())
@@ -219,6 +243,12 @@ func (b imageBackend) RecoverPublications(ctx context.Context, n *Node, p *Pool,
 		var r *Record
 		var st *Staging
 		if hash, ok := imageHash(d.BackingFile); ok {
+			if err := p.damagedVolume(hash); err != nil {
+				// Its record cannot be read: the device may well be in use.
+				logger.Info("Loop device of a volume directory without a readable record: left attached",
+					"device", d.Path, "backingFile", d.BackingFile)
+				continue
+			}
 			r, _ = p.Get(hash)
 			if r != nil {
 				st, _ = p.Staged(r.Hash())

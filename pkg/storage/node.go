@@ -40,6 +40,9 @@ type NodeBackend interface {
 	RecoverPublications(ctx context.Context, n *Node, p *Pool, mounts []*mounter.MountInfo) error
 	// Stats measures a volume published at volumePath.
 	Stats(ctx context.Context, n *Node, p *Pool, r *Record, volumePath string) (Usage, error)
+	// Shows reports whether mount m shows the volume as its publications do; an
+	// error when that cannot be told (an image no longer attached).
+	Shows(n *Node, p *Pool, r *Record, m *mounter.MountInfo) (bool, error)
 	// PathProblems reports what is wrong with the volume as seen at its publish path.
 	PathProblems(n *Node, p *Pool, r *Record, path string) []Problem
 	// CanServeInline is nil when CSI ephemeral inline volumes may use the pool.
@@ -125,7 +128,7 @@ func (n *Node) recoverPool(ctx context.Context, p *Pool) {
 // recovered adds a publication found at start-up.
 func (n *Node) recovered(ctx context.Context, r *Record, m *mounter.MountInfo) {
 	id := r.PublicationID()
-	n.e.AddPublication(id, Publication{TargetPath: m.Mountpoint, ReadOnly: m.ReadOnly})
+	n.e.AddPublication(id, Publication{TargetPath: m.Mountpoint, ReadOnly: m.ReadOnly, Recovered: true})
 	klog.FromContext(ctx).V(2).Info("Publication recovered", "volumeID", id, "targetPath", m.Mountpoint)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/berth-csi/berth/pkg/mounter"
 	"golang.org/x/sys/unix"
@@ -23,7 +24,8 @@ type PublishRequest struct {
 
 // Publish bind-mounts the volume at the target path, always nosuid and nodev,
 // read-only when asked. Publishing the same volume at the same target again is
-// success; with another read-only flag it is ErrExists. An ephemeral inline volume
+// success; with another read-only flag, other mount flags or another access mode it
+// is ErrExists. An ephemeral inline volume
 // is created first, and deleted again when the publish fails (kubelet never
 // unpublishes a publish refused with a final error).
 func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
@@ -51,7 +53,9 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 	// A "ro" mount flag makes the mount read-only too: record it so, or a retry of this
 	// very request would find a read-only mount and answer AlreadyExists.
 	readOnly := req.ReadOnly || c.Mode.ReaderOnly() || flags&unix.MS_RDONLY != 0
-	if done, err := n.published(id, target, src.Path, readOnly); done || err != nil {
+	pub := Publication{TargetPath: target, ReadOnly: readOnly, SingleWriter: c.Mode.SingleWriter(),
+		Flags: flags &^ (unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV), Mode: c.Mode}
+	if done, err := n.published(id, src.Path, pub); done || err != nil {
 		return err
 	}
 	for _, pub := range n.e.Publications(id) {
@@ -69,7 +73,7 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 	if err := bind(src.bindPath(), target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
 		return fmt.Errorf("bind mount %s at %s: %w", id, target, err)
 	}
-	n.e.AddPublication(id, Publication{TargetPath: target, ReadOnly: readOnly, SingleWriter: c.Mode.SingleWriter()})
+	n.e.AddPublication(id, pub)
 	klog.FromContext(ctx).V(4).Info("Bind mounted", "volumeID", id, "targetPath", target, "source", src.Path, "readOnly", readOnly)
 	return nil
 }
@@ -128,10 +132,14 @@ func (n *Node) kindSource(ctx context.Context, p *Pool, r *Record, req PublishRe
 	return p.nodeKind().PublishSource(ctx, n, p, r, req.StagingPath)
 }
 
-// published reports whether target already shows this volume: done with nil when the
-// mount matches, ErrExists when its read-only flag differs, ErrPrecondition when
-// something else is mounted there. A dead mount there is removed.
-func (n *Node) published(id, target, source string, readOnly bool) (bool, error) {
+// published reports whether pub's target already shows this volume: done with nil
+// when the mount matches, ErrExists when it was published with another read-only
+// flag, other mount flags or another access mode, ErrPrecondition when something else
+// is mounted there. A dead mount there is removed. What is known of the earlier
+// publish is the table's record of it; after a restart, until the same publish comes
+// again, only what the mount table shows (the read-only flag and the per-mount flags).
+func (n *Node) published(id, source string, pub Publication) (bool, error) {
+	target := pub.TargetPath
 	m := n.e.host.Mounts
 	mounted, err := m.IsMountPoint(target)
 	if errors.Is(err, mounter.ErrStale) {
@@ -156,17 +164,34 @@ func (n *Node) published(id, target, source string, readOnly bool) (bool, error)
 	if !same {
 		return false, errorf(ErrPrecondition, "target_path %s is already a mount point of something else", target)
 	}
-	if at.ReadOnly != readOnly {
+	if at.ReadOnly != pub.ReadOnly {
 		return false, errorf(ErrExists, "volume %s is already published at %s with readonly=%t", id, target, at.ReadOnly)
 	}
+	if known, ok := n.e.Publication(id, target); ok && !known.Recovered {
+		if known.Flags != pub.Flags || known.Mode != pub.Mode {
+			return false, errorf(ErrExists, "volume %s is already published at %s with access mode %s and mount flags %s, not %s and %s",
+				id, target, known.Mode, mounter.FormatFlags(known.Flags), pub.Mode, mounter.FormatFlags(pub.Flags))
+		}
+		return true, nil
+	}
+	if !mounter.ShowsFlags(at, pub.Flags) {
+		return false, errorf(ErrExists, "volume %s is already published at %s with mount options %s, not with the mount flags asked (%s)",
+			id, target, at.Options, mounter.FormatFlags(pub.Flags))
+	}
+	// Known now: a publication recovered after a restart is whole again.
+	n.e.AddPublication(id, pub)
 	return true, nil
 }
 
 // Unpublish unmounts the target and removes it if it is left empty. A missing
-// target, an unmounted one or a stale mount is success. An ephemeral volume is
-// deleted with its last publication.
+// target, an unmounted one or a stale mount is success; a target that is another
+// volume's is ErrPrecondition (ownsTarget). An ephemeral volume is deleted with its
+// last publication.
 func (n *Node) Unpublish(ctx context.Context, volumeID, target string) error {
 	if err := n.checkUnmountPath("target_path", target); err != nil {
+		return err
+	}
+	if err := n.ownsTarget(volumeID, target); err != nil {
 		return err
 	}
 	if err := n.unmountAll(target); err != nil {
@@ -177,4 +202,40 @@ func (n *Node) Unpublish(ctx context.Context, volumeID, target string) error {
 		return fmt.Errorf("remove target %s: %w", target, err)
 	}
 	return n.deleteEphemeral(ctx, volumeID)
+}
+
+// ownsTarget refuses, before anything is unmounted, to unpublish volumeID at a target
+// that is another's: one the publication table records for another volume (whose
+// publication would be left stale), or, when the table records it for none, one
+// holding a live mount that volumeID's kind says is not the volume (another driver's
+// or an operator's mount: Berth's own are all in the table, rebuilt at start-up).
+// What cannot be told is unpublished as before, since kubelet must be able to clean
+// its pods' targets: a target with nothing or a dead mount on it, a volume this node
+// does not know (deleted from another host, an unreadable record) and an adopted
+// directory, whose publications are not rebuilt after a restart.
+func (n *Node) ownsTarget(volumeID, target string) error {
+	owners := n.e.PublishedAt(target)
+	if slices.Contains(owners, volumeID) {
+		return nil
+	}
+	if len(owners) > 0 {
+		return errorf(ErrPrecondition, "target_path %s is a publication of volume %s, not of volume %s: nothing was unmounted",
+			target, owners[0], volumeID)
+	}
+	if mounted, err := n.e.host.Mounts.IsMountPoint(target); err != nil || !mounted || IsAdopted(volumeID) {
+		return nil
+	}
+	p, r, err := n.volume(volumeID)
+	if err != nil {
+		return nil
+	}
+	m, err := n.e.host.Mounts.At(target)
+	if err != nil || m == nil {
+		return nil
+	}
+	if shows, err := p.nodeKind().Shows(n, p, r, m); err != nil || shows {
+		return nil
+	}
+	return errorf(ErrPrecondition, "target_path %s holds a mount of %s (%s, root %s) that is not volume %s, and no publication "+
+		"on this node records it: nothing was unmounted; unmount it by hand if it is a leftover", target, m.Source, m.FSType, m.Root, volumeID)
 }

@@ -62,8 +62,8 @@ func (n *Node) Unstage(ctx context.Context, volumeID, staging string) error {
 
 // ExpandRequest is a NodeExpandVolume in the engine's terms.
 type ExpandRequest struct {
-	VolumeID, StagingPath     string
-	RequiredBytes, LimitBytes int64
+	VolumeID, VolumePath, StagingPath string
+	RequiredBytes, LimitBytes         int64
 }
 
 // Expand grows a volume online on this node: the pool records the new size (raising
@@ -78,6 +78,9 @@ func (n *Node) Expand(ctx context.Context, req ExpandRequest) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := n.checkVolumePath(r, req.VolumePath, req.StagingPath); err != nil {
+		return nil, err
+	}
 	kind := p.nodeKind()
 	if err := kind.CheckGrow(n, p, r, req.RequiredBytes); err != nil {
 		return nil, err
@@ -90,6 +93,32 @@ func (n *Node) Expand(ctx context.Context, req ExpandRequest) (*Record, error) {
 		return nil, err
 	}
 	return grown, nil
+}
+
+// checkVolumePath refuses an expansion whose volume_path is not where the volume is
+// available on this node: it must be a path a publish target could be (under the
+// kubelet directory, clean, no symlinked parent), and one of the volume's
+// publications in the table (kubelet passes the pod's mount directory of a filesystem
+// volume, the file a block volume is bound on) or the request's staging path (older
+// kubelets expand between stage and publish, with both paths the same).
+func (n *Node) checkVolumePath(r *Record, volumePath, staging string) error {
+	if err := n.checkUnmountPath("volume_path", volumePath); err != nil {
+		return err
+	}
+	if staging != "" {
+		if err := n.checkUnmountPath("staging_target_path", staging); err != nil {
+			return err
+		}
+		if volumePath == staging {
+			return nil
+		}
+	}
+	for _, pub := range n.e.Publications(r.PublicationID()) {
+		if pub.TargetPath == volumePath {
+			return nil
+		}
+	}
+	return errorf(ErrPrecondition, "volume_path %s is neither a publication of volume %s on this node nor its staging_target_path", volumePath, r.ID)
 }
 
 // Stats measures the volume where it is published: its own bytes and inodes (not the

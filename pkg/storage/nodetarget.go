@@ -98,14 +98,14 @@ func (n *Node) prepareTarget(target, rel string, block bool) error {
 // (or a parent that is not a directory, as a trailing symlink may be reported):
 // publish never mounts there, and following the link could unmount or remove something
 // outside the kubelet dir. Any other outcome (a missing parent...) is left to the caller.
-func (n *Node) checkParent(target, rel string) error {
+func (n *Node) checkParent(field, target, rel string) error {
 	parentRel := filepath.Dir(rel)
 	if parentRel == "." {
 		return nil
 	}
 	parent, err := safefs.OpenBeneath(n.kubeletDir, parentRel, unix.O_PATH|unix.O_DIRECTORY)
 	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR) {
-		return errorf(ErrPrecondition, "target_path %q: a parent is a symlink or not a directory", target)
+		return errorf(ErrPrecondition, "%s %q: a parent is a symlink or not a directory", field, target)
 	}
 	if err == nil {
 		parent.Close()
@@ -113,13 +113,14 @@ func (n *Node) checkParent(target, rel string) error {
 	return nil
 }
 
-// checkUnmountPath validates the path of an unpublish or unstage (field names it).
+// checkUnmountPath validates the path of an unpublish, an unstage or an expansion
+// (field names it).
 func (n *Node) checkUnmountPath(field, path string) error {
 	rel, err := n.checkTarget(field, path)
 	if err != nil {
 		return err
 	}
-	return n.checkParent(path, rel)
+	return n.checkParent(field, path, rel)
 }
 
 // removeTarget deletes the target only when it is an empty directory or an empty

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,6 +46,7 @@ type Pool struct {
 
 	mu        sync.Mutex
 	index     map[string]*Record // committed volumes by hash
+	damaged   map[string]damage  // volume directories without a readable record, by hash (damaged.go)
 	allocated int64              // sum of committed and reserved capacities
 	inflight  int64              // the reserved part of allocated: not committed yet
 	healthErr error              // non-nil: the pool cannot be served
@@ -66,8 +68,9 @@ func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
 		backend:  backends[cfg.Kind](cfg, host),
 		volSync:  meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
 		index:    map[string]*Record{},
+		damaged:  map[string]damage{},
 		purge:    make(chan struct{}, 1),
-		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}},
+		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}, damaged: map[string]damage{}},
 	}
 }
 
@@ -94,10 +97,16 @@ func (p *Pool) Health() error {
 // serves multi-node access modes).
 func (p *Pool) Shared() bool { return p.backend.MultiNode() }
 
-// alignSize rounds a size up to the kind's size step.
-func (p *Pool) alignSize(n int64) int64 {
+// alignSize rounds a size up to the kind's size step. A size whose rounding would
+// pass the largest int64 is ErrOutOfRange: no pool holds it, and the overflowed sum
+// would be a negative size.
+func (p *Pool) alignSize(n int64) (int64, error) {
 	step := p.backend.SizeStep()
-	return (n + step - 1) / step * step
+	if n > math.MaxInt64-(step-1) {
+		return 0, errorf(ErrOutOfRange, "%d bytes cannot be rounded up to pool %s's %d-byte steps: the largest size it can serve is %d bytes",
+			n, p.cfg.Name, step, math.MaxInt64/step*step)
+	}
+	return (n + step - 1) / step * step, nil
 }
 
 // VolumeDir is the directory of the volume with this (validated) hash.
@@ -178,12 +187,17 @@ func (p *Pool) open(ctx context.Context) error {
 }
 
 func (p *Pool) loadIndex(ctx context.Context) error {
-	index, err := p.scanVolumes(ctx)
+	index, damaged, err := p.scanVolumes(ctx)
 	if err != nil {
 		return err
 	}
+	p.logDamage(ctx, "Volume", damaged, nil)
+	for _, d := range damaged {
+		p.keepProjects(ctx, d)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.damaged = damaged
 	for name, r := range index {
 		p.index[name] = r
 		p.allocated += r.CapacityBytes
@@ -193,43 +207,48 @@ func (p *Pool) loadIndex(ctx context.Context) error {
 	return nil
 }
 
-// scanVolumes reads every committed volume's record.
-func (p *Pool) scanVolumes(ctx context.Context) (map[string]*Record, error) {
+// scanVolumes reads every committed volume's record, and returns the directories
+// without a readable, matching one apart (damaged.go).
+func (p *Pool) scanVolumes(ctx context.Context) (map[string]*Record, map[string]damage, error) {
 	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
 	dir := filepath.Join(p.cfg.Path, volumesDir)
 	f, err := os.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+		return nil, nil, fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 	}
 	defer f.Close()
 	names, err := f.Readdirnames(-1)
 	if err != nil {
-		return nil, fmt.Errorf("pool %s: read %s: %w", p.cfg.Name, dir, err)
+		return nil, nil, fmt.Errorf("pool %s: read %s: %w", p.cfg.Name, dir, err)
 	}
 	index := make(map[string]*Record, len(names))
+	damaged := map[string]damage{}
 	for _, name := range names {
 		if len(name) != hashLen || !isLowerHex(name) {
 			logger.V(4).Info("Ignoring foreign entry in volumes directory", "entry", name)
 			continue
 		}
-		volDir := filepath.Join(dir, name)
 		if !p.Shared() {
 			// In a shared pool such a temp may be another host's update in progress.
-			removeStaleTemps(volDir)
+			removeStaleTemps(filepath.Join(dir, name))
 		}
-		r, err := readRecord(volDir)
-		if err == nil {
-			err = p.checkRecord(r, name)
+		r, err := p.readVolume(name)
+		var d *damage
+		switch {
+		case err == nil:
+			index[name] = r
+		case errors.As(err, &d):
+			// Cannot happen through Berth (a volume is committed with its record):
+			// keep the data untouched, and everything it holds taken.
+			damaged[name] = *d
+		case errors.Is(err, os.ErrNotExist):
+			// Deleted (by another host) since it was listed.
+		default:
+			// A shared filesystem that does not answer: known again at the next scan.
+			logger.V(4).Info("Cannot read volume record", "entry", name, "err", err.Error())
 		}
-		if err != nil {
-			// Cannot happen through Berth (a volume is committed with its record);
-			// keep the data untouched and make the problem visible.
-			logger.Error(err, "Volume directory without a readable, matching record: left alone", "entry", name)
-			continue
-		}
-		index[name] = r
 	}
-	return index, nil
+	return index, damaged, nil
 }
 
 // checkRecord makes sure a record read from volumes/<hash> belongs there.

@@ -16,6 +16,10 @@ const ProjectIDBase = 1 << 20
 type projectIDs struct {
 	mu   sync.Mutex
 	used map[uint32]bool
+	// blocked names a volume directory whose project ID could not be read: any ID
+	// might be its, so none is handed out.
+	blocked string
+	cause   error
 }
 
 func newProjectIDs() *projectIDs { return &projectIDs{used: map[uint32]bool{}} }
@@ -24,6 +28,11 @@ func newProjectIDs() *projectIDs { return &projectIDs{used: map[uint32]bool{}} }
 func (a *projectIDs) allocate() (uint32, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.blocked != "" {
+		return 0, errorf(ErrPrecondition, "no quota project ID is allocated: the project of %s, a volume directory without "+
+			"a readable record, cannot be read (%v), so any ID might be its; an operator repairs or removes it and "+
+			"restarts the driver (docs/operations.md, \"Unreadable records\")", a.blocked, a.cause)
+	}
 	for id := uint32(ProjectIDBase); id != 0; id++ {
 		if !a.used[id] {
 			a.used[id] = true
@@ -40,6 +49,15 @@ func (a *projectIDs) mark(id uint32) {
 	}
 	a.mu.Lock()
 	a.used[id] = true
+	a.mu.Unlock()
+}
+
+// block stops every allocation: the project of dir could not be read.
+func (a *projectIDs) block(dir string, err error) {
+	a.mu.Lock()
+	if a.blocked == "" {
+		a.blocked, a.cause = dir, err
+	}
 	a.mu.Unlock()
 }
 

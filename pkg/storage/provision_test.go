@@ -3,6 +3,8 @@ package storage_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"path/filepath"
 	"testing"
 
@@ -331,6 +333,33 @@ func TestEngineDeleteSnapshot(t *testing.T) {
 			checkErr(t, err, tc.wantErr)
 			if tc.wantErr == storage.ErrPrecondition && errors.Is(err, storage.ErrNotFound) {
 				t.Fatalf("error %v also matches ErrNotFound", err)
+			}
+		})
+	}
+}
+
+// TestImageSizeNearTheMaximum: a size that rounding up to the image step would carry
+// past the largest int64 is out of range, for a create and for an expansion alike
+// (never a negative size reaching the disk).
+func TestImageSizeNearTheMaximum(t *testing.T) {
+	e := kindEngine(t)
+	p := mustPool(t, e, "image")
+	r, err := e.Provision(context.Background(), p, provisionReq("pvc-small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int64{math.MaxInt64, math.MaxInt64 - 4094} {
+		t.Run(fmt.Sprintf("create %d", size), func(t *testing.T) {
+			req := provisionReq("pvc-huge")
+			req.RequiredBytes = size
+			_, err := e.Provision(context.Background(), p, req)
+			checkErr(t, err, storage.ErrOutOfRange)
+		})
+		t.Run(fmt.Sprintf("expand %d", size), func(t *testing.T) {
+			_, err := p.Expand(context.Background(), r.Hash(), size, 0)
+			checkErr(t, err, storage.ErrOutOfRange)
+			if got, _ := p.Get(r.Hash()); got.CapacityBytes != mib {
+				t.Fatalf("capacity after a refused expansion: %d, want %d", got.CapacityBytes, mib)
 			}
 		})
 	}

@@ -130,6 +130,15 @@ func (quotaBackend) Release(_ context.Context, p *Pool, r *Record) error {
 
 func (quotaBackend) InUse(context.Context, *Pool, *Record, string) error { return nil }
 
+// dataProject reads the project a volume's data directory is charged to (projectHolder).
+func (quotaBackend) dataProject(volDir string) (uint32, error) {
+	id, err := quota.Project(filepath.Join(volDir, DataDir))
+	if errors.Is(err, unix.ENOENT) {
+		return 0, nil // no data directory: nothing is charged through it
+	}
+	return id, err
+}
+
 // Full reports a volume at its limit.
 func (b quotaBackend) Full(ctx context.Context, p *Pool, r *Record, volDir string) (bool, error) {
 	u, err := b.Usage(ctx, p, r, volDir)

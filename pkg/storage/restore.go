@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,6 +26,10 @@ type copySource struct {
 	access string
 	fsType string  // the filesystem an image of it holds ("" when none)
 	vol    *Record // the volume a clone copies (nil for a snapshot)
+	// what names it, entry is its directory (volumes/<hash> or snapshots/<hash>), and
+	// reread reads its record again, for the check that it outlived the copy.
+	what, entry string
+	reread      func() error
 }
 
 // sourceOf resolves a create request's content source inside this pool. A snapshot
@@ -48,8 +53,16 @@ func (p *Pool) sourceOf(src *Source) (*copySource, error) {
 		if !s.Ready {
 			return nil, fmt.Errorf("snapshot %s is not ready to use yet: %w", src.ID, ErrPrecondition)
 		}
-		return &copySource{from: filepath.Join(p.cfg.Path, snapshotsDir, pid.Hash, name),
-			size: s.SizeBytes, access: s.AccessType, fsType: s.FSType}, nil
+		entry := filepath.Join(p.cfg.Path, snapshotsDir, pid.Hash)
+		return &copySource{from: filepath.Join(entry, name),
+			size: s.SizeBytes, access: s.AccessType, fsType: s.FSType,
+			what: "snapshot " + src.ID, entry: entry, reread: func() error {
+				s, err := p.readSnapshotAt(pid.Hash)
+				if err == nil && s.ID != src.ID {
+					err = fmt.Errorf("its record names %s", s.ID)
+				}
+				return err
+			}}, nil
 	case SourceVolume:
 		pid, err := ParseVolumeID(src.ID)
 		if err != nil {
@@ -63,7 +76,8 @@ func (p *Pool) sourceOf(src *Source) (*copySource, error) {
 			return nil, err
 		}
 		return &copySource{from: filepath.Join(p.VolumeDir(pid.Hash), name),
-			size: r.CapacityBytes, access: r.AccessType, fsType: r.FSType, vol: r}, nil
+			size: r.CapacityBytes, access: r.AccessType, fsType: r.FSType, vol: r,
+			what: "volume " + r.ID, entry: p.VolumeDir(pid.Hash), reread: p.rereadVolume(r)}, nil
 	}
 	return nil, fmt.Errorf("content source kind %q: %w", src.Kind, ErrInvalid)
 }
@@ -94,21 +108,36 @@ func (p *Pool) checkSource(req *CreateRequest, size int64) error {
 // fill copies a new volume's content source into its directory (under tmp/), after
 // the kind has built it: into the existing data directory (so a quota volume's
 // project is inherited by every copied file), or as the image file, grown to the
-// new capacity (the node grows the filesystem at stage).
+// new capacity (the node grows the filesystem at stage). A source deleted during the
+// copy (on another host of a shared pool) fails it, as for a snapshot (copyData).
 func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
 	src, err := p.sourceOf(r.ContentSource)
 	if err != nil {
 		return err
 	}
-	from := src.from
+	before, err := os.Lstat(src.entry)
+	if err != nil {
+		return sourceGone(src.what, src.entry, err)
+	}
+	if err := p.fillFrom(ctx, src, r, volDir); err != nil {
+		if kerr := sourceKept(src, before); kerr != nil {
+			return kerr // whatever the copy met, it met it in a vanishing tree
+		}
+		return err
+	}
+	if err := sourceKept(src, before); err != nil {
+		return err
+	}
+	return syncFS(volDir)
+}
+
+func (p *Pool) fillFrom(ctx context.Context, src *copySource, r *Record, volDir string) error {
 	name, isDir := p.backend.Data()
 	if isDir {
 		o := copyOptions
 		o.Into = true
-		if _, err := clone.Tree(ctx, from, volDir, name, o); err != nil {
-			return err
-		}
-		return syncFS(volDir)
+		_, err := clone.Tree(ctx, src.from, volDir, name, o)
+		return err
 	}
 	dst := filepath.Join(volDir, name)
 	if err := os.Remove(dst); err != nil {
@@ -118,32 +147,72 @@ func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
 		thaw := p.freeze(ctx, src.vol)
 		defer thaw()
 	}
-	if _, err := clone.File(ctx, from, dst, copyOptions); err != nil {
+	if _, err := clone.File(ctx, src.from, dst, copyOptions); err != nil {
 		return err
 	}
-	if err := os.Truncate(dst, r.CapacityBytes); err != nil {
-		return err
-	}
-	return syncFS(volDir)
+	return os.Truncate(dst, r.CapacityBytes)
 }
 
-// copyData copies a volume's data into dstDir for a snapshot.
+// copyData copies a volume's data into dstDir for a snapshot. The copy skips entries
+// that vanish while it runs (a pod deleting a file), but a source volume deleted
+// meanwhile (on another host of a shared pool: this one refuses to delete a volume
+// being copied) leaves only a partial copy: that is ErrNotFound, never a snapshot.
 func (p *Pool) copyData(ctx context.Context, src *Record, dstDir string) error {
 	name, isDir := p.backend.Data()
-	from := filepath.Join(p.VolumeDir(src.Hash()), name)
-	if isDir {
-		if _, err := clone.Tree(ctx, from, dstDir, name, copyOptions); err != nil {
-			return err
-		}
-		return syncFS(dstDir)
+	cs := &copySource{what: "volume " + src.ID, entry: p.VolumeDir(src.Hash()), reread: p.rereadVolume(src)}
+	before, err := os.Lstat(cs.entry)
+	if err != nil {
+		return sourceGone(cs.what, cs.entry, err)
 	}
-	thaw := p.freeze(ctx, src)
-	_, err := clone.File(ctx, from, filepath.Join(dstDir, name), copyOptions)
-	thaw()
+	from := filepath.Join(cs.entry, name)
+	if isDir {
+		_, err = clone.Tree(ctx, from, dstDir, name, copyOptions)
+	} else {
+		thaw := p.freeze(ctx, src)
+		_, err = clone.File(ctx, from, filepath.Join(dstDir, name), copyOptions)
+		thaw()
+	}
+	if kerr := sourceKept(cs, before); kerr != nil {
+		return kerr // whatever the copy met, it met it in a vanishing tree
+	}
 	if err != nil {
 		return err
 	}
 	return syncFS(dstDir)
+}
+
+// rereadVolume reads the record of volume r again and checks it is still r's.
+func (p *Pool) rereadVolume(r *Record) func() error {
+	return func() error {
+		now, err := p.readVolume(r.Hash())
+		if err == nil && now.ID != r.ID {
+			err = fmt.Errorf("its record names %s", now.ID)
+		}
+		return err
+	}
+}
+
+// sourceKept checks, once a copy of src has ended, that the source was there all
+// along: the directory found before the copy (before) is still at its path, with
+// src's record in it. A volume or snapshot is deleted by renaming its directory away,
+// so the same directory still in place means nothing was deleted under the copy.
+func sourceKept(src *copySource, before os.FileInfo) error {
+	now, err := os.Lstat(src.entry)
+	switch {
+	case err != nil:
+	case !os.SameFile(before, now):
+		err = errors.New("another directory is there now")
+	default:
+		err = src.reread()
+	}
+	if err != nil {
+		return sourceGone(src.what, src.entry, err)
+	}
+	return nil
+}
+
+func sourceGone(what, dir string, err error) error {
+	return errorf(ErrNotFound, "source %s was deleted during the copy (%s: %v): the partial copy is discarded", what, dir, err)
 }
 
 // syncFS flushes the filesystem holding dir: a copied tree is not fsynced file by

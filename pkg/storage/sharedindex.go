@@ -27,19 +27,28 @@ func (p *Pool) find(hash string) (*Record, error) {
 	if err := p.Health(); err != nil {
 		return nil, fmt.Errorf("pool %s is not served: %w: %w", p.cfg.Name, err, ErrNotReady)
 	}
-	r, err := readRecord(p.VolumeDir(hash))
-	if err == nil {
-		err = p.checkRecord(r, hash)
-	}
+	r, err := p.readVolume(hash)
+	var d *damage
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	old, had := p.index[hash]
 	switch {
+	case errors.As(err, &d):
+		if had {
+			delete(p.index, hash)
+			p.allocated -= old.CapacityBytes
+		}
+		if _, known := p.damaged[hash]; !known {
+			p.logDamage(context.Background(), "Volume", map[string]damage{hash: *d}, nil)
+		}
+		p.damaged[hash] = *d
+		return nil, damageErr("volume", *d)
 	case errors.Is(err, os.ErrNotExist):
 		if had {
 			delete(p.index, hash)
 			p.allocated -= old.CapacityBytes
 		}
+		delete(p.damaged, hash)
 		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
 	case err != nil && had:
 		// The filesystem does not answer (a dead mount): the volume is still known,
@@ -51,6 +60,7 @@ func (p *Pool) find(hash string) (*Record, error) {
 	if had {
 		p.allocated -= old.CapacityBytes
 	}
+	delete(p.damaged, hash)
 	p.index[hash] = r
 	p.allocated += r.CapacityBytes
 	return r, nil
@@ -70,11 +80,11 @@ func (p *Pool) refresh() {
 // rescan replaces the index and the committed snapshots with what is on disk, and the
 // allocation with their sum plus this process's reservations in flight.
 func (p *Pool) rescan(ctx context.Context) error {
-	index, err := p.scanVolumes(ctx)
+	index, damaged, err := p.scanVolumes(ctx)
 	if err != nil {
 		return err
 	}
-	snaps, err := p.scanSnapshots(ctx)
+	snaps, damagedSnaps, err := p.scanSnapshots(ctx)
 	if err != nil {
 		return err
 	}
@@ -85,6 +95,8 @@ func (p *Pool) rescan(ctx context.Context) error {
 	for _, s := range snaps {
 		total += s.SizeBytes
 	}
+	p.logDamage(ctx, "Snapshot", damagedSnaps, p.snaps.damaged)
+	p.snaps.damaged = damagedSnaps
 	p.snaps.mu.Unlock()
 	p.mu.Lock()
 	keepRecent(p.index, index, p.VolumeDir)
@@ -93,6 +105,8 @@ func (p *Pool) rescan(ctx context.Context) error {
 	}
 	p.index = index
 	p.allocated = total + p.inflight
+	p.logDamage(ctx, "Volume", damaged, p.damaged)
+	p.damaged = damaged
 	p.mu.Unlock()
 	return nil
 }
@@ -126,20 +140,32 @@ func (p *Pool) refreshSnapshot(hash string) {
 	if !p.Shared() || p.Health() != nil {
 		return
 	}
-	s, err := readSnapshot(filepath.Join(p.cfg.Path, snapshotsDir, hash))
+	s, err := p.readSnapshotAt(hash)
+	var d *damage
+	damaged := errors.As(err, &d)
+	gone := damaged || errors.Is(err, os.ErrNotExist)
 	p.snaps.mu.Lock()
 	old, had := p.snaps.snaps[hash]
 	switch {
-	case errors.Is(err, os.ErrNotExist) && had:
+	case gone && had:
 		delete(p.snaps.snaps, hash)
 	case err == nil && !had:
 		s.Ready = true
 		p.snaps.snaps[hash] = s
 	}
+	switch _, known := p.snaps.damaged[hash]; {
+	case damaged && !known:
+		p.logDamage(context.Background(), "Snapshot", map[string]damage{hash: *d}, nil)
+		fallthrough
+	case damaged:
+		p.snaps.damaged[hash] = *d
+	case err == nil || errors.Is(err, os.ErrNotExist):
+		delete(p.snaps.damaged, hash)
+	}
 	p.snaps.mu.Unlock()
 	p.mu.Lock()
 	switch {
-	case errors.Is(err, os.ErrNotExist) && had:
+	case gone && had:
 		p.allocated -= old.SizeBytes
 	case err == nil && !had:
 		p.allocated += s.SizeBytes

@@ -74,6 +74,7 @@ type snapshotState struct {
 	mu       sync.Mutex
 	snaps    map[string]*Snapshot // committed, by hash
 	building map[string]*build    // in progress, by hash
+	damaged  map[string]damage    // directories without a readable record, by hash
 	sync     *meta.DirSyncer
 }
 
@@ -88,12 +89,14 @@ func (p *Pool) loadSnapshots(ctx context.Context) error {
 		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 	}
 	p.snaps.sync = meta.NewDirSyncer(dir)
-	snaps, err := p.scanSnapshots(ctx)
+	snaps, damaged, err := p.scanSnapshots(ctx)
 	if err != nil {
 		return err
 	}
+	p.logDamage(ctx, "Snapshot", damaged, nil)
 	p.snaps.mu.Lock()
 	defer p.snaps.mu.Unlock()
+	p.snaps.damaged = damaged
 	for hash, s := range snaps {
 		p.snaps.snaps[hash] = s
 		p.mu.Lock()
@@ -103,27 +106,48 @@ func (p *Pool) loadSnapshots(ctx context.Context) error {
 	return nil
 }
 
-// scanSnapshots reads every committed snapshot's record.
-func (p *Pool) scanSnapshots(ctx context.Context) (map[string]*Snapshot, error) {
+// scanSnapshots reads every committed snapshot's record, and returns the directories
+// without a readable, matching one apart (damaged.go).
+func (p *Pool) scanSnapshots(ctx context.Context) (map[string]*Snapshot, map[string]damage, error) {
 	dir := filepath.Join(p.cfg.Path, snapshotsDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+		return nil, nil, fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 	}
 	snaps := make(map[string]*Snapshot, len(entries))
+	damaged := map[string]damage{}
 	for _, e := range entries {
 		if len(e.Name()) != hashLen || !isLowerHex(e.Name()) {
 			continue
 		}
-		s, err := readSnapshot(filepath.Join(dir, e.Name()))
-		if err != nil {
-			klog.FromContext(ctx).Error(err, "Snapshot directory without a readable record: left alone", "pool", p.cfg.Name, "entry", e.Name())
-			continue
+		s, err := p.readSnapshotAt(e.Name())
+		var d *damage
+		switch {
+		case err == nil:
+			s.Ready = true
+			snaps[e.Name()] = s
+		case errors.As(err, &d):
+			damaged[e.Name()] = *d
+		case errors.Is(err, os.ErrNotExist):
+		default:
+			klog.FromContext(ctx).V(4).Info("Cannot read snapshot record", "pool", p.cfg.Name, "entry", e.Name(), "err", err.Error())
 		}
-		s.Ready = true
-		snaps[e.Name()] = s
 	}
-	return snaps, nil
+	return snaps, damaged, nil
+}
+
+// readSnapshotAt reads the record of snapshots/<hash> and checks that it belongs
+// there, with readVolume's errors.
+func (p *Pool) readSnapshotAt(hash string) (*Snapshot, error) {
+	dir := filepath.Join(p.cfg.Path, snapshotsDir, hash)
+	s, err := readSnapshot(dir)
+	if err == nil {
+		if s.Pool == p.cfg.Name && strings.HasPrefix(s.ID, snapshotPrefix) && strings.HasSuffix(s.ID, "-"+hash) {
+			return s, nil
+		}
+		err = fmt.Errorf("record of snapshot %s in pool %s does not match directory %s", s.ID, p.cfg.Name, hash)
+	}
+	return nil, p.classify(dir, err)
 }
 
 func readSnapshot(dir string) (*Snapshot, error) {
@@ -179,6 +203,9 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 			c := *b.snap
 			return &c, nil
 		}
+	}
+	if err := p.damagedSnapshot(hash); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	src, err := p.Get(source)
 	if err != nil {
@@ -341,6 +368,9 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
 	s, ok := p.snaps.snaps[hash]
 	p.snaps.mu.Unlock()
 	if !ok {
+		if err := p.damagedSnapshot(hash); err != nil {
+			return fmt.Errorf("delete snapshot %s: %w", hash, err)
+		}
 		return nil
 	}
 	if err := p.toTrash(filepath.Join(p.cfg.Path, snapshotsDir), hash); err != nil && !errors.Is(err, os.ErrNotExist) {

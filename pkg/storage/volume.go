@@ -82,7 +82,9 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	size = p.alignSize(size)
+	if size, err = p.alignSize(size); err != nil {
+		return nil, err
+	}
 	if req.LimitBytes > 0 && size > req.LimitBytes {
 		// Rounded up past the limit: the step below still serves a request whose
 		// required bytes it holds (one that named only a limit).
@@ -105,6 +107,9 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		}
 		return r.Clone(), nil
 	} else if !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("create volume %s: %w", id, err)
+	}
+	if err := p.damagedVolume(hash); err != nil {
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
 	if err := p.checkSource(&req, size); err != nil {
@@ -254,6 +259,9 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	defer l.unlock()
 	r, err := p.find(hash)
 	if errors.Is(err, ErrNotFound) {
+		if err := p.damagedVolume(hash); err != nil {
+			return fmt.Errorf("delete volume %s: %w", hash, err)
+		}
 		return nil
 	}
 	if err != nil {

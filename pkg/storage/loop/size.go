@@ -40,13 +40,23 @@ func SetCapacity(dev *Device) error {
 }
 
 // Size returns the size in bytes of the block device at devPath
-// (BLKGETSIZE64).
+// (BLKGETSIZE64). devPath may be a path a pod could have prepared, so only a
+// block device at devPath itself is measured: a symlink there is not followed
+// (the error wraps ELOOP), and anything else, a FIFO included, is refused
+// without blocking, with the ENOTTY the ioctl would give there.
 func Size(devPath string) (int64, error) {
-	fd, err := unix.Open(devPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(devPath, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("size: %w", &os.PathError{Op: "open", Path: devPath, Err: err})
 	}
 	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("size: %w", &os.PathError{Op: "fstat", Path: devPath, Err: err})
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return 0, fmt.Errorf("size: %w", &os.PathError{Op: "open", Path: devPath, Err: unix.ENOTTY})
+	}
 	n, err := unix.IoctlGetUint64(fd, unix.BLKGETSIZE64)
 	if err != nil {
 		return 0, fmt.Errorf("size: %w", &os.PathError{Op: "BLKGETSIZE64", Path: devPath, Err: err})

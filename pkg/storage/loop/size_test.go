@@ -3,7 +3,9 @@ package loop_test
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"golang.org/x/sys/unix"
@@ -36,5 +38,63 @@ func TestSetCapacity(t *testing.T) {
 	}
 	if err := loop.SetCapacity(d); !errors.Is(err, unix.ENXIO) {
 		t.Errorf("SetCapacity of a detached device = %v, want ENXIO", err)
+	}
+}
+
+// TestSizeRefusesWhatIsNotADevice: Size opens only the block device at the path
+// itself. A symlink planted there (even to a real device) is not followed, a FIFO
+// does not block the caller, and a regular file is refused before any ioctl.
+func TestSizeRefusesWhatIsNotADevice(t *testing.T) {
+	dir := poolDir(t)
+	d := mustAttach(t, newImage(t, dir, "real.img", 64*mib), false)
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A Size that blocked on the FIFO is released at cleanup by a writer.
+	t.Cleanup(func() {
+		if fd, err := unix.Open(fifo, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
+			unix.Close(fd)
+		}
+	})
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(d.Path, link); err != nil {
+		t.Fatal(err)
+	}
+	file := newImage(t, dir, "file", mib)
+
+	tests := []struct {
+		name, path string
+		want       error // nil: any error
+	}{
+		{"a symlink to a block device", link, unix.ELOOP},
+		{"a FIFO", fifo, unix.ENOTTY},
+		{"a regular file", file, unix.ENOTTY},
+		{"a directory", dir, unix.ENOTTY},
+		{"a character device", "/dev/null", unix.ENOTTY},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			type result struct {
+				n   int64
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				n, err := loop.Size(tc.path)
+				done <- result{n, err}
+			}()
+			select {
+			case r := <-done:
+				if !errors.Is(r.err, tc.want) {
+					t.Fatalf("Size(%s) = %d, %v; want an error wrapping %v", tc.path, r.n, r.err, tc.want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("Size(%s) still blocked after 5s", tc.path)
+			}
+		})
+	}
+	if got, err := loop.Size(d.Path); err != nil || got != 64*mib {
+		t.Errorf("Size of the device itself = %d, %v; want %d", got, err, 64*mib)
 	}
 }
