@@ -127,6 +127,9 @@ func (p *Pool) refreshSnapshot(hash string) {
 		return
 	}
 	s, err := readSnapshot(filepath.Join(p.cfg.Path, snapshotsDir, hash))
+	if err == nil {
+		err = p.checkSnapshot(s, hash)
+	}
 	p.snaps.mu.Lock()
 	old, had := p.snaps.snaps[hash]
 	switch {

@@ -116,6 +116,9 @@ func (p *Pool) scanSnapshots(ctx context.Context) (map[string]*Snapshot, error) 
 			continue
 		}
 		s, err := readSnapshot(filepath.Join(dir, e.Name()))
+		if err == nil {
+			err = p.checkSnapshot(s, e.Name())
+		}
 		if err != nil {
 			klog.FromContext(ctx).Error(err, "Snapshot directory without a readable record: left alone", "pool", p.cfg.Name, "entry", e.Name())
 			continue
@@ -139,6 +142,20 @@ func readSnapshot(dir string) (*Snapshot, error) {
 		return nil, fmt.Errorf("%s: unsupported snapshot record version %d", dir, s.Version)
 	}
 	return &s, nil
+}
+
+// checkSnapshot makes sure a snapshot read from snapshots/<hash> belongs there (its
+// ID names this pool and this hash) and that its source is a volume ID, from which
+// CreateSnapshot takes the source's hash.
+func (p *Pool) checkSnapshot(s *Snapshot, hash string) error {
+	id, err := ParseSnapshotID(s.ID)
+	if err != nil || id.Pool != p.cfg.Name || id.Hash != hash || s.Pool != p.cfg.Name {
+		return fmt.Errorf("snapshot record of %q in pool %s does not match directory %s", truncate(s.ID), p.cfg.Name, hash)
+	}
+	if _, err := ParseVolumeID(s.SourceVolumeID); err != nil {
+		return fmt.Errorf("snapshot %s: source: %w", s.ID, err)
+	}
+	return nil
 }
 
 // CreateSnapshot snapshots the volume with hash source. An identical earlier request
