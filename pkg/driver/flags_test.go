@@ -58,6 +58,13 @@ func TestParseFlags(t *testing.T) {
 		{name: "negative max volumes", args: []string{"--max-volumes-per-node", "-1"}, wantErr: "--max-volumes-per-node"},
 		{name: "bad logging format", args: []string{"--logging-format", "xml"}, wantErr: "--logging-format"},
 		{name: "empty node id", args: []string{"--node-id", ""}, wantErr: "--node-id"},
+		{name: "node id not a topology value", args: []string{"--node-id", "node 1"}, wantErr: "--node-id"},
+		{name: "node id of 64 characters", args: []string{"--node-id", strings.Repeat("n", 64)}, wantErr: "--node-id"},
+		{name: "node id of 63 characters", args: []string{"--node-id", "ip-10-0-0-1_" + strings.Repeat("n", 51)}, check: func(t *testing.T, o Options) {
+			if len(o.NodeID) != 63 {
+				t.Errorf("node id %q", o.NodeID)
+			}
+		}},
 		{name: "unknown flag", args: []string{"--frobnicate"}, wantErr: "frobnicate"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected"},
 		{name: "registration auto without a plugins_registry", args: []string{"--node-id", "n1", "--kubelet-dir", dir}, check: func(t *testing.T, o Options) {
