@@ -30,7 +30,7 @@ func dirPool(base, name string) storage.PoolConfig {
 
 // newFixture starts an engine on pools (one dir pool "default" when none is given) and
 // a controller for node testNode. The engine's goroutines stop at cleanup.
-func newFixture(t *testing.T, pools ...storage.PoolConfig) *fixture {
+func newFixture(t testing.TB, pools ...storage.PoolConfig) *fixture {
 	t.Helper()
 	if len(pools) == 0 {
 		pools = []storage.PoolConfig{dirPool(t.TempDir(), "default")}
@@ -66,7 +66,7 @@ func createReq(name string, size int64) *csi.CreateVolumeRequest {
 }
 
 // mustCreate creates a 1 MiB volume called name and returns it.
-func (f *fixture) mustCreate(t *testing.T, name string) *csi.Volume {
+func (f *fixture) mustCreate(t testing.TB, name string) *csi.Volume {
 	t.Helper()
 	resp, err := f.srv.CreateVolume(context.Background(), createReq(name, 1<<20))
 	if err != nil {
@@ -91,7 +91,7 @@ func (f *fixture) exists(id string) bool {
 	return err == nil
 }
 
-func wantCode(t *testing.T, err error, want codes.Code) {
+func wantCode(t testing.TB, err error, want codes.Code) {
 	t.Helper()
 	if got := status.Code(err); got != want {
 		t.Fatalf("got code %s (err %v), want %s", got, err, want)

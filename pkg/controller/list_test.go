@@ -129,3 +129,68 @@ func TestListVolumesPublishedNodes(t *testing.T) {
 		}
 	}
 }
+
+// listPages follows next_token from a first page until it ends, checking each page's
+// size against max; it returns the IDs listed, in order.
+func listPages(t *testing.T, max int32, first []string, next string, page func(token string) ([]string, string, error), bound int) []string {
+	t.Helper()
+	got := slices.Clone(first)
+	for token := next; token != ""; {
+		ids, n, err := page(token)
+		wantCode(t, err, codes.OK)
+		if max > 0 && len(ids) > int(max) {
+			t.Fatalf("max_entries %d: a page of %d", max, len(ids))
+		}
+		if len(got) > bound {
+			t.Fatalf("next_token never ends: %v", got)
+		}
+		got, token = append(got, ids...), n
+	}
+	return got
+}
+
+// FuzzListVolumes: a starting_token is refused (Aborted) unless it is a volume ID,
+// max_entries only if negative (InvalidArgument); otherwise the pages that follow
+// from it list exactly the volumes whose IDs are not below the token, in ID order,
+// each page within max_entries.
+func FuzzListVolumes(f *testing.F) {
+	fx := newFixture(f, dirPool(f.TempDir(), "default"), dirPool(f.TempDir(), "fast"))
+	var all []string
+	for i := range 6 {
+		pool := []string{"default", "fast"}[i%2]
+		all = append(all, fx.create(f, fmt.Sprintf("pvc-%d", i), pool, 1<<20, nil))
+	}
+	slices.Sort(all)
+	for _, s := range []string{"", all[0], all[3], all[5] + "0", "b1-default-", "b1-zzz-ffffffffffffffffffffffffffffffff",
+		"b1-a-00000000000000000000000000000000", "garbage", "../../etc", unknownID} {
+		f.Add(s, int32(2))
+	}
+	f.Add(all[1], int32(0))
+	f.Add(all[2], int32(-1))
+	f.Add("", int32(1<<31-1))
+	page := func(max int32, token string) ([]string, string, error) {
+		resp, err := fx.srv.ListVolumes(context.Background(), &csi.ListVolumesRequest{MaxEntries: max, StartingToken: token})
+		return entryIDs(resp), resp.GetNextToken(), err
+	}
+	f.Fuzz(func(t *testing.T, token string, max int32) {
+		ids, next, err := page(max, token)
+		_, parseErr := storage.ParseVolumeID(token)
+		switch {
+		case max < 0:
+			wantCode(t, err, codes.InvalidArgument)
+			return
+		case token != "" && parseErr != nil:
+			wantCode(t, err, codes.Aborted)
+			return
+		}
+		wantCode(t, err, codes.OK)
+		if max > 0 && len(ids) > int(max) {
+			t.Fatalf("max_entries %d: a page of %d", max, len(ids))
+		}
+		got := listPages(t, max, ids, next, func(tok string) ([]string, string, error) { return page(max, tok) }, len(all))
+		want := slices.DeleteFunc(slices.Clone(all), func(id string) bool { return id < token })
+		if !slices.Equal(got, want) {
+			t.Fatalf("from token %q, max_entries %d: listed %v, want %v", token, max, got, want)
+		}
+	})
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 )
 
 // readyTimeout bounds the wait for a background snapshot copy.
@@ -37,7 +38,7 @@ func snapReq(name, src string) *csi.CreateSnapshotRequest {
 // snapshot makes snapshot name of volume src and repeats CreateSnapshot, as the
 // snapshot sidecar does, until it is ready; every answer must name the same snapshot.
 // atOnce demands it be ready in the first answer (reflink copies).
-func (f *fixture) snapshot(t *testing.T, name, src string, atOnce bool) *csi.Snapshot {
+func (f *fixture) snapshot(t testing.TB, name, src string, atOnce bool) *csi.Snapshot {
 	t.Helper()
 	deadline := time.Now().Add(readyTimeout)
 	var first *csi.Snapshot
@@ -83,7 +84,7 @@ func inPool(name, pool string, size int64, source *csi.VolumeContentSource) *csi
 }
 
 // create makes volume name in pool from source and returns its ID.
-func (f *fixture) create(t *testing.T, name, pool string, size int64, source *csi.VolumeContentSource) string {
+func (f *fixture) create(t testing.TB, name, pool string, size int64, source *csi.VolumeContentSource) string {
 	t.Helper()
 	resp, err := f.srv.CreateVolume(context.Background(), inPool(name, pool, size, source))
 	wantCode(t, err, codes.OK)
@@ -533,4 +534,64 @@ func TestSnapshotCapacity(t *testing.T) {
 	if got := f.capacity(t); got != before {
 		t.Fatalf("available_capacity %d after DeleteSnapshot, want %d", got, before)
 	}
+}
+
+// FuzzListSnapshots: whatever the filters, a starting_token is refused (Aborted)
+// unless it is a snapshot ID, max_entries only if negative; otherwise the pages that
+// follow list exactly the snapshots the filters select (snapshot_id: that snapshot;
+// source_volume_id: its snapshots) whose IDs are not below the token, in ID order.
+func FuzzListSnapshots(f *testing.F) {
+	fx := newFixture(f, dirPool(f.TempDir(), "p"), dirPool(f.TempDir(), "q"))
+	vols := []string{fx.create(f, "a", "p", 1<<20, nil), fx.create(f, "b", "p", 1<<20, nil), fx.create(f, "c", "q", 1<<20, nil)}
+	var snaps []*csi.Snapshot
+	for i, src := range []string{vols[0], vols[0], vols[1], vols[2], vols[2]} {
+		snaps = append(snaps, fx.snapshot(f, fmt.Sprintf("snap-%d", i), src, false))
+	}
+	slices.SortFunc(snaps, func(a, b *csi.Snapshot) int { return strings.Compare(a.GetSnapshotId(), b.GetSnapshotId()) })
+	f.Add("", int32(2), "", "")
+	f.Add(snaps[2].GetSnapshotId(), int32(1), "", vols[0])
+	f.Add("", int32(0), snaps[1].GetSnapshotId(), snaps[1].GetSourceVolumeId())
+	f.Add(snaps[4].GetSnapshotId()+"0", int32(0), snaps[4].GetSnapshotId(), "")
+	f.Add("not-a-token", int32(1), "snapshot-1", unknownID)
+	f.Add(vols[0], int32(-1), "s1-p-0123456789abcdef0123456789abcdef", vols[2])
+	page := func(req *csi.ListSnapshotsRequest) ([]string, string, error) {
+		resp, err := fx.srv.ListSnapshots(context.Background(), req)
+		var ids []string
+		for _, e := range resp.GetEntries() {
+			ids = append(ids, e.GetSnapshot().GetSnapshotId())
+		}
+		return ids, resp.GetNextToken(), err
+	}
+	f.Fuzz(func(t *testing.T, token string, max int32, snapshotID, sourceID string) {
+		req := &csi.ListSnapshotsRequest{MaxEntries: max, StartingToken: token, SnapshotId: snapshotID, SourceVolumeId: sourceID}
+		ids, next, err := page(req)
+		_, parseErr := storage.ParseSnapshotID(token)
+		switch {
+		case max < 0:
+			wantCode(t, err, codes.InvalidArgument)
+			return
+		case token != "" && parseErr != nil:
+			wantCode(t, err, codes.Aborted)
+			return
+		}
+		wantCode(t, err, codes.OK)
+		if max > 0 && len(ids) > int(max) {
+			t.Fatalf("max_entries %d: a page of %d", max, len(ids))
+		}
+		got := listPages(t, max, ids, next, func(tok string) ([]string, string, error) {
+			r := proto.Clone(req).(*csi.ListSnapshotsRequest)
+			r.StartingToken = tok
+			return page(r)
+		}, len(snaps))
+		var want []string
+		for _, s := range snaps {
+			if (snapshotID == "" || s.GetSnapshotId() == snapshotID) && (sourceID == "" || s.GetSourceVolumeId() == sourceID) &&
+				s.GetSnapshotId() >= token {
+				want = append(want, s.GetSnapshotId())
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%v: listed %v, want %v", req, got, want)
+		}
+	})
 }

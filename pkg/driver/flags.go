@@ -58,6 +58,10 @@ type Options struct {
 // driverName follows the CSI rule: at most 63 characters, a domain-like name.
 var driverName = regexp.MustCompile(`^[a-zA-Z0-9]([-a-zA-Z0-9.]{0,61}[a-zA-Z0-9])?$`)
 
+// nodeID follows the CSI rule for a topology segment value, which the node ID is
+// (NodeGetInfo's topology.berth.csi.io/node); the kubelet makes it a node label.
+var nodeID = regexp.MustCompile(`^[a-zA-Z0-9]([-_a-zA-Z0-9.]{0,61}[a-zA-Z0-9])?$`)
+
 // ParseFlags reads and validates the command line. Any invalid flag or configuration
 // is an error naming the problem, so the process exits non-zero.
 func ParseFlags(prog string, args []string) (Options, error) {
@@ -104,8 +108,8 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	switch {
 	case o.Mode != ModeAll && o.Mode != ModeController && o.Mode != ModeNode:
 		return o, fmt.Errorf("--mode %q: must be all, controller or node", o.Mode)
-	case o.NodeID == "" || len(o.NodeID) > 128:
-		return o, fmt.Errorf("--node-id %q: must be 1-128 bytes (set --node-id or NODE_NAME)", o.NodeID)
+	case !nodeID.MatchString(o.NodeID):
+		return o, fmt.Errorf("--node-id %q: must be 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', starting and ending alphanumeric, as it is the node's topology value (set --node-id or NODE_NAME)", o.NodeID)
 	case !driverName.MatchString(o.DriverName):
 		return o, fmt.Errorf("--driver-name %q: must be at most 63 characters of a-z, 0-9, '-', '.', starting and ending alphanumeric", o.DriverName)
 	case o.MaxVolumes < 0:

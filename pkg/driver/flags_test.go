@@ -3,8 +3,14 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/proto"
+	"k8s.io/klog/v2"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -52,6 +58,13 @@ func TestParseFlags(t *testing.T) {
 		{name: "negative max volumes", args: []string{"--max-volumes-per-node", "-1"}, wantErr: "--max-volumes-per-node"},
 		{name: "bad logging format", args: []string{"--logging-format", "xml"}, wantErr: "--logging-format"},
 		{name: "empty node id", args: []string{"--node-id", ""}, wantErr: "--node-id"},
+		{name: "node id not a topology value", args: []string{"--node-id", "node 1"}, wantErr: "--node-id"},
+		{name: "node id of 64 characters", args: []string{"--node-id", strings.Repeat("n", 64)}, wantErr: "--node-id"},
+		{name: "node id of 63 characters", args: []string{"--node-id", "ip-10-0-0-1_" + strings.Repeat("n", 51)}, check: func(t *testing.T, o Options) {
+			if len(o.NodeID) != 63 {
+				t.Errorf("node id %q", o.NodeID)
+			}
+		}},
 		{name: "unknown flag", args: []string{"--frobnicate"}, wantErr: "frobnicate"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected"},
 		{name: "registration auto without a plugins_registry", args: []string{"--node-id", "n1", "--kubelet-dir", dir}, check: func(t *testing.T, o Options) {
@@ -109,4 +122,58 @@ func TestParseFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseFlags: a command line ParseFlags accepts gives options the driver can
+// serve with and that keep the CSI spec: a clean absolute socket path, a known mode,
+// a node ID that NodeGetInfo may report (at most 256 bytes) and may use as its
+// topology segment value, a driver name of at most 63 characters, a port, a
+// registration decided. The values of the driver's own flags are fuzzed; klog's
+// flags, which write files and change the process's logging, are left alone.
+func FuzzParseFlags(f *testing.F) {
+	f.Add("unix:///csi/csi.sock", "node-1", "berth.csi.io", "all", "0", "auto", "", "0", "text")
+	f.Add("/run/csi.sock", "worker-2.example.com", "b", "controller", "110", "off", "/var/lib/kubelet/plugins/b/csi.sock", "9809", "json")
+	f.Add("unix:/a/../b.sock", "n", "berth.csi.io", "node", "-1", "on", "rel.sock", "70000", "xml")
+	f.Add("tcp://1.2.3.4:5", "", "-berth", "both", "x", "yes", "", "-1", "")
+	kubeletDir := f.TempDir()
+	segmentValue := regexp.MustCompile(`^[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?$`)
+	driverName := regexp.MustCompile(`^[A-Za-z0-9]([-.A-Za-z0-9]{0,61}[A-Za-z0-9])?$`)
+	f.Fuzz(func(t *testing.T, endpoint, nodeID, name, mode, maxVolumes, registration, regPath, healthPort, format string) {
+		args := []string{
+			"--endpoint=" + endpoint, "--node-id=" + nodeID, "--driver-name=" + name, "--mode=" + mode,
+			"--max-volumes-per-node=" + maxVolumes, "--registration=" + registration,
+			"--kubelet-registration-path=" + regPath, "--health-port=" + healthPort,
+			"--logging-format=" + format, "--kubelet-dir=" + kubeletDir,
+		}
+		o, err := ParseFlags("csi-driver", args)
+		defer klog.ClearLogger() // --logging-format=json set a JSON logger
+		if err != nil {
+			return
+		}
+		switch {
+		case !filepath.IsAbs(o.Endpoint) || filepath.Clean(o.Endpoint) != o.Endpoint:
+			t.Fatalf("%q: endpoint %q", args, o.Endpoint)
+		case o.Mode != ModeAll && o.Mode != ModeController && o.Mode != ModeNode:
+			t.Fatalf("%q: mode %q", args, o.Mode)
+		case len(o.NodeID) > 256 || !segmentValue.MatchString(o.NodeID):
+			t.Fatalf("%q: node ID %q is not a CSI topology segment value", args, o.NodeID)
+		case !driverName.MatchString(o.DriverName):
+			t.Fatalf("%q: driver name %q", args, o.DriverName)
+		case o.MaxVolumes < 0 || o.HealthPort < 0 || o.HealthPort > 65535:
+			t.Fatalf("%q: max volumes %d, health port %d", args, o.MaxVolumes, o.HealthPort)
+		case o.LoggingFormat != "text" && o.LoggingFormat != "json":
+			t.Fatalf("%q: logging format %q", args, o.LoggingFormat)
+		case !filepath.IsAbs(o.RegistrationEndpoint):
+			t.Fatalf("%q: registration endpoint %q", args, o.RegistrationEndpoint)
+		case o.Register && o.Mode == ModeController:
+			t.Fatalf("%q: controller mode registers with the kubelet", args)
+		case o.RegistrationPath != filepath.Join(kubeletDir, "plugins_registry", o.DriverName+"-reg.sock"):
+			t.Fatalf("%q: registration socket %q", args, o.RegistrationPath)
+		}
+		resp := &csi.NodeGetInfoResponse{NodeId: o.NodeID,
+			AccessibleTopology: &csi.Topology{Segments: map[string]string{storage.TopologyKey: o.NodeID}}}
+		if _, err := proto.Marshal(resp); err != nil {
+			t.Fatalf("%q: NodeGetInfo cannot answer node ID %q: %v", args, o.NodeID, err)
+		}
+	})
 }

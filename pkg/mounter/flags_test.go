@@ -2,6 +2,7 @@ package mounter
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -101,4 +102,53 @@ func TestShowsFlags(t *testing.T) {
 	if got := FormatFlags(unix.MS_NOEXEC | unix.MS_NOATIME); got != "noexec,noatime" {
 		t.Errorf("FormatFlags = %q", got)
 	}
+}
+
+// mountFlagBits is the documented allowlist: every CSI mount flag Berth accepts for a
+// bind mount, with the MS_ flag it adds (0: a default that adds nothing).
+var mountFlagBits = map[string]uintptr{
+	"ro": unix.MS_RDONLY, "rw": 0, "noexec": unix.MS_NOEXEC, "exec": 0,
+	"noatime": unix.MS_NOATIME, "nodiratime": unix.MS_NODIRATIME, "relatime": unix.MS_RELATIME,
+	"strictatime": unix.MS_STRICTATIME, "sync": unix.MS_SYNCHRONOUS, "dirsync": unix.MS_DIRSYNC,
+	"nosuid": unix.MS_NOSUID, "nodev": unix.MS_NODEV,
+}
+
+// FuzzParseFlags: mount_flags (one per line of the input) are accepted only when
+// every one is on the allowlist; the result is exactly the union of their MS_ flags,
+// whatever the order, and "rw" or "exec" never removes a restriction. A refusal
+// matches ErrFlagNotAllowed, names the first flag refused and returns no flags.
+func FuzzParseFlags(f *testing.F) {
+	for _, s := range []string{
+		"ro", "ro\nnoexec\nnosuid\nnodev", "rw\nro", "ro\nrw\nexec\nnoexec", "noatime\nrelatime",
+		"", "suid", "ro\nbind", "ro,nosuid", "RO", " ro", "ro\n", "remount", "nosymfollow", "ro\x00",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		flags := strings.Split(s, "\n")
+		got, err := ParseFlags(flags)
+		var want uintptr
+		firstBad := -1
+		for i, fl := range flags {
+			bit, ok := mountFlagBits[fl]
+			if !ok && firstBad < 0 {
+				firstBad = i
+			}
+			want |= bit
+		}
+		if firstBad >= 0 {
+			if !errors.Is(err, ErrFlagNotAllowed) || got != 0 || !strings.Contains(err.Error(), strconv.Quote(flags[firstBad])) {
+				t.Fatalf("ParseFlags(%q) = %#x, %v; want a refusal naming %q", flags, got, err, flags[firstBad])
+			}
+			return
+		}
+		if err != nil || got != want {
+			t.Fatalf("ParseFlags(%q) = %#x, %v; want %#x", flags, got, err, want)
+		}
+		reversed := slices.Clone(flags)
+		slices.Reverse(reversed)
+		if again, err := ParseFlags(append(reversed, "rw", "exec")); err != nil || again != got {
+			t.Fatalf("ParseFlags(%q) = %#x, %v; want %#x as for %q", reversed, again, err, got, flags)
+		}
+	})
 }

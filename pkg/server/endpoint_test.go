@@ -1,6 +1,7 @@
 package server
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -51,4 +52,41 @@ func TestParseEndpoint(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseEndpoint: an accepted endpoint gives a clean absolute path that a unix
+// socket can be bound to, the path the endpoint names; that path is accepted again,
+// bare or as a unix URL, unchanged. Every such path is accepted as a unix URL.
+func FuzzParseEndpoint(f *testing.F) {
+	for _, s := range []string{
+		"unix:///csi/csi.sock", "unix:/csi/csi.sock", "/csi/csi.sock", "unix://csi.sock", "csi.sock", "",
+		"tcp://127.0.0.1:9000", "unix:///", "unix:///a/../", "/a://b", "unix:///a//b/./c/", "UNIX:///a",
+		"/" + strings.Repeat("a", maxSocketPathLen), "unix:///a\x00b", "unix://", "unix:",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ep string) {
+		got, err := ParseEndpoint(ep)
+		if err == nil {
+			named := ep
+			if rest, ok := strings.CutPrefix(ep, "unix://"); ok {
+				named = rest
+			} else if rest, ok := strings.CutPrefix(ep, "unix:"); ok {
+				named = rest
+			}
+			if !filepath.IsAbs(got) || got == "/" || got != filepath.Clean(named) || len(got) > maxSocketPathLen || strings.IndexByte(got, 0) >= 0 {
+				t.Fatalf("ParseEndpoint(%q) = %q", ep, got)
+			}
+			for _, again := range []string{got, "unix://" + got, "unix:" + got} {
+				if p, err := ParseEndpoint(again); err != nil || p != got {
+					t.Fatalf("ParseEndpoint(%q) = %q, but ParseEndpoint(%q) = %q, %v", ep, got, again, p, err)
+				}
+			}
+		}
+		if clean := filepath.Clean(ep); filepath.IsAbs(ep) && clean != "/" && len(clean) <= maxSocketPathLen && strings.IndexByte(ep, 0) < 0 {
+			if p, err := ParseEndpoint("unix://" + ep); err != nil || p != clean {
+				t.Fatalf("ParseEndpoint(%q) = %q, %v; want %q", "unix://"+ep, p, err, clean)
+			}
+		}
+	})
 }

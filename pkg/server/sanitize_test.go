@@ -126,7 +126,7 @@ func TestSanitizeNilAndEmpty(t *testing.T) {
 //	message Outer { Inner inner = 1; repeated Inner list = 2;
 //	                map<string, Inner> by_name = 3; string id = 4;
 //	                map<string, string> creds = 5 [(csi.v1.csi_secret) = true]; }
-func nestedSecretsDescriptor(t *testing.T) protoreflect.MessageDescriptor {
+func nestedSecretsDescriptor(t testing.TB) protoreflect.MessageDescriptor {
 	t.Helper()
 	secret := &descriptorpb.FieldOptions{}
 	proto.SetExtension(secret, csi.E_CsiSecret, true)

@@ -1,12 +1,16 @@
 package storage_test
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/berth-csi/berth/pkg/storage"
+	"sigs.k8s.io/yaml"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -178,4 +182,114 @@ func TestDefaultConfig(t *testing.T) {
 func TestNewRejectsInvalidConfig(t *testing.T) {
 	_, err := storage.New(storage.Config{})
 	checkErr(t, err, storage.ErrInvalid)
+}
+
+// FuzzLoadConfig: a configuration LoadConfig accepts is one Berth can serve safely:
+// valid unique pool names, clean absolute paths of which none holds another or an
+// adopt root, known kinds, shared-pool keys only on shared pools, mount options that
+// are one -o item each; and it survives a write and a re-read unchanged.
+func FuzzLoadConfig(f *testing.F) {
+	for _, s := range []string{
+		"pools:\n- name: default\n  path: /var/lib/berth/default\n  kind: dir\n",
+		"pools:\n- {name: a, path: /srv/a, kind: dir}\n- {name: b, path: /srv/ab, kind: quota, reservedBytes: 1024, overcommit: true}\n",
+		"pools:\n- {name: a, path: /srv/a, kind: dir}\n- {name: b, path: /srv/a/b, kind: dir}\n",
+		"pools:\n- {name: img, path: /srv/img, kind: image}\nadoptRoots: [/data, /srv/adopt]\n",
+		"pools:\n- {name: a, path: /srv/a, kind: dir}\nadoptRoots: [/srv]\n",
+		"pools:\n- {name: g, path: /mnt/g, kind: shared, source: '127.0.0.1:/gv0/sub', fsType: glusterfs, mountOptions: [log-level=WARNING], glusterQuota: true}\n",
+		"pools:\n- {name: n, path: /mnt/n, kind: shared, source: 'nfs:/export', fsType: nfs4, mountOptions: ['vers=4.2']}\n",
+		"pools:\n- {name: n, path: /mnt/n, kind: dir, source: 'nfs:/export'}\n",
+		"pools:\n- {name: a, path: /srv/a, kind: dir}\npools: []\n",
+		`{"pools": [{"name": "a", "path": "/srv/a", "kind": "dir"}]}`,
+		"pools: [\n", "", "\n",
+	} {
+		f.Add([]byte(s))
+	}
+	path := filepath.Join(f.TempDir(), "config.yaml")
+	load := func(t *testing.T, data []byte) (storage.Config, error) {
+		t.Helper()
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return storage.LoadConfig(path)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := load(t, data)
+		if err != nil {
+			return
+		}
+		checkConfig(t, cfg)
+		out, err := yaml.Marshal(cfg)
+		if err != nil {
+			t.Fatalf("marshal %+v: %v", cfg, err)
+		}
+		again, err := load(t, out)
+		if err != nil {
+			t.Fatalf("config %+v, written as\n%s\ndoes not load again: %v", cfg, out, err)
+		}
+		if a, b := mustJSON(t, cfg), mustJSON(t, again); a != b {
+			t.Fatalf("config changed through a write and a re-read:\n%s\n%s", a, b)
+		}
+	})
+}
+
+// checkConfig fails t unless cfg has the properties a validated config promises.
+func checkConfig(t *testing.T, cfg storage.Config) {
+	t.Helper()
+	// within reports whether clean absolute path b is a or lies under it.
+	within := func(a, b string) bool { return strings.HasPrefix(b+"/", a+"/") }
+	cleanAbs := func(p string) bool { return filepath.IsAbs(p) && filepath.Clean(p) == p && p != "/" }
+	if len(cfg.Pools) == 0 {
+		t.Fatal("a config without pools is accepted")
+	}
+	for _, root := range cfg.AdoptRoots {
+		if !cleanAbs(root) {
+			t.Fatalf("adopt root %q accepted", root)
+		}
+	}
+	names := map[string]bool{}
+	for i, p := range cfg.Pools {
+		if err := storage.ValidatePoolName(p.Name); err != nil || names[p.Name] {
+			t.Fatalf("pools[%d]: name %q accepted (duplicate: %t): %v", i, p.Name, names[p.Name], err)
+		}
+		names[p.Name] = true
+		if !cleanAbs(p.Path) {
+			t.Fatalf("pools[%d]: path %q accepted", i, p.Path)
+		}
+		for j, q := range cfg.Pools[:i] {
+			if within(p.Path, q.Path) || within(q.Path, p.Path) {
+				t.Fatalf("pools[%d] at %s and pools[%d] at %s overlap", j, q.Path, i, p.Path)
+			}
+		}
+		for _, root := range cfg.AdoptRoots {
+			if within(p.Path, root) || within(root, p.Path) {
+				t.Fatalf("pools[%d] at %s overlaps adopt root %s", i, p.Path, root)
+			}
+		}
+		if !slices.Contains([]string{storage.KindDir, storage.KindQuota, storage.KindImage, storage.KindShared}, p.Kind) {
+			t.Fatalf("pools[%d]: kind %q accepted", i, p.Kind)
+		}
+		if p.ReservedBytes < 0 {
+			t.Fatalf("pools[%d]: reservedBytes %d accepted", i, p.ReservedBytes)
+		}
+		if p.Kind != storage.KindShared && (p.Source != "" || p.FSType != "" || len(p.MountOptions) > 0 || p.GlusterQuota) {
+			t.Fatalf("pools[%d]: shared-pool keys accepted on kind %s: %+v", i, p.Kind, p)
+		}
+		if strings.ContainsAny(p.Source, " \t\n,\x00") || strings.HasPrefix(p.Source, "-") {
+			t.Fatalf("pools[%d]: source %q accepted", i, p.Source)
+		}
+		for _, o := range p.MountOptions {
+			if o == "" || strings.ContainsAny(o, ", \t\n\x00") {
+				t.Fatalf("pools[%d]: mount option %q accepted", i, o)
+			}
+		}
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

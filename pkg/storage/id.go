@@ -99,7 +99,7 @@ func ValidateName(name string) error {
 	case !utf8.ValidString(name):
 		return fmt.Errorf("name is not valid UTF-8: %w", ErrInvalid)
 	case strings.Contains(name, ".."):
-		return fmt.Errorf("name %q contains \"..\": %w", name, ErrInvalid)
+		return fmt.Errorf("name %q contains \"..\": %w", truncate(name), ErrInvalid)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]

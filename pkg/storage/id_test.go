@@ -2,8 +2,10 @@ package storage_test
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/berth-csi/berth/pkg/storage"
 )
@@ -201,5 +203,78 @@ func FuzzParseVolumeID(f *testing.F) {
 		if err != nil || again != got {
 			t.Fatalf("re-parse of %q = %+v, %v", id, again, err)
 		}
+		// Resolve checks an ID as a name before parsing it: a valid ID must pass.
+		if err := storage.ValidateName(id); err != nil {
+			t.Fatalf("ParseVolumeID(%q) accepts an ID ValidateName refuses: %v", id, err)
+		}
+		// The snapshot ID with the same pool and hash parses to the same parts.
+		if snap, err := storage.ParseSnapshotID("s1-" + id[len("b1-"):]); err != nil || snap != got {
+			t.Fatalf("snapshot form of %q = %+v, %v; want %+v", id, snap, err, got)
+		}
+	})
+}
+
+// FuzzVolumeID: for every valid pool name and any name, the volume and snapshot IDs
+// parse back to the pool and a hash that depends on the name alone, and a volume's
+// hash is never its namesake snapshot's.
+func FuzzVolumeID(f *testing.F) {
+	f.Add("default", pvcName)
+	f.Add("my-pool", "")
+	f.Add(strings.Repeat("p", 32), strings.Repeat("n", 300))
+	f.Add("a", "\xff\x00:/..")
+	f.Add("A", "pvc-1")
+	f.Fuzz(func(t *testing.T, pool, name string) {
+		if storage.ValidatePoolName(pool) != nil {
+			return
+		}
+		vol, err := storage.ParseVolumeID(storage.VolumeID(pool, name))
+		if err != nil || vol.Pool != pool {
+			t.Fatalf("VolumeID(%q, %q) = %s parses to %+v, %v", pool, name, storage.VolumeID(pool, name), vol, err)
+		}
+		snap, err := storage.ParseSnapshotID(storage.SnapshotID(pool, name))
+		if err != nil || snap.Pool != pool {
+			t.Fatalf("SnapshotID(%q, %q) = %s parses to %+v, %v", pool, name, storage.SnapshotID(pool, name), snap, err)
+		}
+		if vol.Hash == snap.Hash {
+			t.Fatalf("volume and snapshot %q share hash %s", name, vol.Hash)
+		}
+		if other, _ := storage.ParseVolumeID(storage.VolumeID("other", name)); other.Hash != vol.Hash {
+			t.Fatalf("the hash of %q depends on the pool: %s in %s, %s in other", name, vol.Hash, pool, other.Hash)
+		}
+	})
+}
+
+// Berth's name rules, written as regular expressions: what ValidateName and
+// ValidatePoolName document.
+var (
+	nameRule     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
+	poolNameRule = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+)
+
+// FuzzValidateName: ValidateName and ValidatePoolName accept exactly what their
+// rules say, refuse with ErrInvalid, and keep hostile input out of long messages.
+func FuzzValidateName(f *testing.F) {
+	for _, s := range []string{
+		pvcName, "a", "a..b", "a.b", ".a", "a-", "-a", "a_b", strings.Repeat("a", 253), strings.Repeat("a", 254),
+		"volumé", "a\x00", "a\xff", "fast-ssd", strings.Repeat("p", 32), strings.Repeat("p", 33), "p-", "ephemeral:x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		check := func(what string, err error, want bool) {
+			t.Helper()
+			switch {
+			case want && err != nil:
+				t.Fatalf("%s(%q) refuses a name its rule allows: %v", what, s, err)
+			case !want && err == nil:
+				t.Fatalf("%s(%q) accepts a name its rule refuses", what, s)
+			case err != nil && !errors.Is(err, storage.ErrInvalid):
+				t.Fatalf("%s(%q): %v does not wrap ErrInvalid", what, s, err)
+			case err != nil && (len(err.Error()) > 512 || !utf8.ValidString(err.Error())):
+				t.Fatalf("%s(%q): hostile input is not truncated in the message %q", what, s, err)
+			}
+		}
+		check("ValidateName", storage.ValidateName(s), nameRule.MatchString(s) && !strings.Contains(s, ".."))
+		check("ValidatePoolName", storage.ValidatePoolName(s), poolNameRule.MatchString(s))
 	})
 }

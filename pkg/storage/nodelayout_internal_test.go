@@ -2,6 +2,8 @@ package storage
 
 import (
 	"errors"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -64,4 +66,44 @@ func TestCodedError(t *testing.T) {
 	if got, want := err.Error(), "volume v is not staged: EIO"; got != want {
 		t.Errorf("message %q, want %q", got, want)
 	}
+}
+
+// FuzzRecoveryPaths: start-up recovery maps a mount's root (from mountinfo) or a loop
+// device's backing file (from sysfs) to a volume only when the path is exactly that
+// volume's data directory or image; and every such path is recognised.
+func FuzzRecoveryPaths(f *testing.F) {
+	f.Add("/srv/pool/volumes", "/srv/pool/volumes/"+testHash+"/data", "/srv/pool/volumes/"+testHash+"/image")
+	f.Add("/", "/"+testHash+"/data", "/srv/pool/volumes/"+testHash+"/image (deleted)")
+	f.Add("/srv/pool/volumes/", "/srv/pool/volumes//"+testHash+"/data/", "volumes/"+testHash+"/image")
+	f.Add("/v", "/v/"+testHash+"/data/x", "/srv/pool/volumes/../volumes/"+testHash+"/./image")
+	f.Fuzz(func(t *testing.T, root, mountRoot, backing string) {
+		if filepath.IsAbs(root) {
+			root = filepath.Clean(root) // as RecoverPublications passes it
+			if h, ok := dataDirHash(root, mountRoot); ok {
+				if len(h) != hashLen || !isLowerHex(h) || mountRoot != strings.TrimSuffix(root, "/")+"/"+h+"/"+DataDir {
+					t.Fatalf("dataDirHash(%q, %q) = %q", root, mountRoot, h)
+				}
+			}
+			h := nameHash("fuzz", mountRoot)
+			if got, ok := dataDirHash(root, filepath.Join(root, h, DataDir)); !ok || got != h {
+				t.Fatalf("dataDirHash(%q) misses the data directory of %s: %q, %t", root, h, got, ok)
+			}
+		}
+		if h, ok := imageHash(backing); ok {
+			clean := filepath.Clean(strings.TrimSuffix(backing, " (deleted)"))
+			want := volumesDir + "/" + h + "/" + ImageFile
+			if len(h) != hashLen || !isLowerHex(h) || clean != want && !strings.HasSuffix(clean, "/"+want) {
+				t.Fatalf("imageHash(%q) = %q", backing, h)
+			}
+		}
+		if filepath.IsAbs(backing) {
+			h := nameHash("fuzz", backing)
+			image := filepath.Join(backing, volumesDir, h, ImageFile)
+			for _, b := range []string{image, image + " (deleted)"} {
+				if got, ok := imageHash(b); !ok || got != h {
+					t.Fatalf("imageHash(%q) = %q, %t; want %s", b, got, ok, h)
+				}
+			}
+		}
+	})
 }

@@ -251,10 +251,12 @@ func (p *Pool) scanVolumes(ctx context.Context) (map[string]*Record, map[string]
 	return index, damaged, nil
 }
 
-// checkRecord makes sure a record read from volumes/<hash> belongs there.
+// checkRecord makes sure a record read from volumes/<hash> belongs there: its ID, by
+// which every later call finds the volume, names this pool and this hash.
 func (p *Pool) checkRecord(r *Record, hash string) error {
-	if r.Pool != p.cfg.Name || !strings.HasSuffix(r.ID, "-"+hash) {
-		return fmt.Errorf("record of %s in pool %s does not match directory %s", r.ID, p.cfg.Name, hash)
+	id, err := ParseVolumeID(r.ID)
+	if err != nil || id.Pool != p.cfg.Name || id.Hash != hash || r.Pool != p.cfg.Name {
+		return fmt.Errorf("record of %q in pool %s does not match directory %s", truncate(r.ID), p.cfg.Name, hash)
 	}
 	return nil
 }

@@ -142,10 +142,9 @@ func (p *Pool) readSnapshotAt(hash string) (*Snapshot, error) {
 	dir := filepath.Join(p.cfg.Path, snapshotsDir, hash)
 	s, err := readSnapshot(dir)
 	if err == nil {
-		if s.Pool == p.cfg.Name && strings.HasPrefix(s.ID, snapshotPrefix) && strings.HasSuffix(s.ID, "-"+hash) {
+		if err = p.checkSnapshot(s, hash); err == nil {
 			return s, nil
 		}
-		err = fmt.Errorf("record of snapshot %s in pool %s does not match directory %s", s.ID, p.cfg.Name, hash)
 	}
 	return nil, p.classify(dir, err)
 }
@@ -163,6 +162,20 @@ func readSnapshot(dir string) (*Snapshot, error) {
 		return nil, fmt.Errorf("%s: unsupported snapshot record version %d", dir, s.Version)
 	}
 	return &s, nil
+}
+
+// checkSnapshot makes sure a snapshot read from snapshots/<hash> belongs there (its
+// ID names this pool and this hash) and that its source is a volume ID, from which
+// CreateSnapshot takes the source's hash.
+func (p *Pool) checkSnapshot(s *Snapshot, hash string) error {
+	id, err := ParseSnapshotID(s.ID)
+	if err != nil || id.Pool != p.cfg.Name || id.Hash != hash || s.Pool != p.cfg.Name {
+		return fmt.Errorf("snapshot record of %q in pool %s does not match directory %s", truncate(s.ID), p.cfg.Name, hash)
+	}
+	if _, err := ParseVolumeID(s.SourceVolumeID); err != nil {
+		return fmt.Errorf("snapshot %s: source: %w", s.ID, err)
+	}
+	return nil
 }
 
 // CreateSnapshot snapshots the volume with hash source. An identical earlier request

@@ -463,3 +463,34 @@ func writeRandomFile(t *testing.T, path string, size int64) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzParseSnapshotID: ParseSnapshotID accepts exactly the s1- form of a valid volume
+// ID, rejects with ErrInvalid, and what it accepts passes the name check that
+// ResolveSnapshot and DeleteSnapshot apply first.
+func FuzzParseSnapshotID(f *testing.F) {
+	for _, s := range []string{
+		"", "s1-", storage.SnapshotID("default", "snap-1"), storage.VolumeID("default", "snap-1"),
+		"s1--0123456789abcdef0123456789abcdef", "s2-default-0123456789abcdef0123456789abcdef",
+		"s1-default-0123456789ABCDEF0123456789abcdef", "s1-a\x00-0123456789abcdef0123456789abcdef",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		got, err := storage.ParseSnapshotID(id)
+		if err != nil {
+			if !errors.Is(err, storage.ErrInvalid) {
+				t.Fatalf("ParseSnapshotID(%q): %v does not wrap ErrInvalid", id, err)
+			}
+			return
+		}
+		if "s1-"+got.Pool+"-"+got.Hash != id {
+			t.Fatalf("ParseSnapshotID(%q) = %+v does not round-trip", id, got)
+		}
+		if vol, err := storage.ParseVolumeID("b1-" + id[len("s1-"):]); err != nil || vol != got {
+			t.Fatalf("ParseSnapshotID(%q) = %+v, but the volume form parses to %+v, %v", id, got, vol, err)
+		}
+		if err := storage.ValidateName(id); err != nil {
+			t.Fatalf("ParseSnapshotID(%q) accepts an ID ValidateName refuses: %v", id, err)
+		}
+	})
+}

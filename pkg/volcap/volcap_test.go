@@ -3,11 +3,14 @@ package volcap_test
 import (
 	"errors"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/volcap"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/proto"
 )
 
 func pool(t *testing.T, kind string) *storage.Pool {
@@ -67,4 +70,66 @@ func TestCheckAccessModesByKind(t *testing.T) {
 	if _, err := volcap.Check([]*csi.VolumeCapability{block}, pool(t, storage.KindShared)); !errors.Is(err, storage.ErrUnsupported) {
 		t.Errorf("block on a shared pool: %v, want ErrUnsupported", err)
 	}
+}
+
+// FuzzParse: the capabilities of a request (decoded from the input) are read as the
+// CSI message says: the access mode of the same name, mount with its fs_type and
+// mount_flags or block, refusals wrapping ErrInvalid only for a missing capability,
+// mode or access type. ParseAll accepts a list exactly when every capability parses
+// and all share one access type.
+func FuzzParse(f *testing.F) {
+	seed := func(caps ...*csi.VolumeCapability) {
+		data, err := proto.Marshal(&csi.ValidateVolumeCapabilitiesRequest{VolumeCapabilities: caps})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	rwo := mount(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	rwo.GetMount().FsType, rwo.GetMount().MountFlags = "xfs", []string{"noatime", "ro"}
+	seed(rwo)
+	seed(mount(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER), mount(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY))
+	seed(&csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER}}, rwo)
+	seed(&csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: 99}})
+	seed(mount(csi.VolumeCapability_AccessMode_UNKNOWN), &csi.VolumeCapability{})
+	seed()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req csi.ValidateVolumeCapabilitiesRequest
+		if proto.Unmarshal(data, &req) != nil {
+			return
+		}
+		caps := req.GetVolumeCapabilities()
+		var parsed []storage.Capability
+		allOK := true
+		for _, c := range caps {
+			got, err := volcap.Parse(c)
+			mode := c.GetAccessMode().GetMode()
+			_, named := csi.VolumeCapability_AccessMode_Mode_name[int32(mode)]
+			valid := c != nil && named && mode != csi.VolumeCapability_AccessMode_UNKNOWN && (c.GetMount() != nil || c.GetBlock() != nil)
+			switch {
+			case err != nil && (valid || !errors.Is(err, storage.ErrInvalid)):
+				t.Fatalf("Parse(%v): %v", c, err)
+			case err == nil && !valid:
+				t.Fatalf("Parse(%v) = %+v; want a refusal", c, got)
+			case err == nil && got.Mode.String() != mode.String():
+				t.Fatalf("Parse(%v): mode %s, want %s", c, got.Mode, mode)
+			case err == nil && c.GetMount() != nil && (got.Access != storage.AccessMount || got.FSType != c.GetMount().GetFsType() ||
+				!slices.Equal(got.MountFlags, c.GetMount().GetMountFlags())):
+				t.Fatalf("Parse(%v) = %+v, not the mount asked for", c, got)
+			case err == nil && c.GetMount() == nil && (got.Access != storage.AccessBlock || got.FSType != "" || len(got.MountFlags) > 0):
+				t.Fatalf("Parse(%v) = %+v, not the block volume asked for", c, got)
+			}
+			allOK = allOK && err == nil
+			parsed = append(parsed, got)
+		}
+		all, err := volcap.ParseAll(caps)
+		sameAccess := !slices.ContainsFunc(parsed, func(c storage.Capability) bool { return c.Access != parsed[0].Access })
+		switch want := len(caps) > 0 && allOK && sameAccess; {
+		case want && (err != nil || !reflect.DeepEqual(all, parsed)):
+			t.Fatalf("ParseAll(%v) = %+v, %v; want %+v", caps, all, err, parsed)
+		case !want && (err == nil || !errors.Is(err, storage.ErrInvalid)):
+			t.Fatalf("ParseAll(%v) = %+v, %v; want a refusal", caps, all, err)
+		}
+	})
 }
