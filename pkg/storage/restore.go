@@ -94,16 +94,18 @@ func (p *Pool) checkSource(req *CreateRequest, size int64) error {
 // fill copies a new volume's content source into its directory (under tmp/), after
 // the kind has built it: into the existing data directory (so a quota volume's
 // project is inherited by every copied file), or as the image file, grown to the
-// new capacity (the node grows the filesystem at stage).
-func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
+// new capacity (the node grows the filesystem at stage). progress, when not nil, is
+// told the bytes copied so far.
+func (p *Pool) fill(ctx context.Context, r *Record, volDir string, progress func(int64)) error {
 	src, err := p.sourceOf(r.ContentSource)
 	if err != nil {
 		return err
 	}
 	from := src.from
 	name, isDir := p.backend.Data()
+	o := copyOptions
+	o.Progress = progress
 	if isDir {
-		o := copyOptions
 		o.Into = true
 		if _, err := clone.Tree(ctx, from, volDir, name, o); err != nil {
 			return err
@@ -118,7 +120,7 @@ func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
 		thaw := p.freeze(ctx, src.vol)
 		defer thaw()
 	}
-	if _, err := clone.File(ctx, from, dst, copyOptions); err != nil {
+	if _, err := clone.File(ctx, from, dst, o); err != nil {
 		return err
 	}
 	if err := os.Truncate(dst, r.CapacityBytes); err != nil {
