@@ -27,6 +27,7 @@ var codeOf = []struct {
 	{storage.ErrStaleMount, codes.FailedPrecondition},
 	{storage.ErrNotReady, codes.Unavailable},
 	{storage.ErrBusy, codes.Aborted},
+	{storage.ErrInProgress, codes.Aborted},
 	{storage.ErrBadToken, codes.Aborted},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},

@@ -32,6 +32,7 @@ func TestCode(t *testing.T) {
 		{"nil", nil, codes.OK},
 		{"a status passes unchanged", status.Error(codes.Unavailable, "x"), codes.Unavailable},
 		{"a lock held elsewhere", fmt.Errorf("create: %w", storage.ErrBusy), codes.Aborted},
+		{"a copy still running", fmt.Errorf("create: %w", storage.ErrInProgress), codes.Aborted},
 		{"a bad starting token", badToken, codes.Aborted},
 		{"an unreachable topology", fmt.Errorf("create: %w", storage.ErrUnreachable), codes.ResourceExhausted},
 		{"no space", fmt.Errorf("create: %w", storage.ErrNoSpace), codes.ResourceExhausted},

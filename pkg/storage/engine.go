@@ -102,7 +102,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	return nil
 }
 
-// Wait returns once every background goroutine (purgers, snapshot copies) has ended,
+// Wait returns once every background goroutine (purgers, snapshot and volume copies) has ended,
 // after the context given to Start is cancelled. A copy interrupted this way leaves
 // only its tmp/ entry, which the next start-up rolls back.
 func (e *Engine) Wait() { e.bg.Wait() }

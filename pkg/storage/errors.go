@@ -33,6 +33,10 @@ var (
 // caller retries.
 var ErrBusy = errors.New("locked by another operation")
 
+// ErrInProgress: the work asked for runs in the background (a volume's content is
+// still being copied) and is not done yet; the caller retries.
+var ErrInProgress = errors.New("in progress")
+
 // ErrBadToken: a listing's starting token is not one the engine hands out; the
 // caller starts the listing over.
 var ErrBadToken = errors.New("invalid starting token")

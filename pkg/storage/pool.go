@@ -56,6 +56,8 @@ type Pool struct {
 	bgCtx context.Context // the engine's lifetime: background copies stop with it
 	bg    *sync.WaitGroup // the engine's background goroutines
 
+	copies map[string]*volumeCopy // volumes whose content is copied in the background, by hash (under mu)
+
 	snaps   snapshotState
 	reflink bool // copies are reflinks (FICLONE works in this pool)
 }
@@ -69,6 +71,7 @@ func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
 		volSync:  meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
 		index:    map[string]*Record{},
 		damaged:  map[string]damage{},
+		copies:   map[string]*volumeCopy{},
 		purge:    make(chan struct{}, 1),
 		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}, damaged: map[string]damage{}},
 	}

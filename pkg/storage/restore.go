@@ -110,7 +110,8 @@ func (p *Pool) checkSource(req *CreateRequest, size int64) error {
 // project is inherited by every copied file), or as the image file, grown to the
 // new capacity (the node grows the filesystem at stage). A source deleted during the
 // copy (on another host of a shared pool) fails it, as for a snapshot (copyData).
-func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
+// progress, when not nil, is told the bytes copied so far.
+func (p *Pool) fill(ctx context.Context, r *Record, volDir string, progress func(int64)) error {
 	src, err := p.sourceOf(r.ContentSource)
 	if err != nil {
 		return err
@@ -119,7 +120,7 @@ func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
 	if err != nil {
 		return sourceGone(src.what, src.entry, err)
 	}
-	if err := p.fillFrom(ctx, src, r, volDir); err != nil {
+	if err := p.fillFrom(ctx, src, r, volDir, progress); err != nil {
 		if kerr := sourceKept(src, before); kerr != nil {
 			return kerr // whatever the copy met, it met it in a vanishing tree
 		}
@@ -131,10 +132,11 @@ func (p *Pool) fill(ctx context.Context, r *Record, volDir string) error {
 	return syncFS(volDir)
 }
 
-func (p *Pool) fillFrom(ctx context.Context, src *copySource, r *Record, volDir string) error {
+func (p *Pool) fillFrom(ctx context.Context, src *copySource, r *Record, volDir string, progress func(int64)) error {
 	name, isDir := p.backend.Data()
+	o := copyOptions
+	o.Progress = progress
 	if isDir {
-		o := copyOptions
 		o.Into = true
 		_, err := clone.Tree(ctx, src.from, volDir, name, o)
 		return err
@@ -147,7 +149,7 @@ func (p *Pool) fillFrom(ctx context.Context, src *copySource, r *Record, volDir 
 		thaw := p.freeze(ctx, src.vol)
 		defer thaw()
 	}
-	if _, err := clone.File(ctx, src.from, dst, copyOptions); err != nil {
+	if _, err := clone.File(ctx, src.from, dst, o); err != nil {
 		return err
 	}
 	return os.Truncate(dst, r.CapacityBytes)

@@ -78,9 +78,9 @@ type snapshotState struct {
 	sync     *meta.DirSyncer
 }
 
-// copySync is what a snapshot copy needs to be fast: the pool supports reflinks.
+// copyIsFast reports whether copies in this pool are instant: it supports reflinks.
 // Without them, CreateSnapshot answers at once with ready_to_use=false and copies in
-// the background.
+// the background, and so does a create with a content source (copy.go).
 func (p *Pool) copyIsFast() bool { return p.reflink }
 
 func (p *Pool) loadSnapshots(ctx context.Context) error {
@@ -385,6 +385,9 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
 			return fmt.Errorf("delete snapshot %s: %w", hash, err)
 		}
 		return nil
+	}
+	if to, ok := p.copyingFrom(SourceSnapshot, s.ID); ok {
+		return fmt.Errorf("delete snapshot %s: volume %s is being restored from it: %w", s.ID, to, ErrInUse)
 	}
 	if err := p.toTrash(filepath.Join(p.cfg.Path, snapshotsDir), hash); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

@@ -68,6 +68,11 @@ func validVolumeName(name string, ephemeral bool) error {
 // Create makes the volume, or returns the existing one when an identical request was
 // already served (ErrExists when the existing one differs). The caller holds the lock
 // for the volume's ID. Creation is reserve -> build in tmp/ -> commit by rename.
+//
+// A content source this pool cannot reflink is copied in the background (copy.go):
+// a copy that does not end within a short wait answers ErrInProgress, and so does
+// every repeated request while it runs; the first one after it ends gets the volume,
+// or the copy's error.
 func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	if err := validVolumeName(req.Name, req.Ephemeral); err != nil {
 		return nil, err
@@ -95,12 +100,22 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	}
 	id := VolumeID(p.cfg.Name, req.Name)
 	hash := id[len(id)-hashLen:]
-	// Shared pools: held until the volume is committed or rolled back.
+	// Before the lock, which a background copy holds.
+	if err := p.copyAnswer(hash, &req); err != nil {
+		return nil, err
+	}
+	// Shared pools: held until the volume is committed or rolled back (by the
+	// background copy, when one takes it over).
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
-	defer l.unlock()
+	unlock := l.unlock
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
 	if r, err := p.find(hash); err == nil {
 		if !req.matches(r) {
 			return nil, fmt.Errorf("volume %q (%s) exists with different capacity, parameters or source: %w", req.Name, id, ErrExists)
@@ -124,7 +139,11 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		AccessType: req.AccessType, FSType: req.FSType, Parameters: req.Parameters,
 		ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
 	}).Clone()
-	if err := p.build(ctx, r, hash); err != nil {
+	if r.ContentSource != nil && !p.copyIsFast() {
+		unlock = nil
+		return p.copyInBackground(ctx, r, size, l)
+	}
+	if err := p.build(ctx, r, hash, nil); err != nil {
 		p.release(size)
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
@@ -134,7 +153,8 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 }
 
 // build creates the volume under tmp/, writes its record and commits it durably.
-func (p *Pool) build(ctx context.Context, r *Record, hash string) (err error) {
+// progress, when not nil, is told the bytes of the content source copied so far.
+func (p *Pool) build(ctx context.Context, r *Record, hash string, progress func(int64)) (err error) {
 	tmpParent := filepath.Join(p.cfg.Path, tmpDir)
 	tmpName := hash + "." + randHex()
 	dir := filepath.Join(tmpParent, tmpName)
@@ -160,7 +180,7 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string) (err error) {
 		return err
 	}
 	if r.ContentSource != nil {
-		if err := p.fill(ctx, r, dir); err != nil {
+		if err := p.fill(ctx, r, dir, progress); err != nil {
 			return fmt.Errorf("copy %s %s: %w", r.ContentSource.Kind, r.ContentSource.ID, err)
 		}
 	}
@@ -252,6 +272,10 @@ func (p *Pool) Get(hash string) (*Record, error) {
 // returns, then a background purge. Deleting a missing volume succeeds. The caller holds
 // the volume's lock and has checked that it is not published (Engine.DeleteVolume does).
 func (p *Pool) Delete(ctx context.Context, hash string) error {
+	// A copy still running for this volume is stopped and rolled back first.
+	if err := p.cancelCopy(ctx, hash); err != nil {
+		return err
+	}
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {
 		return fmt.Errorf("delete volume %s: %w", hash, err)
@@ -269,6 +293,9 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	}
 	if p.Copying(r.ID) {
 		return fmt.Errorf("delete volume %s: a snapshot of it is being copied: %w", r.ID, ErrInUse)
+	}
+	if to, ok := p.copyingFrom(SourceVolume, r.ID); ok {
+		return fmt.Errorf("delete volume %s: volume %s is being cloned from it: %w", r.ID, to, ErrInUse)
 	}
 	if err := p.backend.InUse(ctx, p, r, p.VolumeDir(hash)); err != nil {
 		return fmt.Errorf("delete volume %s: %w", r.ID, err)
