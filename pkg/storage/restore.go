@@ -135,7 +135,9 @@ func (p *Pool) fill(ctx context.Context, r *Record, volDir string, progress func
 func (p *Pool) fillFrom(ctx context.Context, src *copySource, r *Record, volDir string, progress func(int64)) error {
 	name, isDir := p.backend.Data()
 	o := copyOptions
-	o.Progress = progress
+	if progress != nil {
+		o.Progress = bothProgress(copyOptions.Progress, progress)
+	}
 	if isDir {
 		o.Into = true
 		_, err := clone.Tree(ctx, src.from, volDir, name, o)
@@ -230,4 +232,12 @@ func syncFS(dir string) error {
 		return fmt.Errorf("syncfs %s: %w", dir, err)
 	}
 	return nil
+}
+
+// bothProgress tells a and then b the bytes copied; a nil one is skipped.
+func bothProgress(a, b func(int64)) func(int64) {
+	if a == nil {
+		return b
+	}
+	return func(n int64) { a(n); b(n) }
 }
