@@ -3,6 +3,8 @@ package storage
 import (
 	"errors"
 	"fmt"
+
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors returned (wrapped) by the engine. The CSI handlers map them to
@@ -75,4 +77,21 @@ func (e *codedError) Is(target error) bool { return target == e.sentinel }
 // %w) without naming the sentinel in its message.
 func errorf(sentinel error, format string, args ...any) error {
 	return &codedError{sentinel: sentinel, cause: fmt.Errorf(format, args...)}
+}
+
+// The steps of a build an out-of-space error names (noSpace).
+const (
+	stepBuild  = "build"
+	stepCopy   = "copy"
+	stepRecord = "record"
+)
+
+// noSpace marks err as ErrNoSpace when the filesystem refused the step for want of
+// space or quota (ENOSPC, EDQUOT), naming the pool and the step; any other error
+// passes unchanged. The caller rolls the step back as for any other error.
+func (p *Pool) noSpace(step string, err error) error {
+	if err == nil || errors.Is(err, ErrNoSpace) || !(errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) {
+		return err
+	}
+	return errorf(ErrNoSpace, "pool %s is out of space (%s): %w", p.cfg.Name, step, err)
 }

@@ -71,7 +71,7 @@ func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitByte
 	if err != nil {
 		// The backing store is larger than recorded: harmless, and a retry records it.
 		p.release(delta)
-		return nil, fmt.Errorf("record expansion of %s: %w", r.ID, err)
+		return nil, fmt.Errorf("record expansion of %s: %w", r.ID, p.noSpace(stepRecord, err))
 	}
 	p.commit(hash, grown, delta)
 	klog.FromContext(ctx).V(4).Info("Volume expanded", "volumeID", r.ID, "sizeBytes", newBytes)

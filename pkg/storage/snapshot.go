@@ -280,7 +280,7 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 	tmpName := "s" + s.Hash() + "." + randHex()
 	dir := filepath.Join(tmpParent, tmpName)
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
+		return p.noSpace(stepBuild, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
 	}
 	defer func() {
 		if err != nil {
@@ -290,21 +290,21 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 		}
 	}()
 	if err := p.copyData(ctx, src, dir); err != nil {
-		return fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err)
+		return p.noSpace(stepCopy, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
 	}
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
 	if err := meta.WriteNew(filepath.Join(dir, recordFile), data); err != nil {
-		return err
+		return p.noSpace(stepRecord, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
 	}
 	if err := meta.SyncDir(dir); err != nil {
-		return err
+		return p.noSpace(stepRecord, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
 	}
 	final := filepath.Join(p.cfg.Path, snapshotsDir, s.Hash())
 	if err := renameNoReplace(dir, final); err != nil {
-		return fmt.Errorf("commit %s: %w", final, err)
+		return p.noSpace(stepRecord, fmt.Errorf("commit %s: %w", final, err))
 	}
 	if err := p.snaps.sync.Sync(); err != nil {
 		if rerr := os.Rename(final, dir); rerr != nil {

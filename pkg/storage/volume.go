@@ -159,7 +159,7 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string, progress func(
 	tmpName := hash + "." + randHex()
 	dir := filepath.Join(tmpParent, tmpName)
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
+		return p.noSpace(stepBuild, err)
 	}
 	defer func() {
 		if err == nil {
@@ -177,11 +177,11 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string, progress func(
 		}
 	}()
 	if err := p.backend.Build(ctx, p, r, dir); err != nil {
-		return err
+		return p.noSpace(stepBuild, err)
 	}
 	if r.ContentSource != nil {
 		if err := p.fill(ctx, r, dir, progress); err != nil {
-			return fmt.Errorf("copy %s %s: %w", r.ContentSource.Kind, r.ContentSource.ID, err)
+			return p.noSpace(stepCopy, fmt.Errorf("copy %s %s: %w", r.ContentSource.Kind, r.ContentSource.ID, err))
 		}
 	}
 	data, err := encodeRecord(r)
@@ -189,14 +189,14 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string, progress func(
 		return err
 	}
 	if err := meta.WriteNew(filepath.Join(dir, recordFile), data); err != nil {
-		return err
+		return p.noSpace(stepRecord, err)
 	}
 	if err := meta.SyncDir(dir); err != nil {
-		return err
+		return p.noSpace(stepRecord, err)
 	}
 	final := p.VolumeDir(hash)
 	if err := renameNoReplace(dir, final); err != nil {
-		return fmt.Errorf("commit %s: %w", final, err)
+		return p.noSpace(stepRecord, fmt.Errorf("commit %s: %w", final, err))
 	}
 	// From here the volume exists; a failed flush still reports an error, and the
 	// directory is taken back out so the caller's rollback matches what it returns.
