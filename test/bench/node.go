@@ -15,6 +15,8 @@ type nodeLatencies struct {
 	publish, unpublish, pair []time.Duration
 	raw                      []time.Duration // bind mount + unmount, no driver
 	rawFull                  []time.Duration // mkdir, bind, remount, unmount, rmdir
+	rawPublish, rawUnpublish []time.Duration // rawFull's halves: mkdir…remount, unmount+rmdir
+	emptyRPC                 []time.Duration // NodeGetCapabilities: a node call that does nothing
 }
 
 // publishLoop creates one volume and publishes and unpublishes it n times
@@ -22,9 +24,9 @@ type nodeLatencies struct {
 // kubelet makes them. It stages the volume first if the driver asks for it.
 //
 // Each iteration also runs the two raw floors from rawSrc to targets beside
-// the driver's: unmount waits for an RCU grace period, whose length follows
-// the machine's load, so the floors are sampled with the driver, in turn,
-// not apart.
+// the driver's, and an empty call on the same socket: unmount waits for an RCU
+// grace period, whose length follows the machine's load, as does a round trip,
+// so the floors are sampled with the driver, in turn, not apart.
 func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (lat nodeLatencies, err error) {
 	vol, err := d.ctrl.CreateVolume(ctx, createRequest("bench-node-volume"))
 	if err != nil {
@@ -95,11 +97,14 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 	unpub := &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}
 
 	lat = nodeLatencies{
-		publish:   make([]time.Duration, 0, n),
-		unpublish: make([]time.Duration, 0, n),
-		pair:      make([]time.Duration, 0, n),
-		raw:       make([]time.Duration, 0, n),
-		rawFull:   make([]time.Duration, 0, n),
+		publish:      make([]time.Duration, 0, n),
+		unpublish:    make([]time.Duration, 0, n),
+		pair:         make([]time.Duration, 0, n),
+		raw:          make([]time.Duration, 0, n),
+		rawFull:      make([]time.Duration, 0, n),
+		rawPublish:   make([]time.Duration, 0, n),
+		rawUnpublish: make([]time.Duration, 0, n),
+		emptyRPC:     make([]time.Duration, 0, n),
 	}
 	record := false
 	steps := []func() error{
@@ -128,11 +133,23 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 			return err
 		},
 		func() error {
-			raw, err := rawMountFloor(ctx, rawSrc, rawFullTgt, 1, true)
+			pub, unpub, err := rawPublishUnpublish(rawSrc, rawFullTgt)
 			if err == nil && record {
-				lat.rawFull = append(lat.rawFull, raw[0])
+				lat.rawPublish = append(lat.rawPublish, pub)
+				lat.rawUnpublish = append(lat.rawUnpublish, unpub)
+				lat.rawFull = append(lat.rawFull, pub+unpub)
 			}
 			return err
+		},
+		func() error {
+			t0 := time.Now()
+			if _, err := d.node.NodeGetCapabilities(ctx, &csi.NodeGetCapabilitiesRequest{}); err != nil {
+				return fmt.Errorf("NodeGetCapabilities: %w", err)
+			}
+			if record {
+				lat.emptyRPC = append(lat.emptyRPC, time.Since(t0))
+			}
+			return nil
 		},
 	}
 	for i := range warm + n {
