@@ -373,6 +373,8 @@ func benchNode(ctx context.Context, cfg config, d *driver, root string, rep *rep
 	rp, ru := ratio(float64(pub.p50), float64(pubBudget)), ratio(float64(unpub.p50), float64(unpubBudget))
 	rep.check(sNode, "NodePublishVolume p50 ÷ (empty call + 2× raw publish) p50", fmt.Sprintf("%.2f", rp), "≤ 1", rp <= 1)
 	rep.check(sNode, "NodeUnpublishVolume p50 ÷ (empty call + 2× raw unpublish) p50", fmt.Sprintf("%.2f", ru), "≤ 1", ru <= 1)
+	again := summarize(lat.republish)
+	rep.info(sNode, "NodePublishVolume, already published there, p50 / p99", fmtDur(again.p50)+" / "+fmtDur(again.p99))
 	for _, f := range []struct {
 		name string
 		d    time.Duration
@@ -382,6 +384,7 @@ func benchNode(ctx context.Context, cfg config, d *driver, root string, rep *rep
 		{"publish-p50", pub.p50},
 		{"raw-unpublish-p50", rawUnpub.p50},
 		{"unpublish-p50", unpub.p50},
+		{"republish-p50", again.p50},
 		{"publish-budget", pubBudget},
 		{"unpublish-budget", unpubBudget},
 	} {

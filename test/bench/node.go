@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/proto"
 )
 
 // nodeLatencies are the per-iteration latencies of the node bench.
@@ -17,6 +18,7 @@ type nodeLatencies struct {
 	rawFull                  []time.Duration // mkdir, bind, remount, unmount, rmdir
 	rawPublish, rawUnpublish []time.Duration // rawFull's halves: mkdir…remount, unmount+rmdir
 	emptyRPC                 []time.Duration // NodeGetCapabilities: a node call that does nothing
+	republish                []time.Duration // NodePublishVolume where the volume is already published
 }
 
 // publishLoop creates one volume and publishes and unpublishes it n times
@@ -84,7 +86,8 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 	parent := filepath.Join(podVolumes, "pv-bench")
 	rawTgt := filepath.Join(podVolumes, "pv-raw", "mount")
 	rawFullTgt := filepath.Join(podVolumes, "pv-raw-full", "mount")
-	for _, p := range []string{parent, rawTgt, filepath.Dir(rawFullTgt)} {
+	againTgt := filepath.Join(podVolumes, "pv-bench-again", "mount")
+	for _, p := range []string{parent, rawTgt, filepath.Dir(rawFullTgt), filepath.Dir(againTgt)} {
 		if err := os.MkdirAll(p, 0o750); err != nil {
 			return lat, err
 		}
@@ -96,6 +99,22 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 	}
 	unpub := &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}
 
+	// A second target stays published throughout, and is published again in
+	// turn with the rest: kubelet's call after a restart, which finds the mount
+	// already there.
+	again := proto.Clone(pub).(*csi.NodePublishVolumeRequest)
+	again.TargetPath = againTgt
+	if _, err := d.node.NodePublishVolume(ctx, again); err != nil {
+		return lat, fmt.Errorf("NodePublishVolume %s: %w", againTgt, err)
+	}
+	defer func() {
+		if _, uerr := d.node.NodeUnpublishVolume(context.WithoutCancel(ctx), &csi.NodeUnpublishVolumeRequest{
+			VolumeId: id, TargetPath: againTgt,
+		}); uerr != nil && err == nil {
+			err = fmt.Errorf("NodeUnpublishVolume %s: %w", againTgt, uerr)
+		}
+	}()
+
 	lat = nodeLatencies{
 		publish:      make([]time.Duration, 0, n),
 		unpublish:    make([]time.Duration, 0, n),
@@ -105,6 +124,7 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 		rawPublish:   make([]time.Duration, 0, n),
 		rawUnpublish: make([]time.Duration, 0, n),
 		emptyRPC:     make([]time.Duration, 0, n),
+		republish:    make([]time.Duration, 0, n),
 	}
 	record := false
 	steps := []func() error{
@@ -140,6 +160,16 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 				lat.rawFull = append(lat.rawFull, pub+unpub)
 			}
 			return err
+		},
+		func() error {
+			t0 := time.Now()
+			if _, err := d.node.NodePublishVolume(ctx, again); err != nil {
+				return fmt.Errorf("NodePublishVolume %s again: %w", againTgt, err)
+			}
+			if record {
+				lat.republish = append(lat.republish, time.Since(t0))
+			}
+			return nil
 		},
 		func() error {
 			t0 := time.Now()
