@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,7 +38,7 @@ func Locate(dir string) (major, minor int, root string, err error) {
 
 // All returns every mount of this process's mount namespace.
 func All() ([]*MountInfo, error) {
-	mounts, err := mountinfo.GetMounts(nil)
+	mounts, err := readMounts(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}

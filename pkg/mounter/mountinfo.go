@@ -1,8 +1,10 @@
 package mounter
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +21,9 @@ var ErrStale = errors.New("stale mount")
 
 // MountInfo describes one mount, as a line of /proc/self/mountinfo.
 type MountInfo struct {
+	// ID is the mount's ID, unique while it is mounted: the one statx(2)
+	// reports as STATX_MNT_ID. Zero when unknown.
+	ID int
 	// Root is the path, inside its filesystem, of the directory or file
 	// mounted: "/" for a whole filesystem, a subpath for a bind mount.
 	Root string
@@ -46,9 +51,28 @@ type MountInfo struct {
 // clean, and symlinks in its parent directories are resolved, as the kernel
 // shows mount points by their real path; a symlink as the last element is not
 // followed. At reads /proc/self/mountinfo and works on stale mounts.
+//
+// Where statx(2) reports the mount ID and STATX_ATTR_MOUNT_ROOT (Linux 5.8),
+// the mount a lookup of target reaches is the top-most one, and At reads only
+// its line; otherwise (or when target does not answer: a stale mount) it
+// compares mount points with target's real path.
 func At(target string) (*MountInfo, error) {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, target, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_TYPE|unix.STATX_MNT_ID, &stx)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil, nil
+	case err == nil && stx.Mask&unix.STATX_MNT_ID != 0 && stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0:
+		if stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+			return nil, nil
+		}
+		if m, err := byID(int(stx.Mnt_id)); err != nil || m != nil {
+			return m, err
+		}
+		// Unmounted meanwhile: look again by mount point.
+	}
 	mp := realParent(target)
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+	mounts, err := readMounts(func(m *mountinfo.Info) (skip, stop bool) {
 		return m.Mountpoint != mp, false
 	})
 	if err != nil {
@@ -61,9 +85,21 @@ func At(target string) (*MountInfo, error) {
 	return fromInfo(top), nil
 }
 
+// byID returns the mount with the given ID, nil when there is none.
+func byID(id int) (*MountInfo, error) {
+	mounts, err := readMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.ID != id, m.ID == id
+	})
+	if err != nil || len(mounts) == 0 {
+		return nil, err
+	}
+	return fromInfo(mounts[0]), nil
+}
+
 // fromInfo converts one parsed line of mountinfo.
 func fromInfo(m *mountinfo.Info) *MountInfo {
 	return &MountInfo{
+		ID:         m.ID,
 		Root:       m.Root,
 		Source:     m.Source,
 		FSType:     m.FSType,
@@ -123,14 +159,26 @@ func IsMountPoint(target string) (bool, error) {
 // dir may also be a file, such as the device of BindBlock. A nil m returns
 // false.
 //
-// dir's filesystem and path inside it are those of the mount that holds dir,
-// found by the mount ID statx(2) reports (Linux 5.8), or else as the
+// For a directory, and a mount m that is still the top-most at its mount
+// point (its ID is what statx(2) reports there), that is: m's mount point and
+// dir are the same inode of the same filesystem, as a directory has a single
+// path inside its filesystem. Two statx calls answer it.
+//
+// Otherwise dir's filesystem and path inside it are those of the mount that
+// holds dir, found by the mount ID statx(2) reports (Linux 5.8), or else as the
 // top-most mount at the longest mount point that prefixes dir. Both come from
 // /proc/self/mountinfo, like m's, so the comparison holds on btrfs subvolumes
 // too, where st_dev differs from the mount table's device number.
 func SameSource(m *MountInfo, dir string) (bool, error) {
 	if m == nil {
 		return false, nil
+	}
+	var ds unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, dir, unix.AT_NO_AUTOMOUNT, unix.STATX_TYPE|unix.STATX_INO, &ds); err != nil {
+		return false, &os.PathError{Op: "statx", Path: dir, Err: err}
+	}
+	if same, ok := sameInode(m, &ds); ok {
+		return same, nil
 	}
 	path, err := filepath.EvalSymlinks(dir)
 	if err != nil {
@@ -156,6 +204,22 @@ func SameSource(m *MountInfo, dir string) (bool, error) {
 		filepath.Join(holder.Root, rel) == filepath.Clean(m.Root), nil
 }
 
+// sameInode compares the root of mount m, looked up at its mount point, with the
+// directory ds describes. ok is false when that answers nothing: ds is not a
+// directory, m's ID is unknown, or the lookup does not reach m (m is covered by
+// another mount, or gone, or does not answer).
+func sameInode(m *MountInfo, ds *unix.Statx_t) (same, ok bool) {
+	if m.ID == 0 || ds.Mask&unix.STATX_TYPE == 0 || ds.Mode&unix.S_IFMT != unix.S_IFDIR || ds.Mask&unix.STATX_INO == 0 {
+		return false, false
+	}
+	var ms unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, m.Mountpoint, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_MNT_ID, &ms)
+	if err != nil || ms.Mask&unix.STATX_MNT_ID == 0 || int(ms.Mnt_id) != m.ID || ms.Mask&unix.STATX_INO == 0 {
+		return false, false
+	}
+	return ms.Dev_major == ds.Dev_major && ms.Dev_minor == ds.Dev_minor && ms.Ino == ds.Ino, true
+}
+
 // holdingMount returns the mount through which path, absolute and without
 // symlinks, is reached; stx is path's statx.
 func holdingMount(path string, stx *unix.Statx_t) (*mountinfo.Info, error) {
@@ -171,7 +235,7 @@ func holdingMount(path string, stx *unix.Statx_t) (*mountinfo.Info, error) {
 			return !(mp == "/" || path == mp || strings.HasPrefix(path, mp+"/")), false
 		}
 	}
-	mounts, err := mountinfo.GetMounts(filter)
+	mounts, err := readMounts(filter)
 	if err != nil {
 		return nil, fmt.Errorf("read mounts holding %s: %w", path, err)
 	}
@@ -217,4 +281,42 @@ func realParent(target string) string {
 		return p
 	}
 	return filepath.Join(rdir, base)
+}
+
+// readMounts parses this thread's mount table, as mountinfo.GetMounts does, but
+// reads the file with plain read(2) calls, 64 KiB at a time. os.Open hands a
+// /proc file, which supports poll, to Go's netpoller: two fcntl and two
+// epoll_ctl calls, and a wake-up of the poller thread, on every read.
+func readMounts(filter mountinfo.FilterFunc) ([]*mountinfo.Info, error) {
+	path := "/proc/thread-self/mountinfo"
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		// Before Linux 3.17. Go's threads share one mount namespace unless one
+		// of them called setns(2), which Berth never does.
+		path = "/proc/self/mountinfo"
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	return mountinfo.GetMountsFromReader(bufio.NewReaderSize(fdReader(fd), 64<<10), filter)
+}
+
+// fdReader reads a blocking file descriptor.
+type fdReader int
+
+func (r fdReader) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(r), p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, err
+		case n == 0 && len(p) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
 }

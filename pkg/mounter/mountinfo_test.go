@@ -81,6 +81,14 @@ func TestAt(t *testing.T) {
 		}
 	}
 
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, target, 0, unix.STATX_MNT_ID, &stx); err != nil {
+		t.Fatal(err)
+	}
+	if m := mustAt(t, target); stx.Mask&unix.STATX_MNT_ID != 0 && m.ID != int(stx.Mnt_id) {
+		t.Errorf("At(%s).ID = %d; want the mount ID statx reports, %d", target, m.ID, stx.Mnt_id)
+	}
+
 	// Stacked mounts: At reports the top one, the one a path lookup sees.
 	mustBind(t, filepath.Join(tmp, "a"), target, Options{})
 	if m := mustAt(t, target); m.Root != "/a" || m.ReadOnly {
@@ -131,16 +139,35 @@ func TestSameSource(t *testing.T) {
 	if err := os.Symlink(vol, filepath.Join(dir, "alias-vol")); err != nil {
 		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := SameSource(tt.m, tt.dir)
-			if got != tt.want || err != nil {
-				t.Errorf("SameSource(%+v, %s) = %v, %v; want %v", tt.m, tt.dir, got, err, tt.want)
-			}
-		})
+	// Each case twice: as At returns the mount (compared by inode), and without
+	// its ID (compared through the mount table, as for a file or a covered mount).
+	for _, how := range []string{"by inode", "by mount table"} {
+		for _, tt := range tests {
+			t.Run(how+"/"+tt.name, func(t *testing.T) {
+				m := tt.m
+				if m != nil && how == "by mount table" {
+					c := *m
+					c.ID = 0
+					m = &c
+				}
+				got, err := SameSource(m, tt.dir)
+				if got != tt.want || err != nil {
+					t.Errorf("SameSource(%+v, %s) = %v, %v; want %v", m, tt.dir, got, err, tt.want)
+				}
+			})
+		}
 	}
 	if _, err := SameSource(m, filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("SameSource of a missing directory: %v, want ErrNotExist", err)
+	}
+
+	// A mount covered by another one still shows its own source.
+	mustBind(t, other, target, Options{})
+	if got, err := SameSource(m, vol); !got || err != nil {
+		t.Errorf("SameSource(covered mount, its source) = %v, %v; want true", got, err)
+	}
+	if got, err := SameSource(m, other); got || err != nil {
+		t.Errorf("SameSource(covered mount, the mount above's source) = %v, %v; want false", got, err)
 	}
 }
 

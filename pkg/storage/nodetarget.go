@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/berth-csi/berth/pkg/mounter"
-	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,15 +33,12 @@ func (n *Node) checkTarget(field, target string) (string, error) {
 
 // prepareTarget makes sure the target exists as a directory (mount) or a regular file
 // (block), creating only its last component, and that no component is a symlink.
+//
+// It costs three syscalls when the target is new, as it is on almost every publish:
+// the parent is opened (openDir), the target created in it, the parent closed. Only
+// a name that already exists is stat'ed, to check what it is.
 func (n *Node) prepareTarget(target, rel string, block bool) error {
-	parentRel := filepath.Dir(rel)
-	var parent *os.File
-	var err error
-	if parentRel == "." {
-		parent, err = os.Open(n.kubeletDir)
-	} else {
-		parent, err = safefs.OpenBeneath(n.kubeletDir, parentRel, unix.O_PATH|unix.O_DIRECTORY)
-	}
+	parent, err := n.openDir(filepath.Dir(rel))
 	switch {
 	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV):
 		return errorf(ErrPrecondition, "target_path %q: a parent directory is a symlink", target)
@@ -53,31 +49,58 @@ func (n *Node) prepareTarget(target, rel string, block bool) error {
 	case err != nil:
 		return fmt.Errorf("target_path %q: %w", target, err)
 	}
-	defer parent.Close()
-	pfd := int(parent.Fd())
+	defer unix.Close(parent)
 	name := filepath.Base(rel)
-	var st unix.Stat_t
-	err = unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	if errors.Is(err, unix.ENOENT) {
-		if block {
-			fd, err := unix.Openat(pfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o640)
-			if err != nil {
-				return fmt.Errorf("create target_path %q: %w", target, err)
-			}
-			return unix.Close(fd)
-		}
-		if err := unix.Mkdirat(pfd, name, 0o750); err != nil && !errors.Is(err, unix.EEXIST) {
+	// A name removed between a refused create and its stat is created again, once.
+	for range 2 {
+		created, err := createTarget(parent, name, block)
+		if err != nil {
 			return fmt.Errorf("create target_path %q: %w", target, err)
 		}
-		return nil
-	}
-	if err != nil {
-		if isStale(err) {
-			return nil // a dead mount sits there; the caller unmounts or reports it
+		if created {
+			return nil
 		}
-		return fmt.Errorf("stat target_path %q: %w", target, err)
+		var st unix.Stat_t
+		err = unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			if isStale(err) {
+				return nil // a dead mount sits there; the caller unmounts or reports it
+			}
+			return fmt.Errorf("stat target_path %q: %w", target, err)
+		}
+		return checkTargetType(target, st.Mode, block)
 	}
-	switch st.Mode & unix.S_IFMT {
+	return fmt.Errorf("create target_path %q: it exists, then it does not: %w", target, unix.ENOENT)
+}
+
+// createTarget creates name in the directory parent: a directory, or an empty
+// regular file for a block volume. An existing name (of any type: a symlink is not
+// followed) is not an error: created is false.
+func createTarget(parent int, name string, block bool) (created bool, err error) {
+	if block {
+		fd, err := unix.Openat(parent, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o640)
+		if err == nil {
+			return true, unix.Close(fd)
+		}
+		if errors.Is(err, unix.EEXIST) {
+			return false, nil
+		}
+		return false, err
+	}
+	err = unix.Mkdirat(parent, name, 0o750)
+	if errors.Is(err, unix.EEXIST) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// checkTargetType refuses an existing target that is not what the volume is published
+// on: a directory for a mount volume, a regular file for a block volume.
+func checkTargetType(target string, mode uint32, block bool) error {
+	switch mode & unix.S_IFMT {
 	case unix.S_IFLNK:
 		return errorf(ErrPrecondition, "target_path %q is a symlink", target)
 	case unix.S_IFDIR:
@@ -94,6 +117,37 @@ func (n *Node) prepareTarget(target, rel string, block bool) error {
 	return nil
 }
 
+// maxOpenRetries bounds the retries of an openat2 that the kernel refused with
+// EAGAIN (a rename or mount raced with the lookup) or that a signal interrupted.
+const maxOpenRetries = 16
+
+// openDir opens the directory rel under the kubelet directory ("." for the directory
+// itself) as an O_PATH descriptor for *at calls, refusing a symlink at any component
+// (ELOOP) and a component that is not a directory (ENOTDIR; O_DIRECTORY also refuses
+// a trailing symlink). The kubelet directory is its real path (Node resolves it) and
+// rel a clean relative path, so resolving the joined path with RESOLVE_NO_SYMLINKS
+// confines it as safefs.OpenBeneath does, in one syscall instead of five: a publish
+// and an unpublish each open a parent, and pay for every syscall.
+func (n *Node) openDir(rel string) (int, error) {
+	path := filepath.Join(n.kubeletDir, rel)
+	how := unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	var err error
+	for range maxOpenRetries {
+		var fd int
+		fd, err = unix.Openat2(unix.AT_FDCWD, path, &how)
+		if err == nil {
+			return fd, nil
+		}
+		if err != unix.EAGAIN && err != unix.EINTR {
+			break
+		}
+	}
+	return -1, &os.PathError{Op: "openat2", Path: path, Err: err}
+}
+
 // checkParent refuses a path whose parent directories are reached through a symlink
 // (or a parent that is not a directory, as a trailing symlink may be reported):
 // publish never mounts there, and following the link could unmount or remove something
@@ -103,12 +157,12 @@ func (n *Node) checkParent(field, target, rel string) error {
 	if parentRel == "." {
 		return nil
 	}
-	parent, err := safefs.OpenBeneath(n.kubeletDir, parentRel, unix.O_PATH|unix.O_DIRECTORY)
+	parent, err := n.openDir(parentRel)
 	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOTDIR) {
 		return errorf(ErrPrecondition, "%s %q: a parent is a symlink or not a directory", field, target)
 	}
 	if err == nil {
-		parent.Close()
+		unix.Close(parent)
 	}
 	return nil
 }
@@ -124,8 +178,16 @@ func (n *Node) checkUnmountPath(field, path string) error {
 }
 
 // removeTarget deletes the target only when it is an empty directory or an empty
-// regular file (a block target). Never a recursive delete.
+// regular file (a block target). Never a recursive delete. The directory, the usual
+// case, costs one rmdir; only a target that is not a directory is stat'ed.
 func removeTarget(target string) error {
+	err := unix.Rmdir(target)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOENT):
+		return nil
+	case !errors.Is(err, unix.ENOTDIR):
+		return err
+	}
 	var st unix.Stat_t
 	if err := unix.Lstat(target, &st); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -133,14 +195,7 @@ func removeTarget(target string) error {
 		}
 		return fmt.Errorf("lstat %s: %w", target, err)
 	}
-	switch {
-	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		err := unix.Rmdir(target)
-		if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		return err
-	case st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == 0:
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == 0 {
 		if err := unix.Unlink(target); err != nil && !errors.Is(err, unix.ENOENT) {
 			return err
 		}

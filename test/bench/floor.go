@@ -150,41 +150,57 @@ func syncDir(path string) error {
 // the latency of each mount+unmount pair. tgt must exist.
 //
 // With full, each iteration does the least a publish+unpublish that follows
-// the spec must do: create tgt (which must not exist), bind-mount, remount
-// nosuid,nodev (the kernel ignores those flags on the bind itself), unmount
-// and remove tgt.
+// the spec must do (rawPublish, then rawUnpublish), and tgt must not exist.
 func rawMountFloor(ctx context.Context, src, tgt string, n int, full bool) ([]time.Duration, error) {
 	pairs := make([]time.Duration, 0, n)
 	for range n {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		start := time.Now()
 		if full {
-			if err := unix.Mkdir(tgt, 0o750); err != nil {
-				return nil, fmt.Errorf("mkdir %s: %w", tgt, err)
+			pub, unpub, err := rawPublishUnpublish(src, tgt)
+			if err != nil {
+				return nil, err
 			}
+			pairs = append(pairs, pub+unpub)
+			continue
 		}
+		start := time.Now()
 		if err := unix.Mount(src, tgt, "", unix.MS_BIND, ""); err != nil {
 			return nil, fmt.Errorf("bind mount %s on %s: %w", src, tgt, err)
-		}
-		if full {
-			if err := unix.Mount("", tgt, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-				_ = unix.Unmount(tgt, unix.MNT_DETACH)
-				return nil, fmt.Errorf("remount %s nosuid,nodev: %w", tgt, err)
-			}
 		}
 		if err := unix.Unmount(tgt, 0); err != nil {
 			return nil, fmt.Errorf("unmount %s: %w", tgt, err)
 		}
-		if full {
-			if err := unix.Rmdir(tgt); err != nil {
-				return nil, fmt.Errorf("rmdir %s: %w", tgt, err)
-			}
-		}
 		pairs = append(pairs, time.Since(start))
 	}
 	return pairs, nil
+}
+
+// rawPublishUnpublish times, apart, the least a publish that follows the spec
+// must do (create tgt, which must not exist; bind-mount src there; remount it
+// nosuid,nodev, as the kernel ignores those flags on the bind itself) and the
+// least its unpublish must do (unmount and remove tgt).
+func rawPublishUnpublish(src, tgt string) (pub, unpub time.Duration, err error) {
+	t0 := time.Now()
+	if err := unix.Mkdir(tgt, 0o750); err != nil {
+		return 0, 0, fmt.Errorf("mkdir %s: %w", tgt, err)
+	}
+	if err := unix.Mount(src, tgt, "", unix.MS_BIND, ""); err != nil {
+		return 0, 0, fmt.Errorf("bind mount %s on %s: %w", src, tgt, err)
+	}
+	if err := unix.Mount("", tgt, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		_ = unix.Unmount(tgt, unix.MNT_DETACH)
+		return 0, 0, fmt.Errorf("remount %s nosuid,nodev: %w", tgt, err)
+	}
+	t1 := time.Now()
+	if err := unix.Unmount(tgt, 0); err != nil {
+		return 0, 0, fmt.Errorf("unmount %s: %w", tgt, err)
+	}
+	if err := unix.Rmdir(tgt); err != nil {
+		return 0, 0, fmt.Errorf("rmdir %s: %w", tgt, err)
+	}
+	return t1.Sub(t0), time.Since(t1), nil
 }
 
 // fsName names the file system holding path and reports whether it is

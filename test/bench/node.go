@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/proto"
 )
 
 // nodeLatencies are the per-iteration latencies of the node bench.
@@ -15,6 +16,9 @@ type nodeLatencies struct {
 	publish, unpublish, pair []time.Duration
 	raw                      []time.Duration // bind mount + unmount, no driver
 	rawFull                  []time.Duration // mkdir, bind, remount, unmount, rmdir
+	rawPublish, rawUnpublish []time.Duration // rawFull's halves: mkdir…remount, unmount+rmdir
+	emptyRPC                 []time.Duration // NodeGetCapabilities: a node call that does nothing
+	republish                []time.Duration // NodePublishVolume where the volume is already published
 }
 
 // publishLoop creates one volume and publishes and unpublishes it n times
@@ -22,9 +26,9 @@ type nodeLatencies struct {
 // kubelet makes them. It stages the volume first if the driver asks for it.
 //
 // Each iteration also runs the two raw floors from rawSrc to targets beside
-// the driver's: unmount waits for an RCU grace period, whose length follows
-// the machine's load, so the floors are sampled with the driver, in turn,
-// not apart.
+// the driver's, and an empty call on the same socket: unmount waits for an RCU
+// grace period, whose length follows the machine's load, as does a round trip,
+// so the floors are sampled with the driver, in turn, not apart.
 func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (lat nodeLatencies, err error) {
 	vol, err := d.ctrl.CreateVolume(ctx, createRequest("bench-node-volume"))
 	if err != nil {
@@ -82,7 +86,8 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 	parent := filepath.Join(podVolumes, "pv-bench")
 	rawTgt := filepath.Join(podVolumes, "pv-raw", "mount")
 	rawFullTgt := filepath.Join(podVolumes, "pv-raw-full", "mount")
-	for _, p := range []string{parent, rawTgt, filepath.Dir(rawFullTgt)} {
+	againTgt := filepath.Join(podVolumes, "pv-bench-again", "mount")
+	for _, p := range []string{parent, rawTgt, filepath.Dir(rawFullTgt), filepath.Dir(againTgt)} {
 		if err := os.MkdirAll(p, 0o750); err != nil {
 			return lat, err
 		}
@@ -94,12 +99,32 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 	}
 	unpub := &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}
 
+	// A second target stays published throughout, and is published again in
+	// turn with the rest: kubelet's call after a restart, which finds the mount
+	// already there.
+	again := proto.Clone(pub).(*csi.NodePublishVolumeRequest)
+	again.TargetPath = againTgt
+	if _, err := d.node.NodePublishVolume(ctx, again); err != nil {
+		return lat, fmt.Errorf("NodePublishVolume %s: %w", againTgt, err)
+	}
+	defer func() {
+		if _, uerr := d.node.NodeUnpublishVolume(context.WithoutCancel(ctx), &csi.NodeUnpublishVolumeRequest{
+			VolumeId: id, TargetPath: againTgt,
+		}); uerr != nil && err == nil {
+			err = fmt.Errorf("NodeUnpublishVolume %s: %w", againTgt, uerr)
+		}
+	}()
+
 	lat = nodeLatencies{
-		publish:   make([]time.Duration, 0, n),
-		unpublish: make([]time.Duration, 0, n),
-		pair:      make([]time.Duration, 0, n),
-		raw:       make([]time.Duration, 0, n),
-		rawFull:   make([]time.Duration, 0, n),
+		publish:      make([]time.Duration, 0, n),
+		unpublish:    make([]time.Duration, 0, n),
+		pair:         make([]time.Duration, 0, n),
+		raw:          make([]time.Duration, 0, n),
+		rawFull:      make([]time.Duration, 0, n),
+		rawPublish:   make([]time.Duration, 0, n),
+		rawUnpublish: make([]time.Duration, 0, n),
+		emptyRPC:     make([]time.Duration, 0, n),
+		republish:    make([]time.Duration, 0, n),
 	}
 	record := false
 	steps := []func() error{
@@ -128,11 +153,33 @@ func publishLoop(ctx context.Context, d *driver, rawSrc string, warm, n int) (la
 			return err
 		},
 		func() error {
-			raw, err := rawMountFloor(ctx, rawSrc, rawFullTgt, 1, true)
+			pub, unpub, err := rawPublishUnpublish(rawSrc, rawFullTgt)
 			if err == nil && record {
-				lat.rawFull = append(lat.rawFull, raw[0])
+				lat.rawPublish = append(lat.rawPublish, pub)
+				lat.rawUnpublish = append(lat.rawUnpublish, unpub)
+				lat.rawFull = append(lat.rawFull, pub+unpub)
 			}
 			return err
+		},
+		func() error {
+			t0 := time.Now()
+			if _, err := d.node.NodePublishVolume(ctx, again); err != nil {
+				return fmt.Errorf("NodePublishVolume %s again: %w", againTgt, err)
+			}
+			if record {
+				lat.republish = append(lat.republish, time.Since(t0))
+			}
+			return nil
+		},
+		func() error {
+			t0 := time.Now()
+			if _, err := d.node.NodeGetCapabilities(ctx, &csi.NodeGetCapabilitiesRequest{}); err != nil {
+				return fmt.Errorf("NodeGetCapabilities: %w", err)
+			}
+			if record {
+				lat.emptyRPC = append(lat.emptyRPC, time.Since(t0))
+			}
+			return nil
 		},
 	}
 	for i := range warm + n {

@@ -41,8 +41,9 @@ type row struct {
 
 // report collects the figures of one run, in the order they were measured.
 type report struct {
-	header []string // "key: value" lines describing the machine and run
-	rows   []row
+	header  []string // "key: value" lines describing the machine and run
+	rows    []row
+	figures []string // "figure: NAME VALUE UNIT" lines, for scripts comparing runs
 }
 
 func (r *report) env(key, value string) {
@@ -66,6 +67,12 @@ func (r *report) check(section, figure, value, target string, ok bool) {
 // skip adds a figure that was not measured, with the reason as its value.
 func (r *report) skip(section, figure, target, why string) {
 	r.rows = append(r.rows, row{section: section, figure: figure, value: why, target: target, verdict: skipped})
+}
+
+// figure adds a machine-readable line, "figure: NAME VALUE UNIT", printed
+// after the table.
+func (r *report) figure(name, value, unit string) {
+	r.figures = append(r.figures, fmt.Sprintf("figure: %s %s %s", name, value, unit))
 }
 
 // counts returns how many rows passed and missed.
@@ -98,8 +105,18 @@ func (r *report) writeText(w io.Writer) error {
 		return err
 	}
 	passed, missed := r.counts()
-	_, err := fmt.Fprintf(w, "\n%d figures met their target, %d missed.\n", passed, missed)
-	return err
+	if _, err := fmt.Fprintf(w, "\n%d figures met their target, %d missed.\n", passed, missed); err != nil {
+		return err
+	}
+	if len(r.figures) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, f := range r.figures {
+		if _, err := fmt.Fprintln(w, f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeMarkdown prints the same table as markdown, for docs/benchmarks.md.
