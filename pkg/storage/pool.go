@@ -264,53 +264,58 @@ func (p *Pool) kickPurge() {
 	}
 }
 
-// purger empties the trash whenever kicked, until ctx ends. Purging walks with
-// no-follow semantics and never leaves the trash entry (safefs.RemoveTree).
+// purger empties the trash whenever kicked, until ctx ends.
 func (p *Pool) purger(ctx context.Context) {
-	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
-	trash := filepath.Join(p.cfg.Path, trashDir)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.purge:
 		}
-		entries, err := os.ReadDir(trash)
+		p.purgeTrash(ctx)
+	}
+}
+
+// purgeTrash removes every entry of the trash it can. Purging walks with no-follow
+// semantics and never leaves the trash entry (safefs.RemoveTree).
+func (p *Pool) purgeTrash(ctx context.Context) {
+	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	trash := filepath.Join(p.cfg.Path, trashDir)
+	entries, err := os.ReadDir(trash)
+	if err != nil {
+		logger.Error(err, "Cannot read trash")
+		return
+	}
+	for _, e := range entries {
+		if ctx.Err() != nil {
+			return
+		}
+		// Every host purges a shared pool's trash: one at a time per entry.
+		l, err := p.tryLock("t-" + e.Name())
 		if err != nil {
-			logger.Error(err, "Cannot read trash")
 			continue
 		}
-		for _, e := range entries {
-			if ctx.Err() != nil {
-				return
-			}
-			// Every host purges a shared pool's trash: one at a time per entry.
-			l, err := p.tryLock("t-" + e.Name())
-			if err != nil {
-				continue
-			}
-			rec, _ := readRecord(filepath.Join(trash, e.Name()))
-			// The data first, the record last: a purge that stops midway (a file it
-			// cannot remove) keeps the record, and with it the quota project ID the
-			// remaining data is charged to, taken across restarts.
-			err = nil
-			if fi, lerr := os.Lstat(filepath.Join(trash, e.Name())); lerr == nil && fi.IsDir() {
-				data, _ := p.backend.Data()
-				err = safefs.RemoveTree(filepath.Join(trash, e.Name()), data)
-			}
-			if err == nil {
-				err = safefs.RemoveTree(trash, e.Name())
-			}
-			l.unlock()
-			if err != nil {
-				logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
-				continue
-			}
-			if rec != nil {
-				p.projects.free(rec.ProjectID)
-			}
-			logger.V(4).Info("Purged deleted volume", "entry", e.Name())
+		rec, _ := readRecord(filepath.Join(trash, e.Name()))
+		// The data first, the record last: a purge that stops midway (a file it
+		// cannot remove) keeps the record, and with it the quota project ID the
+		// remaining data is charged to, taken across restarts.
+		err = nil
+		if fi, lerr := os.Lstat(filepath.Join(trash, e.Name())); lerr == nil && fi.IsDir() {
+			data, _ := p.backend.Data()
+			err = safefs.RemoveTree(filepath.Join(trash, e.Name()), data)
 		}
+		if err == nil {
+			err = safefs.RemoveTree(trash, e.Name())
+		}
+		l.unlock()
+		if err != nil {
+			logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
+			continue
+		}
+		if rec != nil {
+			p.projects.free(rec.ProjectID)
+		}
+		logger.V(4).Info("Purged deleted volume", "entry", e.Name())
 	}
 }
 
