@@ -110,8 +110,12 @@ func (p *Pool) DataPath(hash string) string { return filepath.Join(p.VolumeDir(h
 // for purging and loads the index. It is the start-up reconciliation of one pool.
 func (p *Pool) open(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
-	if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
-		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	// A shared pool's path gets nothing made in it until its filesystem is
+	// mounted there (EnsureMounted, which makes the mount point itself).
+	if _, mounts := p.backend.(poolMounter); !mounts {
+		if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
+			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+		}
 	}
 	if err := p.EnsureMounted(ctx); err != nil {
 		// Never lay a shared pool out on the node's own disk.
@@ -280,6 +284,10 @@ func (p *Pool) purger(ctx context.Context) {
 // semantics and never leaves the trash entry (safefs.RemoveTree).
 func (p *Pool) purgeTrash(ctx context.Context) {
 	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	if err := p.usable(ctx); err != nil {
+		logger.V(4).Info("Trash not purged", "err", err.Error())
+		return
+	}
 	trash := filepath.Join(p.cfg.Path, trashDir)
 	entries, err := os.ReadDir(trash)
 	if err != nil {
@@ -320,8 +328,17 @@ func (p *Pool) purgeTrash(ctx context.Context) {
 }
 
 // Capacity reports the bytes a new volume may take now (available) and the largest
-// volume the pool could ever hold (maxVolume), both net of the reserve.
+// volume the pool could ever hold (maxVolume), both net of the reserve. A shared pool
+// whose mount is gone is ErrNotReady (usable).
 func (p *Pool) Capacity() (available, maxVolume int64, err error) {
+	if err := p.usable(p.ctx()); err != nil {
+		return 0, 0, err
+	}
+	return p.capacity()
+}
+
+// capacity is Capacity once the pool is known usable.
+func (p *Pool) capacity() (available, maxVolume int64, err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(p.cfg.Path, &st); err != nil {
 		return 0, 0, fmt.Errorf("pool %s: statfs: %w", p.cfg.Name, err)

@@ -17,6 +17,8 @@ import (
 // capacity rescan the pool.
 
 // find returns the index's record of a committed volume (not a copy), or ErrNotFound.
+// The caller has checked that a shared pool is usable; a volume missing from a shared
+// pool is NotFound only if the pool's mount is still live (it may have gone since).
 func (p *Pool) find(hash string) (*Record, error) {
 	if !p.Shared() {
 		if r, ok := p.lookup(hash); ok {
@@ -25,9 +27,14 @@ func (p *Pool) find(hash string) (*Record, error) {
 		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
 	}
 	if err := p.Health(); err != nil {
-		return nil, fmt.Errorf("pool %s is not served: %w: %w", p.cfg.Name, err, ErrNotReady)
+		return nil, p.notServed(err)
 	}
 	r, err := readRecord(p.VolumeDir(hash))
+	if m, ok := p.backend.(poolMounter); ok && errors.Is(err, os.ErrNotExist) {
+		if lerr := m.Live(); lerr != nil {
+			return nil, p.notServed(lerr)
+		}
+	}
 	if err == nil {
 		err = p.checkRecord(r, hash)
 	}
@@ -56,10 +63,10 @@ func (p *Pool) find(hash string) (*Record, error) {
 	return r, nil
 }
 
-// refresh reloads a shared pool's index and snapshots from disk; errors (a dead
-// mount) leave the cache as it was. Other pools need nothing.
+// refresh reloads a shared pool's index and snapshots from disk; a pool that is not
+// usable, and errors, leave the cache as it was. Other pools need nothing.
 func (p *Pool) refresh() {
-	if !p.Shared() || p.Health() != nil {
+	if !p.Shared() || p.usable(p.ctx()) != nil {
 		return
 	}
 	if err := p.rescan(context.Background()); err != nil {

@@ -148,6 +148,9 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
+	if err := p.usable(ctx); err != nil {
+		return nil, err
+	}
 	id := SnapshotID(p.cfg.Name, name)
 	hash := id[len(id)-hashLen:]
 	p.refreshSnapshot(hash)
@@ -180,7 +183,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 			return &c, nil
 		}
 	}
-	src, err := p.Get(source)
+	src, err := p.get(source)
 	if err != nil {
 		return nil, err
 	}
@@ -284,8 +287,12 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 	return nil
 }
 
-// Snapshot returns a committed or in-progress snapshot by hash.
+// Snapshot returns a committed or in-progress snapshot by hash; ErrNotReady for a
+// shared pool whose mount is gone (usable).
 func (p *Pool) Snapshot(hash string) (*Snapshot, error) {
+	if err := p.usable(p.ctx()); err != nil {
+		return nil, err
+	}
 	p.refreshSnapshot(hash)
 	p.snaps.mu.Lock()
 	defer p.snaps.mu.Unlock()
@@ -321,6 +328,9 @@ func (p *Pool) Snapshots() []*Snapshot {
 // DeleteSnapshot removes a snapshot (cancelling its copy if one runs); a missing one
 // is success. The caller holds the snapshot's lock.
 func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
+	if err := p.usable(ctx); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", hash, err)
+	}
 	p.snaps.mu.Lock()
 	b := p.snaps.building[hash]
 	p.snaps.mu.Unlock()
