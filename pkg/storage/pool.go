@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
 	"github.com/berth-csi/berth/pkg/storage/meta"
@@ -55,7 +56,7 @@ type Pool struct {
 	bg    *sync.WaitGroup // the engine's background goroutines
 
 	snaps   snapshotState
-	reflink bool // copies are reflinks (FICLONE works in this pool)
+	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)
 }
 
 func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
@@ -107,11 +108,12 @@ func (p *Pool) VolumeDir(hash string) string { return filepath.Join(p.cfg.Path, 
 func (p *Pool) DataPath(hash string) string { return filepath.Join(p.VolumeDir(hash), DataDir) }
 
 // open creates the layout, rolls back half-created volumes, schedules half-deleted ones
-// for purging and loads the index. It is the start-up reconciliation of one pool.
+// for purging and loads the index. It is the start-up reconciliation of one pool, and
+// what serves a pool again (reopen): a pool loaded before is read again from disk.
+// A shared pool's path gets nothing created in it until its filesystem is mounted
+// there (EnsureMounted); the pool is served (its health set) once all of this is done.
 func (p *Pool) open(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
-	// A shared pool's path gets nothing made in it until its filesystem is
-	// mounted there (EnsureMounted, which makes the mount point itself).
 	if _, mounts := p.backend.(poolMounter); !mounts {
 		if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
 			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
@@ -122,12 +124,12 @@ func (p *Pool) open(ctx context.Context) error {
 		p.setHealth(err)
 		return nil
 	}
-	for _, d := range []string{volumesDir, tmpDir, trashDir} {
+	for _, d := range []string{volumesDir, tmpDir, trashDir, snapshotsDir} {
 		if err := os.Mkdir(filepath.Join(p.cfg.Path, d), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 		}
 	}
-	p.setHealth(p.backend.Check(ctx, p))
+	checked := p.backend.Check(ctx, p)
 	// Half-created volumes: never acknowledged, so discard them.
 	tmps, err := os.ReadDir(filepath.Join(p.cfg.Path, tmpDir))
 	if err != nil {
@@ -155,14 +157,20 @@ func (p *Pool) open(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := p.loadIndex(ctx); err != nil {
+	p.mu.Lock()
+	loaded := p.loaded
+	p.mu.Unlock()
+	if loaded {
+		// Served again: other hosts created and deleted meanwhile.
+		err = p.rescan(ctx)
+	} else if err = p.loadIndex(ctx); err == nil {
+		err = p.loadSnapshots(ctx)
+	}
+	if err != nil {
 		return err
 	}
-	if err := p.loadSnapshots(ctx); err != nil {
-		return err
-	}
-	p.reflink = clone.ReflinkSupported(filepath.Join(p.cfg.Path, tmpDir))
-	logger.V(2).Info("Pool copy mode", "reflink", p.reflink)
+	p.reflink.Store(clone.ReflinkSupported(filepath.Join(p.cfg.Path, tmpDir)))
+	logger.V(2).Info("Pool copy mode", "reflink", p.reflink.Load())
 	// Deleted volumes still in the trash keep their quota project IDs until purged.
 	trashed, err := os.ReadDir(filepath.Join(p.cfg.Path, trashDir))
 	if err != nil {
@@ -175,6 +183,7 @@ func (p *Pool) open(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	p.loaded = true
+	p.healthErr = checked
 	p.mu.Unlock()
 	p.kickPurge()
 	return nil

@@ -101,7 +101,9 @@ func (p *Pool) ctx() context.Context {
 // retryPools tries the unserved pools again every poolRetry until ctx ends: a shared
 // pool whose filesystem could not be mounted is mounted and loaded, a pool whose
 // filesystem failed its kind's check is checked again. One pool's trouble never
-// stops the others: each is served on its own as soon as it can be.
+// stops the others: each is served on its own as soon as it can be. The served
+// shared pools are checked on the same beat, so a mount that dies while no call
+// comes is remounted, or the pool reported unserved, all the same.
 func (e *Engine) retryPools(ctx context.Context) {
 	t := time.NewTicker(e.poolRetry())
 	defer t.Stop()
@@ -112,7 +114,18 @@ func (e *Engine) retryPools(ctx context.Context) {
 		case <-t.C:
 		}
 		for _, p := range e.pools {
-			if p.Health() == nil || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if p.Health() == nil {
+				// A mount that died while no call came is remounted, or the pool
+				// reported unserved, as a call would; the full check (the source of
+				// the mount, from the mount table) runs here, off the calls' path.
+				if m, ok := p.backend.(poolMounter); ok {
+					if err := m.Mount(ctx); err != nil {
+						p.unserve(ctx, err)
+					}
+				}
 				continue
 			}
 			logger := klog.FromContext(ctx).WithValues("pool", p.Name())
@@ -132,13 +145,15 @@ func (e *Engine) retryPools(ctx context.Context) {
 	}
 }
 
-// reopen runs a pool's start-up again: all of it when mounting failed before the
-// layout was loaded, else only its kind's check.
+// reopen runs a pool's start-up again: all of it for a pool the engine mounts or
+// finds mounted (a shared pool is read again from its filesystem: other hosts went
+// on meanwhile) and when mounting failed before the layout was loaded, else only its
+// kind's check.
 func (p *Pool) reopen(ctx context.Context) error {
 	p.mu.Lock()
 	loaded := p.loaded
 	p.mu.Unlock()
-	if !loaded {
+	if _, mounts := p.backend.(poolMounter); mounts || !loaded {
 		return p.open(ctx)
 	}
 	p.setHealth(p.backend.Check(ctx, p))

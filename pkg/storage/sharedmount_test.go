@@ -3,6 +3,7 @@ package storage_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/berth-csi/berth/internal/fakehost"
 	"github.com/berth-csi/berth/internal/testengine"
+	"github.com/berth-csi/berth/pkg/mounter"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
@@ -40,7 +42,11 @@ type outage struct {
 
 	mounted atomic.Bool  // the filesystem is mounted at path (its content is there)
 	refuse  atomic.Bool  // mount(8) fails, as with its server unreachable
+	hold    atomic.Bool  // the path looks dead to the engine, whatever is there
 	mounts  atomic.Int32 // mount(8) runs
+	// afterMount, when set, runs once the filesystem is mounted, before the engine
+	// can see it (what other hosts did while it was not mounted here).
+	afterMount atomic.Pointer[func()]
 }
 
 // startOutage starts an engine on a shared pool (with a source: the engine mounts it
@@ -60,6 +66,12 @@ func startOutage(t *testing.T, source bool, retry time.Duration) *outage {
 		}
 	}
 	o.fh.SetHooks(fakehost.Hooks{
+		IsMountPoint: func(target string) error {
+			if target == o.path && o.hold.Load() {
+				return fmt.Errorf("%w: held by the test", mounter.ErrStale)
+			}
+			return nil
+		},
 		Unmount: func(target string) error {
 			if target == o.path && o.mounted.Load() {
 				return o.aside()
@@ -103,6 +115,8 @@ func startOutage(t *testing.T, source bool, retry time.Duration) *outage {
 // mount brings the filesystem's content back to the path, which must be the empty
 // directory it was left as, and mounts it there.
 func (o *outage) mount() error {
+	o.hold.Store(true)
+	defer o.hold.Store(false)
 	if err := os.Remove(o.path); err != nil {
 		return err // not empty: something was written on the local disk
 	}
@@ -113,6 +127,9 @@ func (o *outage) mount() error {
 		return err
 	}
 	o.mounted.Store(true)
+	if f := o.afterMount.Swap(nil); f != nil {
+		(*f)()
+	}
 	return nil
 }
 
@@ -318,6 +335,126 @@ func TestDeadSharedMount(t *testing.T) {
 					mustDelete(t, o.local, r.Hash())
 				})
 			}
+		})
+	}
+}
+
+// TestDeadSharedMountRemounted: a pool with a source whose mount died is mounted
+// again by the next call, which then succeeds; with no call, by the engine's periodic
+// check, so a controller never serves a dead mount for good.
+func TestDeadSharedMountRemounted(t *testing.T) {
+	t.Run("by the next call", func(t *testing.T) {
+		o := startOutage(t, true, 0)
+		vol := mustCreate(t, o.shared, "pvc-1", mib)
+		o.kill(t)
+		if _, _, err := o.e.Volume(vol.ID); err != nil {
+			t.Fatalf("Volume after the mount died: %v, want the pool remounted", err)
+		}
+		if n := o.mounts.Load(); n != 2 {
+			t.Errorf("mount(8) ran %d times, want 2 (start, remount)", n)
+		}
+		if err := o.e.UnservedPools(); err != nil {
+			t.Errorf("UnservedPools() = %v after the remount", err)
+		}
+		mustDelete(t, o.shared, vol.Hash())
+	})
+	t.Run("by the periodic check", func(t *testing.T) {
+		o := startOutage(t, true, 10*time.Millisecond)
+		// Twice: the first death may meet the purge round that start-up kicked.
+		for want := int32(2); want <= 3; want++ {
+			o.kill(t)
+			deadline := time.Now().Add(purgeTimeout)
+			for {
+				mounted, err := o.fh.Host().Mounts.IsMountPoint(o.path)
+				if mounted && err == nil && o.mounts.Load() == want {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the dead mount was not replaced: %t, %v, mount(8) ran %d times", mounted, err, o.mounts.Load())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		if err := o.e.UnservedPools(); err != nil {
+			t.Errorf("UnservedPools() = %v after the remount", err)
+		}
+	})
+}
+
+// TestSharedPoolServedAgain: once the pool's filesystem is mounted again (by the
+// operator, or by the engine once mount(8) works again), the pool is served again
+// and read as at start-up: a build another host left half done is rolled back, and
+// the binds of its volumes found in the mount table are publications. The deletion
+// refused meanwhile succeeds when retried, and the data goes.
+func TestSharedPoolServedAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		source  bool
+		brk     func(o *outage, t *testing.T)
+		restore func(o *outage, t *testing.T)
+	}{
+		{"operator-mounted, unmounted", false, (*outage).unmount, func(o *outage, t *testing.T) {
+			if err := o.mount(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"source, dead, remount failing", true, func(o *outage, t *testing.T) { o.refuse.Store(true); o.kill(t) },
+			func(o *outage, _ *testing.T) { o.refuse.Store(false) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := startOutage(t, tc.source, 10*time.Millisecond)
+			vol := mustCreate(t, o.shared, "pvc-1", mib)
+			writeFile(t, filepath.Join(o.shared.DataPath(vol.Hash()), "file"), "data")
+			tc.brk(o, t)
+			ctx := quiet()
+			if err := o.e.DeleteVolume(ctx, vol.ID); !errors.Is(err, storage.ErrNotReady) {
+				t.Fatalf("DeleteVolume with the mount gone: %v, want ErrNotReady", err)
+			}
+			if !o.mounted.Load() {
+				assertContent(t, filepath.Join(o.remote, "volumes", vol.Hash(), "data", "file"), "data")
+			}
+			halfBuilt := filepath.Join(o.path, "tmp", "0123456789abcdef0123456789abcdef.0123")
+			target := filepath.Join(o.kubelet, "pods", "target")
+			if err := os.Mkdir(target, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			var setupErr error
+			setup := func() {
+				// Another host's build stopped halfway meanwhile, and a bind of the
+				// volume's data is in the mount table.
+				if setupErr = os.MkdirAll(filepath.Join(halfBuilt, "data"), 0o700); setupErr == nil {
+					setupErr = o.fh.Host().Mounts.Bind(o.shared.DataPath(vol.Hash()), target, mounter.Options{})
+				}
+			}
+			o.afterMount.Store(&setup)
+			tc.restore(o, t)
+			deadline := time.Now().Add(purgeTimeout)
+			for o.e.UnservedPools() != nil {
+				if time.Now().After(deadline) {
+					t.Fatalf("pool not served again: %v", o.e.UnservedPools())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if setupErr != nil {
+				t.Fatalf("what other hosts did: %v", setupErr)
+			}
+			waitEmpty(t, filepath.Join(o.path, "tmp"))
+			// Found just after the pool is served again (Engine.onServed).
+			for pubs := o.e.Publications(vol.ID); len(pubs) != 1 || pubs[0].TargetPath != target; pubs = o.e.Publications(vol.ID) {
+				if time.Now().After(deadline) {
+					t.Fatalf("publications once served again: %+v, want the bind at %s", pubs, target)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if err := o.fh.Host().Mounts.Unmount(target); err != nil {
+				t.Fatal(err)
+			}
+			o.e.RemovePublication(vol.ID, target)
+			if err := o.e.DeleteVolume(ctx, vol.ID); err != nil {
+				t.Fatalf("DeleteVolume retried once served again: %v", err)
+			}
+			assertMissing(t, o.shared.VolumeDir(vol.Hash()))
+			waitEmpty(t, filepath.Join(o.path, "trash"))
 		})
 	}
 }

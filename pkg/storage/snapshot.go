@@ -80,14 +80,10 @@ type snapshotState struct {
 // copySync is what a snapshot copy needs to be fast: the pool supports reflinks.
 // Without them, CreateSnapshot answers at once with ready_to_use=false and copies in
 // the background.
-func (p *Pool) copyIsFast() bool { return p.reflink }
+func (p *Pool) copyIsFast() bool { return p.reflink.Load() }
 
 func (p *Pool) loadSnapshots(ctx context.Context) error {
-	dir := filepath.Join(p.cfg.Path, snapshotsDir)
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
-	}
-	p.snaps.sync = meta.NewDirSyncer(dir)
+	p.snaps.sync = meta.NewDirSyncer(filepath.Join(p.cfg.Path, snapshotsDir))
 	snaps, err := p.scanSnapshots(ctx)
 	if err != nil {
 		return err
