@@ -42,6 +42,12 @@ func (p *Pool) find(hash string) (*Record, error) {
 	defer p.mu.Unlock()
 	old, had := p.index[hash]
 	switch {
+	case errors.Is(err, os.ErrNotExist) && had && onDisk(p.VolumeDir(hash)):
+		// Committed by this process since the read: a commit renames, then takes
+		// this lock to fill the cache (a deletion likewise, to empty it).
+		return old, nil
+	case err == nil && !had && !onDisk(p.VolumeDir(hash)):
+		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
 	case errors.Is(err, os.ErrNotExist):
 		if had {
 			delete(p.index, hash)
@@ -112,10 +118,7 @@ func (p *Pool) rescan(ctx context.Context) error {
 // racing a commit could lose a volume or snapshot until the next rescan. A directory
 // that cannot be checked (a dead mount) counts as present.
 func keepRecent[T any](old, scanned map[string]T, dir func(hash string) string) {
-	present := func(h string) bool {
-		_, err := os.Lstat(dir(h))
-		return !errors.Is(err, os.ErrNotExist)
-	}
+	present := func(h string) bool { return onDisk(dir(h)) }
 	for h, v := range old {
 		if _, ok := scanned[h]; !ok && present(h) {
 			scanned[h] = v
@@ -128,27 +131,39 @@ func keepRecent[T any](old, scanned map[string]T, dir func(hash string) string) 
 	}
 }
 
+// onDisk reports whether path exists; one that cannot be checked (a dead mount)
+// counts as present.
+func onDisk(path string) bool {
+	_, err := os.Lstat(path)
+	return !errors.Is(err, os.ErrNotExist)
+}
+
 // refreshSnapshot re-reads one committed snapshot of a shared pool from disk.
 func (p *Pool) refreshSnapshot(hash string) {
 	if !p.Shared() || p.Health() != nil {
 		return
 	}
-	s, err := readSnapshot(filepath.Join(p.cfg.Path, snapshotsDir, hash))
+	dir := filepath.Join(p.cfg.Path, snapshotsDir, hash)
+	s, err := readSnapshot(dir)
 	p.snaps.mu.Lock()
 	old, had := p.snaps.snaps[hash]
+	// A snapshot this process committed or deleted since the read: a commit (or a
+	// deletion) renames, then takes this lock to fill (or empty) the cache.
+	gone := errors.Is(err, os.ErrNotExist) && had && !onDisk(dir)
+	added := err == nil && !had && onDisk(dir)
 	switch {
-	case errors.Is(err, os.ErrNotExist) && had:
+	case gone:
 		delete(p.snaps.snaps, hash)
-	case err == nil && !had:
+	case added:
 		s.Ready = true
 		p.snaps.snaps[hash] = s
 	}
 	p.snaps.mu.Unlock()
 	p.mu.Lock()
 	switch {
-	case errors.Is(err, os.ErrNotExist) && had:
+	case gone:
 		p.allocated -= old.SizeBytes
-	case err == nil && !had:
+	case added:
 		p.allocated += s.SizeBytes
 	}
 	p.mu.Unlock()
