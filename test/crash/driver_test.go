@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-
 // driverBinary returns $BERTH_BIN, or builds the driver into a temporary
 // directory.
 func driverBinary(t *testing.T) string {
