@@ -277,6 +277,10 @@ func TestDeadSharedMount(t *testing.T) {
 			_, err := o.shared.Snapshot(s.Hash())
 			return err
 		}, true},
+		{"ListSnapshots by ID", func(_ context.Context, o *outage, _ *storage.Record, s *storage.Snapshot) error {
+			_, err := o.e.SnapshotsFrom("", storage.SnapshotFilter{SnapshotID: s.ID})
+			return err
+		}, true},
 		{"Capacity (rescan)", func(_ context.Context, o *outage, _ *storage.Record, _ *storage.Snapshot) error {
 			_, _, err := o.shared.Capacity()
 			return err
