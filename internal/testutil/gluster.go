@@ -31,6 +31,7 @@ const glusterLock = "/run/berth-gluster-test.lock"
 type Gluster struct {
 	Volume string // the GlusterFS volume's name
 	Source string // what mount -t glusterfs takes: host:/volume
+	Brick  string // the brick's directory: what the volume holds, on the server
 	runDir string // the private run directory of the glusterd started here, if any
 }
 
@@ -56,6 +57,7 @@ func StartGluster(t testing.TB) *Gluster {
 		g.runDir = startGlusterd(t)
 	}
 	brick := filepath.Join(t.TempDir(), "brick")
+	g.Brick = brick
 	t.Cleanup(func() { g.deleteVolume(t, brick) })
 	if out, err := glusterCLI("volume", "create", g.Volume, GlusterHost+":"+brick, "force"); err != nil {
 		t.Fatalf("gluster volume create: %v\n%s", err, out)

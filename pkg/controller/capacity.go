@@ -2,8 +2,10 @@ package controller
 
 import (
 	"context"
+	"errors"
 
 	"github.com/berth-csi/berth/pkg/csierr"
+	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/volcap"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -29,6 +31,10 @@ func (s *Server) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 		return &csi.GetCapacityResponse{}, nil
 	}
 	available, maxVolume, err := p.Capacity()
+	if errors.Is(err, storage.ErrNotReady) {
+		// Found not served just now (a shared pool whose mount is gone): nothing.
+		return &csi.GetCapacityResponse{}, nil
+	}
 	if err != nil {
 		return nil, csierr.Status(err)
 	}

@@ -219,6 +219,111 @@ func TestOnePoolDownOthersServe(t *testing.T) {
 	}
 }
 
+// TestSharedMountGoneUnderRunningDriver: an operator-mounted shared pool unmounted
+// under a running driver (the path then shows the empty local directory beneath)
+// makes its calls Unavailable, DeleteVolume included, and the pool reported on
+// /readyz with 0 capacity, while the driver stays alive and the dir pool serves;
+// nothing is written beneath. Mounted again, the pool is served without a restart
+// and the deletion goes through.
+func TestSharedMountGoneUnderRunningDriver(t *testing.T) {
+	base := t.TempDir()
+	sharedPath, remote := filepath.Join(base, "shared"), filepath.Join(base, "remote")
+	kubelet := filepath.Join(base, "kubelet")
+	for _, d := range []string{sharedPath, kubelet} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	host := fakehost.New(t.TempDir())
+	if err := host.MountFS("gluster.example:/gv0", sharedPath, "fuse.glusterfs"); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	conn := startDriver(t, driver.Options{
+		Endpoint: filepath.Join(testutil.ShortTempDir(t), "csi.sock"), NodeID: "n1", DriverName: "berth.csi.io",
+		Mode: driver.ModeAll, KubeletDir: kubelet,
+		Config: storage.Config{Pools: []storage.PoolConfig{
+			{Name: "local", Path: filepath.Join(base, "local"), Kind: storage.KindDir},
+			{Name: "shared", Path: sharedPath, Kind: storage.KindShared},
+		}},
+		Host: host.Host(), HealthPort: port, PoolRetry: 20 * time.Millisecond,
+	})
+	ctrl, ident := csi.NewControllerClient(conn), csi.NewIdentityClient(conn)
+	waitProbe(t, ident)
+	health := "http://127.0.0.1:" + strconv.Itoa(port)
+	call := context.Background()
+	create := func(pool string) (string, error) {
+		resp, err := ctrl.CreateVolume(call, &csi.CreateVolumeRequest{
+			Name: "pvc-" + pool, Parameters: map[string]string{"pool": pool},
+			CapacityRange:      &csi.CapacityRange{RequiredBytes: 1 << 20},
+			VolumeCapabilities: []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}, AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}},
+		})
+		return resp.GetVolume().GetVolumeId(), err
+	}
+	shared, err := create("shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Unmounted: what the filesystem holds goes with it.
+	if err := host.Host().Mounts.Unmount(sharedPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(sharedPath, remote); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(sharedPath, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.DeleteVolume(call, &csi.DeleteVolumeRequest{VolumeId: shared}); status.Code(err) != codes.Unavailable {
+		t.Errorf("DeleteVolume with the pool unmounted: %v, want Unavailable", err)
+	}
+	if _, err := ctrl.ControllerGetVolume(call, &csi.ControllerGetVolumeRequest{VolumeId: shared}); status.Code(err) != codes.Unavailable {
+		t.Errorf("ControllerGetVolume with the pool unmounted: %v, want Unavailable", err)
+	}
+	if resp, err := ctrl.GetCapacity(call, &csi.GetCapacityRequest{Parameters: map[string]string{"pool": "shared"}}); err != nil || resp.GetAvailableCapacity() != 0 {
+		t.Errorf("GetCapacity with the pool unmounted: %v, %v; want 0", resp, err)
+	}
+	if code, body := get(t, health+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, sharedPath) {
+		t.Errorf("/readyz with the pool unmounted = %d %q, want 503 naming %s", code, body, sharedPath)
+	}
+	if code, body := get(t, health+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz with the pool unmounted = %d %q, want 200", code, body)
+	}
+	if local, err := create("local"); err != nil {
+		t.Errorf("CreateVolume in the dir pool meanwhile: %v", err)
+	} else if _, err := ctrl.DeleteVolume(call, &csi.DeleteVolumeRequest{VolumeId: local}); err != nil {
+		t.Errorf("DeleteVolume in the dir pool meanwhile: %v", err)
+	}
+	if entries, err := os.ReadDir(sharedPath); err != nil || len(entries) > 0 {
+		t.Errorf("written beneath the unmounted pool: %v, %v", entries, err)
+	}
+
+	// Mounted again.
+	if err := os.Remove(sharedPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(remote, sharedPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.MountFS("gluster.example:/gv0", sharedPath, "fuse.glusterfs"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testWait)
+	for code, body := get(t, health+"/readyz"); code != http.StatusOK; code, body = get(t, health+"/readyz") {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool never served again: /readyz %d %q", code, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := ctrl.DeleteVolume(call, &csi.DeleteVolumeRequest{VolumeId: shared}); err != nil {
+		t.Errorf("DeleteVolume once mounted again: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(sharedPath, "volumes")); len(entries) > 0 {
+		t.Errorf("volumes/ still holds %v after the deletion", entries)
+	}
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -13,6 +13,9 @@ import (
 // current size again is success, and still lets the backend finish an expansion a
 // crash interrupted. The caller holds the volume's lock.
 func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitBytes int64) (*Record, error) {
+	if err := p.usable(ctx); err != nil {
+		return nil, fmt.Errorf("expand volume %s: %w", hash, err)
+	}
 	// Shared pools: every node holding the volume may be asked to expand it.
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {
@@ -22,7 +25,7 @@ func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitByte
 	if p.Shared() {
 		removeStaleTemps(p.VolumeDir(hash)) // ours to remove, under the lock
 	}
-	r, err := p.Get(hash)
+	r, err := p.get(hash)
 	if err != nil {
 		return nil, err
 	}

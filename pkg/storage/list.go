@@ -1,6 +1,9 @@
 package storage
 
-import "sort"
+import (
+	"errors"
+	"sort"
+)
 
 // VolumesFrom lists the volumes whose IDs are not below token, in ID order (every
 // volume when token is empty): a listing resumes at its token although volumes were
@@ -33,8 +36,13 @@ func (e *Engine) SnapshotsFrom(token string, f SnapshotFilter) ([]*Snapshot, err
 	var all []*Snapshot
 	if f.SnapshotID != "" {
 		if p, hash, err := e.ResolveSnapshot(f.SnapshotID); err == nil {
-			if s, err := p.Snapshot(hash); err == nil {
+			s, err := p.Snapshot(hash)
+			switch {
+			case err == nil:
 				all = append(all, s)
+			case errors.Is(err, ErrNotReady):
+				// Not "no such snapshot": its pool cannot be read now.
+				return nil, err
 			}
 		}
 	} else {

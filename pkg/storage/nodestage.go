@@ -131,8 +131,12 @@ func (n *Node) Stats(ctx context.Context, volumeID, volumePath string) (Usage, e
 	if err != nil {
 		return Usage{}, err
 	}
-	if _, err := os.Lstat(volumePath); errors.Is(err, os.ErrNotExist) {
+	switch _, err := os.Lstat(volumePath); {
+	case errors.Is(err, os.ErrNotExist):
 		return Usage{}, errorf(ErrNotFound, "volume_path %s does not exist", volumePath)
+	case isStale(err):
+		// The pool itself may answer again (remounted), this mount of it does not.
+		return Usage{}, errorf(ErrStaleMount, "volume %s is inaccessible at %s: its mount no longer answers (%w); NodeStageVolume and NodePublishVolume replace it", volumeID, volumePath, err)
 	}
 	return p.nodeKind().Stats(ctx, n, p, r, volumePath)
 }

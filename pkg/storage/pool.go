@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
 	"github.com/berth-csi/berth/pkg/storage/meta"
@@ -59,7 +60,7 @@ type Pool struct {
 	copies map[string]*volumeCopy // volumes whose content is copied in the background, by hash (under mu)
 
 	snaps   snapshotState
-	reflink bool // copies are reflinks (FICLONE works in this pool)
+	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)
 }
 
 func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
@@ -119,23 +120,28 @@ func (p *Pool) VolumeDir(hash string) string { return filepath.Join(p.cfg.Path, 
 func (p *Pool) DataPath(hash string) string { return filepath.Join(p.VolumeDir(hash), DataDir) }
 
 // open creates the layout, rolls back half-created volumes, schedules half-deleted ones
-// for purging and loads the index. It is the start-up reconciliation of one pool.
+// for purging and loads the index. It is the start-up reconciliation of one pool, and
+// what serves a pool again (reopen): a pool loaded before is read again from disk.
+// A shared pool's path gets nothing created in it until its filesystem is mounted
+// there (EnsureMounted); the pool is served (its health set) once all of this is done.
 func (p *Pool) open(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
-	if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
-		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+	if _, mounts := p.backend.(poolMounter); !mounts {
+		if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
+			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
+		}
 	}
 	if err := p.EnsureMounted(ctx); err != nil {
 		// Never lay a shared pool out on the node's own disk.
 		p.setHealth(err)
 		return nil
 	}
-	for _, d := range []string{volumesDir, tmpDir, trashDir} {
+	for _, d := range []string{volumesDir, tmpDir, trashDir, snapshotsDir} {
 		if err := os.Mkdir(filepath.Join(p.cfg.Path, d), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 		}
 	}
-	p.setHealth(p.backend.Check(ctx, p))
+	checked := p.backend.Check(ctx, p)
 	// Half-created volumes: never acknowledged, so discard them.
 	tmps, err := os.ReadDir(filepath.Join(p.cfg.Path, tmpDir))
 	if err != nil {
@@ -163,15 +169,21 @@ func (p *Pool) open(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := p.loadIndex(ctx); err != nil {
-		return err
+	p.mu.Lock()
+	loaded := p.loaded
+	p.mu.Unlock()
+	if loaded {
+		// Served again: other hosts created and deleted meanwhile.
+		err = p.rescan(ctx)
+	} else if err = p.loadIndex(ctx); err == nil {
+		err = p.loadSnapshots(ctx)
 	}
-	if err := p.loadSnapshots(ctx); err != nil {
+	if err != nil {
 		return err
 	}
 	p.thawLeftovers(ctx)
-	p.reflink = clone.ReflinkSupported(filepath.Join(p.cfg.Path, tmpDir))
-	logger.V(2).Info("Pool copy mode", "reflink", p.reflink)
+	p.reflink.Store(clone.ReflinkSupported(filepath.Join(p.cfg.Path, tmpDir)))
+	logger.V(2).Info("Pool copy mode", "reflink", p.reflink.Load())
 	// Deleted volumes still in the trash keep their quota project IDs until purged.
 	trashed, err := os.ReadDir(filepath.Join(p.cfg.Path, trashDir))
 	if err != nil {
@@ -184,6 +196,7 @@ func (p *Pool) open(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	p.loaded = true
+	p.healthErr = checked
 	p.mu.Unlock()
 	p.kickPurge()
 	return nil
@@ -289,59 +302,77 @@ func (p *Pool) kickPurge() {
 	}
 }
 
-// purger empties the trash whenever kicked, until ctx ends. Purging walks with
-// no-follow semantics and never leaves the trash entry (safefs.RemoveTree).
+// purger empties the trash whenever kicked, until ctx ends.
 func (p *Pool) purger(ctx context.Context) {
-	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
-	trash := filepath.Join(p.cfg.Path, trashDir)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.purge:
 		}
-		entries, err := os.ReadDir(trash)
+		p.purgeTrash(ctx)
+	}
+}
+
+// purgeTrash removes every entry of the trash it can. Purging walks with no-follow
+// semantics and never leaves the trash entry (safefs.RemoveTree).
+func (p *Pool) purgeTrash(ctx context.Context) {
+	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	if err := p.usable(ctx); err != nil {
+		logger.V(4).Info("Trash not purged", "err", err.Error())
+		return
+	}
+	trash := filepath.Join(p.cfg.Path, trashDir)
+	entries, err := os.ReadDir(trash)
+	if err != nil {
+		logger.Error(err, "Cannot read trash")
+		return
+	}
+	for _, e := range entries {
+		if ctx.Err() != nil {
+			return
+		}
+		// Every host purges a shared pool's trash: one at a time per entry.
+		l, err := p.tryLock("t-" + e.Name())
 		if err != nil {
-			logger.Error(err, "Cannot read trash")
 			continue
 		}
-		for _, e := range entries {
-			if ctx.Err() != nil {
-				return
-			}
-			// Every host purges a shared pool's trash: one at a time per entry.
-			l, err := p.tryLock("t-" + e.Name())
-			if err != nil {
-				continue
-			}
-			rec, _ := readRecord(filepath.Join(trash, e.Name()))
-			// The data first, the record last: a purge that stops midway (a file it
-			// cannot remove) keeps the record, and with it the quota project ID the
-			// remaining data is charged to, taken across restarts.
-			err = nil
-			if fi, lerr := os.Lstat(filepath.Join(trash, e.Name())); lerr == nil && fi.IsDir() {
-				data, _ := p.backend.Data()
-				err = safefs.RemoveTree(filepath.Join(trash, e.Name()), data)
-			}
-			if err == nil {
-				err = safefs.RemoveTree(trash, e.Name())
-			}
-			l.unlock()
-			if err != nil {
-				logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
-				continue
-			}
-			if rec != nil {
-				p.projects.free(rec.ProjectID)
-			}
-			logger.V(4).Info("Purged deleted volume", "entry", e.Name())
+		rec, _ := readRecord(filepath.Join(trash, e.Name()))
+		// The data first, the record last: a purge that stops midway (a file it
+		// cannot remove) keeps the record, and with it the quota project ID the
+		// remaining data is charged to, taken across restarts.
+		err = nil
+		if fi, lerr := os.Lstat(filepath.Join(trash, e.Name())); lerr == nil && fi.IsDir() {
+			data, _ := p.backend.Data()
+			err = safefs.RemoveTree(filepath.Join(trash, e.Name()), data)
 		}
+		if err == nil {
+			err = safefs.RemoveTree(trash, e.Name())
+		}
+		l.unlock()
+		if err != nil {
+			logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
+			continue
+		}
+		if rec != nil {
+			p.projects.free(rec.ProjectID)
+		}
+		logger.V(4).Info("Purged deleted volume", "entry", e.Name())
 	}
 }
 
 // Capacity reports the bytes a new volume may take now (available) and the largest
-// volume the pool could ever hold (maxVolume), both net of the reserve.
+// volume the pool could ever hold (maxVolume), both net of the reserve. A shared pool
+// whose mount is gone is ErrNotReady (usable).
 func (p *Pool) Capacity() (available, maxVolume int64, err error) {
+	if err := p.usable(p.ctx()); err != nil {
+		return 0, 0, err
+	}
+	return p.capacity()
+}
+
+// capacity is Capacity once the pool is known usable.
+func (p *Pool) capacity() (available, maxVolume int64, err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(p.cfg.Path, &st); err != nil {
 		return 0, 0, fmt.Errorf("pool %s: statfs: %w", p.cfg.Name, err)

@@ -175,8 +175,14 @@ func (e *Engine) DeleteVolume(ctx context.Context, id string) error {
 		return nil // a harmless ID that is not Berth's: no such volume exists
 	}
 	pubID := id
-	if r, err := p.Get(hash); err == nil {
+	r, err := p.Get(hash)
+	switch {
+	case err == nil:
 		pubID = r.PublicationID()
+	case !errors.Is(err, ErrNotFound):
+		// A shared pool whose mount is gone (ErrNotReady): the data may well be
+		// there, so never success.
+		return fmt.Errorf("delete volume %s: %w", id, err)
 	}
 	if pubs := e.Publications(pubID); len(pubs) > 0 {
 		return errorf(ErrInUse, "volume %s is still published at %s", id, pubs[0].TargetPath)

@@ -96,6 +96,57 @@ func TestSharedPoolTwoHostsOnGlusterFS(t *testing.T) {
 	}
 }
 
+// TestOperatorMountedPoolUnmountedOnGlusterFS is the user's report: a GlusterFS
+// volume the operator mounted at the pool path is unmounted under a running engine.
+// DeleteVolume must not answer success while the data stays on the brick, and
+// nothing may be created on the local directory beneath; once the volume is mounted
+// again the pool is served again, and the retried deletion removes the data.
+func TestOperatorMountedPoolUnmountedOnGlusterFS(t *testing.T) {
+	g := testutil.StartGluster(t)
+	path := filepath.Join(testutil.ShortTempDir(t), "pool")
+	g.Mount(t, path)
+	e := testengine.StartWith(t, storage.Config{Pools: []storage.PoolConfig{{Name: "gl", Path: path, Kind: storage.KindShared}}},
+		testengine.Options{PoolRetry: 50 * time.Millisecond})
+	if err := e.Unserved(); err != nil {
+		t.Fatal(err)
+	}
+	p := e.DefaultPool()
+	r := mustCreate(t, p, "pvc-1", 32*mib)
+	writeFile(t, filepath.Join(p.DataPath(r.Hash()), "file"), "data")
+	onBrick := filepath.Join(g.Brick, "volumes", r.Hash(), "data", "file")
+	assertContent(t, onBrick, "data")
+
+	testutil.Run(t, "umount", path)
+	ctx := quiet()
+	if err := e.DeleteVolume(ctx, r.ID); !errors.Is(err, storage.ErrNotReady) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("DeleteVolume with the pool unmounted: %v, want ErrNotReady naming %s", err, path)
+	}
+	if _, _, err := e.Volume(r.ID); !errors.Is(err, storage.ErrNotReady) {
+		t.Errorf("Volume with the pool unmounted: %v, want ErrNotReady", err)
+	}
+	assertContent(t, onBrick, "data")
+	if local := tree(t, path); len(local) > 0 {
+		t.Errorf("created on the local disk beneath the pool path: %v", local)
+	}
+	if err := e.UnservedPools(); err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("UnservedPools() = %v, want the pool at %s", err, path)
+	}
+
+	testutil.Run(t, "mount", "-t", "glusterfs", g.Source, path)
+	deadline := time.Now().Add(10 * time.Second)
+	for e.UnservedPools() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool not served again once mounted: %v", e.UnservedPools())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := e.DeleteVolume(ctx, r.ID); err != nil {
+		t.Fatalf("DeleteVolume retried once mounted again: %v", err)
+	}
+	assertMissing(t, filepath.Join(g.Brick, "volumes", r.Hash()))
+	waitEmpty(t, filepath.Join(g.Brick, "trash"))
+}
+
 // eventually polls get until ok accepts its result or 5 s pass, and returns the last.
 func eventually(get func() (*storage.Record, error), ok func(*storage.Record) bool) (*storage.Record, error) {
 	deadline := time.Now().Add(5 * time.Second)

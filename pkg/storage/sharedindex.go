@@ -17,6 +17,8 @@ import (
 // capacity rescan the pool.
 
 // find returns the index's record of a committed volume (not a copy), or ErrNotFound.
+// The caller has checked that a shared pool is usable; a volume missing from a shared
+// pool is NotFound only if the pool's mount is still live (it may have gone since).
 func (p *Pool) find(hash string) (*Record, error) {
 	if !p.Shared() {
 		if r, ok := p.lookup(hash); ok {
@@ -25,9 +27,14 @@ func (p *Pool) find(hash string) (*Record, error) {
 		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
 	}
 	if err := p.Health(); err != nil {
-		return nil, fmt.Errorf("pool %s is not served: %w: %w", p.cfg.Name, err, ErrNotReady)
+		return nil, p.notServed(err)
 	}
 	r, err := p.readVolume(hash)
+	if m, ok := p.backend.(poolMounter); ok && errors.Is(err, os.ErrNotExist) {
+		if lerr := m.Live(); lerr != nil {
+			return nil, p.notServed(lerr)
+		}
+	}
 	var d *damage
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -43,6 +50,12 @@ func (p *Pool) find(hash string) (*Record, error) {
 		}
 		p.damaged[hash] = *d
 		return nil, damageErr("volume", *d)
+	case errors.Is(err, os.ErrNotExist) && had && onDisk(p.VolumeDir(hash)):
+		// Committed by this process since the read: a commit renames, then takes
+		// this lock to fill the cache (a deletion likewise, to empty it).
+		return old, nil
+	case err == nil && !had && !onDisk(p.VolumeDir(hash)):
+		return nil, fmt.Errorf("volume %s in pool %s: %w", hash, p.cfg.Name, ErrNotFound)
 	case errors.Is(err, os.ErrNotExist):
 		if had {
 			delete(p.index, hash)
@@ -66,10 +79,10 @@ func (p *Pool) find(hash string) (*Record, error) {
 	return r, nil
 }
 
-// refresh reloads a shared pool's index and snapshots from disk; errors (a dead
-// mount) leave the cache as it was. Other pools need nothing.
+// refresh reloads a shared pool's index and snapshots from disk; a pool that is not
+// usable, and errors, leave the cache as it was. Other pools need nothing.
 func (p *Pool) refresh() {
-	if !p.Shared() || p.Health() != nil {
+	if !p.Shared() || p.usable(p.ctx()) != nil {
 		return
 	}
 	if err := p.rescan(context.Background()); err != nil {
@@ -119,10 +132,7 @@ func (p *Pool) rescan(ctx context.Context) error {
 // racing a commit could lose a volume or snapshot until the next rescan. A directory
 // that cannot be checked (a dead mount) counts as present.
 func keepRecent[T any](old, scanned map[string]T, dir func(hash string) string) {
-	present := func(h string) bool {
-		_, err := os.Lstat(dir(h))
-		return !errors.Is(err, os.ErrNotExist)
-	}
+	present := func(h string) bool { return onDisk(dir(h)) }
 	for h, v := range old {
 		if _, ok := scanned[h]; !ok && present(h) {
 			scanned[h] = v
@@ -135,21 +145,32 @@ func keepRecent[T any](old, scanned map[string]T, dir func(hash string) string) 
 	}
 }
 
+// onDisk reports whether path exists; one that cannot be checked (a dead mount)
+// counts as present.
+func onDisk(path string) bool {
+	_, err := os.Lstat(path)
+	return !errors.Is(err, os.ErrNotExist)
+}
+
 // refreshSnapshot re-reads one committed snapshot of a shared pool from disk.
 func (p *Pool) refreshSnapshot(hash string) {
 	if !p.Shared() || p.Health() != nil {
 		return
 	}
+	dir := filepath.Join(p.cfg.Path, snapshotsDir, hash)
 	s, err := p.readSnapshotAt(hash)
 	var d *damage
 	damaged := errors.As(err, &d)
-	gone := damaged || errors.Is(err, os.ErrNotExist)
 	p.snaps.mu.Lock()
 	old, had := p.snaps.snaps[hash]
+	// A snapshot this process committed or deleted since the read: a commit (or a
+	// deletion) renames, then takes this lock to fill (or empty) the cache.
+	gone := had && (damaged || errors.Is(err, os.ErrNotExist) && !onDisk(dir))
+	added := err == nil && !had && onDisk(dir)
 	switch {
-	case gone && had:
+	case gone:
 		delete(p.snaps.snaps, hash)
-	case err == nil && !had:
+	case added:
 		s.Ready = true
 		p.snaps.snaps[hash] = s
 	}
@@ -165,9 +186,9 @@ func (p *Pool) refreshSnapshot(hash string) {
 	p.snaps.mu.Unlock()
 	p.mu.Lock()
 	switch {
-	case gone && had:
+	case gone:
 		p.allocated -= old.SizeBytes
-	case err == nil && !had:
+	case added:
 		p.allocated += s.SizeBytes
 	}
 	p.mu.Unlock()

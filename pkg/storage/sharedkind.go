@@ -134,49 +134,97 @@ func (*sharedBackend) Check(context.Context, *Pool) error { return nil }
 // Mount makes sure the shared filesystem answers at the pool path: a pool with a
 // source is mounted when nothing is there, and remounted when its mount has died
 // (ENOTCONN, ESTALE: a killed FUSE client); an operator-mounted pool must be a live
-// mount point, as Berth never serves a shared pool from the node's own disk.
+// mount point, as Berth never serves a shared pool from the node's own disk. A mount
+// that fails leaves at most the empty directory it was to be made on.
 func (b *sharedBackend) Mount(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	path := b.cfg.Path
-	mounted, err := b.mounts.IsMountPoint(path)
+	state, err := b.inspect(true)
 	switch {
-	case errors.Is(err, mounter.ErrStale):
-		if b.cfg.Source == "" {
-			return fmt.Errorf("shared pool %s: the filesystem mounted at %s no longer answers (%v); the operator mounts it: remount it", b.cfg.Name, path, err)
-		}
+	case state == mountLive:
+		return nil
+	case b.cfg.Source == "" || state == mountForeign || state == mountUnknown:
+		return err
+	case state == mountDead:
 		klog.FromContext(ctx).Info("Remounting dead shared pool mount", "pool", b.cfg.Name, "path", path, "err", err.Error())
 		// Lazily: bind mounts of the dead mount (stagings, publications) keep it busy.
 		if err := b.mounts.Unmount(path); err != nil {
 			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
 		}
-	case errors.Is(err, os.ErrNotExist) && b.cfg.Source != "":
+	case state == mountMissing:
 		if err := os.MkdirAll(path, 0o700); err != nil {
 			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
 		}
-	case err != nil:
-		return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
-	case mounted:
-		if b.cfg.Source == "" {
-			return nil
-		}
-		m, err := b.mounts.At(path)
-		if err != nil {
-			return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
-		}
-		if m != nil && m.Source == b.cfg.Source && (m.FSType == b.cfg.FSType || m.FSType == "fuse."+b.cfg.FSType) {
-			return nil
-		}
-		return fmt.Errorf("shared pool %s: %s is already a mount point of something else than %s", b.cfg.Name, path, b.cfg.Source)
-	case b.cfg.Source == "":
-		return fmt.Errorf("shared pool %s: %s is not a mount point: mount the distributed filesystem there on every host, or configure source and fsType", b.cfg.Name, path)
 	}
 	opts := strings.Join(append([]string{"nosuid", "nodev"}, b.cfg.MountOptions...), ",")
 	if _, err := b.run(ctx, "mount", "-t", b.cfg.FSType, "-o", opts, b.cfg.Source, path); err != nil {
-		return fmt.Errorf("shared pool %s: %w", b.cfg.Name, err)
+		return fmt.Errorf("shared pool %s: mount %s at %s: %w", b.cfg.Name, b.cfg.Source, path, err)
+	}
+	// A helper that answers success without a mount in place must not let the
+	// pool be laid out on the directory beneath.
+	if state, err := b.inspect(true); state != mountLive {
+		return fmt.Errorf("%w (though mount(8) answered success)", err)
 	}
 	klog.FromContext(ctx).V(2).Info("Shared pool mounted", "pool", b.cfg.Name, "source", b.cfg.Source, "path", path)
 	return nil
+}
+
+// Live is nil when the pool path is the live mount the pool is served from: a mount
+// point whose filesystem answers. It costs one statx (Mounter.IsMountPoint) and so
+// runs before every operation on the pool; that the mount is of the configured
+// source is checked by Mount, when the pool is mounted or served again and by the
+// engine's periodic check, which read the mount table.
+func (b *sharedBackend) Live() error {
+	_, err := b.inspect(false)
+	return err
+}
+
+// mountState is what the pool path shows.
+type mountState int
+
+const (
+	mountLive    mountState = iota // the filesystem, answering
+	mountDead                      // a mount that no longer answers (ENOTCONN, ESTALE)
+	mountMissing                   // no directory at the path
+	mountAbsent                    // a plain directory: the node's own disk
+	mountForeign                   // a mount of something else than the source
+	mountUnknown                   // the path cannot be checked
+)
+
+// inspect says what the pool path shows, and when it is not the live mount, why in
+// an error naming the pool and the path. With source, the mount found at the path
+// of a pool with a source must be of that source and type (a read of the mount
+// table).
+func (b *sharedBackend) inspect(source bool) (mountState, error) {
+	name, path := b.cfg.Name, b.cfg.Path
+	remedy := "the driver mounts it again"
+	if b.cfg.Source == "" {
+		remedy = "the operator mounts it: mount it again on this host"
+	}
+	mounted, err := b.mounts.IsMountPoint(path)
+	switch {
+	case errors.Is(err, mounter.ErrStale):
+		return mountDead, fmt.Errorf("shared pool %s: the filesystem mounted at %s no longer answers (%v); %s", name, path, err, remedy)
+	case errors.Is(err, os.ErrNotExist):
+		return mountMissing, fmt.Errorf("shared pool %s: %s does not exist, so nothing is mounted there; %s", name, path, remedy)
+	case err != nil:
+		return mountUnknown, fmt.Errorf("shared pool %s: check the mount at %s: %w", name, path, err)
+	case !mounted && b.cfg.Source == "":
+		return mountAbsent, fmt.Errorf("shared pool %s: %s is not a mount point (the local disk beneath shows): mount the distributed filesystem there on every host, or configure source and fsType", name, path)
+	case !mounted:
+		return mountAbsent, fmt.Errorf("shared pool %s: %s is not a mount point (the local disk beneath shows); %s", name, path, remedy)
+	case !source || b.cfg.Source == "":
+		return mountLive, nil
+	}
+	m, err := b.mounts.At(path)
+	if err != nil {
+		return mountUnknown, fmt.Errorf("shared pool %s: %w", name, err)
+	}
+	if m != nil && m.Source == b.cfg.Source && (m.FSType == b.cfg.FSType || m.FSType == "fuse."+b.cfg.FSType) {
+		return mountLive, nil
+	}
+	return mountForeign, fmt.Errorf("shared pool %s: %s is already a mount point of something else than %s", name, path, b.cfg.Source)
 }
 
 func (b *sharedBackend) Build(ctx context.Context, p *Pool, r *Record, volDir string) error {
@@ -267,9 +315,11 @@ func quotaOn(out string) bool {
 }
 
 // poolMounter is a backend whose filesystem the engine must mount before it lays out
-// the pool, and again when the mount has died.
+// the pool, and again when the mount has died: Live is the cheap check that it still
+// answers there, Mount the full one, which mounts it when it can.
 type poolMounter interface {
 	Mount(ctx context.Context) error
+	Live() error
 }
 
 // EnsureMounted makes sure a shared pool's filesystem answers, remounting it when its

@@ -35,6 +35,13 @@ func (p *Pool) tryLock(name string) (*fileLock, error) {
 	for range 4 {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if errors.Is(err, os.ErrNotExist) {
+			// The callers checked the pool (usable); its mount may have gone since,
+			// and locks/ is never made on the local disk beneath.
+			if m, ok := p.backend.(poolMounter); ok {
+				if err := m.Live(); err != nil {
+					return nil, p.notServed(err)
+				}
+			}
 			if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 				return nil, fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 			}

@@ -20,7 +20,7 @@ import (
 // Stage makes sure the pool answers (remounting it when its mount died) and that the
 // staging path shows the volume's data directory. Idempotent.
 func (b *sharedBackend) Stage(ctx context.Context, n *Node, p *Pool, r *Record, staging, rel string, _ Capability) error {
-	if err := p.EnsureMounted(ctx); err != nil {
+	if err := p.usable(ctx); err != nil {
 		return fmt.Errorf("stage %s: %w", r.ID, err)
 	}
 	if err := n.prepareTarget(staging, rel, false); err != nil {

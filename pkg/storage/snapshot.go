@@ -81,14 +81,10 @@ type snapshotState struct {
 // copyIsFast reports whether copies in this pool are instant: it supports reflinks.
 // Without them, CreateSnapshot answers at once with ready_to_use=false and copies in
 // the background, and so does a create with a content source (copy.go).
-func (p *Pool) copyIsFast() bool { return p.reflink }
+func (p *Pool) copyIsFast() bool { return p.reflink.Load() }
 
 func (p *Pool) loadSnapshots(ctx context.Context) error {
-	dir := filepath.Join(p.cfg.Path, snapshotsDir)
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
-	}
-	p.snaps.sync = meta.NewDirSyncer(dir)
+	p.snaps.sync = meta.NewDirSyncer(filepath.Join(p.cfg.Path, snapshotsDir))
 	snaps, damaged, err := p.scanSnapshots(ctx)
 	if err != nil {
 		return err
@@ -185,6 +181,9 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
+	if err := p.usable(ctx); err != nil {
+		return nil, err
+	}
 	id := SnapshotID(p.cfg.Name, name)
 	hash := id[len(id)-hashLen:]
 	p.refreshSnapshot(hash)
@@ -220,7 +219,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	if err := p.damagedSnapshot(hash); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	src, err := p.Get(source)
+	src, err := p.get(source)
 	if err != nil {
 		return nil, err
 	}
@@ -324,8 +323,12 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 	return nil
 }
 
-// Snapshot returns a committed or in-progress snapshot by hash.
+// Snapshot returns a committed or in-progress snapshot by hash; ErrNotReady for a
+// shared pool whose mount is gone (usable).
 func (p *Pool) Snapshot(hash string) (*Snapshot, error) {
+	if err := p.usable(p.ctx()); err != nil {
+		return nil, err
+	}
 	p.refreshSnapshot(hash)
 	p.snaps.mu.Lock()
 	defer p.snaps.mu.Unlock()
@@ -361,6 +364,9 @@ func (p *Pool) Snapshots() []*Snapshot {
 // DeleteSnapshot removes a snapshot (cancelling its copy if one runs); a missing one
 // is success. The caller holds the snapshot's lock.
 func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
+	if err := p.usable(ctx); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", hash, err)
+	}
 	p.snaps.mu.Lock()
 	b := p.snaps.building[hash]
 	p.snaps.mu.Unlock()

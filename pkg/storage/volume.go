@@ -78,7 +78,10 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		return nil, err
 	}
 	if err := p.Health(); err != nil {
-		return nil, fmt.Errorf("pool %s is not served: %w: %w", p.cfg.Name, err, ErrNotReady)
+		return nil, p.notServed(err)
+	}
+	if err := p.usable(ctx); err != nil {
+		return nil, err
 	}
 	if req.AccessType == AccessBlock && !p.backend.SupportsBlock() {
 		return nil, fmt.Errorf("pool %s (kind %s) cannot serve block volumes: %w", p.cfg.Name, p.cfg.Kind, ErrUnsupported)
@@ -210,7 +213,7 @@ func (p *Pool) build(ctx context.Context, r *Record, hash string, progress func(
 }
 
 func (p *Pool) reserve(size int64) error {
-	available, maxVolume, err := p.Capacity()
+	available, maxVolume, err := p.capacity()
 	if err != nil {
 		return err
 	}
@@ -259,8 +262,17 @@ func (p *Pool) lookup(hash string) (*Record, bool) {
 	return r, ok
 }
 
-// Get returns a copy of the record of a committed volume, or ErrNotFound.
+// Get returns a copy of the record of a committed volume, or ErrNotFound; ErrNotReady
+// for a shared pool whose mount is gone (usable).
 func (p *Pool) Get(hash string) (*Record, error) {
+	if err := p.usable(p.ctx()); err != nil {
+		return nil, err
+	}
+	return p.get(hash)
+}
+
+// get is Get once the pool is known usable.
+func (p *Pool) get(hash string) (*Record, error) {
 	r, err := p.find(hash)
 	if err != nil {
 		return nil, err
@@ -272,6 +284,9 @@ func (p *Pool) Get(hash string) (*Record, error) {
 // returns, then a background purge. Deleting a missing volume succeeds. The caller holds
 // the volume's lock and has checked that it is not published (Engine.DeleteVolume does).
 func (p *Pool) Delete(ctx context.Context, hash string) error {
+	if err := p.usable(ctx); err != nil {
+		return fmt.Errorf("delete volume %s: %w", hash, err)
+	}
 	// A copy still running for this volume is stopped and rolled back first.
 	if err := p.cancelCopy(ctx, hash); err != nil {
 		return err
