@@ -45,11 +45,13 @@ func TestCrashConsistency(t *testing.T) {
 	p := s.start(t)
 	requireListVolumes(t, p)
 
-	var acked int64
+	var acked, creates, deletes, nEarly int64
+	begin := time.Now()
 	for round := range rounds {
 		loadFor := time.Duration(50+rng.IntN(251)) * time.Millisecond
 		stats := crashUnderLoad(t, p, m, seed, round, loadFor)
 		acked += stats.creates.Load() + stats.deletes.Load()
+		creates, deletes = creates+stats.creates.Load(), deletes+stats.deletes.Load()
 		t.Logf("round %d: killed after %v; acknowledged %d creates, %d deletes; %d calls cut off",
 			round, loadFor, stats.creates.Load(), stats.deletes.Load(), stats.cutOff.Load())
 
@@ -59,6 +61,7 @@ func TestCrashConsistency(t *testing.T) {
 			early := s.launch(t)
 			time.Sleep(time.Duration(rng.IntN(30)) * time.Millisecond)
 			early.kill()
+			nEarly++
 			t.Logf("round %d: also killed a driver during start-up", round)
 		}
 
@@ -68,6 +71,8 @@ func TestCrashConsistency(t *testing.T) {
 			return // later rounds would only repeat the report
 		}
 	}
+	t.Logf("kills: %d (under concurrent creates and deletes %d) in %v; %d more during start-up; acknowledged %d creates, %d deletes",
+		rounds, rounds, time.Since(begin).Round(time.Second), nEarly, creates, deletes)
 	if acked == 0 {
 		t.Error("no create or delete was acknowledged in any round: the test exercised nothing")
 	}

@@ -425,6 +425,14 @@ func (r *stagingRun) summary(elapsed time.Duration) {
 	}
 	var b strings.Builder
 	for _, k := range slices.Sorted(maps.Keys(r.coverage)) {
+		if b.Len() > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", k, r.coverage[k])
+	}
+	t.Logf("kills: %d (%s)", r.kills, b.String())
+	b.Reset()
+	for _, k := range slices.Sorted(maps.Keys(r.coverage)) {
 		fmt.Fprintf(&b, "\n  %3d  %s", r.coverage[k], k)
 	}
 	t.Logf("where the kills landed:%s", b.String())
