@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -30,7 +27,7 @@ func TestKubeletRegistration(t *testing.T) {
 	if err := os.MkdirAll(registry, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	c := e.cmd(bin, "--health-port", strconv.Itoa(port), "--kubelet-registration-path", "/var/lib/kubelet/plugins/berth.csi.io/csi.sock")
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
@@ -70,7 +67,7 @@ func TestKubeletRegistration(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	code, body := get(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/healthz")
+	code, body := testutil.HTTPGet("http://127.0.0.1:" + strconv.Itoa(port) + "/healthz")
 	if code != 200 || strings.TrimSpace(body) != "ok" {
 		t.Errorf("/healthz = %d %q, want 200 ok", code, body)
 	}
@@ -78,7 +75,7 @@ func TestKubeletRegistration(t *testing.T) {
 	if _, err := rc.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{Error: "unsupported version"}); err != nil {
 		t.Fatal(err)
 	}
-	if code, body := get(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/healthz"); code != 503 || !strings.Contains(body, "unsupported version") {
+	if code, body := testutil.HTTPGet("http://127.0.0.1:" + strconv.Itoa(port) + "/healthz"); code != 503 || !strings.Contains(body, "unsupported version") {
 		t.Errorf("/healthz after a refusal = %d %q, want 503 naming it", code, body)
 	}
 
@@ -96,25 +93,4 @@ func TestKubeletRegistration(t *testing.T) {
 	if _, err := os.Lstat(regSock); !os.IsNotExist(err) {
 		t.Errorf("registration socket left after a graceful stop: %v", err)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }

@@ -9,35 +9,8 @@ import (
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 )
-
-// freezeFS freezes the filesystem mounted at mnt (FIFREEZE), so a background copy
-// into it stays in progress; the returned func thaws it (also run at cleanup).
-func freezeFS(t *testing.T, mnt string) (thaw func()) {
-	t.Helper()
-	fd, err := unix.Open(mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), 0xc0045877, 0); e != 0 { // FIFREEZE
-		unix.Close(fd)
-		t.Fatalf("FIFREEZE %s: %v", mnt, e)
-	}
-	frozen := true
-	thaw = func() {
-		if frozen {
-			frozen = false
-			if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), 0xc0045878, 0); e != 0 { // FITHAW
-				t.Errorf("FITHAW %s: %v", mnt, e)
-			}
-			unix.Close(fd)
-		}
-	}
-	t.Cleanup(thaw)
-	return thaw
-}
 
 // shortCall runs f with the short deadline a provisioner's --timeout gives, and
 // fails the test when it does not answer within 10 s.
@@ -78,7 +51,7 @@ func TestCreateVolumeCopyInBackground(t *testing.T) {
 		})
 	}
 
-	thaw := freezeFS(t, mnt)
+	thaw := testutil.FreezeFS(t, mnt)
 	wantCode(t, createVolume(restore), codes.Aborted)
 	wantCode(t, createVolume(restore), codes.Aborted)
 	wantCode(t, createVolume(inPool("restored", "default", 2<<20, fromSnapshot(snap.GetSnapshotId()))), codes.AlreadyExists)
@@ -99,7 +72,7 @@ func TestCreateVolumeCopyInBackground(t *testing.T) {
 	}
 
 	// Asked again, it is copied again; the retries find it done.
-	thaw = freezeFS(t, mnt)
+	thaw = testutil.FreezeFS(t, mnt)
 	wantCode(t, createVolume(restore), codes.Aborted)
 	thaw()
 	deadline := time.Now().Add(readyTimeout)

@@ -2,8 +2,6 @@ package driver_test
 
 import (
 	"context"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -167,7 +165,7 @@ func TestOnePoolDownOthersServe(t *testing.T) {
 		t.Fatal(err)
 	}
 	host := fakehost.New(t.TempDir())
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	sock := filepath.Join(testutil.ShortTempDir(t), "csi.sock")
 	conn := startDriver(t, driver.Options{
 		Endpoint: sock, NodeID: "n1", DriverName: "berth.csi.io", Mode: driver.ModeAll, KubeletDir: kubelet,
@@ -180,10 +178,10 @@ func TestOnePoolDownOthersServe(t *testing.T) {
 	ctrl, ident := csi.NewControllerClient(conn), csi.NewIdentityClient(conn)
 	waitProbe(t, ident)
 	health := "http://127.0.0.1:" + strconv.Itoa(port)
-	if code, body := get(t, health+"/healthz"); code != http.StatusOK {
+	if code, body := testutil.HTTPGet(health + "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz with one pool down = %d %q, want 200: liveness is the process's", code, body)
 	}
-	if code, body := get(t, health+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "shared") {
+	if code, body := testutil.HTTPGet(health + "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "shared") {
 		t.Errorf("/readyz with one pool down = %d %q, want 503 naming the pool", code, body)
 	}
 	create := func(pool string) error {
@@ -208,7 +206,7 @@ func TestOnePoolDownOthersServe(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(testWait)
-	for code, body := get(t, health+"/readyz"); code != http.StatusOK; code, body = get(t, health+"/readyz") {
+	for code, body := testutil.HTTPGet(health + "/readyz"); code != http.StatusOK; code, body = testutil.HTTPGet(health + "/readyz") {
 		if time.Now().After(deadline) {
 			t.Fatalf("pool never served again: /readyz %d %q", code, body)
 		}
@@ -238,7 +236,7 @@ func TestSharedMountGoneUnderRunningDriver(t *testing.T) {
 	if err := host.MountFS("gluster.example:/gv0", sharedPath, "fuse.glusterfs"); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	conn := startDriver(t, driver.Options{
 		Endpoint: filepath.Join(testutil.ShortTempDir(t), "csi.sock"), NodeID: "n1", DriverName: "berth.csi.io",
 		Mode: driver.ModeAll, KubeletDir: kubelet,
@@ -284,10 +282,10 @@ func TestSharedMountGoneUnderRunningDriver(t *testing.T) {
 	if resp, err := ctrl.GetCapacity(call, &csi.GetCapacityRequest{Parameters: map[string]string{"pool": "shared"}}); err != nil || resp.GetAvailableCapacity() != 0 {
 		t.Errorf("GetCapacity with the pool unmounted: %v, %v; want 0", resp, err)
 	}
-	if code, body := get(t, health+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, sharedPath) {
+	if code, body := testutil.HTTPGet(health + "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, sharedPath) {
 		t.Errorf("/readyz with the pool unmounted = %d %q, want 503 naming %s", code, body, sharedPath)
 	}
-	if code, body := get(t, health+"/healthz"); code != http.StatusOK {
+	if code, body := testutil.HTTPGet(health + "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz with the pool unmounted = %d %q, want 200", code, body)
 	}
 	if local, err := create("local"); err != nil {
@@ -310,7 +308,7 @@ func TestSharedMountGoneUnderRunningDriver(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(testWait)
-	for code, body := get(t, health+"/readyz"); code != http.StatusOK; code, body = get(t, health+"/readyz") {
+	for code, body := testutil.HTTPGet(health + "/readyz"); code != http.StatusOK; code, body = testutil.HTTPGet(health + "/readyz") {
 		if time.Now().After(deadline) {
 			t.Fatalf("pool never served again: /readyz %d %q", code, body)
 		}
@@ -322,25 +320,4 @@ func TestSharedMountGoneUnderRunningDriver(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Join(sharedPath, "volumes")); len(entries) > 0 {
 		t.Errorf("volumes/ still holds %v after the deletion", entries)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }

@@ -19,32 +19,6 @@ import (
 // they need by freezing the pool's filesystem (FIFREEZE): the background build
 // blocks at its first write until the thaw. No hook in the engine.
 
-// freezeFS freezes the filesystem mounted at mnt; the returned func thaws it (also
-// run at cleanup, before the engine stops, so nothing stays blocked).
-func freezeFS(t *testing.T, mnt string) (thaw func()) {
-	t.Helper()
-	fd, err := unix.Open(mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), 0xc0045877, 0); e != 0 { // FIFREEZE
-		unix.Close(fd)
-		t.Fatalf("FIFREEZE %s: %v", mnt, e)
-	}
-	frozen := true
-	thaw = func() {
-		if frozen {
-			frozen = false
-			if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); e != 0 {
-				t.Errorf("FITHAW %s: %v", mnt, e)
-			}
-			unix.Close(fd)
-		}
-	}
-	t.Cleanup(thaw)
-	return thaw
-}
-
 // answer is one CreateVolume call with a short deadline, as the provisioner makes
 // with its --timeout; it must answer within 10 s (it never waits for a copy).
 func answer(t *testing.T, p *storage.Pool, req storage.CreateRequest) (*storage.Record, error) {
@@ -108,7 +82,7 @@ func TestRestoreCopiesInBackground(t *testing.T) {
 	req := restoreReq("restored", storage.SourceSnapshot, s.ID, 1024*mib)
 	hash := hashOf("default", "restored")
 
-	thaw := freezeFS(t, filepath.Dir(pc.Path))
+	thaw := testutil.FreezeFS(t, filepath.Dir(pc.Path))
 	for i := range 2 {
 		if _, err := answer(t, p, req); !errors.Is(err, storage.ErrInProgress) {
 			t.Fatalf("create %d while the copy runs: %v, want ErrInProgress", i, err)
@@ -153,7 +127,7 @@ func TestDeleteVolumeWhileCloning(t *testing.T) {
 	req := restoreReq("clone", storage.SourceVolume, src.ID, 1024*mib)
 	hash := hashOf("default", "clone")
 
-	thaw := freezeFS(t, filepath.Dir(pc.Path))
+	thaw := testutil.FreezeFS(t, filepath.Dir(pc.Path))
 	if _, err := answer(t, p, req); !errors.Is(err, storage.ErrInProgress) {
 		t.Fatalf("create while the copy runs: %v, want ErrInProgress", err)
 	}
@@ -217,7 +191,7 @@ func TestRestoreFailureReportedOnce(t *testing.T) {
 	}
 	assertEmpty(t, filepath.Join(pc.Path, "tmp"))
 	// Reported once: the next retry starts over (held in progress by the freeze).
-	thaw := freezeFS(t, mnt)
+	thaw := testutil.FreezeFS(t, mnt)
 	if _, err := answer(t, p, req); !errors.Is(err, storage.ErrInProgress) {
 		t.Fatalf("retry after the reported failure: %v, want ErrInProgress (a new copy)", err)
 	}
@@ -255,7 +229,7 @@ func TestRestoreRestartMidCopy(t *testing.T) {
 	req := restoreReq("restored", storage.SourceSnapshot, s.ID, 1024*mib)
 	hash := hashOf("default", "restored")
 
-	thaw := freezeFS(t, filepath.Dir(pc.Path))
+	thaw := testutil.FreezeFS(t, filepath.Dir(pc.Path))
 	if _, err := answer(t, p, req); !errors.Is(err, storage.ErrInProgress) {
 		t.Fatalf("create while the copy runs: %v, want ErrInProgress", err)
 	}
@@ -277,7 +251,7 @@ func TestRestoreRestartMidCopy(t *testing.T) {
 	if got := available(t, p); got != before {
 		t.Fatalf("available %d after restart, want %d", got, before)
 	}
-	thaw = freezeFS(t, filepath.Dir(pc.Path))
+	thaw = testutil.FreezeFS(t, filepath.Dir(pc.Path))
 	if _, err := answer(t, p, req); !errors.Is(err, storage.ErrInProgress) {
 		t.Fatalf("retry after restart: %v, want ErrInProgress (the copy starts again)", err)
 	}

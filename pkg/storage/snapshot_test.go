@@ -396,9 +396,6 @@ func TestSnapshotCapacityAfterRestart(t *testing.T) {
 	}
 }
 
-// FITHAW (linux/fs.h), to undo a freeze should the engine leave one behind.
-const fiThaw = 0xc0045878
-
 // TestSnapshotImageNeverFreezesWhatIsNotItsFilesystem snapshots an image volume
 // whose staging record exists while nothing is mounted at its staging path (a stage
 // that failed before the mount, or a node rebooted since): the filesystem holding
@@ -432,11 +429,7 @@ func TestSnapshotImageNeverFreezesWhatIsNotItsFilesystem(t *testing.T) {
 			t.Fatalf("CreateSnapshot: %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		fd, err := unix.Open(filepath.Dir(pc.Path), unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		if err == nil {
-			_, _, _ = unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0)
-			unix.Close(fd)
-		}
+		testutil.ThawFS(filepath.Dir(pc.Path))
 		<-done
 		t.Fatal("CreateSnapshot hung: it froze the filesystem holding the unmounted staging path")
 	}

@@ -10,11 +10,7 @@ import (
 
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 )
-
-// fiThaw is FITHAW (linux/fs.h), to undo a freeze the test finds left behind.
-const fiThaw = 0xc0045878
 
 // TestCrashDuringFrozenCopy kills the driver while it copies a published image
 // volume into a snapshot with the volume's filesystem frozen (the pool's filesystem
@@ -47,7 +43,7 @@ func TestCrashDuringFrozenCopy(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	p.kill()
-	t.Cleanup(func() { thawAt(v.staging) }) // never leave the test machine's filesystem frozen
+	t.Cleanup(func() { testutil.ThawFS(v.staging) }) // never leave the test machine's filesystem frozen
 
 	s.start(t)
 	written := make(chan error, 1)
@@ -58,7 +54,7 @@ func TestCrashDuringFrozenCopy(t *testing.T) {
 			t.Fatalf("write after the restart: %v", err)
 		}
 	case <-time.After(20 * time.Second):
-		thawAt(v.staging)
+		testutil.ThawFS(v.staging)
 		t.Fatal("the pod's writes still hang after the driver restarted: the filesystem was left frozen")
 	}
 	if _, err := os.Stat(marker); !os.IsNotExist(err) {
@@ -91,14 +87,4 @@ func writeSync(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-// thawAt thaws the filesystem mounted at path, if it is frozen.
-func thawAt(path string) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	_, _, _ = unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0)
-	unix.Close(fd)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/mounter"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/storage/loop"
@@ -280,7 +281,7 @@ func (r *matrixRun) checkMounts(when string, maybe map[string]bool) {
 				t.Errorf("%s: write through %s: %v", when, target, err)
 			}
 		case <-time.After(10 * time.Second):
-			thawAt(target)
+			testutil.ThawFS(target)
 			t.Errorf("%s: a write through %s hangs: its filesystem is frozen", when, target)
 		}
 	}
