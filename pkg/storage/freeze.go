@@ -91,6 +91,9 @@ func (p *Pool) clearFrozen(ctx context.Context, id, volDir string) {
 // when that is still the filesystem of the volume's own image (EINVAL: it was not
 // frozen, nothing to do), then the record goes.
 func (p *Pool) thawLeftovers(ctx context.Context) {
+	if _, isDir := p.backend.Data(); isDir {
+		return // only a staged image's filesystem is ever frozen: no stat per volume here
+	}
 	p.mu.Lock()
 	hashes := make([]string, 0, len(p.index))
 	for hash := range p.index {
