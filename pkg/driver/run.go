@@ -29,6 +29,16 @@ func Run(ctx context.Context, o Options) error {
 	logger.Info("Starting Berth", "version", version.Get(), "driverName", o.DriverName, "nodeID", o.NodeID,
 		"mode", o.Mode, "endpoint", o.Endpoint, "pools", len(o.Config.Pools))
 
+	if o.Mode != ModeController {
+		// Adopt roots serve the node; a root over the kubelet's, a pool's or the
+		// driver's own files would hand them to pods.
+		err := o.Config.CheckAdoptRoots(
+			storage.ReservedDir{What: "the kubelet directory (--kubelet-dir)", Path: o.KubeletDir},
+			storage.ReservedDir{What: "the driver's socket (--endpoint)", Path: o.Endpoint})
+		if err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+	}
 	engine, err := storage.NewWithHost(o.Config, o.Host)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package driver_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -319,5 +320,33 @@ func TestSharedMountGoneUnderRunningDriver(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(sharedPath, "volumes")); len(entries) > 0 {
 		t.Errorf("volumes/ still holds %v after the deletion", entries)
+	}
+}
+
+// TestAdoptRootOverKubeletDirRefused: a node driver whose adopt root contains the
+// kubelet directory (a root such as /var would hand every pod's secret volumes to
+// whoever may adopt) does not start; the error names the rule, and no socket exists.
+func TestAdoptRootOverKubeletDirRefused(t *testing.T) {
+	base := t.TempDir()
+	kubelet := filepath.Join(base, "var", "lib", "kubelet")
+	if err := os.MkdirAll(kubelet, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(testutil.ShortTempDir(t), "csi.sock")
+	for _, mode := range []string{driver.ModeNode, driver.ModeAll} {
+		err := driver.Run(context.Background(), driver.Options{
+			Endpoint: sock, NodeID: "n1", DriverName: "berth.csi.io", Mode: mode, KubeletDir: kubelet,
+			Config: storage.Config{
+				Pools:      []storage.PoolConfig{{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir}},
+				AdoptRoots: []storage.AdoptRoot{{Path: filepath.Join(base, "var")}},
+			},
+			Host: fakehost.New(t.TempDir()).Host(),
+		})
+		if !errors.Is(err, storage.ErrInvalid) || !strings.Contains(err.Error(), "contains the kubelet directory") {
+			t.Fatalf("mode %s: Run = %v, want the adopt root refused for containing the kubelet directory", mode, err)
+		}
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Fatalf("mode %s: socket created by a refused start-up: %v", mode, err)
+		}
 	}
 }

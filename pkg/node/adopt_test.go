@@ -2,13 +2,16 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
@@ -27,6 +30,12 @@ type adoptFixture struct {
 
 func newAdoptFixture(t *testing.T) *adoptFixture {
 	t.Helper()
+	return newAdoptFixtureWith(t, false)
+}
+
+// newAdoptFixtureWith is newAdoptFixture with the root's allowCrossMounts option.
+func newAdoptFixtureWith(t *testing.T, allowCrossMounts bool) *adoptFixture {
+	t.Helper()
 	testutil.RequireRoot(t)
 	base := t.TempDir()
 	root, outside := filepath.Join(base, "srv"), filepath.Join(base, "outside")
@@ -37,7 +46,7 @@ func newAdoptFixture(t *testing.T) *adoptFixture {
 	}
 	e := testengine.Start(t, storage.Config{
 		Pools:      []storage.PoolConfig{{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir}},
-		AdoptRoots: []string{root},
+		AdoptRoots: []storage.AdoptRoot{{Path: root, AllowCrossMounts: allowCrossMounts}},
 	})
 	l := &locks.Set{}
 	kubelet := filepath.Join(base, "kubelet")
@@ -181,6 +190,46 @@ func TestAdoptedHostilePaths(t *testing.T) {
 	})
 	if got, err := os.ReadFile(filepath.Join(f.outside, "secret")); err != nil || string(got) != "host" {
 		t.Fatalf("outside file touched: %q %v", got, err)
+	}
+}
+
+// TestAdoptedMountCrossing: a path that reaches, below the adopt root, a mount point
+// (here a bind mount of a directory outside the root, as an admin's or a hostile
+// mount would be) is refused with FailedPrecondition naming the rule, and nothing is
+// mounted; a root with allowCrossMounts publishes it.
+func TestAdoptedMountCrossing(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allowCrossMounts=%t", allow), func(t *testing.T) {
+			f := newAdoptFixtureWith(t, allow)
+			bound := filepath.Join(f.root, "bound")
+			for _, d := range []string{bound, filepath.Join(f.outside, "sub")} {
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := unix.Mount(f.outside, bound, "", unix.MS_BIND, ""); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { testutil.UnmountTree(t, bound) })
+			for _, path := range []string{bound, filepath.Join(bound, "sub")} {
+				target := f.target(t, "x")
+				_, err := f.srv.NodePublishVolume(context.Background(), adoptReq(path, target, rwo, false))
+				if allow {
+					wantCode(t, err, codes.OK)
+					if err := f.unpublish("adopted-data", target); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				wantCode(t, err, codes.FailedPrecondition)
+				if !strings.Contains(status.Convert(err).Message(), "allowCrossMounts") {
+					t.Errorf("refusal does not name the rule: %v", err)
+				}
+				if m := mountsUnder(t, f.kubelet); len(m) != 0 {
+					t.Fatalf("refused publish left mounts: %v", m)
+				}
+			}
+		})
 	}
 }
 

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -48,7 +49,46 @@ type Config struct {
 	Pools []PoolConfig `json:"pools"`
 	// AdoptRoots are the host directories under which existing directories may be
 	// adopted as static volumes. None by default.
-	AdoptRoots []string `json:"adoptRoots,omitempty"`
+	AdoptRoots []AdoptRoot `json:"adoptRoots,omitempty"`
+}
+
+// AdoptRoot is one entry of `adoptRoots:`: a plain path (the original form, still
+// accepted and written back so when it carries no option), or an object with the
+// path and its options.
+type AdoptRoot struct {
+	// Path is the clean absolute host directory under which directories may be adopted.
+	Path string `json:"path"`
+	// AllowCrossMounts lets an adopted path's resolution from the root cross mount
+	// points (a filesystem mounted, or a directory bind-mounted, below the root).
+	// Off: resolution stays on the root's filesystem.
+	AllowCrossMounts bool `json:"allowCrossMounts,omitempty"`
+}
+
+// UnmarshalJSON reads either form of an adopt root, refusing unknown keys.
+func (r *AdoptRoot) UnmarshalJSON(b []byte) error {
+	var path string
+	if err := json.Unmarshal(b, &path); err == nil {
+		*r = AdoptRoot{Path: path}
+		return nil
+	}
+	type plain AdoptRoot
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var v plain
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf("an adopt root is a path or {path, allowCrossMounts}: %w", err)
+	}
+	*r = AdoptRoot(v)
+	return nil
+}
+
+// MarshalJSON writes a root without options in the plain form.
+func (r AdoptRoot) MarshalJSON() ([]byte, error) {
+	if !r.AllowCrossMounts {
+		return json.Marshal(r.Path)
+	}
+	type plain AdoptRoot
+	return json.Marshal(plain(r))
 }
 
 // DefaultConfig is used when no --config is given: one dir pool named "default".
@@ -78,7 +118,8 @@ func (c Config) Validate() error {
 	if len(c.Pools) == 0 {
 		return fmt.Errorf("no pools configured: %w", ErrInvalid)
 	}
-	for i, root := range c.AdoptRoots {
+	for i, r := range c.AdoptRoots {
+		root := r.Path
 		if !filepath.IsAbs(root) || filepath.Clean(root) != root || root == "/" {
 			return fmt.Errorf("adoptRoots[%d]: %q must be a clean absolute path other than /: %w", i, root, ErrInvalid)
 		}
@@ -93,8 +134,8 @@ func (c Config) Validate() error {
 		}
 		names[p.Name] = true
 		for _, root := range c.AdoptRoots {
-			if nested(root, p.Path) {
-				return fmt.Errorf("pools[%d] %q: path %s overlaps adopt root %s: %w", i, p.Name, p.Path, root, ErrInvalid)
+			if nested(root.Path, p.Path) {
+				return fmt.Errorf("pools[%d] %q: path %s overlaps adopt root %s: %w", i, p.Name, p.Path, root.Path, ErrInvalid)
 			}
 		}
 		for j := 0; j < i; j++ {

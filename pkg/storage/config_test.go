@@ -195,6 +195,7 @@ func FuzzLoadConfig(f *testing.F) {
 		"pools:\n- {name: a, path: /srv/a, kind: dir}\n- {name: b, path: /srv/a/b, kind: dir}\n",
 		"pools:\n- {name: img, path: /srv/img, kind: image}\nadoptRoots: [/data, /srv/adopt]\n",
 		"pools:\n- {name: a, path: /srv/a, kind: dir}\nadoptRoots: [/srv]\n",
+		"pools:\n- {name: a, path: /srv/a, kind: dir}\nadoptRoots: [/data, {path: /mnt, allowCrossMounts: true}, {path: /opt}]\n",
 		"pools:\n- {name: g, path: /mnt/g, kind: shared, source: '127.0.0.1:/gv0/sub', fsType: glusterfs, mountOptions: [log-level=WARNING], glusterQuota: true}\n",
 		"pools:\n- {name: n, path: /mnt/n, kind: shared, source: 'nfs:/export', fsType: nfs4, mountOptions: ['vers=4.2']}\n",
 		"pools:\n- {name: n, path: /mnt/n, kind: dir, source: 'nfs:/export'}\n",
@@ -242,8 +243,8 @@ func checkConfig(t *testing.T, cfg storage.Config) {
 		t.Fatal("a config without pools is accepted")
 	}
 	for _, root := range cfg.AdoptRoots {
-		if !cleanAbs(root) {
-			t.Fatalf("adopt root %q accepted", root)
+		if !cleanAbs(root.Path) {
+			t.Fatalf("adopt root %q accepted", root.Path)
 		}
 	}
 	names := map[string]bool{}
@@ -261,8 +262,8 @@ func checkConfig(t *testing.T, cfg storage.Config) {
 			}
 		}
 		for _, root := range cfg.AdoptRoots {
-			if within(p.Path, root) || within(root, p.Path) {
-				t.Fatalf("pools[%d] at %s overlaps adopt root %s", i, p.Path, root)
+			if within(p.Path, root.Path) || within(root.Path, p.Path) {
+				t.Fatalf("pools[%d] at %s overlaps adopt root %s", i, p.Path, root.Path)
 			}
 		}
 		if !slices.Contains([]string{storage.KindDir, storage.KindQuota, storage.KindImage, storage.KindShared}, p.Kind) {

@@ -39,7 +39,7 @@ func (e *Engine) Publication(id, target string) (Publication, bool) {
 // table. It knows nothing of CSI or gRPC.
 type Engine struct {
 	pools      []*Pool
-	adoptRoots []string
+	adoptRoots []AdoptRoot
 	host       Host
 	retry      time.Duration                // how often unserved pools are tried again
 	onServed   func(context.Context, *Pool) // told when an unserved pool becomes served

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -30,9 +31,19 @@ type object struct {
 		Template struct {
 			Spec struct {
 				Containers []struct {
-					Name string   `json:"name"`
-					Args []string `json:"args"`
+					Name         string   `json:"name"`
+					Args         []string `json:"args"`
+					VolumeMounts []struct {
+						Name      string `json:"name"`
+						MountPath string `json:"mountPath"`
+					} `json:"volumeMounts"`
 				} `json:"containers"`
+				Volumes []struct {
+					Name     string `json:"name"`
+					HostPath *struct {
+						Path string `json:"path"`
+					} `json:"hostPath"`
+				} `json:"volumes"`
 			} `json:"spec"`
 		} `json:"template"`
 	} `json:"spec"`
@@ -206,6 +217,49 @@ func TestSharedPoolRendersController(t *testing.T) {
 		if sc.Parameters["pool"] != tc.pool || sc.VolumeBindingMode != tc.binding {
 			t.Errorf("StorageClass %s: pool %q binding %s, want pool %q binding %s",
 				tc.class, sc.Parameters["pool"], sc.VolumeBindingMode, tc.pool, tc.binding)
+		}
+	}
+}
+
+// TestAdoptRootsBothForms: adoptRoots entries may be plain paths or {path,
+// allowCrossMounts}; the node's configuration carries them as given and the
+// DaemonSet mounts each root's path at the same path.
+func TestAdoptRootsBothForms(t *testing.T) {
+	objs := render(t, "adoptRoots:\n- /srv/adopt\n- {path: /mnt/data, allowCrossMounts: true}\n")
+	var cfg storage.Config
+	if err := yaml.UnmarshalStrict([]byte(objs["ConfigMap/berth-pools"].Data["pools.yaml"]), &cfg); err != nil {
+		t.Fatalf("pools.yaml: %v", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("pools.yaml: %v", err)
+	}
+	want := []storage.AdoptRoot{{Path: "/srv/adopt"}, {Path: "/mnt/data", AllowCrossMounts: true}}
+	if !slices.Equal(cfg.AdoptRoots, want) {
+		t.Errorf("node configuration adoptRoots %+v, want %+v", cfg.AdoptRoots, want)
+	}
+	ds, ok := objs["DaemonSet/berth-node"]
+	if !ok {
+		t.Fatal("no node DaemonSet rendered")
+	}
+	hostPaths := map[string]string{}
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.Name] = v.HostPath.Path
+		}
+	}
+	for i, r := range want {
+		name := "adopt-" + strconv.Itoa(i)
+		if hostPaths[name] != r.Path {
+			t.Errorf("volume %s has host path %q, want %q", name, hostPaths[name], r.Path)
+		}
+		found := false
+		for _, c := range ds.Spec.Template.Spec.Containers {
+			for _, m := range c.VolumeMounts {
+				found = found || c.Name == "berth" && m.Name == name && m.MountPath == r.Path
+			}
+		}
+		if !found {
+			t.Errorf("driver container does not mount %s at %s", name, r.Path)
 		}
 	}
 }

@@ -19,6 +19,11 @@ app.kubernetes.io/component: node
 {{- end -}}
 
 {{/* The directory, on the host and in the pod, holding the CSI socket. */}}
+{{/* An adoptRoots entry's path: the entry itself (a plain path) or its path key. */}}
+{{- define "berth.adoptRootPath" -}}
+{{- if kindIs "map" . }}{{ required "adoptRoots: an entry needs a path" .path }}{{ else }}{{ . }}{{ end }}
+{{- end -}}
+
 {{- define "berth.pluginDir" -}}
 {{ .Values.kubeletDir }}/plugins/{{ .Values.driverName }}
 {{- end -}}

@@ -27,8 +27,20 @@ const maxOpenRetries = 16
 // escape), so callers can test it with errors.Is, for example against
 // unix.ELOOP, unix.EXDEV or os.ErrNotExist. O_NOFOLLOW and O_CLOEXEC are
 // added to flags; a file created through O_CREAT gets mode 0600. Mount points
-// may be crossed. root itself is trusted and resolved normally.
+// may be crossed (OpenBeneathOneFS does not cross them). root itself is trusted
+// and resolved normally.
 func OpenBeneath(root, rel string, flags int) (*os.File, error) {
+	return openBeneath(root, rel, flags, 0)
+}
+
+// OpenBeneathOneFS is OpenBeneath that also refuses to cross a mount point
+// (RESOLVE_NO_XDEV): a component that is a mount point, or a bind mount of
+// anything, fails with EXDEV, so the result is on root's own filesystem.
+func OpenBeneathOneFS(root, rel string, flags int) (*os.File, error) {
+	return openBeneath(root, rel, flags, unix.RESOLVE_NO_XDEV)
+}
+
+func openBeneath(root, rel string, flags int, resolve uint64) (*os.File, error) {
 	name := filepath.Join(root, rel)
 	rootFd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -37,7 +49,7 @@ func OpenBeneath(root, rel string, flags int) (*os.File, error) {
 	defer unix.Close(rootFd)
 	how := unix.OpenHow{
 		Flags:   uint64(flags | unix.O_NOFOLLOW | unix.O_CLOEXEC),
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | resolve,
 	}
 	if flags&unix.O_CREAT != 0 || flags&unix.O_TMPFILE == unix.O_TMPFILE {
 		how.Mode = 0o600

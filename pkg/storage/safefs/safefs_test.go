@@ -245,3 +245,41 @@ func BenchmarkRemoveTree(b *testing.B) {
 		b.Fatalf("left %d entries", len(ents))
 	}
 }
+
+// TestOpenBeneathOneFS: a directory bind-mounted below root is reached by
+// OpenBeneath, and refused with EXDEV by OpenBeneathOneFS, as a path through it.
+func TestOpenBeneathOneFS(t *testing.T) {
+	testutil.RequireRoot(t)
+	outside := t.TempDir()
+	writeFile(t, filepath.Join(outside, "secret"), "host")
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "plain", "file"), "data")
+	if err := os.Mkdir(filepath.Join(root, "bound"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(outside, filepath.Join(root, "bound"), "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testutil.UnmountTree(t, filepath.Join(root, "bound")) })
+
+	for _, rel := range []string{"plain", "plain/file"} {
+		f, err := OpenBeneathOneFS(root, rel, unix.O_PATH)
+		if err != nil {
+			t.Fatalf("OpenBeneathOneFS(%q): %v", rel, err)
+		}
+		f.Close()
+	}
+	for _, rel := range []string{"bound", "bound/secret"} {
+		if f, err := OpenBeneathOneFS(root, rel, unix.O_PATH); !errors.Is(err, unix.EXDEV) {
+			if err == nil {
+				f.Close()
+			}
+			t.Fatalf("OpenBeneathOneFS(%q) = %v, want EXDEV", rel, err)
+		}
+		f, err := OpenBeneath(root, rel, unix.O_PATH)
+		if err != nil {
+			t.Fatalf("OpenBeneath(%q) crossing the mount: %v", rel, err)
+		}
+		f.Close()
+	}
+}
