@@ -56,6 +56,10 @@ var capabilities = []csi.NodeServiceCapability_RPC_Type{
 	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+	// The kubelet then passes a pod's fsGroup as volume_mount_group and leaves its
+	// application to the driver, per volume: Berth's own volumes get it, an adopted
+	// host directory's ownership is never rewritten (storage/fsgroup.go).
+	csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP,
 }
 
 // NodeGetCapabilities lists exactly what this node service implements.

@@ -238,6 +238,8 @@ func TestNodeGetCapabilities(t *testing.T) {
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		// The kubelet hands fsGroup to the driver, which skips adopted directories.
+		csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP,
 	}
 	slices.Sort(want)
 	if !slices.Equal(got, want) {

@@ -38,12 +38,17 @@ func (m AccessMode) ReaderOnly() bool { return m == SingleNodeReaderOnly || m ==
 func (m AccessMode) SingleWriter() bool { return m == SingleNodeSingleWriter }
 
 // Capability is one way a volume is asked to be used: its access type and mode, and
-// for a filesystem volume the filesystem and mount flags asked for.
+// for a filesystem volume the filesystem and mount flags asked for, and the group the
+// pod's files must belong to.
 type Capability struct {
 	Access     string // AccessMount or AccessBlock
 	Mode       AccessMode
 	FSType     string
 	MountFlags []string
+	// MountGroup is the CSI volume_mount_group (with VOLUME_MOUNT_GROUP, the kubelet
+	// sends the pod's fsGroup there and leaves applying it to the driver): the group
+	// ID a publish gives the volume's files (fsgroup.go). nil: none asked.
+	MountGroup *uint32
 }
 
 // CheckCapability validates a capability for the pool: a known mode its kind serves

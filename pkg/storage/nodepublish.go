@@ -63,6 +63,9 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 			return errorf(ErrPrecondition, "volume %s is SINGLE_NODE_SINGLE_WRITER and already published at %s", id, pub.TargetPath)
 		}
 	}
+	if err := n.applyMountGroup(ctx, req, src, readOnly); err != nil {
+		return err
+	}
 	if err := n.prepareTarget(target, rel, src.Block); err != nil {
 		return err
 	}

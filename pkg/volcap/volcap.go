@@ -5,6 +5,8 @@ package volcap
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -31,12 +33,31 @@ func Parse(c *csi.VolumeCapability) (storage.Capability, error) {
 	}
 	switch {
 	case c.GetMount() != nil:
+		group, err := mountGroup(c.GetMount().GetVolumeMountGroup())
+		if err != nil {
+			return storage.Capability{}, err
+		}
 		return storage.Capability{Access: storage.AccessMount, Mode: mode,
-			FSType: c.GetMount().GetFsType(), MountFlags: c.GetMount().GetMountFlags()}, nil
+			FSType: c.GetMount().GetFsType(), MountFlags: c.GetMount().GetMountFlags(), MountGroup: group}, nil
 	case c.GetBlock() != nil:
 		return storage.Capability{Access: storage.AccessBlock, Mode: mode}, nil
 	}
 	return storage.Capability{}, fmt.Errorf("access_type (mount or block) is required: %w", storage.ErrInvalid)
+}
+
+// mountGroup reads volume_mount_group, which the kubelet fills with the pod's fsGroup
+// in decimal: a group ID from 0 to 4294967294 ((gid_t)-1 means "no change" to chown).
+func mountGroup(s string) (*uint32, error) {
+	if s == "" {
+		return nil, nil
+	}
+	g, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || g == math.MaxUint32 {
+		return nil, fmt.Errorf("mount.volume_mount_group %q must be a decimal group ID (the pod's fsGroup), 0 to %d: %w",
+			s, uint32(math.MaxUint32-1), storage.ErrInvalid)
+	}
+	gid := uint32(g)
+	return &gid, nil
 }
 
 // ParseAll reads a request's capabilities, which must share one access type.

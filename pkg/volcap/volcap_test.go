@@ -133,3 +133,38 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseMountGroup: volume_mount_group, the pod's fsGroup the kubelet passes once the
+// node advertises VOLUME_MOUNT_GROUP, is a decimal group ID; anything else is refused.
+func TestParseMountGroup(t *testing.T) {
+	tests := []struct {
+		name    string
+		group   string
+		want    *uint32
+		wantErr error
+	}{
+		{name: "none", group: ""},
+		{name: "fsGroup", group: "2000", want: proto.Uint32(2000)},
+		{name: "group 0", group: "0", want: proto.Uint32(0)},
+		{name: "largest", group: "4294967294", want: proto.Uint32(4294967294)},
+		{name: "(gid_t)-1", group: "4294967295", wantErr: storage.ErrInvalid},
+		{name: "negative", group: "-1", wantErr: storage.ErrInvalid},
+		{name: "signed", group: "+5", wantErr: storage.ErrInvalid},
+		{name: "a name", group: "users", wantErr: storage.ErrInvalid},
+		{name: "too large", group: "4294967296", wantErr: storage.ErrInvalid},
+		{name: "spaces", group: " 5", wantErr: storage.ErrInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := mount(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+			c.GetMount().VolumeMountGroup = tc.group
+			got, err := volcap.Parse(c)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Parse(volume_mount_group %q) = %v, want %v", tc.group, err, tc.wantErr)
+			}
+			if err == nil && !reflect.DeepEqual(got.MountGroup, tc.want) {
+				t.Fatalf("MountGroup = %v, want %v", got.MountGroup, tc.want)
+			}
+		})
+	}
+}
