@@ -47,7 +47,8 @@ func (n *Node) applyMountGroup(ctx context.Context, req PublishRequest, src *pub
 // the group only), directories also group search and setgid, so the pod's new files
 // inherit the group. When dir already has group gid, rwx for owner and group and
 // setgid, nothing is walked (the kubelet's fsGroupChangePolicy OnRootMismatch, which
-// Berth always applies since the policy is not passed to drivers). The walk never
+// Berth always applies since the policy is not passed to drivers); the root is changed
+// last, so a walk cut short is walked again. The walk never
 // follows a symlink nor crosses a mount point (safefs), so nothing a pod plants in
 // its volume makes it touch another file; entries that vanish meanwhile are skipped.
 // It returns the number of entries changed.
@@ -70,7 +71,7 @@ func SetGroupOwnership(ctx context.Context, dir string, gid uint32) (int, error)
 		return 0, fmt.Errorf("open %s: %w", dir, err)
 	}
 	changed := 0
-	level := func() error { // the directory just pushed
+	level := func() error { // the directory just pushed, below the root
 		fd, err := w.Fd()
 		if err != nil {
 			return err
@@ -87,9 +88,6 @@ func SetGroupOwnership(ctx context.Context, dir string, gid uint32) (int, error)
 			return fmt.Errorf("%s: %w", w.Path(), err)
 		}
 		return nil
-	}
-	if err := level(); err != nil {
-		return changed, err
 	}
 	for w.Depth() > 0 {
 		if err := ctx.Err(); err != nil {
@@ -122,6 +120,15 @@ func SetGroupOwnership(ctx context.Context, dir string, gid uint32) (int, error)
 		if err := level(); err != nil {
 			return changed, err
 		}
+	}
+	// The root last: it says the walk is done, so a walk cut short (the call's
+	// deadline, a crash) is done again by the next publish, not skipped.
+	did, err := regroup(root, "", &st, gid)
+	if did {
+		changed++
+	}
+	if err != nil {
+		return changed, fmt.Errorf("%s: %w", dir, err)
 	}
 	return changed, nil
 }

@@ -42,6 +42,17 @@ func TestSetGroupOwnership(t *testing.T) {
 	must(unix.Mount(outside, filepath.Join(vol, "bound"), "", unix.MS_BIND, ""))
 	t.Cleanup(func() { testutil.UnmountTree(t, filepath.Join(vol, "bound")) })
 	before := lstatT(t, secret)
+	rootBefore := lstatT(t, vol)
+
+	// A walk cut short leaves the root as it was, so the next publish walks again.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := storage.SetGroupOwnership(ctx, vol, gid); err == nil {
+		t.Fatal("a cancelled walk succeeded")
+	}
+	if st := lstatT(t, vol); st.Gid != rootBefore.Gid || st.Mode != rootBefore.Mode {
+		t.Fatalf("a cancelled walk changed the root: gid %d mode %o", st.Gid, st.Mode)
+	}
 
 	changed, err := storage.SetGroupOwnership(context.Background(), vol, gid)
 	if err != nil {
