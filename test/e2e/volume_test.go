@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -240,13 +241,36 @@ spec:
   resources: {requests: {storage: 1Gi}}
 `)
 	t.Cleanup(func() { _, _ = c.tryNS("", "delete", "pv", pvName, "--wait=false") })
-	c.apply(podOn("p", "adopted", "cat /data/from-host && echo pod > /data/from-pod", "Never"))
+	before := map[string]os.FileInfo{}
+	for _, p := range []string{dir, filepath.Join(dir, "from-host")} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[p] = fi
+	}
+	// The pod asks for an fsGroup: it starts, as with a hostPath volume, and the host
+	// directory keeps its group and modes (the kubelet delegates fsGroup to Berth,
+	// which never applies it to an adopted directory).
+	pod := strings.Replace(podOn("p", "adopted", "cat /data/from-host && echo pod > /data/from-pod", "Never"),
+		"spec:\n", "spec:\n  securityContext: {fsGroup: 4321}\n", 1)
+	c.apply(pod)
 	c.waitPhase("p", "Succeeded", 2*time.Minute)
 	if got := c.kubectl("logs", "p"); got != "host\n" {
 		t.Errorf("pod read %q from the adopted directory", got)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "from-pod")); err != nil || string(b) != "pod\n" {
 		t.Errorf("host reads %q %v from the pod's write", b, err)
+	}
+	for p, was := range before {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gid, wasGID := fi.Sys().(*syscall.Stat_t).Gid, was.Sys().(*syscall.Stat_t).Gid
+		if gid != wasGID || fi.Mode() != was.Mode() {
+			t.Errorf("%s: group %d mode %s after a pod with fsGroup 4321, was %d %s", p, gid, fi.Mode(), wasGID, was.Mode())
+		}
 	}
 }
 
