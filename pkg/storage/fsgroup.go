@@ -21,10 +21,9 @@ const (
 	fsGroupDirBits  = 0o770 | unix.S_ISGID // and, on directories, search and setgid
 )
 
-// applyMountGroup gives a publish's volume, at dir, to the group the pod asked for,
-// once its source is known and before it is mounted. Nothing is asked, or done, for
-// a block volume or a read-only publish (the kubelet skips those too); an adopted
-// directory is never changed.
+// applyMountGroup gives the volume a publish mounts (its source directory) the group
+// the pod asked for, before the bind mount. A block volume and a read-only publish
+// are left alone (the kubelet skips those too); an adopted directory is never changed.
 func (n *Node) applyMountGroup(ctx context.Context, req PublishRequest, src *publishSource, readOnly bool) error {
 	g := req.Capability.MountGroup
 	switch {
@@ -48,10 +47,10 @@ func (n *Node) applyMountGroup(ctx context.Context, req PublishRequest, src *pub
 // inherit the group. When dir already has group gid, rwx for owner and group and
 // setgid, nothing is walked (the kubelet's fsGroupChangePolicy OnRootMismatch, which
 // Berth always applies since the policy is not passed to drivers); the root is changed
-// last, so a walk cut short is walked again. The walk never
-// follows a symlink nor crosses a mount point (safefs), so nothing a pod plants in
-// its volume makes it touch another file; entries that vanish meanwhile are skipped.
-// It returns the number of entries changed.
+// last, so a walk cut short is walked again. The walk never follows a symlink nor
+// crosses a mount point (safefs), so nothing a pod plants in its volume makes it touch
+// another file; entries that vanish meanwhile are skipped. It returns the number of
+// entries changed.
 func SetGroupOwnership(ctx context.Context, dir string, gid uint32) (int, error) {
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -112,7 +111,7 @@ func SetGroupOwnership(ctx context.Context, dir string, gid uint32) (int, error)
 			continue
 		}
 		switch err := w.Push(name); {
-		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.EXDEV):
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
 			continue // gone, or swapped for something else, meanwhile
 		case err != nil:
 			return changed, fmt.Errorf("%s: %w", w.Path(name), err)
