@@ -9,6 +9,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+
+	"github.com/berth-csi/berth/pkg/storage"
 )
 
 // groupCap is a mount capability carrying the pod's fsGroup as the kubelet passes it
@@ -108,5 +110,37 @@ func TestAdoptedIgnoresMountGroup(t *testing.T) {
 	}
 	if err := f.unpublish("adopted-data", target); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestImagePublishAppliesMountGroup: an image volume's filesystem (ext4, with its
+// lost+found) gets the pod's group through its staged mount; the group passed to
+// NodeStageVolume too is accepted, and applied by the publish.
+func TestImagePublishAppliesMountGroup(t *testing.T) {
+	f := newKindFixture(t, storage.KindImage, "")
+	r := f.createImage(t, "pvc-group", 64<<20, "ext4")
+	staging := f.stagingPath(t, r.Hash())
+	t.Cleanup(func() {
+		if err := f.unstage(r, staging); err != nil {
+			t.Errorf("unstage at cleanup: %v", err)
+		}
+	})
+	vc := groupCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "3000")
+	_, err := f.srv.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: r.ID, StagingTargetPath: staging, VolumeCapability: vc})
+	wantCode(t, err, codes.OK)
+	target := f.target(t, "pod")
+	req := publishReq(r.ID, target, vc, false)
+	req.StagingTargetPath = staging
+	_, err = f.srv.NodePublishVolume(context.Background(), req)
+	wantCode(t, err, codes.OK)
+	t.Cleanup(func() {
+		if err := f.unpublish(r.ID, target); err != nil {
+			t.Errorf("unpublish at cleanup: %v", err)
+		}
+	})
+	for _, p := range []string{target, filepath.Join(target, "lost+found")} {
+		if gid, mode := ownerOf(t, p); gid != 3000 || mode&0o2770 != 0o2770 {
+			t.Errorf("%s: gid %d mode %o, want group 3000 with g+rwxs", p, gid, mode)
+		}
 	}
 }
