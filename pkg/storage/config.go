@@ -40,6 +40,8 @@ type PoolConfig struct {
 	// FSType is Source's filesystem type for mount(8): glusterfs, nfs, nfs4 or ceph.
 	FSType string `json:"fsType,omitempty"`
 	// MountOptions are passed to mount(8) with -o (nosuid and nodev are always added).
+	// Credentials (secret=, password=...) are refused: a file option names them
+	// (ceph's secretfile=, a Secret mounted into the driver).
 	MountOptions []string `json:"mountOptions,omitempty"`
 	// GlusterQuota enforces volume sizes with GlusterFS directory quotas.
 	GlusterQuota bool `json:"glusterQuota,omitempty"`

@@ -1,6 +1,9 @@
 package chart
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -176,6 +179,29 @@ func TestMountSecrets(t *testing.T) {
 		}
 		if !slices.ContainsFunc(pod.Volumes, func(v volume) bool { return v.Secret != nil && v.Secret.SecretName == "ceph-berth" }) {
 			t.Errorf("%s: no volume of Secret ceph-berth", name)
+		}
+	}
+}
+
+// TestMountOptionCredentialsRefused: the chart refuses a credential in a pool's
+// mountOptions before the driver would.
+func TestMountOptionCredentialsRefused(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, kube := helm(t, root)
+	for _, opt := range []string{"secret=AQDx==", "Password=x", "passwd=x", "token=x"} {
+		values := filepath.Join(t.TempDir(), "values.yaml")
+		pools := "pools:\n- {name: c, path: /mnt/c, kind: shared, source: 'm:/', fsType: ceph, mountOptions: ['" + opt + "']}\n"
+		if err := os.WriteFile(values, []byte(pools), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bin, "template", "berth", filepath.Join(root, "charts", "berth"), "--kube-version", kube, "-f", values).CombinedOutput()
+		if err == nil {
+			t.Errorf("mountOptions [%s] rendered", opt)
+		} else if !strings.Contains(string(out), "mountOptions") {
+			t.Errorf("mountOptions [%s]: %s", opt, out)
 		}
 	}
 }
