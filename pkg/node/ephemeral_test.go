@@ -2,11 +2,17 @@ package node_test
 
 import (
 	"context"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
+	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/node"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -212,6 +218,100 @@ func TestEphemeralVolumeRefusedPublish(t *testing.T) {
 			if m := mountsUnder(t, f.base); len(m) != 0 {
 				t.Fatalf("mounts left: %v", m)
 			}
+		})
+	}
+}
+
+// policyFixture is a node service on two dir pools: "first" (not marked for inline
+// volumes, and first, so the default for everything else) and "scratch" (marked, up
+// to 32 MiB); with marked false, neither is marked.
+func policyFixture(t *testing.T, marked bool) *fixture {
+	t.Helper()
+	base := t.TempDir()
+	kubelet := filepath.Join(base, "kubelet")
+	if err := os.MkdirAll(filepath.Join(kubelet, "pods"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	scratch := storage.PoolConfig{Name: "scratch", Path: filepath.Join(base, "scratch"), Kind: storage.KindDir}
+	if marked {
+		scratch.Ephemeral = storage.EphemeralConfig{Allowed: true, MaxSize: "32Mi"}
+	}
+	e := testengine.Start(t, storage.Config{Pools: []storage.PoolConfig{
+		{Name: "first", Path: filepath.Join(base, "first"), Kind: storage.KindDir}, scratch,
+	}})
+	l := &locks.Set{}
+	srv, err := node.New(node.Config{NodeID: testNode, KubeletDir: kubelet}, e, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{srv: srv, engine: e, locks: l, pool: e.DefaultPool(), base: base, kubelet: kubelet}
+}
+
+// hostTree lists every path under dir, to show that a refused request changed nothing.
+func hostTree(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		out = append(out, path)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestEphemeralPoolPolicy: a pod's inline volume goes only to a pool the admin marked
+// for inline volumes (pools[].ephemeral.allowed), at most of its ephemeral.maxSize;
+// a refused request leaves the host as it was.
+func TestEphemeralPoolPolicy(t *testing.T) {
+	testutil.RequireRoot(t)
+	tests := []struct {
+		name      string
+		marked    bool
+		vctx      map[string]string
+		wantCode  codes.Code
+		wantPool  string
+		wantBytes int64
+	}{
+		{"no pool: the marked pool, not the first", true, map[string]string{"size": "16Mi"}, codes.OK, "scratch", 16 << 20},
+		{"no size: the pool's maximum when under 1Gi", true, map[string]string{}, codes.OK, "scratch", 32 << 20},
+		{"size zero: as no size", true, map[string]string{"size": "0"}, codes.OK, "scratch", 32 << 20},
+		{"the marked pool by name", true, map[string]string{"pool": "scratch", "size": "32Mi"}, codes.OK, "scratch", 32 << 20},
+		{"a pool not marked", true, map[string]string{"pool": "first", "size": "16Mi"}, codes.InvalidArgument, "", 0},
+		{"a pool not marked, no size", true, map[string]string{"pool": "first"}, codes.InvalidArgument, "", 0},
+		{"over the maximum", true, map[string]string{"size": "33Mi"}, codes.OutOfRange, "", 0},
+		{"over the maximum by one byte", true, map[string]string{"pool": "scratch", "size": "33554433"}, codes.OutOfRange, "", 0},
+		{"the whole filesystem", true, map[string]string{"size": "1Ei"}, codes.OutOfRange, "", 0},
+		{"no pool marked", false, map[string]string{"size": "16Mi"}, codes.FailedPrecondition, "", 0},
+		{"no pool marked, pool named", false, map[string]string{"pool": "scratch"}, codes.InvalidArgument, "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := policyFixture(t, tc.marked)
+			target := f.target(t, "pod")
+			vctx := map[string]string{ctxEphemeral: "true"}
+			maps.Copy(vctx, tc.vctx)
+			before := hostTree(t, f.base)
+			_, err := f.srv.NodePublishVolume(context.Background(), ephemeralReq(target, vctx))
+			wantCode(t, err, tc.wantCode)
+			if tc.wantCode != codes.OK {
+				if !strings.Contains(err.Error(), "pools[].ephemeral.") {
+					t.Errorf("error %q does not name the rule (pools[].ephemeral.*)", err)
+				}
+				if after := hostTree(t, f.base); !slices.Equal(after, before) {
+					t.Fatalf("a refused publish changed the host:\nbefore %v\nafter  %v", before, after)
+				}
+				return
+			}
+			p, r, ok := f.engine.Ephemeral(kubeletID)
+			if !ok || p.Name() != tc.wantPool || r.CapacityBytes != tc.wantBytes {
+				t.Fatalf("ephemeral volume %+v in pool %v, want %d bytes in %s", r, p, tc.wantBytes, tc.wantPool)
+			}
+			wantCode(t, f.unpublish(kubeletID, target), codes.OK)
 		})
 	}
 }

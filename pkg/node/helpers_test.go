@@ -51,7 +51,8 @@ func newFixtureTB(t testing.TB) *fixture {
 func startFixture(t testing.TB, base string, cfg node.Config) *fixture {
 	t.Helper()
 	e := testengine.Start(t, storage.Config{Pools: []storage.PoolConfig{
-		{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir},
+		{Name: "default", Path: filepath.Join(base, "pool"), Kind: storage.KindDir,
+			Ephemeral: storage.EphemeralConfig{Allowed: true}},
 	}})
 	l := &locks.Set{}
 	srv, err := node.New(cfg, e, l)

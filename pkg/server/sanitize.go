@@ -15,10 +15,17 @@ import (
 // strippedValue replaces the value of every field marked as a CSI secret.
 const strippedValue = "***stripped***"
 
+// serviceAccountTokensKey is the volume_context key under which the kubelet passes
+// the pod's service-account tokens to NodePublishVolume when the CSIDriver asks for
+// them (spec.tokenRequests). volume_context is not a secret field, so the tokens are
+// stripped by this key, in any string map.
+const serviceAccountTokensKey = "csi.storage.k8s.io/serviceAccount.tokens"
+
 var sanitizeMarshal = protojson.MarshalOptions{UseProtoNames: true}
 
 // Sanitize renders m as JSON (protojson, with the proto field names) for logging,
-// with the value of every field marked `(csi.v1.csi_secret) = true` replaced by
+// with the value of every field marked `(csi.v1.csi_secret) = true`, and of every
+// string map's csi.storage.k8s.io/serviceAccount.tokens entry, replaced by
 // "***stripped***", however deeply it is nested in messages, lists or maps.
 func Sanitize(m proto.Message) string {
 	if m == nil {
@@ -63,6 +70,13 @@ func stripSecrets(obj map[string]any, md protoreflect.MessageDescriptor) {
 			continue
 		}
 		switch {
+		case fd.IsMap() && fd.MapValue().Kind() == protoreflect.StringKind:
+			entries, _ := val.(map[string]any)
+			for k := range entries {
+				if strings.EqualFold(k, serviceAccountTokensKey) {
+					entries[k] = strippedValue
+				}
+			}
 		case fd.IsMap():
 			vd := fd.MapValue()
 			if vd.Kind() != protoreflect.MessageKind {

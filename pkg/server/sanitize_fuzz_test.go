@@ -31,7 +31,8 @@ func sanitizeTypes(f *testing.F) []protoreflect.MessageType {
 
 // withSecrets returns a copy of m in which every secret field, however deeply
 // nested in the messages m holds, holds key=value (a map) or value (a string), and
-// nothing else when replace is true; key=value is added to a map otherwise.
+// nothing else when replace is true; key=value is added to a map otherwise. Every
+// volume_context holds the kubelet's service-account tokens, value.
 func withSecrets(m proto.Message, key, value string, replace bool) proto.Message {
 	c := proto.Clone(m)
 	setSecrets(c.ProtoReflect(), key, value, replace)
@@ -55,6 +56,9 @@ func setSecrets(m protoreflect.Message, key, value string, replace bool) {
 			m.Set(fd, protoreflect.ValueOfString(value))
 		case secret:
 			panic("FuzzSanitize cannot fill secret field " + string(fd.FullName()))
+		case fd.Name() == "volume_context":
+			// The kubelet's service-account tokens (CSIDriver tokenRequests).
+			m.Mutable(fd).Map().Set(protoreflect.ValueOfString(serviceAccountTokensKey).MapKey(), protoreflect.ValueOfString(value))
 		case !m.Has(fd) || !holdsMessages:
 		case fd.IsMap():
 			m.Mutable(fd).Map().Range(func(_ protoreflect.MapKey, v protoreflect.Value) bool {
@@ -99,7 +103,8 @@ func FuzzSanitize(f *testing.F) {
 	seed(&csi.NodeStageVolumeRequest{VolumeId: "vol-1", Secrets: map[string]string{"a": "b"},
 		VolumeCapability: &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{
 			Mount: &csi.VolumeCapability_MountVolume{MountFlags: []string{"ro"}}}}})
-	seed(&csi.NodePublishVolumeRequest{VolumeId: "vol-1", TargetPath: "/t", Secrets: map[string]string{"": ""}})
+	seed(&csi.NodePublishVolumeRequest{VolumeId: "vol-1", TargetPath: "/t", Secrets: map[string]string{"": ""},
+		VolumeContext: map[string]string{"csi.storage.k8s.io/pod.name": "web-0"}})
 	seed(&csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "vol-1", Secrets: map[string]string{secretValue: "x"}})
 	seed(&csi.ListVolumesResponse{NextToken: "t", Entries: []*csi.ListVolumesResponse_Entry{{Volume: &csi.Volume{VolumeId: "v"}}}})
 	outer := dynamicpb.NewMessage(types[len(types)-1].Descriptor())

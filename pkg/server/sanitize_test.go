@@ -213,3 +213,26 @@ func TestSanitizeNestedSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestSanitizeServiceAccountTokens: the tokens the kubelet puts in volume_context
+// when the CSIDriver has tokenRequests never reach a log; the rest of the context does.
+func TestSanitizeServiceAccountTokens(t *testing.T) {
+	tokens := `{"vault":{"token":"` + secretValue + `","expirationTimestamp":"2026-12-02T08:00:00Z"}}`
+	for _, key := range []string{serviceAccountTokensKey, "CSI.storage.k8s.io/serviceaccount.TOKENS"} {
+		req := &csi.NodePublishVolumeRequest{
+			VolumeId: "csi-0123", TargetPath: "/var/lib/kubelet/pods/p/volumes/v/mount",
+			VolumeContext: map[string]string{
+				key: tokens, "csi.storage.k8s.io/pod.name": "web-0", "csi.storage.k8s.io/ephemeral": "true",
+			},
+			Secrets: map[string]string{"password": secretValue},
+		}
+		got := Sanitize(req)
+		if strings.Contains(got, secretValue) {
+			t.Fatalf("token leaked: %s", got)
+		}
+		vctx, _ := decode(t, got)["volume_context"].(map[string]any)
+		if vctx[key] != strippedValue || vctx["csi.storage.k8s.io/pod.name"] != "web-0" {
+			t.Errorf("volume_context = %v, want the tokens stripped and the pod name kept", vctx)
+		}
+	}
+}

@@ -30,6 +30,8 @@ type PoolConfig struct {
 	ReservedBytes int64 `json:"reservedBytes,omitempty"`
 	// Overcommit lets the sum of volume capacities exceed the pool's size.
 	Overcommit bool `json:"overcommit,omitempty"`
+	// Ephemeral says whether CSI ephemeral inline volumes may use the pool.
+	Ephemeral EphemeralConfig `json:"ephemeral,omitempty"`
 
 	// The keys below are for shared pools only (see sharedkind.go).
 
@@ -39,9 +41,55 @@ type PoolConfig struct {
 	// FSType is Source's filesystem type for mount(8): glusterfs, nfs, nfs4 or ceph.
 	FSType string `json:"fsType,omitempty"`
 	// MountOptions are passed to mount(8) with -o (nosuid and nodev are always added).
+	// Credentials (secret=, password=...) are refused: a file option names them
+	// (ceph's secretfile=, a Secret mounted into the driver).
 	MountOptions []string `json:"mountOptions,omitempty"`
 	// GlusterQuota enforces volume sizes with GlusterFS directory quotas.
 	GlusterQuota bool `json:"glusterQuota,omitempty"`
+}
+
+// EphemeralConfig is a pool's policy for CSI ephemeral inline volumes. A pod picks
+// an inline volume's pool and size itself (volumeAttributes), bypassing
+// StorageClasses and ResourceQuota, so only a pool the admin marks takes them, and
+// only up to a maximum size.
+type EphemeralConfig struct {
+	// Allowed lets inline volumes use the pool; one that names no pool gets the
+	// first pool that allows them.
+	Allowed bool `json:"allowed,omitempty"`
+	// MaxSize is the largest inline volume, a quantity such as 1Gi. Empty: 1Gi
+	// (DefaultCapacityBytes). An inline volume that names no size gets the smaller
+	// of MaxSize and 1Gi.
+	MaxSize string `json:"maxSize,omitempty"`
+}
+
+// maxBytes is the largest inline volume the policy allows (0: none). The
+// configuration was validated, so MaxSize parses.
+func (c EphemeralConfig) maxBytes() int64 {
+	if !c.Allowed {
+		return 0
+	}
+	if c.MaxSize == "" {
+		return DefaultCapacityBytes
+	}
+	n, _ := ParseQuantity(c.MaxSize)
+	return n
+}
+
+func (c EphemeralConfig) validate() error {
+	if c.MaxSize == "" {
+		return nil
+	}
+	if !c.Allowed {
+		return fmt.Errorf("ephemeral.maxSize is set but ephemeral.allowed is not: %w", ErrInvalid)
+	}
+	n, err := ParseQuantity(c.MaxSize)
+	if err != nil {
+		return fmt.Errorf("ephemeral.maxSize: %w: %w", err, ErrInvalid)
+	}
+	if n == 0 {
+		return fmt.Errorf("ephemeral.maxSize is 0: to refuse inline volumes, leave ephemeral.allowed unset: %w", ErrInvalid)
+	}
+	return nil
 }
 
 // Config is the whole --config file.
@@ -91,9 +139,11 @@ func (r AdoptRoot) MarshalJSON() ([]byte, error) {
 	return json.Marshal(plain(r))
 }
 
-// DefaultConfig is used when no --config is given: one dir pool named "default".
+// DefaultConfig is used when no --config is given: one dir pool named "default",
+// which takes inline ephemeral volumes of up to 1Gi.
 func DefaultConfig() Config {
-	return Config{Pools: []PoolConfig{{Name: "default", Path: DefaultPoolPath, Kind: KindDir}}}
+	return Config{Pools: []PoolConfig{{Name: "default", Path: DefaultPoolPath, Kind: KindDir,
+		Ephemeral: EphemeralConfig{Allowed: true}}}}
 }
 
 // LoadConfig reads and validates a config file. Unknown keys are errors, so a typo
@@ -160,6 +210,16 @@ func (p PoolConfig) validate() error {
 	}
 	if p.ReservedBytes < 0 {
 		return fmt.Errorf("pool %q: reservedBytes %d is negative: %w", p.Name, p.ReservedBytes, ErrInvalid)
+	}
+	if err := p.Ephemeral.validate(); err != nil {
+		return fmt.Errorf("pool %q: %w", p.Name, err)
+	}
+	if p.Ephemeral.Allowed {
+		// The kind says whether it can serve inline volumes at all.
+		pool := &Pool{cfg: p, backend: backends[p.Kind](p, Host{})}
+		if err := pool.nodeKind().CanServeInline(pool); err != nil {
+			return fmt.Errorf("pool %q: ephemeral.allowed: %w", p.Name, err)
+		}
 	}
 	if err := p.validateShared(); err != nil {
 		return fmt.Errorf("pool %q: %w", p.Name, err)

@@ -138,6 +138,50 @@ pools:
 			wantErr: storage.ErrInvalid,
 		},
 		{
+			name: "inline ephemeral policy",
+			yaml: `
+pools:
+- {name: a, path: /srv/a, kind: dir, ephemeral: {allowed: true, maxSize: 256Mi}}
+- {name: q, path: /srv/q, kind: quota, ephemeral: {allowed: true}}
+- {name: b, path: /srv/b, kind: dir}
+`,
+			want: []storage.PoolConfig{
+				{Name: "a", Path: "/srv/a", Kind: "dir", Ephemeral: storage.EphemeralConfig{Allowed: true, MaxSize: "256Mi"}},
+				{Name: "q", Path: "/srv/q", Kind: "quota", Ephemeral: storage.EphemeralConfig{Allowed: true}},
+				{Name: "b", Path: "/srv/b", Kind: "dir"},
+			},
+		},
+		{
+			name:    "ephemeral maxSize without allowed",
+			yaml:    "pools:\n- {name: a, path: /srv/a, kind: dir, ephemeral: {maxSize: 1Gi}}\n",
+			wantErr: storage.ErrInvalid,
+		},
+		{
+			name:    "ephemeral maxSize not a quantity",
+			yaml:    "pools:\n- {name: a, path: /srv/a, kind: dir, ephemeral: {allowed: true, maxSize: lots}}\n",
+			wantErr: storage.ErrInvalid,
+		},
+		{
+			name:    "ephemeral maxSize zero",
+			yaml:    "pools:\n- {name: a, path: /srv/a, kind: dir, ephemeral: {allowed: true, maxSize: '0'}}\n",
+			wantErr: storage.ErrInvalid,
+		},
+		{
+			name:    "ephemeral misspelt key",
+			yaml:    "pools:\n- {name: a, path: /srv/a, kind: dir, ephemeral: {allowed: true, max: 1Gi}}\n",
+			wantErr: errAny,
+		},
+		{
+			name:    "ephemeral on an image pool",
+			yaml:    "pools:\n- {name: a, path: /srv/a, kind: image, ephemeral: {allowed: true}}\n",
+			wantErr: storage.ErrInvalid,
+		},
+		{
+			name:    "ephemeral on a shared pool",
+			yaml:    "pools:\n- {name: a, path: /srv/a, kind: shared, ephemeral: {allowed: true}}\n",
+			wantErr: storage.ErrInvalid,
+		},
+		{
 			name:    "empty pools list",
 			yaml:    "pools: []\n",
 			wantErr: storage.ErrInvalid,
@@ -173,7 +217,10 @@ func TestDefaultConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("DefaultConfig does not validate: %v", err)
 	}
-	want := []storage.PoolConfig{{Name: "default", Path: storage.DefaultPoolPath, Kind: storage.KindDir}}
+	// The embedded pool takes inline ephemeral volumes (of the default maximum), so
+	// `make run` and the demo keep working without a configuration.
+	want := []storage.PoolConfig{{Name: "default", Path: storage.DefaultPoolPath, Kind: storage.KindDir,
+		Ephemeral: storage.EphemeralConfig{Allowed: true}}}
 	if !reflect.DeepEqual(cfg.Pools, want) {
 		t.Fatalf("DefaultConfig pools = %+v, want %+v", cfg.Pools, want)
 	}

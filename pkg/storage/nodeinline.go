@@ -29,22 +29,16 @@ func (n *Node) publishedVolume(ctx context.Context, req PublishRequest) (*Pool, 
 			return nil, nil, errorf(ErrInvalid, "unknown ephemeral volume attribute %q (known: size, pool)", truncate(k))
 		}
 	}
-	p := n.e.DefaultPool()
-	if name, ok := vctx[AttrPool]; ok {
-		var err error
-		if p, err = n.e.Pool(name); err != nil {
-			return nil, nil, errorf(ErrInvalid, "%w", err)
-		}
+	p, err := n.e.inlinePool(vctx)
+	if err != nil {
+		return nil, nil, err
 	}
 	if err := p.nodeKind().CanServeInline(p); err != nil {
 		return nil, nil, err
 	}
-	var size int64
-	if v, ok := vctx[AttrSize]; ok {
-		var err error
-		if size, err = ParseQuantity(v); err != nil {
-			return nil, nil, errorf(ErrInvalid, "ephemeral attribute size: %w", err)
-		}
+	size, err := inlineSize(p, vctx)
+	if err != nil {
+		return nil, nil, err
 	}
 	r, err := p.Create(ctx, CreateRequest{
 		Name: EphemeralName(req.VolumeID), RequiredBytes: size, AccessType: req.Capability.Access, Ephemeral: true,
@@ -53,6 +47,53 @@ func (n *Node) publishedVolume(ctx context.Context, req PublishRequest) (*Pool, 
 		return nil, nil, err
 	}
 	return p, r, nil
+}
+
+// inlinePool is the pool an inline volume goes to: the one its `pool` attribute
+// names, which the admin must have marked for inline volumes, else the first pool
+// so marked. A pod's attributes bypass StorageClasses and ResourceQuota: the
+// configuration alone says which pools they may fill.
+func (e *Engine) inlinePool(vctx map[string]string) (*Pool, error) {
+	name, ok := vctx[AttrPool]
+	if !ok {
+		for _, p := range e.pools {
+			if p.cfg.Ephemeral.Allowed {
+				return p, nil
+			}
+		}
+		return nil, errorf(ErrPrecondition, "no pool on this node allows inline ephemeral volumes (pools[].ephemeral.allowed)")
+	}
+	p, err := e.Pool(name)
+	if err != nil {
+		return nil, errorf(ErrInvalid, "%w", err)
+	}
+	if !p.cfg.Ephemeral.Allowed {
+		return nil, errorf(ErrInvalid, "pool %q does not allow inline ephemeral volumes (pools[].ephemeral.allowed)", p.Name())
+	}
+	return p, nil
+}
+
+// inlineSize is the size of an inline volume: its `size` attribute, at most the
+// pool's ephemeral.maxSize, or without one the smaller of that maximum and
+// DefaultCapacityBytes.
+func inlineSize(p *Pool, vctx map[string]string) (int64, error) {
+	limit := p.cfg.Ephemeral.maxBytes()
+	v, ok := vctx[AttrSize]
+	if !ok {
+		return min(limit, DefaultCapacityBytes), nil
+	}
+	size, err := ParseQuantity(v)
+	if err != nil {
+		return 0, errorf(ErrInvalid, "ephemeral attribute size: %w", err)
+	}
+	if size == 0 {
+		return min(limit, DefaultCapacityBytes), nil
+	}
+	if size > limit {
+		return 0, errorf(ErrOutOfRange, "ephemeral attribute size %s is over pool %q's maximum of %d bytes for inline volumes (pools[].ephemeral.maxSize)",
+			truncate(v), p.Name(), limit)
+	}
+	return size, nil
 }
 
 // deleteEphemeral deletes the ephemeral volume created for kubelet's volume ID, once

@@ -4,10 +4,14 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/berth-csi/berth/pkg/storage"
 )
+
+// credential is a secret value a configuration must not carry, nor any error show.
+const credential = "AQDhunter2hunter2=="
 
 func TestLoadConfigSharedPools(t *testing.T) {
 	tests := []struct {
@@ -55,6 +59,18 @@ pools:
 		{name: "glusterQuota without source", yaml: "pools:\n- {name: a, path: /mnt/a, kind: shared, glusterQuota: true}\n", wantErr: storage.ErrInvalid},
 		{name: "shared keys on a dir pool", yaml: "pools:\n- {name: a, path: /mnt/a, kind: dir, source: 'h:/v', fsType: nfs}\n", wantErr: storage.ErrInvalid},
 		{name: "glusterQuota on a quota pool", yaml: "pools:\n- {name: a, path: /mnt/a, kind: quota, glusterQuota: true}\n", wantErr: storage.ErrInvalid},
+		{
+			name: "ceph credentials from a file",
+			yaml: "pools:\n- {name: c, path: /mnt/c, kind: shared, source: '10.0.0.1:6789:/', fsType: ceph, mountOptions: [name=berth, secretfile=/etc/berth/secrets/ceph/key]}\n",
+			want: storage.PoolConfig{Name: "c", Path: "/mnt/c", Kind: storage.KindShared, Source: "10.0.0.1:6789:/", FSType: "ceph",
+				MountOptions: []string{"name=berth", "secretfile=/etc/berth/secrets/ceph/key"}},
+		},
+		{name: "ceph secret inline", yaml: "pools:\n- {name: c, path: /mnt/c, kind: shared, source: 'm:/', fsType: ceph, mountOptions: [name=berth, 'secret=" + credential + "']}\n", wantErr: storage.ErrInvalid},
+		{name: "secret in capitals", yaml: "pools:\n- {name: c, path: /mnt/c, kind: shared, source: 'm:/', fsType: ceph, mountOptions: ['SECRET=" + credential + "']}\n", wantErr: storage.ErrInvalid},
+		{name: "password inline", yaml: "pools:\n- {name: n, path: /mnt/n, kind: shared, source: 'h:/v', fsType: nfs, mountOptions: ['password=" + credential + "']}\n", wantErr: storage.ErrInvalid},
+		{name: "password with a comma", yaml: "pools:\n- {name: n, path: /mnt/n, kind: shared, source: 'h:/v', fsType: nfs, mountOptions: ['pass=" + credential + ",x']}\n", wantErr: storage.ErrInvalid},
+		{name: "secretfile relative", yaml: "pools:\n- {name: c, path: /mnt/c, kind: shared, source: 'm:/', fsType: ceph, mountOptions: [secretfile=key]}\n", wantErr: storage.ErrInvalid},
+		{name: "secretfile unclean", yaml: "pools:\n- {name: c, path: /mnt/c, kind: shared, source: 'm:/', fsType: ceph, mountOptions: [secretfile=/etc/../key]}\n", wantErr: storage.ErrInvalid},
 		{name: "misspelt shared key", yaml: "pools:\n- {name: a, path: /mnt/a, kind: shared, mountOption: [hard]}\n", wantErr: errAny},
 	}
 	for _, tt := range tests {
@@ -65,6 +81,9 @@ pools:
 			}
 			cfg, err := storage.LoadConfig(path)
 			checkErr(t, err, tt.wantErr)
+			if err != nil && strings.Contains(err.Error(), credential) {
+				t.Errorf("the configuration error shows the credential: %v", err)
+			}
 			if tt.wantErr == nil && !reflect.DeepEqual(cfg.Pools[0], tt.want) {
 				t.Errorf("pool = %+v, want %+v", cfg.Pools[0], tt.want)
 			}

@@ -30,11 +30,13 @@ var SharedFSTypes = []string{"glusterfs", "nfs", "nfs4", "ceph"}
 // builds a shell command line.
 type CommandRunner func(ctx context.Context, name string, args ...string) ([]byte, error)
 
-// ExecCommand runs commands with os/exec.
+// ExecCommand runs commands with os/exec. Its error carries the command line and
+// the output, with the value of every credential option masked (mounter.Redact):
+// errors reach logs, /readyz and VolumeCondition messages.
 func ExecCommand(ctx context.Context, name string, args ...string) ([]byte, error) {
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return out, mounter.RedactError(fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out))))
 	}
 	return out, nil
 }
@@ -80,14 +82,28 @@ func (p PoolConfig) validateShared() error {
 		}
 	}
 	for i, o := range p.MountOptions {
+		if key, ok := mounter.CredentialOption(o); ok {
+			return fmt.Errorf("mountOptions[%d]: %s= would put a credential in the configuration (a ConfigMap) and in mount errors; "+
+				"put it in a Secret mounted as a file (chart value mountSecrets) and name the file (ceph: secretfile=/etc/berth/secrets/<secret>/<key>) "+
+				"(pools[].mountOptions: no credentials): %w", i, key, ErrInvalid)
+		}
 		if !mountOption.MatchString(o) {
-			return fmt.Errorf("mountOptions[%d] %q: one option of [A-Za-z0-9_.:/=@+-], no commas: %w", i, o, ErrInvalid)
+			return fmt.Errorf("mountOptions[%d] %q: one option of [A-Za-z0-9_.:/=@+-], no commas: %w", i, mounter.Redact(o), ErrInvalid)
+		}
+		if key, file, ok := strings.Cut(o, "="); ok && credentialFileOption(key) && (!filepath.IsAbs(file) || filepath.Clean(file) != file) {
+			return fmt.Errorf("mountOptions[%d]: %s= must name a clean absolute path (a Secret's file, e.g. /etc/berth/secrets/<secret>/<key>): %w", i, key, ErrInvalid)
 		}
 	}
 	if p.GlusterQuota && p.FSType != "glusterfs" {
 		return fmt.Errorf("glusterQuota needs fsType glusterfs and its source: %w", ErrInvalid)
 	}
 	return nil
+}
+
+// credentialFileOption reports whether key is a mount option naming a file that
+// holds credentials (ceph's secretfile=, cifs' credentials=).
+func credentialFileOption(key string) bool {
+	return strings.EqualFold(key, "secretfile") || strings.EqualFold(key, "credentials")
 }
 
 // glusterVolume splits a GlusterFS source into the volume name and the subdirectory
@@ -159,7 +175,9 @@ func (b *sharedBackend) Mount(ctx context.Context) error {
 	}
 	opts := strings.Join(append([]string{"nosuid", "nodev"}, b.cfg.MountOptions...), ",")
 	if _, err := b.run(ctx, "mount", "-t", b.cfg.FSType, "-o", opts, b.cfg.Source, path); err != nil {
-		return fmt.Errorf("shared pool %s: mount %s at %s: %w", b.cfg.Name, b.cfg.Source, path, err)
+		// Whatever runs mount(8), its error may echo the options or what a helper
+		// read from a credentials file.
+		return mounter.RedactError(fmt.Errorf("shared pool %s: mount %s at %s: %w", b.cfg.Name, b.cfg.Source, path, err))
 	}
 	// A helper that answers success without a mount in place must not let the
 	// pool be laid out on the directory beneath.

@@ -40,10 +40,12 @@ type outage struct {
 	remote  string        // the filesystem's content while it is not mounted at path
 	kubelet string
 
-	mounted atomic.Bool  // the filesystem is mounted at path (its content is there)
-	refuse  atomic.Bool  // mount(8) fails, as with its server unreachable
-	hold    atomic.Bool  // the path looks dead to the engine, whatever is there
-	mounts  atomic.Int32 // mount(8) runs
+	mounted atomic.Bool // the filesystem is mounted at path (its content is there)
+	refuse  atomic.Bool // mount(8) fails, as with its server unreachable
+	// refuseOutput, when set, is what a failing mount(8) prints.
+	refuseOutput atomic.Pointer[string]
+	hold         atomic.Bool  // the path looks dead to the engine, whatever is there
+	mounts       atomic.Int32 // mount(8) runs
 	// afterMount, when set, runs once the filesystem is mounted, before the engine
 	// can see it (what other hosts did while it was not mounted here).
 	afterMount atomic.Pointer[func()]
@@ -78,13 +80,18 @@ func startOutage(t *testing.T, source bool, retry time.Duration) *outage {
 			}
 			return nil
 		},
-		Run: func(name string, _ ...string) ([]byte, error) {
+		Run: func(name string, args ...string) ([]byte, error) {
 			if name != "mount" {
 				return nil, nil
 			}
 			o.mounts.Add(1)
 			if o.refuse.Load() {
-				return []byte("Mounting glusterfs on " + o.path + " failed."), errors.New("mount: exit status 1")
+				out := "Mounting glusterfs on " + o.path + " failed."
+				if s := o.refuseOutput.Load(); s != nil {
+					out = *s
+				}
+				// As ExecCommand reports it: the command line and the output.
+				return []byte(out), fmt.Errorf("mount %s: exit status 1: %s", strings.Join(args, " "), out)
 			}
 			return nil, o.mount()
 		},

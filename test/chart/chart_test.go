@@ -27,26 +27,51 @@ type object struct {
 	Data              map[string]string `json:"data"`
 	Parameters        map[string]string `json:"parameters"`
 	VolumeBindingMode string            `json:"volumeBindingMode"`
+	Rules             []rule            `json:"rules"`
 	Spec              struct {
-		Template struct {
-			Spec struct {
-				Containers []struct {
-					Name         string   `json:"name"`
-					Args         []string `json:"args"`
-					VolumeMounts []struct {
-						Name      string `json:"name"`
-						MountPath string `json:"mountPath"`
-					} `json:"volumeMounts"`
-				} `json:"containers"`
-				Volumes []struct {
-					Name     string `json:"name"`
-					HostPath *struct {
-						Path string `json:"path"`
-					} `json:"hostPath"`
-				} `json:"volumes"`
-			} `json:"spec"`
+		VolumeLifecycleModes []string `json:"volumeLifecycleModes"`
+		Template             struct {
+			Spec podSpec `json:"spec"`
 		} `json:"template"`
 	} `json:"spec"`
+}
+
+// rule is one rule of a Role or ClusterRole.
+type rule struct {
+	APIGroups []string `json:"apiGroups"`
+	Resources []string `json:"resources"`
+	Verbs     []string `json:"verbs"`
+}
+
+type podSpec struct {
+	AutomountServiceAccountToken *bool       `json:"automountServiceAccountToken"`
+	Containers                   []container `json:"containers"`
+	Volumes                      []volume    `json:"volumes"`
+}
+
+type volume struct {
+	Name      string `json:"name"`
+	Projected *struct {
+		Sources []map[string]any `json:"sources"`
+	} `json:"projected"`
+	Secret *struct {
+		SecretName string `json:"secretName"`
+	} `json:"secret"`
+	HostPath *struct {
+		Path string `json:"path"`
+	} `json:"hostPath"`
+}
+
+type container struct {
+	Name         string        `json:"name"`
+	Args         []string      `json:"args"`
+	VolumeMounts []volumeMount `json:"volumeMounts"`
+}
+
+type volumeMount struct {
+	Name      string `json:"name"`
+	MountPath string `json:"mountPath"`
+	ReadOnly  bool   `json:"readOnly"`
 }
 
 func (o object) args(container string) []string {

@@ -134,7 +134,7 @@ func newMatrixRun(t *testing.T, seed uint64) *matrixRun {
 	})
 	root := filepath.Join(s.dir(), "adopt")
 	cfg := fmt.Sprintf("pools:\n"+
-		"- name: %s\n  path: %q\n  kind: dir\n  reservedBytes: 0\n  overcommit: true\n"+
+		"- name: %s\n  path: %q\n  kind: dir\n  reservedBytes: 0\n  overcommit: true\n  ephemeral: {allowed: true}\n"+
 		"- name: %s\n  path: %q\n  kind: dir\n  reservedBytes: 0\n"+
 		"adoptRoots:\n- %q\n",
 		copyPool, s.pool, reflinkPool, filepath.Join(fast, "pool"), root)

@@ -83,3 +83,34 @@ died) reaches a running driver. */}}
 {{- end -}}
 {{- toYaml $dirs -}}
 {{- end -}}
+
+{{/* The API credentials of a container that calls the API server: what the kubelet
+projects by default (a bound token, the cluster CA, the namespace), at the usual path.
+Pods set automountServiceAccountToken: false, so a container without this mount (the
+privileged driver, which never calls the API) holds no token. */}}
+{{- define "berth.apiAccessMount" -}}
+- name: api-access
+  mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+  readOnly: true
+{{- end -}}
+
+{{- define "berth.apiAccessVolume" -}}
+- name: api-access
+  projected:
+    defaultMode: 0444
+    sources:
+    - serviceAccountToken:
+        path: token
+        expirationSeconds: 3607
+    - configMap:
+        name: kube-root-ca.crt
+        items:
+        - key: ca.crt
+          path: ca.crt
+    - downwardAPI:
+        items:
+        - path: namespace
+          fieldRef:
+            apiVersion: v1
+            fieldPath: metadata.namespace
+{{- end -}}
