@@ -61,6 +61,9 @@ type Pool struct {
 
 	snaps   snapshotState
 	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)
+
+	findings      map[string]projectFindings // what the project scans found, by hash (under mu; projectscan.go)
+	projectResets atomic.Int64               // entries whose project ID the scans reset
 }
 
 func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
@@ -73,6 +76,7 @@ func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
 		index:    map[string]*Record{},
 		damaged:  map[string]damage{},
 		copies:   map[string]*volumeCopy{},
+		findings: map[string]projectFindings{},
 		purge:    make(chan struct{}, 1),
 		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}, damaged: map[string]damage{}},
 	}
