@@ -61,13 +61,18 @@ var quotaFilesystems = []testutil.FS{testutil.XFSPrjQuota, testutil.Ext4PrjQuota
 // forEachQuotaFS runs test on a served quota pool on each filesystem that enforces
 // project quotas. It skips, naming the reason, where the kernel cannot enforce them.
 func forEachQuotaFS(t *testing.T, test func(t *testing.T, f *kindFixture)) {
+	forEachQuotaFSKind(t, storage.KindQuota, test)
+}
+
+// forEachQuotaFSKind is forEachQuotaFS on a pool of kind (quota, or auto).
+func forEachQuotaFSKind(t *testing.T, kind string, test func(t *testing.T, f *kindFixture)) {
 	for _, fs := range quotaFilesystems {
 		t.Run(fs.Name, func(t *testing.T) {
 			testutil.RequireQuotaKernel(t)
 			mnt := testutil.MountFS(t, fs, 512<<20)
-			f := newKindFixture(t, storage.KindQuota, filepath.Join(mnt, "pool"))
+			f := newKindFixture(t, kind, filepath.Join(mnt, "pool"))
 			if err := f.engine.Unserved(); err != nil {
-				t.Fatalf("quota pool on %s with prjquota is not served: %v", fs.Name, err)
+				t.Fatalf("%s pool on %s with prjquota is not served: %v", kind, fs.Name, err)
 			}
 			test(t, f)
 		})

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/storage/quota"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -175,5 +176,47 @@ func healthy(t *testing.T, f *kindFixture, id, target, when string) {
 		if h.GetReason() == "ProjectIDChanged" {
 			t.Fatalf("%s: health %q", when, h.GetMessage())
 		}
+	}
+}
+
+// The embedded default pool's kind, auto, becomes a quota pool where the
+// filesystem enforces project quotas: its volumes' sizes are enforced out of the
+// box, and it says nothing is missing.
+func TestQuotaAutoPoolEnforcesSizes(t *testing.T) {
+	forEachQuotaFSKind(t, storage.KindAuto, func(t *testing.T, f *kindFixture) {
+		if k := f.pool.Kind(); k != storage.KindQuota {
+			t.Fatalf("auto pool with prjquota became %q, want %q", k, storage.KindQuota)
+		}
+		if err := f.pool.SizesNotEnforced(); err != nil || len(f.engine.Notices()) != 0 {
+			t.Fatalf("SizesNotEnforced() = %v, notices %q on a quota pool", err, f.engine.Notices())
+		}
+		r := f.create(t, "pvc-full", 16<<20, nil, rwo)
+		target := f.publishQuota(t, r, "pod")
+		n, err := fillUnprivileged(t, createFile(t, filepath.Join(target, "blob")), r.CapacityBytes+1<<20)
+		if !overQuota(err) || n > r.CapacityBytes {
+			t.Fatalf("writing %d bytes into a %d-byte volume of the auto pool: %v after %d bytes, want EDQUOT or ENOSPC",
+				r.CapacityBytes+1<<20, r.CapacityBytes, err, n)
+		}
+		// A restart keeps the kind: it is read from the pool, not probed again.
+		g := f.restartKind(t)
+		if k := g.pool.Kind(); k != storage.KindQuota {
+			t.Fatalf("after a restart the auto pool is %q, want %q", k, storage.KindQuota)
+		}
+	})
+}
+
+// An auto pool on a filesystem that does not enforce project quotas is served as a
+// dir pool and says so.
+func TestQuotaAutoPoolFallsBackOnPlainXFS(t *testing.T) {
+	mnt := testutil.MountFS(t, testutil.XFSPlain, 320<<20)
+	f := newKindFixture(t, storage.KindAuto, filepath.Join(mnt, "pool"))
+	if err := f.engine.Unserved(); err != nil {
+		t.Fatalf("auto pool on xfs without prjquota is not served: %v", err)
+	}
+	if k := f.pool.Kind(); k != storage.KindDir {
+		t.Fatalf("auto pool on xfs without prjquota became %q, want %q", k, storage.KindDir)
+	}
+	if err := f.pool.SizesNotEnforced(); err == nil || !strings.Contains(err.Error(), "not mounted with prjquota") {
+		t.Fatalf("SizesNotEnforced() = %v, want it to say xfs lacks prjquota", err)
 	}
 }

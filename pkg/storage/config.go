@@ -23,7 +23,8 @@ type PoolConfig struct {
 	Name string `json:"name"`
 	// Path is the absolute host directory that holds the pool.
 	Path string `json:"path"`
-	// Kind chooses the backend: dir, quota, image or shared.
+	// Kind chooses the backend: dir, quota, image, shared, or auto (quota where the
+	// filesystem enforces project quotas, else dir; chosen once per pool).
 	Kind string `json:"kind"`
 	// ReservedBytes of the filesystem are never handed to volumes.
 	ReservedBytes int64 `json:"reservedBytes,omitempty"`
@@ -51,9 +52,12 @@ type Config struct {
 	AdoptRoots []string `json:"adoptRoots,omitempty"`
 }
 
-// DefaultConfig is used when no --config is given: one dir pool named "default".
+// DefaultConfig is used when no --config is given: one pool named "default" of kind
+// auto, which enforces volume sizes where the filesystem under DefaultPoolPath
+// enforces project quotas (a quota pool), and says so where it does not (a dir
+// pool; autokind.go).
 func DefaultConfig() Config {
-	return Config{Pools: []PoolConfig{{Name: "default", Path: DefaultPoolPath, Kind: KindDir}}}
+	return Config{Pools: []PoolConfig{{Name: "default", Path: DefaultPoolPath, Kind: KindAuto}}}
 }
 
 // LoadConfig reads and validates a config file. Unknown keys are errors, so a typo

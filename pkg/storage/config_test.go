@@ -173,7 +173,7 @@ func TestDefaultConfig(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("DefaultConfig does not validate: %v", err)
 	}
-	want := []storage.PoolConfig{{Name: "default", Path: storage.DefaultPoolPath, Kind: storage.KindDir}}
+	want := []storage.PoolConfig{{Name: "default", Path: storage.DefaultPoolPath, Kind: storage.KindAuto}}
 	if !reflect.DeepEqual(cfg.Pools, want) {
 		t.Fatalf("DefaultConfig pools = %+v, want %+v", cfg.Pools, want)
 	}
@@ -265,7 +265,7 @@ func checkConfig(t *testing.T, cfg storage.Config) {
 				t.Fatalf("pools[%d] at %s overlaps adopt root %s", i, p.Path, root)
 			}
 		}
-		if !slices.Contains([]string{storage.KindDir, storage.KindQuota, storage.KindImage, storage.KindShared}, p.Kind) {
+		if !slices.Contains([]string{storage.KindDir, storage.KindQuota, storage.KindImage, storage.KindShared, storage.KindAuto}, p.Kind) {
 			t.Fatalf("pools[%d]: kind %q accepted", i, p.Kind)
 		}
 		if p.ReservedBytes < 0 {
