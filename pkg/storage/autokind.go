@@ -71,8 +71,11 @@ func (p *Pool) chooseKind() (kindRecord, string, error) {
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(data, &rec); err != nil || (rec.Kind != KindDir && rec.Kind != KindQuota) {
-			return rec, "", fmt.Errorf("%s names no kind Berth knows (%q, %v): an operator writes {\"kind\":\"dir\"} or "+
-				"{\"kind\":\"quota\"}, as the pool's volumes were made: %w", filepath.Join(p.cfg.Path, kindFile), truncate(string(data)), err, ErrInvalid)
+			return rec, "", fmt.Errorf("%s names no kind Berth knows (%q): an operator writes {\"kind\":\"dir\"} or "+
+				"{\"kind\":\"quota\"}, as the pool's volumes were made: %w", filepath.Join(p.cfg.Path, kindFile), truncate(string(data)), ErrInvalid)
+		}
+		if rec.Why == "" {
+			rec.Why = kindFile + " says so"
 		}
 		return rec, "recorded at the pool's first start in " + kindFile, nil
 	case !errors.Is(err, os.ErrNotExist):
