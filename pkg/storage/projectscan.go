@@ -62,7 +62,31 @@ type projectFindings struct {
 
 // projectChecker is a kind whose volumes are charged to a project ID of their own.
 type projectChecker interface {
-	checkProjects(ctx context.Context, p *Pool, r *Record, s ProjectScan) (projectFindings, error)
+	checkProjects(ctx context.Context, p *Pool, r *Record, pace *pacer) (projectFindings, error)
+}
+
+// pacer spreads one pass of the scan over time: a pause after every Budget entries,
+// counted across the pass's volumes (a pool of many small volumes pauses too).
+type pacer struct {
+	s ProjectScan
+	n int
+}
+
+// step counts one entry; after each budget it pauses, and reports whether it did
+// (paused) or ctx ended meanwhile (err).
+func (pc *pacer) step(ctx context.Context) (paused bool, err error) {
+	if pc.n++; pc.n <= pc.s.Budget {
+		return false, nil
+	}
+	pc.n = 0
+	t := time.NewTimer(pc.s.Pause)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true, ctx.Err()
+	case <-t.C:
+		return true, nil
+	}
 }
 
 // projectScanner scans the pool's volumes every s.Every until ctx ends.
@@ -105,11 +129,12 @@ func (p *Pool) ScanProjects(ctx context.Context, s ProjectScan) int64 {
 	p.mu.Unlock()
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Hash() < recs[j].Hash() })
 	var total int64
+	pace := &pacer{s: s}
 	for _, r := range recs {
 		if ctx.Err() != nil {
 			break
 		}
-		f, err := c.checkProjects(ctx, p, r, s)
+		f, err := c.checkProjects(ctx, p, r, pace)
 		if err != nil {
 			logger.V(4).Info("Project scan of volume stopped", "volumeID", r.ID, "err", err.Error())
 		}
@@ -159,9 +184,9 @@ func (p *Pool) projectProblem(hash string) []Problem {
 // link, never crossing a mount), and charges back to r.ProjectID every directory
 // and regular file charged elsewhere, and gives every directory the inherit flag.
 // Other entries (symlinks, device nodes, FIFOs, sockets) cannot be opened safely
-// for the ioctls and are skipped. After each s.Budget entries it pauses s.Pause and
+// for the ioctls and are skipped. After each budget of entries it pauses (pace) and
 // stops if the volume is gone.
-func (quotaBackend) checkProjects(ctx context.Context, p *Pool, r *Record, s ProjectScan) (projectFindings, error) {
+func (quotaBackend) checkProjects(ctx context.Context, p *Pool, r *Record, pace *pacer) (projectFindings, error) {
 	var f projectFindings
 	if r.ProjectID == 0 {
 		return f, nil
@@ -198,15 +223,12 @@ func (quotaBackend) checkProjects(ctx context.Context, p *Pool, r *Record, s Pro
 		return f, err
 	}
 	check(fd, true, data)
-	n := 0
 	for w.Depth() > 0 {
-		if n++; n > s.Budget {
-			n = 0
-			select {
-			case <-ctx.Done():
-				return f, ctx.Err()
-			case <-time.After(s.Pause):
-			}
+		paused, err := pace.step(ctx)
+		if err != nil {
+			return f, err
+		}
+		if paused {
 			if cur, ok := p.lookup(r.Hash()); !ok || cur.ProjectID != r.ProjectID {
 				return f, nil // deleted meanwhile
 			}

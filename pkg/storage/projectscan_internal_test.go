@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +122,23 @@ func startInternal(t *testing.T, pc PoolConfig) *Engine {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// The pause comes after every budget of entries, counted across the volumes of a
+// pass, so a pool of many small volumes is paced too.
+func TestPacerSpansVolumes(t *testing.T) {
+	pace := &pacer{s: ProjectScan{Budget: 2, Pause: time.Millisecond}}
+	var pauses []int
+	for i := range 7 { // e.g. 3 entries of one volume, then 4 of the next
+		paused, err := pace.step(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if paused {
+			pauses = append(pauses, i)
+		}
+	}
+	if !slices.Equal(pauses, []int{2, 5}) {
+		t.Fatalf("paused at steps %v, want [2 5]", pauses)
+	}
 }
