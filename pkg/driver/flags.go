@@ -77,7 +77,7 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.StringVar(&o.NodeID, "node-id", defaultNode, "this node's ID (default: $NODE_NAME, else the hostname)")
 	fs.StringVar(&o.DriverName, "driver-name", "berth.csi.io", "CSI driver name")
 	fs.StringVar(&o.Mode, "mode", ModeAll, "services to serve: all, controller or node")
-	fs.StringVar(&o.ConfigPath, "config", "", "pool configuration file (YAML); default: one dir pool at "+storage.DefaultPoolPath)
+	fs.StringVar(&o.ConfigPath, "config", "", "pool configuration file (YAML); default: one pool of kind auto (quota where the filesystem enforces project quotas, else dir) at "+storage.DefaultPoolPath)
 	fs.StringVar(&o.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "kubelet root directory; publish targets must lie under it")
 	fs.Int64Var(&o.MaxVolumes, "max-volumes-per-node", 0, "volumes this node may hold, reported to the scheduler (0: no limit)")
 	fs.StringVar(&o.LoggingFormat, "logging-format", "text", "log format: text or json")

@@ -114,7 +114,7 @@ func Run(ctx context.Context, o Options) error {
 			})
 		}
 		wg.Go(func() {
-			if err := healthz.Serve(ctx, hl, healthz.Routes(checks, []healthz.Check{engine.UnservedPools})); err != nil {
+			if err := healthz.Serve(ctx, hl, healthz.Routes(checks, []healthz.Check{engine.UnservedPools}, engine.Notices)); err != nil {
 				fail(err)
 			}
 		})
@@ -137,6 +137,9 @@ func Run(ctx context.Context, o Options) error {
 					fail(err)
 				}
 			})
+		}
+		for _, n := range engine.Notices() {
+			logger.Info("Pool served with a limitation", "notice", n)
 		}
 		if err := engine.UnservedPools(); err != nil {
 			logger.Error(err, "Ready, without the pools that cannot be served; they are tried again")

@@ -23,15 +23,17 @@ func Handler(checks ...Check) http.Handler { return Routes(checks, nil) }
 
 // Routes answers /healthz (liveness) from live, and /readyz from live and then
 // ready: 200 "ok" when every check passes, else 503 and the first failure. Anything
-// else is 404.
-func Routes(live, ready []Check) http.Handler {
+// else is 404. A 200 from /readyz is followed by the lines of notes, if any: what
+// the driver serves without doing all its operator may expect (a pool whose volume
+// sizes are not enforced).
+func Routes(live, ready []Check, notes ...func() []string) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", answer(live))
-	mux.HandleFunc("GET /readyz", answer(append(append([]Check{}, live...), ready...)))
+	mux.HandleFunc("GET /healthz", answer(live, nil))
+	mux.HandleFunc("GET /readyz", answer(append(append([]Check{}, live...), ready...), notes))
 	return mux
 }
 
-func answer(checks []Check) http.HandlerFunc {
+func answer(checks []Check, notes []func() []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		for _, c := range checks {
@@ -43,6 +45,11 @@ func answer(checks []Check) http.HandlerFunc {
 			}
 		}
 		fmt.Fprintln(w, "ok")
+		for _, n := range notes {
+			for _, line := range n() {
+				fmt.Fprintln(w, line)
+			}
+		}
 	}
 }
 

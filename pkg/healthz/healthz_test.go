@@ -43,6 +43,23 @@ func TestHandler(t *testing.T) {
 	}
 }
 
+// A pool served without enforcing sizes keeps the driver ready, and /readyz says so
+// after its "ok"; /healthz does not.
+func TestReadyzNotices(t *testing.T) {
+	notes := func() []string { return []string{"SizesNotEnforced: pool default (kind auto) is a dir pool"} }
+	h := Routes(nil, []Check{func() error { return nil }}, notes)
+	for _, tc := range []struct{ path, want string }{
+		{"/readyz", "ok\nSizesNotEnforced: pool default (kind auto) is a dir pool\n"},
+		{"/healthz", "ok\n"},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+		if rec.Code != 200 || rec.Body.String() != tc.want {
+			t.Errorf("%s: %d %q, want 200 %q", tc.path, rec.Code, rec.Body.String(), tc.want)
+		}
+	}
+}
+
 func TestServeOnLoopbackAndStop(t *testing.T) {
 	lis, err := Listen(0)
 	if err != nil {

@@ -61,7 +61,7 @@ func (p *Pool) CheckCapability(c Capability) error {
 	case c.Mode.MultiNode() && !p.backend.MultiNode():
 		return fmt.Errorf("access mode %s is not supported by node-local pool %s: %w", c.Mode, p.cfg.Name, ErrUnsupported)
 	case c.Access == AccessBlock && !p.backend.SupportsBlock():
-		return fmt.Errorf("block access type is not supported by pool %s (kind %s): %w", p.cfg.Name, p.cfg.Kind, ErrUnsupported)
+		return fmt.Errorf("block access type is not supported by pool %s (kind %s): %w", p.cfg.Name, p.kind, ErrUnsupported)
 	case c.Access != AccessMount && c.Access != AccessBlock:
 		return fmt.Errorf("access_type (mount or block) is required: %w", ErrInvalid)
 	}

@@ -48,14 +48,15 @@ func (p *Pool) Condition(hash string) []Problem {
 	if st.Flags&unix.ST_RDONLY != 0 {
 		return []Problem{{Degraded, "ReadOnlyFilesystem", "the filesystem holding " + data + " is read-only"}}
 	}
+	problems := p.projectProblem(hash)
 	if r, ok := p.lookup(hash); ok {
 		full, err := p.backend.Full(context.Background(), p, r, p.VolumeDir(hash))
 		switch {
 		case err != nil:
-			return []Problem{{Degraded, "UsageUnknown", fmt.Sprintf("cannot read the usage of %s: %v", r.ID, err)}}
+			problems = append(problems, Problem{Degraded, "UsageUnknown", fmt.Sprintf("cannot read the usage of %s: %v", r.ID, err)})
 		case full:
-			return []Problem{{Degraded, "CapacityExhausted", fmt.Sprintf("volume %s has used all of its %d bytes (or inodes)", r.ID, r.CapacityBytes)}}
+			problems = append(problems, Problem{Degraded, "CapacityExhausted", fmt.Sprintf("volume %s has used all of its %d bytes (or inodes)", r.ID, r.CapacityBytes)})
 		}
 	}
-	return nil
+	return problems
 }

@@ -24,7 +24,8 @@ type PoolConfig struct {
 	Name string `json:"name"`
 	// Path is the absolute host directory that holds the pool.
 	Path string `json:"path"`
-	// Kind chooses the backend: dir, quota, image or shared.
+	// Kind chooses the backend: dir, quota, image, shared, or auto (quota where the
+	// filesystem enforces project quotas, else dir; chosen once per pool).
 	Kind string `json:"kind"`
 	// ReservedBytes of the filesystem are never handed to volumes.
 	ReservedBytes int64 `json:"reservedBytes,omitempty"`
@@ -139,10 +140,12 @@ func (r AdoptRoot) MarshalJSON() ([]byte, error) {
 	return json.Marshal(plain(r))
 }
 
-// DefaultConfig is used when no --config is given: one dir pool named "default",
-// which takes inline ephemeral volumes of up to 1Gi.
+// DefaultConfig is used when no --config is given: one pool named "default" of kind
+// auto, which enforces volume sizes where the filesystem under DefaultPoolPath
+// enforces project quotas (a quota pool), and says so where it does not (a dir
+// pool; autokind.go). It takes inline ephemeral volumes of up to 1Gi.
 func DefaultConfig() Config {
-	return Config{Pools: []PoolConfig{{Name: "default", Path: DefaultPoolPath, Kind: KindDir,
+	return Config{Pools: []PoolConfig{{Name: "default", Path: DefaultPoolPath, Kind: KindAuto,
 		Ephemeral: EphemeralConfig{Allowed: true}}}}
 }
 

@@ -219,7 +219,7 @@ func TestDefaultConfig(t *testing.T) {
 	}
 	// The embedded pool takes inline ephemeral volumes (of the default maximum), so
 	// `make run` and the demo keep working without a configuration.
-	want := []storage.PoolConfig{{Name: "default", Path: storage.DefaultPoolPath, Kind: storage.KindDir,
+	want := []storage.PoolConfig{{Name: "default", Path: storage.DefaultPoolPath, Kind: storage.KindAuto,
 		Ephemeral: storage.EphemeralConfig{Allowed: true}}}
 	if !reflect.DeepEqual(cfg.Pools, want) {
 		t.Fatalf("DefaultConfig pools = %+v, want %+v", cfg.Pools, want)
@@ -313,7 +313,7 @@ func checkConfig(t *testing.T, cfg storage.Config) {
 				t.Fatalf("pools[%d] at %s overlaps adopt root %s", i, p.Path, root.Path)
 			}
 		}
-		if !slices.Contains([]string{storage.KindDir, storage.KindQuota, storage.KindImage, storage.KindShared}, p.Kind) {
+		if !slices.Contains([]string{storage.KindDir, storage.KindQuota, storage.KindImage, storage.KindShared, storage.KindAuto}, p.Kind) {
 			t.Fatalf("pools[%d]: kind %q accepted", i, p.Kind)
 		}
 		if p.ReservedBytes < 0 {

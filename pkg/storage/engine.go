@@ -42,6 +42,7 @@ type Engine struct {
 	adoptRoots []AdoptRoot
 	host       Host
 	retry      time.Duration                // how often unserved pools are tried again
+	scan       ProjectScan                  // bounds of the quota pools' project scans
 	onServed   func(context.Context, *Pool) // told when an unserved pool becomes served
 	byNm       map[string]*Pool
 	ready      atomic.Bool
@@ -91,6 +92,13 @@ func (e *Engine) Start(ctx context.Context) error {
 			defer e.bg.Done()
 			p.purger(ctx)
 		}()
+		if _, ok := p.backend.(projectChecker); ok {
+			e.bg.Add(1)
+			go func() {
+				defer e.bg.Done()
+				p.projectScanner(ctx, e.scan.withDefaults())
+			}()
+		}
 	}
 	e.bg.Add(1)
 	go func() {

@@ -40,6 +40,7 @@ const (
 // Pool is one configured pool: a backend plus the engine's bookkeeping.
 type Pool struct {
 	cfg      PoolConfig
+	kind     string // cfg.Kind, or what an auto pool resolved to (autokind.go)
 	backend  Backend
 	volSync  *meta.DirSyncer
 	projects *projectIDs // shared by the engine's pools
@@ -61,6 +62,11 @@ type Pool struct {
 
 	snaps   snapshotState
 	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)
+
+	notEnforced error // an auto pool that became a dir pool: why (under mu)
+
+	findings      map[string]projectFindings // what the project scans found, by hash (under mu; projectscan.go)
+	projectResets atomic.Int64               // entries whose project ID the scans reset
 }
 
 func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
@@ -68,11 +74,13 @@ func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
 		projects: projects,
 		host:     host,
 		cfg:      cfg,
+		kind:     cfg.Kind,
 		backend:  backends[cfg.Kind](cfg, host),
 		volSync:  meta.NewDirSyncer(filepath.Join(cfg.Path, volumesDir)),
 		index:    map[string]*Record{},
 		damaged:  map[string]damage{},
 		copies:   map[string]*volumeCopy{},
+		findings: map[string]projectFindings{},
 		purge:    make(chan struct{}, 1),
 		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}, damaged: map[string]damage{}},
 	}
@@ -126,6 +134,13 @@ func (p *Pool) DataPath(hash string) string { return filepath.Join(p.VolumeDir(h
 // there (EnsureMounted); the pool is served (its health set) once all of this is done.
 func (p *Pool) open(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
+	if p.kind == KindAuto {
+		// Once per process, before anything uses the backend: the engine serves
+		// nothing until Start has opened every pool.
+		if err := p.resolveAuto(ctx); err != nil {
+			return err
+		}
+	}
 	if _, mounts := p.backend.(poolMounter); !mounts {
 		if err := os.MkdirAll(p.cfg.Path, 0o700); err != nil {
 			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)

@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"sync"
 )
@@ -8,6 +10,14 @@ import (
 // ProjectIDBase is the first project ID Berth hands out. IDs below it are left to
 // the operator (/etc/projid entries are commonly small numbers).
 const ProjectIDBase = 1 << 20
+
+// projectIDLimit bounds the IDs handed out: below 2^31, so that tools which read
+// an ID as a signed 32-bit number show it as it is.
+const projectIDLimit = 1 << 31
+
+// randomTries is how many random IDs allocate draws before it looks for a free one
+// in order from a random start (only when nearly every ID is taken).
+const randomTries = 64
 
 // projectIDs allocates quota project IDs for every quota pool of the node, under one
 // lock, so two pools on one filesystem never share an ID. An ID is in use while a
@@ -24,7 +34,11 @@ type projectIDs struct {
 
 func newProjectIDs() *projectIDs { return &projectIDs{used: map[uint32]bool{}} }
 
-// allocate returns the lowest free ID at or above ProjectIDBase.
+// allocate returns a free ID drawn at random in [ProjectIDBase, 2^31), so that a
+// pod able to change project IDs (docs/operations.md, "Quota pools and project
+// IDs") cannot take a neighbour's by counting from its own, as it could when IDs
+// were handed out in order. IDs already taken (those of volumes made before,
+// whatever their value) are never handed out again.
 func (a *projectIDs) allocate() (uint32, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -33,13 +47,30 @@ func (a *projectIDs) allocate() (uint32, error) {
 			"a readable record, cannot be read (%v), so any ID might be its; an operator repairs or removes it and "+
 			"restarts the driver (docs/operations.md, \"Unreadable records\")", a.blocked, a.cause)
 	}
-	for id := uint32(ProjectIDBase); id != 0; id++ {
+	const span = projectIDLimit - ProjectIDBase
+	for range randomTries {
+		id := ProjectIDBase + randUint32()%span
+		if !a.used[id] {
+			a.used[id] = true
+			return id, nil
+		}
+	}
+	start := randUint32() % span
+	for i := uint32(0); i < span; i++ {
+		id := ProjectIDBase + (start+i)%span
 		if !a.used[id] {
 			a.used[id] = true
 			return id, nil
 		}
 	}
 	return 0, fmt.Errorf("no free quota project ID: %w", ErrNoSpace)
+}
+
+// randUint32 is a uniformly random 32-bit number from the system's CSPRNG.
+func randUint32() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // never fails on Linux (crypto/rand)
+	return binary.LittleEndian.Uint32(b[:])
 }
 
 // mark records an ID found in use (a record read at start-up).

@@ -55,7 +55,7 @@ func (p *Pool) CheckParams(params map[string]string) error {
 	for _, k := range slices.Sorted(maps.Keys(params)) {
 		if !slices.Contains(known, k) {
 			return fmt.Errorf("unknown parameter %q for pool %s of kind %s (known: %s): %w",
-				truncate(k), p.cfg.Name, p.cfg.Kind, strings.Join(known, ", "), ErrInvalid)
+				truncate(k), p.cfg.Name, p.kind, strings.Join(known, ", "), ErrInvalid)
 		}
 	}
 	return nil

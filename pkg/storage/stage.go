@@ -61,5 +61,5 @@ func (p *Pool) ClearStaged(hash string) error {
 // ImagePath is the backing file of an image volume.
 func (p *Pool) ImagePath(hash string) string { return filepath.Join(p.VolumeDir(hash), ImageFile) }
 
-// Kind is the pool's kind.
-func (p *Pool) Kind() string { return p.cfg.Kind }
+// Kind is the pool's kind; an auto pool's is what it became (dir or quota) once served.
+func (p *Pool) Kind() string { return p.kind }

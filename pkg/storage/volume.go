@@ -84,7 +84,7 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		return nil, err
 	}
 	if req.AccessType == AccessBlock && !p.backend.SupportsBlock() {
-		return nil, fmt.Errorf("pool %s (kind %s) cannot serve block volumes: %w", p.cfg.Name, p.cfg.Kind, ErrUnsupported)
+		return nil, fmt.Errorf("pool %s (kind %s) cannot serve block volumes: %w", p.cfg.Name, p.kind, ErrUnsupported)
 	}
 	size, err := req.size()
 	if err != nil {

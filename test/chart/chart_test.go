@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -287,4 +288,24 @@ func TestAdoptRootsBothForms(t *testing.T) {
 			t.Errorf("driver container does not mount %s at %s", name, r.Path)
 		}
 	}
+}
+
+// With adopt roots and no pools, the chart writes the embedded default pool into
+// its ConfigMap: of kind auto, as the driver's own default, so that sizes are
+// enforced where the node's filesystem allows it (README, "Sizes enforced by the
+// default pool"), and the chart accepts kind auto for configured pools.
+func TestDefaultPoolInConfigMapIsAuto(t *testing.T) {
+	objs := render(t, "adoptRoots: [/srv/adopt]\n")
+	var cfg storage.Config
+	if err := yaml.UnmarshalStrict([]byte(objs["ConfigMap/berth-pools"].Data["pools.yaml"]), &cfg); err != nil {
+		t.Fatalf("pools.yaml: %v", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("pools.yaml: %v", err)
+	}
+	def := storage.DefaultConfig().Pools[0]
+	if len(cfg.Pools) != 1 || !reflect.DeepEqual(cfg.Pools[0], def) {
+		t.Errorf("pools.yaml pools %+v, want the driver's default %+v", cfg.Pools, def)
+	}
+	render(t, "pools:\n- name: local\n  path: /var/lib/berth/local\n  kind: auto\n")
 }

@@ -111,3 +111,45 @@ func wantProject(t *testing.T, dir string, id uint32) {
 		t.Errorf("Project(%s) = %d, %v; want %d, nil", dir, got, err, id)
 	}
 }
+
+func TestSetFileProject(t *testing.T) {
+	for _, spec := range []fsSpec{xfsPlain, ext4Prj} {
+		t.Run(spec.name, func(t *testing.T) {
+			mnt := mountFS(t, spec)
+			dir := mkdir(t, mnt, "dir")
+			file := filepath.Join(mnt, "file")
+			if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct {
+				path    string
+				id      uint32
+				inherit bool
+			}{
+				{dir, 7, true}, {dir, 7, false}, {dir, 0, true}, {file, 9, false}, {file, 0, false},
+			} {
+				fd, err := unix.Open(tc.path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := SetFileProject(fd, tc.id, tc.inherit); err != nil {
+					t.Fatalf("SetFileProject(%s, %d, %v): %v", tc.path, tc.id, tc.inherit, err)
+				}
+				id, inherit, err := FileProject(fd)
+				unix.Close(fd)
+				if err != nil || id != tc.id || inherit != tc.inherit {
+					t.Fatalf("FileProject(%s) = %d, %v, %v; want %d, %v", tc.path, id, inherit, err, tc.id, tc.inherit)
+				}
+			}
+			// The ioctls need an open file: an O_PATH fd is refused.
+			fd, err := unix.Open(file, unix.O_PATH|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			if _, _, err := FileProject(fd); !errors.Is(err, unix.EBADF) {
+				t.Fatalf("FileProject of an O_PATH fd: %v, want EBADF", err)
+			}
+		})
+	}
+}
