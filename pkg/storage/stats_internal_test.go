@@ -1,0 +1,74 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestStatsShowBackgroundCopy: while a restore is copied in the background, the
+// pool's figures list it with the bytes done and the source's size; once it
+// commits, it is gone from them and counted among the volumes, with its claim.
+func TestStatsShowBackgroundCopy(t *testing.T) {
+	p := sharedTmpfsPool(t)
+	r, err := p.Create(context.Background(), CreateRequest{Name: "pvc-src", RequiredBytes: 1 << 20, AccessType: AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(p.DataPath(r.Hash()), "a"), "pod data")
+	waitReady(t, p, "snap-src", r.Hash())
+
+	saved := copyOptions
+	t.Cleanup(func() { copyOptions = saved })
+	copying, release := make(chan struct{}), make(chan struct{})
+	first := true
+	copyOptions.Progress = func(int64) {
+		if first {
+			first = false
+			close(copying)
+			<-release
+		}
+	}
+	req := CreateRequest{Name: "pvc-restored", RequiredBytes: 1 << 20, AccessType: AccessMount,
+		Source: &Source{Kind: SourceSnapshot, ID: SnapshotID("default", "snap-src")}, Claim: &Claim{Namespace: "ns", Name: "restored"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if _, err := p.Create(ctx, req); !errors.Is(err, ErrInProgress) {
+		close(release)
+		t.Fatalf("restore: %v, want ErrInProgress", err)
+	}
+	<-copying
+	s := p.Stats()
+	close(release)
+	if len(s.Copies) != 1 || s.Copies[0].VolumeID != VolumeID("default", "pvc-restored") || s.Copies[0].TotalBytes != 1<<20 {
+		t.Errorf("copies while copying = %+v, want pvc-restored of 1 MiB", s.Copies)
+	}
+	if s.Volumes != 1 || s.Snapshots != 1 || s.AllocatedBytes != 3<<20 {
+		t.Errorf("while copying: %d volumes, %d snapshots, %d allocated; want 1, 1, 3 MiB (source, snapshot and the restore's reservation)", s.Volumes, s.Snapshots, s.AllocatedBytes)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := p.Create(context.Background(), req); err == nil {
+			break
+		} else if !errors.Is(err, ErrInProgress) || time.Now().After(deadline) {
+			t.Fatalf("restore: %v", err)
+		}
+	}
+	s = p.Stats()
+	if len(s.Copies) != 0 || s.Volumes != 2 || !s.Served() || !s.FSKnown {
+		t.Errorf("once committed: %+v, want no copy, 2 volumes, served, filesystem figures", s)
+	}
+	var found bool
+	for _, v := range p.VolumeStats(context.Background()) {
+		if v.ID == VolumeID("default", "pvc-restored") {
+			found = true
+			if v.Claim == nil || *v.Claim != (Claim{"ns", "restored"}) || v.CapacityBytes != 1<<20 || !v.Healthy {
+				t.Errorf("volume stats = %+v, want claim ns/restored, 1 MiB, healthy", v)
+			}
+		}
+	}
+	if !found {
+		t.Error("the restored volume has no stats")
+	}
+}
