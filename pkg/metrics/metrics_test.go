@@ -26,6 +26,7 @@ func TestCheckAddress(t *testing.T) {
 		{"10.0.0.5:9810", true},
 		{"127.0.0.1:0", true},
 		{"[::1]:9810", true},
+		{"[10.0.0.5]:9810", true}, // the chart brackets the pod IP, v4 or v6
 		{"0.0.0.0:9810", true}, // every interface, asked for explicitly
 		{":9810", false},       // every interface by omission: refused
 		{"10.0.0.5", false},
@@ -37,6 +38,18 @@ func TestCheckAddress(t *testing.T) {
 		if err := metrics.CheckAddress(tc.addr); (err == nil) != tc.ok {
 			t.Errorf("CheckAddress(%q) = %v, want ok=%v", tc.addr, err, tc.ok)
 		}
+	}
+}
+
+// TestListenBracketedIPv4: the chart's [$(POD_IP)]:port listens on an IPv4 pod IP.
+func TestListenBracketedIPv4(t *testing.T) {
+	lis, err := metrics.Listen("[127.0.0.1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	if !strings.HasPrefix(lis.Addr().String(), "127.0.0.1:") {
+		t.Errorf("listening on %s, want 127.0.0.1", lis.Addr())
 	}
 }
 
