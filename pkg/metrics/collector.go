@@ -1,7 +1,9 @@
 package metrics
 
 import (
+	"cmp"
 	"context"
+	"slices"
 
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,10 +79,28 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range c.e.Pools() {
 		s := p.Stats()
 		c.collectPool(ch, s)
-		for _, v := range p.VolumeStats(context.Background()) {
+		vols := p.VolumeStats(context.Background())
+		// In the order of their label values (namespace, claim, pool, ID), the order
+		// the registry sorts each family in: its sort then finds them sorted, in one
+		// pass rather than n log n comparisons of label pairs (10,000 volumes: 5
+		// families of 10,000).
+		slices.SortFunc(vols, func(a, b storage.VolumeStats) int {
+			an, ac := claimOf(a)
+			bn, bc := claimOf(b)
+			return cmp.Or(cmp.Compare(an, bn), cmp.Compare(ac, bc), cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.ID, b.ID))
+		})
+		for _, v := range vols {
 			collectVolume(ch, v)
 		}
 	}
+}
+
+// claimOf is the volume's claim namespace and name ("" when not known).
+func claimOf(v storage.VolumeStats) (namespace, name string) {
+	if v.Claim == nil {
+		return "", ""
+	}
+	return v.Claim.Namespace, v.Claim.Name
 }
 
 func (c *Collector) collectPool(ch chan<- prometheus.Metric, s storage.PoolStats) {
@@ -119,10 +139,8 @@ func (c *Collector) collectPool(ch chan<- prometheus.Metric, s storage.PoolStats
 }
 
 func collectVolume(ch chan<- prometheus.Metric, v storage.VolumeStats) {
-	lv := []string{v.ID, v.Pool, "", ""}
-	if v.Claim != nil {
-		lv[2], lv[3] = v.Claim.Namespace, v.Claim.Name
-	}
+	ns, claim := claimOf(v)
+	lv := []string{v.ID, v.Pool, ns, claim}
 	gauge := func(d *prometheus.Desc, x float64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, x, lv...)
 	}

@@ -27,8 +27,8 @@ func TestCheckAddress(t *testing.T) {
 		{"127.0.0.1:0", true},
 		{"[::1]:9810", true},
 		{"[10.0.0.5]:9810", true}, // the chart brackets the pod IP, v4 or v6
-		{"0.0.0.0:9810", true}, // every interface, asked for explicitly
-		{":9810", false},       // every interface by omission: refused
+		{"0.0.0.0:9810", true},    // every interface, asked for explicitly
+		{":9810", false},          // every interface by omission: refused
 		{"10.0.0.5", false},
 		{"10.0.0.5:http", false},
 		{"10.0.0.5:70000", false},
