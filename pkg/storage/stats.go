@@ -12,8 +12,8 @@ import (
 // Reasons a pool is not served, a small fixed set for monitoring (the error itself
 // says more, in /readyz and the logs).
 const (
-	ReasonMountFailed = "MountFailed" // its filesystem could not be mounted at start-up or since
-	ReasonMountLost   = "MountLost"   // its mount went away while served
+	ReasonMountFailed = "MountFailed" // its filesystem is not mounted and could not be (start-up, retries)
+	ReasonMountLost   = "MountLost"   // its mount went away while served (until the next retry)
 	ReasonCheckFailed = "CheckFailed" // its filesystem cannot serve its kind (no project quotas...)
 )
 

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 // TestStatsShowBackgroundCopy: while a restore is copied in the background, the
@@ -70,5 +72,19 @@ func TestStatsShowBackgroundCopy(t *testing.T) {
 	}
 	if !found {
 		t.Error("the restored volume has no stats")
+	}
+}
+
+// TestStatsReasonCheckFailed: a quota pool on an XFS mounted without prjquota is not
+// served, for the reason CheckFailed, and its filesystem is not read for figures.
+func TestStatsReasonCheckFailed(t *testing.T) {
+	mnt := testutil.MountFS(t, testutil.XFSPlain, 512<<20)
+	e := startInternal(t, PoolConfig{Name: "quota", Path: filepath.Join(mnt, "pool"), Kind: KindQuota})
+	s := e.DefaultPool().Stats()
+	if s.Served() || s.Reason != ReasonCheckFailed || s.FSKnown {
+		t.Errorf("stats = %+v, want not served for %s, no filesystem figures", s, ReasonCheckFailed)
+	}
+	for _, v := range e.DefaultPool().VolumeStats(context.Background()) {
+		t.Errorf("volume %s in a pool without volumes", v.ID)
 	}
 }
