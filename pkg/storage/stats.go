@@ -178,6 +178,14 @@ func (p *Pool) VolumeStats(ctx context.Context) []VolumeStats {
 		out = append(out, v)
 		recs = append(recs, r)
 	}
+	if len(p.observed) > len(p.index) {
+		// Volumes a shared pool's rescan dropped (deleted by other hosts).
+		for hash := range p.observed {
+			if _, ok := p.index[hash]; !ok {
+				delete(p.observed, hash)
+			}
+		}
+	}
 	p.mu.Unlock()
 	if _, cheap := p.backend.(cheapUsage); cheap && served {
 		for i, r := range recs {
