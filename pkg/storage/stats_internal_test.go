@@ -3,11 +3,14 @@ package storage
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/berth-csi/berth/internal/testutil"
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
 )
 
 // TestStatsShowBackgroundCopy: while a restore is copied in the background, the
@@ -86,5 +89,44 @@ func TestStatsReasonCheckFailed(t *testing.T) {
 	}
 	for _, v := range e.DefaultPool().VolumeStats(context.Background()) {
 		t.Errorf("volume %s in a pool without volumes", v.ID)
+	}
+}
+
+// TestStatsCountDamagedAndTrash: a volume directory whose record is unreadable is
+// counted damaged, not a volume; a deleted volume is counted in the trash, with the
+// capacity its record names, until purged. The pool is opened without the engine's
+// Start, so no purger races the figures: the test purges itself.
+func TestStatsCountDamagedAndTrash(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pool")
+	dir := filepath.Join(path, volumesDir, "0123456789abcdef0123456789abcdef")
+	if err := os.MkdirAll(filepath.Join(dir, DataDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(dir, recordFile), "{")
+	e, err := New(Config{Pools: []PoolConfig{{Name: "local", Path: path, Kind: KindDir}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := klog.NewContext(context.Background(), logr.Discard())
+	p := e.DefaultPool()
+	if err := p.open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Stats(); s.DamagedVolumes != 1 || s.Volumes != 0 || !s.Served() {
+		t.Errorf("stats = %+v, want 1 damaged volume, none committed, served", s)
+	}
+	r, err := p.Create(ctx, CreateRequest{Name: "pvc-1", RequiredBytes: 3 << 20, AccessType: AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Delete(ctx, r.Hash()); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Stats(); s.TrashEntries != 1 || s.TrashBytes != 3<<20 || s.Volumes != 0 || s.AllocatedBytes != 0 {
+		t.Errorf("after delete: %+v, want 1 trash entry of %d bytes, no volume, nothing allocated", s, 3<<20)
+	}
+	p.PurgeTrash(ctx)
+	if s := p.Stats(); s.TrashEntries != 0 || s.TrashBytes != 0 {
+		t.Errorf("trash once purged: %d entries, %d bytes; want none", s.TrashEntries, s.TrashBytes)
 	}
 }
