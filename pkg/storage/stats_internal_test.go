@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,5 +129,73 @@ func TestStatsCountDamagedAndTrash(t *testing.T) {
 	p.PurgeTrash(ctx)
 	if s := p.Stats(); s.TrashEntries != 0 || s.TrashBytes != 0 {
 		t.Errorf("trash once purged: %d entries, %d bytes; want none", s.TrashEntries, s.TrashBytes)
+	}
+}
+
+// TestStatsCountFrozenFilesystem: while a snapshot of a staged image volume is copied
+// (held here mid-copy) its filesystem is frozen and counted, with the snapshot copy
+// in progress; both counts fall back to 0 once the snapshot is committed. The image
+// is formatted and loop-mounted by hand at its recorded staging path, as a stage
+// leaves it; an ext4 pool has no reflinks, so the copy runs in the background.
+func TestStatsCountFrozenFilesystem(t *testing.T) {
+	mnt := testutil.MountFS(t, testutil.Ext4Plain, 1<<30)
+	p := startInternal(t, PoolConfig{Name: "default", Path: filepath.Join(mnt, "pool"), Kind: KindImage}).DefaultPool()
+	ctx := context.Background()
+	r, err := p.Create(ctx, CreateRequest{Name: "img", RequiredBytes: 64 << 20, AccessType: AccessMount, FSType: "ext4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(mnt, "staging")
+	if err := os.Mkdir(staging, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "mkfs.ext4", "-q", p.ImagePath(r.Hash()))
+	testutil.Run(t, "mount", "-o", "loop", p.ImagePath(r.Hash()), staging)
+	t.Cleanup(func() { testutil.UnmountTree(t, staging) })
+	if err := p.MarkStaged(r.Hash(), staging); err != nil {
+		t.Fatal(err)
+	}
+
+	saved := copyOptions
+	t.Cleanup(func() { copyOptions = saved })
+	copying, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	copyOptions.Progress = func(int64) {
+		once.Do(func() {
+			close(copying)
+			<-release
+		})
+	}
+	// Never leave the filesystem frozen, also when the test fails.
+	t.Cleanup(func() { released.Do(func() { close(release) }) })
+	s, err := p.CreateSnapshot(ctx, "snap", r.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Ready {
+		t.Fatal("snapshot ready at once: the copy was not in the background")
+	}
+	select {
+	case <-copying:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the snapshot copy never started")
+	}
+	st := p.Stats()
+	released.Do(func() { close(release) })
+	if st.Frozen != 1 || st.SnapshotCopies != 1 {
+		t.Errorf("while copying: %d frozen, %d snapshot copies; want 1 and 1", st.Frozen, st.SnapshotCopies)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if s, err := p.CreateSnapshot(ctx, "snap", r.Hash()); err != nil {
+			t.Fatal(err)
+		} else if s.Ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("snapshot never ready")
+		}
+	}
+	if st := p.Stats(); st.Frozen != 0 || st.SnapshotCopies != 0 || st.Snapshots != 1 {
+		t.Errorf("once committed: %d frozen, %d snapshot copies, %d snapshots; want 0, 0, 1", st.Frozen, st.SnapshotCopies, st.Snapshots)
 	}
 }
