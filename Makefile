@@ -6,10 +6,13 @@ LDFLAGS := -X github.com/berth-csi/berth/pkg/version.Version=$(VERSION)
 TOOLS_DIR ?= $(HOME)/.cache/berth/tools
 CSI_SANITY_VERSION := v5.6.0
 CSI_SANITY := $(TOOLS_DIR)/csi-sanity-$(CSI_SANITY_VERSION)
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := $(TOOLS_DIR)/promtool-$(PROMTOOL_VERSION)
 RUN_DIR ?= $(CURDIR)/_output/run
 
 .PHONY: all build run test unit fuzz sanity sanity-nonroot bench vet fmt-check clean crash \
-	images cluster-up cluster-down demo e2e e2e-bench deploy verify-deploy helm quota-vm bench-quota-vm
+	images cluster-up cluster-down demo e2e e2e-bench deploy verify-deploy helm quota-vm bench-quota-vm \
+	metrics-lint bench-metrics
 
 all: build
 
@@ -88,9 +91,24 @@ $(CSI_SANITY):
 	GOBIN=$(TOOLS_DIR)/csi-sanity-build go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION)
 	mv $(TOOLS_DIR)/csi-sanity-build/csi-sanity $@ && rmdir $(TOOLS_DIR)/csi-sanity-build
 
+# promtool check metrics on a real scrape of the driver's registry (promtool is built
+# once, from the Go module proxy, into TOOLS_DIR; the unit tests run the same linter
+# in-process through client_golang's testutil).
+metrics-lint: $(PROMTOOL)
+	BERTH_PROMTOOL=$(PROMTOOL) go test -count=1 -v -run '^TestPromtoolCheckMetrics$$' ./pkg/metrics
+
+$(PROMTOOL):
+	mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR)/promtool-build go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mv $(TOOLS_DIR)/promtool-build/promtool $@ && rmdir $(TOOLS_DIR)/promtool-build
+
 # Drives a running driver over its socket; figures go to docs/benchmarks.md by hand.
 bench: build
 	go run ./test/bench --driver bin/csi-driver
+
+# GET /metrics alone: series, scrape time and RSS with 10,000 volumes (about a minute).
+bench-metrics: build
+	go run ./test/bench --driver bin/csi-driver --metrics-only
 
 # This machine's kernel has no quota support, so quota enforcement tests skip in
 # `make test`; this target runs them in a QEMU guest booting Debian's stock kernel.

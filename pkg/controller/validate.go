@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/berth-csi/berth/pkg/csierr"
+	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/volcap"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -54,6 +55,16 @@ func ownParams(params map[string]string) map[string]string {
 		}
 	}
 	return own
+}
+
+// claimOf is the claim the provisioner names in the parameters (with
+// --extra-create-metadata), or nil.
+func claimOf(params map[string]string) *storage.Claim {
+	ns, name := params[server.ParamClaimNamespace], params[server.ParamClaimName]
+	if ns == "" || name == "" {
+		return nil
+	}
+	return &storage.Claim{Namespace: ns, Name: name}
 }
 
 // poolFor resolves the pool a request's parameters name and returns the parameters

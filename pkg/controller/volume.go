@@ -61,6 +61,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		Source:        source,
 		Node:          s.nodeID,
 		Requisite:     requisite,
+		Claim:         claimOf(req.GetParameters()),
 	})
 	if err != nil {
 		return nil, csierr.Status(err)

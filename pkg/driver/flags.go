@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/berth-csi/berth/pkg/metrics"
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
@@ -46,6 +47,8 @@ type Options struct {
 	RegistrationPath     string
 	RegistrationEndpoint string
 	HealthPort           int // 0: no /healthz server
+	// MetricsAddress is where GET /metrics is served (host:port); "": nowhere.
+	MetricsAddress string
 
 	// PoolRetry is how often pools that cannot be served are tried again.
 	PoolRetry time.Duration
@@ -86,6 +89,7 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.StringVar(&registration, "registration", "auto", "register with the kubelet: auto (in node and all modes, when <kubelet-dir>/plugins_registry exists), on or off")
 	fs.StringVar(&o.RegistrationEndpoint, "kubelet-registration-path", "", "the CSI socket as the kubelet sees it (default: the --endpoint path)")
 	fs.IntVar(&o.HealthPort, "health-port", 0, "serve GET /healthz and /readyz on 127.0.0.1:<port> (0: off)")
+	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at GET /metrics on host:port, e.g. the node's IP (0.0.0.0:port listens on every interface; empty: off)")
 	fs.DurationVar(&o.PoolRetry, "pool-retry-interval", storage.DefaultPoolRetry, "how often a pool that cannot be served is tried again")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -118,6 +122,11 @@ func ParseFlags(prog string, args []string) (Options, error) {
 		return o, fmt.Errorf("--logging-format %q: must be text or json", o.LoggingFormat)
 	case o.PoolRetry < time.Second || o.PoolRetry > time.Hour:
 		return o, fmt.Errorf("--pool-retry-interval %s: must be from 1s to 1h", o.PoolRetry)
+	}
+	if o.MetricsAddress != "" {
+		if err := metrics.CheckAddress(o.MetricsAddress); err != nil {
+			return o, fmt.Errorf("--metrics-address %w", err)
+		}
 	}
 	if err := o.resolveRegistration(registration); err != nil {
 		return o, err

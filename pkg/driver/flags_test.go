@@ -99,6 +99,19 @@ func TestParseFlags(t *testing.T) {
 		{name: "pool retry too short", args: []string{"--pool-retry-interval", "10ms"}, wantErr: "--pool-retry-interval"},
 		{name: "pool retry not a duration", args: []string{"--pool-retry-interval", "soon"}, wantErr: "pool-retry-interval"},
 		{name: "negative health port", args: []string{"--health-port", "-1"}, wantErr: "--health-port"},
+		{name: "metrics off by default", args: []string{"--node-id", "n1"}, check: func(t *testing.T, o Options) {
+			if o.MetricsAddress != "" {
+				t.Errorf("metrics address by default: %q", o.MetricsAddress)
+			}
+		}},
+		{name: "metrics on the node address", args: []string{"--metrics-address", "10.1.2.3:9810"}, check: func(t *testing.T, o Options) {
+			if o.MetricsAddress != "10.1.2.3:9810" {
+				t.Errorf("metrics address %q", o.MetricsAddress)
+			}
+		}},
+		{name: "metrics address without host", args: []string{"--metrics-address", ":9810"}, wantErr: "--metrics-address"},
+		{name: "metrics address without port", args: []string{"--metrics-address", "10.1.2.3"}, wantErr: "--metrics-address"},
+		{name: "metrics address with a bad port", args: []string{"--metrics-address", "10.1.2.3:99999"}, wantErr: "--metrics-address"},
 		{name: "version", args: []string{"--version", "--mode", "bogus"}, check: func(t *testing.T, o Options) {
 			if !o.ShowVersion {
 				t.Error("--version not set")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/berth-csi/berth/pkg/healthz"
 	"github.com/berth-csi/berth/pkg/identity"
 	"github.com/berth-csi/berth/pkg/locks"
+	"github.com/berth-csi/berth/pkg/metrics"
 	"github.com/berth-csi/berth/pkg/node"
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
@@ -73,6 +75,18 @@ func Run(ctx context.Context, o Options) error {
 	// the driver unready: its own volumes fail, the other pools serve.
 	srv := server.New(identity.New(o.DriverName, ctrl != nil, ready.Load), ctrl, nodeCSI)
 	srv.GateUntil(ready.Load)
+	hooks := server.Hooks{Volumes: engine}
+	var mlis net.Listener
+	var m *metrics.Metrics
+	if o.MetricsAddress != "" {
+		if mlis, err = metrics.Listen(o.MetricsAddress); err != nil {
+			lis.Close()
+			return err
+		}
+		m = metrics.New(engine, o.NodeID)
+		hooks.Observe = m.Observe
+	}
+	srv.SetHooks(hooks)
 
 	// The first failure of a background part stops the driver and is returned.
 	var wg sync.WaitGroup
@@ -87,13 +101,26 @@ func Run(ctx context.Context, o Options) error {
 	var reg *registration.Registrar
 	if o.Register {
 		if reg, err = registration.New(o.DriverName, o.RegistrationEndpoint, o.RegistrationPath); err != nil {
+			if mlis != nil {
+				mlis.Close()
+			}
 			return err
 		}
+	}
+	if m != nil {
+		wg.Go(func() {
+			if err := m.Serve(ctx, mlis); err != nil {
+				fail(err)
+			}
+		})
 	}
 	if o.HealthPort > 0 {
 		hl, err := healthz.Listen(o.HealthPort)
 		if err != nil {
 			lis.Close()
+			if mlis != nil {
+				mlis.Close()
+			}
 			return err
 		}
 		// Liveness is the process's own health; a pool's trouble is reported per

@@ -64,7 +64,15 @@ func Listen(port int) (net.Listener, error) {
 
 // Serve serves h on lis until ctx ends, then shuts down within a few seconds.
 func Serve(ctx context.Context, lis net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+	klog.FromContext(ctx).Info("Serving health checks", "address", lis.Addr().String())
+	return ServeHTTP(ctx, lis, h, 0)
+}
+
+// ServeHTTP serves h on lis until ctx ends, then shuts down within a few seconds;
+// a response taking longer than writeTimeout (0: no bound) is cut off. The caller
+// says what it serves in its log.
+func ServeHTTP(ctx context.Context, lis net.Listener, h http.Handler, writeTimeout time.Duration) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: writeTimeout,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	done := make(chan struct{})
 	go func() {
@@ -74,7 +82,6 @@ func Serve(ctx context.Context, lis net.Listener, h http.Handler) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	klog.FromContext(ctx).Info("Serving health checks", "address", lis.Addr().String())
 	err := srv.Serve(lis)
 	<-done
 	if errors.Is(err, http.ErrServerClosed) {

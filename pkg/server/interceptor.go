@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"runtime/debug"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/go-logr/logr"
@@ -33,14 +34,33 @@ var frequentMethods = map[string]bool{
 	csi.Controller_GetCapacity_FullMethodName:  true,
 }
 
+// Observer is told each call's method, final gRPC code and duration (metrics).
+type Observer func(fullMethod string, code codes.Code, d time.Duration)
+
+// Hooks connect the interceptor to the rest of the driver; both may be nil.
+type Hooks struct {
+	Observe Observer
+	Volumes Volumes // what the log keys need from the engine (logkeys.go)
+}
+
 // UnaryInterceptor returns the interceptor every Berth call passes through. In order:
-// it gives the call a request ID and puts a logger carrying the method and that ID
-// into the context; logs the sanitised request; runs the handler, turning a panic
-// into codes.Internal; turns an error that is not a gRPC status into codes.Internal
-// and logs it as a bug; and logs the status code or the sanitised response.
-func UnaryInterceptor() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		logger := klog.FromContext(ctx).WithValues("method", info.FullMethod, "requestID", newRequestID())
+// it gives the call a request ID and puts a logger carrying the method, that ID and
+// the call's volume, snapshot and claim (logKeys) into the context; logs the
+// sanitised request; runs the handler, turning a panic into codes.Internal; turns an
+// error that is not a gRPC status into codes.Internal and logs it as a bug; logs the
+// status code or the sanitised response; and tells hooks.Observe the code and time.
+func UnaryInterceptor(hooks ...Hooks) grpc.UnaryServerInterceptor {
+	var h Hooks
+	if len(hooks) > 0 {
+		h = hooks[0]
+	}
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		if h.Observe != nil {
+			start := time.Now()
+			defer func() { h.Observe(info.FullMethod, status.Code(err), time.Since(start)) }()
+		}
+		logger := klog.FromContext(ctx).WithValues(append([]any{"method", info.FullMethod, "requestID", newRequestID()},
+			logKeys(req, h.Volumes)...)...)
 		ctx = klog.NewContext(ctx, logger)
 
 		level := requestLogLevel
@@ -51,7 +71,7 @@ func UnaryInterceptor() grpc.UnaryServerInterceptor {
 			v.Info("Request", "request", sanitizeAny(req))
 		}
 
-		resp, err := callHandler(ctx, req, info, handler, logger)
+		resp, err = callHandler(ctx, req, info, handler, logger)
 		if err != nil {
 			st, ok := status.FromError(err)
 			if !ok {

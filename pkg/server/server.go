@@ -25,6 +25,7 @@ type Server struct {
 
 	stopTimeout time.Duration
 	ready       func() bool // nil: always ready (see GateUntil)
+	hooks       Hooks
 }
 
 // New returns a Server for the given services. identity is required; controller
@@ -39,6 +40,10 @@ func New(identity csi.IdentityServer, controller csi.ControllerServer, node csi.
 	}
 }
 
+// SetHooks sets what the interceptor tells (metrics) and asks (log keys); call it
+// before Serve.
+func (s *Server) SetHooks(h Hooks) { s.hooks = h }
+
 // Serve serves on lis until ctx is cancelled, then stops gracefully: in-flight
 // calls get up to 10 seconds to finish before they are cut off. It returns nil on
 // such a stop and an error if serving fails. lis is closed when Serve returns.
@@ -51,7 +56,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 
 	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(UnaryInterceptor(), readyGate(s.ready)),
+		grpc.ChainUnaryInterceptor(UnaryInterceptor(s.hooks), readyGate(s.ready)),
 		// Calls run on long-lived workers, one per P, rather than on a new
 		// goroutine each whose small stack every call grows and copies: 15-25 µs
 		// of the 200 an empty call takes on the bench machine (docs/benchmarks.md).

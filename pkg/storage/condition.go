@@ -23,8 +23,15 @@ type Problem struct {
 }
 
 // Condition checks that the volume's pool is served and that its data directory exists,
-// is a directory and sits on a writable filesystem. No problems means healthy.
+// is a directory and sits on a writable filesystem. No problems means healthy. The
+// verdict is remembered for monitoring (VolumeStats).
 func (p *Pool) Condition(hash string) []Problem {
+	problems := p.condition(hash)
+	p.noteCondition(hash, len(problems))
+	return problems
+}
+
+func (p *Pool) condition(hash string) []Problem {
 	if err := p.Health(); err != nil {
 		return []Problem{{Inaccessible, "PoolNotServed", fmt.Sprintf("pool %s is not served: %v", p.cfg.Name, err)}}
 	}

@@ -24,6 +24,7 @@ type volumeCopy struct {
 	done    chan struct{}
 	err     error // set before done closes; nil: committed
 	copied  atomic.Int64
+	total   int64 // the source's recorded size: an upper bound of what is copied
 	started time.Time
 }
 
@@ -51,6 +52,9 @@ func (p *Pool) copyInBackground(ctx context.Context, r *Record, size int64, l *f
 	// The copy outlives the request but not the engine: Start's context ends it.
 	bctx, cancel := context.WithCancel(klog.NewContext(p.bgCtx, klog.FromContext(ctx)))
 	c := &volumeCopy{rec: r.Clone(), cancel: cancel, done: make(chan struct{}), started: time.Now()}
+	if src, err := p.sourceOf(r.ContentSource); err == nil {
+		c.total = src.size
+	}
 	p.mu.Lock()
 	p.copies[hash] = c
 	p.mu.Unlock()

@@ -64,8 +64,10 @@ func (p *Pool) freeze(ctx context.Context, r *Record) func() {
 		logger.Error(e, "Cannot freeze staged filesystem; copying unfrozen")
 		return func() {}
 	}
+	p.frozen.Add(1)
 	logger.V(4).Info("Filesystem frozen for a copy", "stagingPath", st.Path)
 	return func() {
+		defer p.frozen.Add(-1)
 		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); e != 0 {
 			logger.Error(e, "Cannot thaw staged filesystem")
 		} else {

@@ -138,7 +138,11 @@ func (n *Node) Stats(ctx context.Context, volumeID, volumePath string) (Usage, e
 		// The pool itself may answer again (remounted), this mount of it does not.
 		return Usage{}, errorf(ErrStaleMount, "volume %s is inaccessible at %s: its mount no longer answers (%w); NodeStageVolume and NodePublishVolume replace it", volumeID, volumePath, err)
 	}
-	return p.nodeKind().Stats(ctx, n, p, r, volumePath)
+	u, err := p.nodeKind().Stats(ctx, n, p, r, volumePath)
+	if err == nil {
+		p.noteUsage(r.Hash(), u)
+	}
+	return u, err
 }
 
 // Health reports the volume's condition on this node and, when a publish path is

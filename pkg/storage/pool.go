@@ -46,14 +46,15 @@ type Pool struct {
 	projects *projectIDs // shared by the engine's pools
 	host     Host
 
-	mu        sync.Mutex
-	index     map[string]*Record // committed volumes by hash
-	damaged   map[string]damage  // volume directories without a readable record, by hash (damaged.go)
-	allocated int64              // sum of committed and reserved capacities
-	inflight  int64              // the reserved part of allocated: not committed yet
-	healthErr error              // non-nil: the pool cannot be served
-	loaded    bool               // open got past mounting: the layout and index are loaded
-	purge     chan struct{}
+	mu           sync.Mutex
+	index        map[string]*Record // committed volumes by hash
+	damaged      map[string]damage  // volume directories without a readable record, by hash (damaged.go)
+	allocated    int64              // sum of committed and reserved capacities
+	inflight     int64              // the reserved part of allocated: not committed yet
+	healthErr    error              // non-nil: the pool cannot be served
+	healthReason string             // why, from a small fixed set (stats.go); "" when served
+	loaded       bool               // open got past mounting: the layout and index are loaded
+	purge        chan struct{}
 
 	bgCtx context.Context // the engine's lifetime: background copies stop with it
 	bg    *sync.WaitGroup // the engine's background goroutines
@@ -67,6 +68,9 @@ type Pool struct {
 
 	findings      map[string]projectFindings // what the project scans found, by hash (under mu; projectscan.go)
 	projectResets atomic.Int64               // entries whose project ID the scans reset
+
+	frozen   atomic.Int64        // filesystems frozen for a copy right now (freeze.go)
+	observed map[string]observed // the last usage and health the node measured, by hash (under mu; stats.go)
 }
 
 func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
@@ -81,6 +85,7 @@ func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
 		damaged:  map[string]damage{},
 		copies:   map[string]*volumeCopy{},
 		findings: map[string]projectFindings{},
+		observed: map[string]observed{},
 		purge:    make(chan struct{}, 1),
 		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}, damaged: map[string]damage{}},
 	}
@@ -148,7 +153,7 @@ func (p *Pool) open(ctx context.Context) error {
 	}
 	if err := p.EnsureMounted(ctx); err != nil {
 		// Never lay a shared pool out on the node's own disk.
-		p.setHealth(err)
+		p.setHealth(err, ReasonMountFailed)
 		return nil
 	}
 	for _, d := range []string{volumesDir, tmpDir, trashDir, snapshotsDir} {
@@ -212,6 +217,7 @@ func (p *Pool) open(ctx context.Context) error {
 	p.mu.Lock()
 	p.loaded = true
 	p.healthErr = checked
+	p.healthReason = reasonFor(checked, ReasonCheckFailed)
 	p.mu.Unlock()
 	p.kickPurge()
 	return nil

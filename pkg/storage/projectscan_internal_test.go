@@ -76,6 +76,9 @@ func TestProjectScan(t *testing.T) {
 	if got := p.ProjectResets(); got != 42 {
 		t.Fatalf("ProjectResets() = %d, want 42", got)
 	}
+	if got := p.Stats().ProjectResets; got != 42 {
+		t.Errorf("Stats().ProjectResets = %d, want 42 (berth_pool_project_id_repairs_total)", got)
+	}
 	err := filepath.WalkDir(data, func(path string, d os.DirEntry, err error) error {
 		if err != nil || !(d.IsDir() || d.Type().IsRegular()) {
 			return err

@@ -30,6 +30,8 @@ type ProvisionRequest struct {
 	// segments), at least one of which must reach the volume (none: no constraint).
 	Node      string
 	Requisite []map[string]string
+	// Claim is the claim the sidecar named (nil: none); recorded, never compared.
+	Claim *Claim
 }
 
 // PoolFor returns the pool that StorageClass parameters name (the default pool when
@@ -113,6 +115,7 @@ func (e *Engine) Provision(ctx context.Context, p *Pool, req ProvisionRequest) (
 		FSType:        fsType,
 		Parameters:    params,
 		Source:        req.Source,
+		Claim:         req.Claim,
 	})
 	if err != nil {
 		return nil, err

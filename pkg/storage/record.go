@@ -40,6 +40,15 @@ type Record struct {
 	CreatedAt     time.Time         `json:"createdAt"`
 	// ProjectID is the quota project of a quota-kind volume (0 when none).
 	ProjectID uint32 `json:"projectID,omitempty"`
+	// Claim is the PersistentVolumeClaim the volume was created for, when the
+	// provisioner passed it (--extra-create-metadata); absent in older records.
+	Claim *Claim `json:"claim,omitempty"`
+}
+
+// Claim names a PersistentVolumeClaim.
+type Claim struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
 }
 
 // Clone returns a deep copy, so callers may not mutate the engine's index.
@@ -49,6 +58,10 @@ func (r *Record) Clone() *Record {
 	if r.ContentSource != nil {
 		s := *r.ContentSource
 		c.ContentSource = &s
+	}
+	if r.Claim != nil {
+		cl := *r.Claim
+		c.Claim = &cl
 	}
 	return &c
 }

@@ -22,11 +22,13 @@ func (e *Engine) poolRetry() time.Duration {
 	return e.retry
 }
 
-// setHealth records whether the pool can be served (nil: it can).
-func (p *Pool) setHealth(err error) {
+// setHealth records whether the pool can be served (nil: it can) and, when it
+// cannot, the reason from the fixed set (stats.go).
+func (p *Pool) setHealth(err error, reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.healthErr = err
+	p.healthReason = reasonFor(err, reason)
 }
 
 // UnservedPools lists why each pool that cannot be served is not, in
@@ -77,6 +79,7 @@ func (p *Pool) unserve(ctx context.Context, why error) {
 	first := p.healthErr == nil
 	if first {
 		p.healthErr = why
+		p.healthReason = ReasonMountLost
 	}
 	p.mu.Unlock()
 	if first {
@@ -156,6 +159,6 @@ func (p *Pool) reopen(ctx context.Context) error {
 	if _, mounts := p.backend.(poolMounter); mounts || !loaded {
 		return p.open(ctx)
 	}
-	p.setHealth(p.backend.Check(ctx, p))
+	p.setHealth(p.backend.Check(ctx, p), ReasonCheckFailed)
 	return nil
 }

@@ -27,6 +27,8 @@ type CreateRequest struct {
 	Parameters    map[string]string
 	Source        *Source
 	Ephemeral     bool
+	// Claim is recorded with the volume; it is not part of the request's identity.
+	Claim *Claim
 }
 
 // size picks the capacity for a request: the required bytes, else the default bounded
@@ -141,6 +143,7 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		Version: recordVersion, ID: id, Name: req.Name, Pool: p.cfg.Name, CapacityBytes: size,
 		AccessType: req.AccessType, FSType: req.FSType, Parameters: req.Parameters,
 		ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
+		Claim: req.Claim,
 	}).Clone()
 	if r.ContentSource != nil && !p.copyIsFast() {
 		unlock = nil
@@ -321,6 +324,7 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	}
 	p.mu.Lock()
 	delete(p.index, hash)
+	delete(p.observed, hash)
 	p.allocated -= r.CapacityBytes
 	p.mu.Unlock()
 	if err := p.volSync.Sync(); err != nil {

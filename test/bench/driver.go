@@ -28,6 +28,7 @@ type driver struct {
 	kubelet string
 	logPath string
 	nodeID  string
+	args    []string // more flags
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once the process has been reaped
@@ -89,13 +90,13 @@ func (d *driver) startUntil(ctx context.Context, needReady bool) (time.Duration,
 		return 0, err
 	}
 	defer logf.Close() // the child holds its own descriptor
-	cmd := exec.Command(d.bin,
-		"--endpoint", "unix://"+d.sock,
+	cmd := exec.Command(d.bin, append([]string{
+		"--endpoint", "unix://" + d.sock,
 		"--node-id", d.nodeID,
 		"--config", d.config,
 		"--kubelet-dir", d.kubelet,
 		"--mode", "all",
-		"-v", "0")
+		"-v", "0"}, d.args...)...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// Its own process group keeps a terminal's Ctrl-C for the bench, which

@@ -56,6 +56,9 @@ type config struct {
 	dataSize    byteSize
 	dataOps     int
 	dataRuns    int
+	metrics     bool
+	metricsOnly bool
+	metricsN    int
 }
 
 func main() {
@@ -78,6 +81,9 @@ func run() int {
 	flag.Var(&cfg.dataSize, "data-size", "size of the file each data run writes and reads (1GiB, 512MiB...)")
 	flag.IntVar(&cfg.dataOps, "data-ops", 20000, "4 KiB operations of each random data workload")
 	flag.IntVar(&cfg.dataRuns, "data-runs", 3, "times each directory runs the data workloads, interleaved; medians are reported")
+	flag.BoolVar(&cfg.metrics, "metrics", true, "measure GET /metrics (series, scrape time, RSS) with --metrics-n volumes, in a driver of its own")
+	flag.BoolVar(&cfg.metricsOnly, "metrics-only", false, "measure only GET /metrics")
+	flag.IntVar(&cfg.metricsN, "metrics-n", 10000, "volumes in the pool for the metrics measurement")
 	flag.Parse()
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -115,6 +121,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--n, --concurrency, --node-iters and --sample must be positive")
 	case c.scale && c.scaleN < smallPool+1:
 		return fmt.Errorf("--scale-n must exceed %d", smallPool)
+	case (c.metrics || c.metricsOnly) && c.metricsN < metricsSmall+1:
+		return fmt.Errorf("--metrics-n must exceed %d", metricsSmall)
 	case c.data:
 		return c.validateData()
 	}
@@ -213,6 +221,9 @@ func bench(ctx context.Context, cfg config, rep *report) (err error) {
 		rep.env("data path", dataParams(cfg))
 	}
 
+	if cfg.metricsOnly {
+		return benchMetrics(ctx, cfg, bin, filepath.Join(root, "metrics"), rep)
+	}
 	d, err := newDriver(bin, root)
 	if err != nil {
 		return err
@@ -309,6 +320,15 @@ func bench(ctx context.Context, cfg config, rep *report) (err error) {
 	// Snapshots: reflink and the copy fallback against tar (snapshot.go).
 	if err := benchSnapshots(ctx, bin, root, rep); err != nil {
 		return fmt.Errorf("snapshots: %w", err)
+	}
+
+	// GET /metrics, in a driver of its own.
+	if cfg.metrics {
+		if err := benchMetrics(ctx, cfg, bin, filepath.Join(root, "metrics"), rep); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	} else {
+		rep.skip(sMetrics, "metrics", "", "disabled by --metrics=false")
 	}
 
 	// a (per-call cost) and d. Scale.

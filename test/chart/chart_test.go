@@ -66,7 +66,23 @@ type volume struct {
 type container struct {
 	Name         string        `json:"name"`
 	Args         []string      `json:"args"`
+	Env          []envVar      `json:"env"`
+	Ports        []port        `json:"ports"`
 	VolumeMounts []volumeMount `json:"volumeMounts"`
+}
+
+type envVar struct {
+	Name      string `json:"name"`
+	ValueFrom *struct {
+		FieldRef struct {
+			FieldPath string `json:"fieldPath"`
+		} `json:"fieldRef"`
+	} `json:"valueFrom"`
+}
+
+type port struct {
+	Name          string `json:"name"`
+	ContainerPort int    `json:"containerPort"`
 }
 
 type volumeMount struct {
@@ -75,13 +91,16 @@ type volumeMount struct {
 	ReadOnly  bool   `json:"readOnly"`
 }
 
-func (o object) args(container string) []string {
+func (o object) args(name string) []string { return o.container(name).Args }
+
+// container is the pod template's container of that name (zero when none).
+func (o object) container(name string) container {
 	for _, c := range o.Spec.Template.Spec.Containers {
-		if c.Name == container {
-			return c.Args
+		if c.Name == name {
+			return c
 		}
 	}
-	return nil
+	return container{}
 }
 
 // helm finds the helm binary at the version hack/versions.sh names, and the
@@ -308,4 +327,37 @@ func TestDefaultPoolInConfigMapIsAuto(t *testing.T) {
 		t.Errorf("pools.yaml pools %+v, want the driver's default %+v", cfg.Pools, def)
 	}
 	render(t, "pools:\n- name: local\n  path: /var/lib/berth/local\n  kind: auto\n")
+}
+
+// TestMetricsAddress: metrics are on by default, each driver container listening
+// on its pod's IP (the node's address on the host network) with a named port, the
+// node plugin and the controller on different ports; metrics.enabled=false
+// removes the flag and the port.
+func TestMetricsAddress(t *testing.T) {
+	objs := render(t, sharedValues)
+	for _, tc := range []struct{ key, port string }{
+		{"DaemonSet/berth-node", "9811"},
+		{"Deployment/berth-controller", "9812"},
+	} {
+		o := objs[tc.key]
+		c := o.container("berth")
+		if want := "--metrics-address=[$(POD_IP)]:" + tc.port; !slices.Contains(c.Args, want) {
+			t.Errorf("%s driver args %q lack %s", tc.key, c.Args, want)
+		}
+		if !slices.ContainsFunc(c.Env, func(e envVar) bool {
+			return e.Name == "POD_IP" && e.ValueFrom != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP"
+		}) {
+			t.Errorf("%s driver env %+v lacks POD_IP from status.podIP", tc.key, c.Env)
+		}
+		if !slices.ContainsFunc(c.Ports, func(p port) bool { return p.Name == "metrics" && strconv.Itoa(p.ContainerPort) == tc.port }) {
+			t.Errorf("%s driver ports %+v lack metrics %s", tc.key, c.Ports, tc.port)
+		}
+	}
+	off := render(t, sharedValues+"metrics:\n  enabled: false\n")
+	for _, key := range []string{"DaemonSet/berth-node", "Deployment/berth-controller"} {
+		c := off[key].container("berth")
+		if slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-address") }) || len(c.Ports) != 0 {
+			t.Errorf("%s with metrics disabled: args %q ports %+v", key, c.Args, c.Ports)
+		}
+	}
 }
