@@ -54,9 +54,9 @@ func (dirBackend) Build(_ context.Context, _ *Pool, _ *Record, volDir string) er
 	return os.Chmod(data, DataDirMode)
 }
 
-func (dirBackend) Usage(_ context.Context, p *Pool, r *Record, volDir string) (Usage, error) {
+func (dirBackend) Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error) {
 	data := filepath.Join(volDir, DataDir)
-	used, inodes, err := safefs.Usage(data)
+	used, inodes, err := safefs.Usage(ctx, data)
 	if err != nil {
 		return Usage{}, err
 	}
