@@ -8,6 +8,7 @@ import (
 
 	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // maxRaces bounds how often one entry may change type between two lookups
@@ -17,13 +18,36 @@ const maxRaces = 8
 // inodeKey identifies an inode, to find hard links.
 type inodeKey struct{ dev, ino uint64 }
 
+// maxLinkBytes bounds the memory a copy spends remembering the first copies of
+// multiply-linked files whose other names it has not met yet. A record is
+// dropped once all its names are linked; past the budget, further
+// multiply-linked files are copied without a record, so their later names
+// become independent copies (Stats.LinksCopied). A variable so that internal
+// tests can make it small.
+var maxLinkBytes int64 = 64 << 20
+
+// linkCost and linkDirCost estimate a link record and a shared directory
+// record (map entry, struct, slice headers) without their strings.
+const (
+	linkCost    = 128
+	linkDirCost = 64
+)
+
 // link records the first copy of a source inode with several names, so the
 // other names become hard links to it.
 type link struct {
-	dir  []string // destination directory, as names below dstParent
+	dir  *linkDir // destination directory of the copy
 	name string
 	ino  uint64 // the copy's inode, checked before linking to it
 	left uint32 // names of the source inode not seen yet
+}
+
+// linkDir is a destination directory, as names below dstParent, shared by the
+// link records of the files copied into it.
+type linkDir struct {
+	names []string
+	refs  int
+	cost  int64
 }
 
 // tree is the state of one Tree call. The source and destination walkers
@@ -36,8 +60,15 @@ type tree struct {
 	dstRoot   inodeKey
 	dirs      []unix.Stat_t // stat of each source level, for its copy
 	dstNames  []string      // each destination level's name below dstParent
-	dirCache  []string      // a copy of dstNames for link records, nil when stale
+	dirCache  *linkDir      // dstNames for link records, nil when stale
 	links     map[inodeKey]*link
+	linkBytes int64 // memory estimate of links and their linkDirs
+	linkPeak  int64 // the most linkBytes has been
+	// from is an O_PATH fd on fromDir, the directory of the copy linked to
+	// last, so that many names of one file (or files of one directory) do
+	// not each look up its path again; -1 when none.
+	from    int
+	fromDir *linkDir
 }
 
 // Tree copies the directory srcDir to dstParent/dstName, which it creates,
@@ -63,10 +94,17 @@ type tree struct {
 // copies under temporary names and removes failed ones with
 // safefs.RemoveTree).
 func Tree(ctx context.Context, srcDir, dstParent, dstName string, o Options) (Stats, error) {
-	t := &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link)}
+	t := &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link), from: -1}
 	err := t.run(srcDir, dstParent, dstName)
+	if t.from >= 0 {
+		unix.Close(t.from)
+	}
 	if err != nil {
 		err = fmt.Errorf("copy %s to %s: %w", srcDir, filepath.Join(dstParent, dstName), err)
+	}
+	if t.LinksCopied > 0 {
+		klog.FromContext(ctx).V(2).Info("Hard links copied as separate files: link memory budget spent",
+			"source", srcDir, "linksCopied", t.LinksCopied, "budgetBytes", maxLinkBytes)
 	}
 	return t.finish(), err
 }
@@ -298,9 +336,14 @@ func (t *tree) enter(name string) error {
 // regular copies the regular file name (pfd is an O_PATH fd on it, st its
 // stat), or links it to the copy of another name of the same inode.
 func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
+	record := false
 	if st.Nlink > 1 {
 		if l := t.links[inodeKey{st.Dev, st.Ino}]; l != nil {
 			return t.link(l, inodeKey{st.Dev, st.Ino}, name)
+		}
+		record = t.linkRoom(name)
+		if !record {
+			t.LinksCopied++
 		}
 	}
 	sfd, err := t.src.Fd()
@@ -330,17 +373,66 @@ func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
 		return err
 	}
 	t.Files++
-	if st.Nlink > 1 {
+	if record {
 		var ws unix.Stat_t
 		if err := unix.Fstat(wfd, &ws); err != nil {
 			return err
 		}
 		if t.dirCache == nil {
-			t.dirCache = slices.Clone(t.dstNames)
+			t.dirCache = &linkDir{names: slices.Clone(t.dstNames), cost: t.dirCost()}
 		}
+		if t.dirCache.refs++; t.dirCache.refs == 1 {
+			t.linkBytes += t.dirCache.cost
+		}
+		t.linkBytes += linkCost + int64(len(name))
+		t.linkPeak = max(t.linkPeak, t.linkBytes)
 		t.links[inodeKey{st.Dev, st.Ino}] = &link{dir: t.dirCache, name: name, ino: ws.Ino, left: uint32(st.Nlink) - 1}
 	}
 	return nil
+}
+
+// dirCost estimates the memory of a linkDir for the current level.
+func (t *tree) dirCost() int64 {
+	c := int64(linkDirCost + 16*len(t.dstNames))
+	for _, n := range t.dstNames {
+		c += int64(len(n))
+	}
+	return c
+}
+
+// linkRoom reports whether a link record for name, in the current level, fits
+// in maxLinkBytes.
+func (t *tree) linkRoom(name string) bool {
+	need := linkCost + int64(len(name))
+	if t.dirCache == nil || t.dirCache.refs == 0 {
+		need += t.dirCost()
+	}
+	return t.linkBytes+need <= maxLinkBytes
+}
+
+// dropLink forgets the record of key, all its names being linked.
+func (t *tree) dropLink(l *link, key inodeKey) {
+	delete(t.links, key)
+	t.linkBytes -= linkCost + int64(len(l.name))
+	if l.dir.refs--; l.dir.refs == 0 {
+		t.linkBytes -= l.dir.cost
+	}
+}
+
+// linkFrom returns an O_PATH fd on the destination directory d, owned by t.
+func (t *tree) linkFrom(d *linkDir) (int, error) {
+	if t.fromDir == d {
+		return t.from, nil
+	}
+	fd, err := safefs.OpenDirChain(t.dstParent, d.names, unix.O_PATH)
+	if err != nil {
+		return -1, err
+	}
+	if t.from >= 0 {
+		unix.Close(t.from)
+	}
+	t.from, t.fromDir = fd, d
+	return fd, nil
 }
 
 // link makes name, in the current destination level, a hard link to l.
@@ -350,12 +442,11 @@ func (t *tree) link(l *link, key inodeKey, name string) error {
 		return err
 	}
 	from := dfd
-	if !slices.Equal(l.dir, t.dstNames) {
-		from, err = safefs.OpenDirChain(t.dstParent, l.dir, unix.O_PATH)
+	if !slices.Equal(l.dir.names, t.dstNames) {
+		from, err = t.linkFrom(l.dir)
 		if err != nil {
 			return fmt.Errorf("open directory of %s: %w", l.name, err)
 		}
-		defer unix.Close(from)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(from, l.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -369,7 +460,7 @@ func (t *tree) link(l *link, key inodeKey, name string) error {
 	}
 	t.Files++
 	if l.left--; l.left == 0 {
-		delete(t.links, key)
+		t.dropLink(l, key)
 	}
 	return nil
 }
