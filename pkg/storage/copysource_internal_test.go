@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/berth-csi/berth/internal/testutil"
-	"github.com/go-logr/logr"
-	"k8s.io/klog/v2"
 )
 
 // TestCopyOfSourceDeletedElsewhere: in a shared pool another host may delete the
@@ -94,15 +92,7 @@ func sharedTmpfsPool(t *testing.T) *Pool {
 	testutil.RequireRoot(t)
 	path := filepath.Join(t.TempDir(), "shared")
 	testutil.MountTmpfs(t, path, 64<<20)
-	e, err := New(Config{Pools: []PoolConfig{{Name: "default", Path: path, Kind: KindShared}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-	t.Cleanup(func() { cancel(); e.Wait() })
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e := startOnePool(t, PoolConfig{Name: "default", Path: path, Kind: KindShared})
 	if e.DefaultPool().copyIsFast() {
 		t.Fatal("tmpfs has no reflinks: copies should run in the background")
 	}

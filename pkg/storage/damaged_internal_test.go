@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,8 +8,6 @@ import (
 
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage/quota"
-	"github.com/go-logr/logr"
-	"k8s.io/klog/v2"
 )
 
 // TestDamagedVolumeKeepsItsProject: the quota project a damaged volume's data is
@@ -69,15 +66,7 @@ func TestDamagedVolumeKeepsItsProject(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(mnt, "pool"+string(rune('a'+i)))
 			tc.plant(t, filepath.Join(path, volumesDir, "0123456789abcdef0123456789abcdef"))
-			e, err := New(Config{Pools: []PoolConfig{{Name: "quota", Path: path, Kind: KindQuota}}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
-			t.Cleanup(func() { cancel(); e.Wait() })
-			if err := e.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
+			e := startOnePool(t, PoolConfig{Name: "quota", Path: path, Kind: KindQuota})
 			projects := e.DefaultPool().projects
 			for _, id := range tc.wantTaken {
 				if !projects.used[id] {
