@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,7 +55,7 @@ func (dirBackend) Build(_ context.Context, _ *Pool, _ *Record, volDir string) er
 
 func (dirBackend) Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error) {
 	data := filepath.Join(volDir, DataDir)
-	used, inodes, err := safefs.Usage(ctx, data)
+	used, inodes, err := p.usage.measure(ctx, data)
 	if err != nil {
 		return Usage{}, err
 	}

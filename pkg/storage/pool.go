@@ -57,6 +57,7 @@ type Pool struct {
 	purgeMore bool            // an entry waits for a purge worker (under mu)
 	// remove removes a trash entry's tree (safefs.RemoveTreeContext).
 	remove func(ctx context.Context, parent, name string) error
+	usage  *usageWalks // shared by the engine's pools
 
 	bgCtx context.Context // the engine's lifetime: background copies stop with it
 	bg    *sync.WaitGroup // the engine's background goroutines
@@ -67,8 +68,9 @@ type Pool struct {
 	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)
 }
 
-func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
+func newPool(cfg PoolConfig, projects *projectIDs, usage *usageWalks, host Host) *Pool {
 	return &Pool{
+		usage:    usage,
 		projects: projects,
 		host:     host,
 		cfg:      cfg,
