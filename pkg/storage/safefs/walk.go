@@ -87,6 +87,25 @@ type dirStack struct {
 	// lookups counts the path components resolved to reopen levels; the
 	// tests check that it stays linear in the depth.
 	lookups int
+	// bufs are getdents buffers given back by levels that lost their fd, for
+	// the next level that opens: a walk allocates about maxOpenDirs of them,
+	// not two per level.
+	bufs [][]byte
+}
+
+func (s *dirStack) getBuf() []byte {
+	if n := len(s.bufs); n > 0 {
+		b := s.bufs[n-1]
+		s.bufs = s.bufs[:n-1]
+		return b
+	}
+	return make([]byte, direntBufSize)
+}
+
+func (s *dirStack) putBuf(b []byte) {
+	if b != nil {
+		s.bufs = append(s.bufs, b)
+	}
 }
 
 func newDirStack(anchor int, anchorDir string) *dirStack {
@@ -153,7 +172,7 @@ func (s *dirStack) push(name string) error {
 	if err != nil {
 		return err
 	}
-	s.frames = append(s.frames, frame{name: name, fd: fd, buf: make([]byte, direntBufSize)})
+	s.frames = append(s.frames, frame{name: name, fd: fd, buf: s.getBuf()})
 	if len(s.frames)-s.firstOpen > maxOpenDirs {
 		if err := s.evict(); err != nil {
 			s.pop()
@@ -172,6 +191,7 @@ func (s *dirStack) evict() error {
 	}
 	f.dev, f.ino = st.Dev, st.Ino
 	unix.Close(f.fd)
+	s.putBuf(f.buf)
 	f.fd, f.buf, f.pos, f.end, f.eof = -1, nil, 0, 0, false
 	s.firstOpen++
 	return nil
@@ -189,6 +209,8 @@ func (s *dirStack) pop() {
 	}
 	f := s.top()
 	fd := f.fd
+	s.putBuf(f.buf)
+	s.frames[len(s.frames)-1] = frame{}
 	s.frames = s.frames[:len(s.frames)-1]
 	if s.firstOpen > len(s.frames) {
 		s.firstOpen = len(s.frames)
@@ -214,7 +236,7 @@ func (s *dirStack) close() {
 	if s.up >= 0 {
 		unix.Close(s.up)
 	}
-	s.frames, s.firstOpen, s.up = s.frames[:0], 0, -1
+	s.frames, s.firstOpen, s.up, s.bufs = nil, 0, -1, nil
 }
 
 // ensureOpen makes level i hold an fd again, together with every level
@@ -281,7 +303,7 @@ func (s *dirStack) climb(k, child int) error {
 		unix.Close(fd)
 		return fmt.Errorf("seek %s: %w", s.path(k), err)
 	}
-	f.fd, f.buf, f.pos, f.end, f.eof = fd, make([]byte, direntBufSize), 0, 0, false
+	f.fd, f.buf, f.pos, f.end, f.eof = fd, s.getBuf(), 0, 0, false
 	return nil
 }
 
