@@ -42,17 +42,23 @@ const climbFlags = unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.
 // callers may treat it as retryable.
 var errChanged = fmt.Errorf("directory replaced during walk: %w", unix.ESTALE)
 
-// frame is one directory level of a walk.
+// frame is one directory level of a walk. A walk keeps one per level of its
+// path, however deep: it is kept small, the reading state of open levels
+// lives in a cursor.
 type frame struct {
-	name string // component relative to the level above (or the anchor)
-	fd   int    // -1 while pushed out of the window
-	off  int64  // directory offset just past the last consumed entry
-	dev  uint64 // identity recorded when the fd is pushed out
-	ino  uint64
-	buf  []byte // getdents buffer, nil while closed
-	pos  int
-	end  int
-	eof  bool
+	name string  // component relative to the level above (or the anchor)
+	off  int64   // directory offset just past the last consumed entry
+	ino  uint64  // identity recorded when the fd is pushed out (dirStack.dev)
+	fd   int     // -1 while pushed out of the window
+	cur  *cursor // nil while pushed out of the window
+}
+
+// cursor is the getdents state of an open level.
+type cursor struct {
+	buf []byte
+	pos int
+	end int
+	eof bool
 }
 
 // dirStack is the path from an anchor directory down to the level a walk is
@@ -87,24 +93,29 @@ type dirStack struct {
 	// lookups counts the path components resolved to reopen levels; the
 	// tests check that it stays linear in the depth.
 	lookups int
-	// bufs are getdents buffers given back by levels that lost their fd, for
-	// the next level that opens: a walk allocates about maxOpenDirs of them,
-	// not two per level.
-	bufs [][]byte
+	// free are cursors given back by levels that lost their fd, for the
+	// next level that opens: a walk allocates about maxOpenDirs of them (and
+	// their getdents buffers), not two per level.
+	free []*cursor
+	// dev is the filesystem of every level (none crosses a mount), recorded
+	// with the first identity.
+	dev    uint64
+	devSet bool
 }
 
-func (s *dirStack) getBuf() []byte {
-	if n := len(s.bufs); n > 0 {
-		b := s.bufs[n-1]
-		s.bufs = s.bufs[:n-1]
-		return b
+func (s *dirStack) getCursor() *cursor {
+	if n := len(s.free); n > 0 {
+		c := s.free[n-1]
+		s.free = s.free[:n-1]
+		*c = cursor{buf: c.buf}
+		return c
 	}
-	return make([]byte, direntBufSize)
+	return &cursor{buf: make([]byte, direntBufSize)}
 }
 
-func (s *dirStack) putBuf(b []byte) {
-	if b != nil {
-		s.bufs = append(s.bufs, b)
+func (s *dirStack) putCursor(c *cursor) {
+	if c != nil {
+		s.free = append(s.free, c)
 	}
 }
 
@@ -172,7 +183,7 @@ func (s *dirStack) push(name string) error {
 	if err != nil {
 		return err
 	}
-	s.frames = append(s.frames, frame{name: name, fd: fd, buf: s.getBuf()})
+	s.frames = append(s.frames, frame{name: name, fd: fd, cur: s.getCursor()})
 	if len(s.frames)-s.firstOpen > maxOpenDirs {
 		if err := s.evict(); err != nil {
 			s.pop()
@@ -189,10 +200,15 @@ func (s *dirStack) evict() error {
 	if err := unix.Fstat(f.fd, &st); err != nil {
 		return fmt.Errorf("stat %s: %w", s.path(s.firstOpen), err)
 	}
-	f.dev, f.ino = st.Dev, st.Ino
+	if !s.devSet {
+		s.dev, s.devSet = st.Dev, true
+	} else if st.Dev != s.dev {
+		return fmt.Errorf("stat %s: %w", s.path(s.firstOpen), errChanged)
+	}
+	f.ino = st.Ino
 	unix.Close(f.fd)
-	s.putBuf(f.buf)
-	f.fd, f.buf, f.pos, f.end, f.eof = -1, nil, 0, 0, false
+	s.putCursor(f.cur)
+	f.fd, f.cur = -1, nil
 	s.firstOpen++
 	return nil
 }
@@ -209,7 +225,7 @@ func (s *dirStack) pop() {
 	}
 	f := s.top()
 	fd := f.fd
-	s.putBuf(f.buf)
+	s.putCursor(f.cur)
 	s.frames[len(s.frames)-1] = frame{}
 	s.frames = s.frames[:len(s.frames)-1]
 	if s.firstOpen > len(s.frames) {
@@ -236,7 +252,7 @@ func (s *dirStack) close() {
 	if s.up >= 0 {
 		unix.Close(s.up)
 	}
-	s.frames, s.firstOpen, s.up, s.bufs = nil, 0, -1, nil
+	s.frames, s.firstOpen, s.up, s.free = nil, 0, -1, nil
 }
 
 // ensureOpen makes level i hold an fd again, together with every level
@@ -295,7 +311,7 @@ func (s *dirStack) climb(k, child int) error {
 		unix.Close(fd)
 		return fmt.Errorf("stat %s: %w", s.path(k), err)
 	}
-	if st.Dev != f.dev || st.Ino != f.ino {
+	if st.Dev != s.dev || st.Ino != f.ino {
 		unix.Close(fd)
 		return fmt.Errorf("reopen %s: %w", s.path(k), errChanged)
 	}
@@ -303,7 +319,7 @@ func (s *dirStack) climb(k, child int) error {
 		unix.Close(fd)
 		return fmt.Errorf("seek %s: %w", s.path(k), err)
 	}
-	f.fd, f.buf, f.pos, f.end, f.eof = fd, s.getBuf(), 0, 0, false
+	f.fd, f.cur = fd, s.getCursor()
 	return nil
 }
 
@@ -313,7 +329,8 @@ func (s *dirStack) rewind() error {
 	if _, err := unix.Seek(f.fd, 0, io.SeekStart); err != nil {
 		return fmt.Errorf("seek %s: %w", s.path(len(s.frames)-1), err)
 	}
-	f.off, f.pos, f.end, f.eof = 0, 0, 0, false
+	f.off = 0
+	*f.cur = cursor{buf: f.cur.buf}
 	return nil
 }
 
@@ -333,12 +350,13 @@ func (s *dirStack) next() (name string, typ uint8, ok bool, err error) {
 		}
 	}
 	f := s.top()
+	c := f.cur
 	for {
-		if f.pos >= f.end {
-			if f.eof {
+		if c.pos >= c.end {
+			if c.eof {
 				return "", 0, false, nil
 			}
-			n, err := unix.Getdents(f.fd, f.buf)
+			n, err := unix.Getdents(f.fd, c.buf)
 			if err == unix.EINTR {
 				continue
 			}
@@ -346,12 +364,12 @@ func (s *dirStack) next() (name string, typ uint8, ok bool, err error) {
 				return "", 0, false, fmt.Errorf("read directory %s: %w", s.path(len(s.frames)-1), err)
 			}
 			if n == 0 {
-				f.eof = true
+				c.eof = true
 				return "", 0, false, nil
 			}
-			f.pos, f.end = 0, n
+			c.pos, c.end = 0, n
 		}
-		rec := f.buf[f.pos:f.end]
+		rec := c.buf[c.pos:c.end]
 		reclen := 0
 		if len(rec) >= direntHeader {
 			reclen = int(binary.NativeEndian.Uint16(rec[16:18]))
@@ -359,7 +377,7 @@ func (s *dirStack) next() (name string, typ uint8, ok bool, err error) {
 		if reclen < direntHeader || reclen > len(rec) {
 			return "", 0, false, fmt.Errorf("read directory %s: bad dirent record: %w", s.path(len(s.frames)-1), unix.EIO)
 		}
-		f.pos += reclen
+		c.pos += reclen
 		f.off = int64(binary.NativeEndian.Uint64(rec[8:16]))
 		raw := rec[direntHeader:reclen]
 		if i := bytes.IndexByte(raw, 0); i >= 0 {
