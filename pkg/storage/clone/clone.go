@@ -28,7 +28,10 @@
 // hard links between regular files of the tree as hard links, within a
 // memory budget (a record per file whose other names are still to come, 64
 // MiB in all: past it, further names are independent copies, counted in
-// Stats.LinksCopied); symlinks as symlinks whose target text is copied
+// Stats.LinksCopied; later names reach the first copy's directory by file
+// handle, open_by_handle_at, in one step whatever the depth, or by its path
+// where handles do not work: without CAP_DAC_READ_SEARCH, or on a
+// filesystem without them); symlinks as symlinks whose target text is copied
 // verbatim and never resolved.
 //
 // What is not: inode flags (chattr: immutable, append-only, nodump...) and

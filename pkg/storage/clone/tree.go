@@ -42,12 +42,15 @@ type link struct {
 	left uint32 // names of the source inode not seen yet
 }
 
-// linkDir is a destination directory, as names below dstParent, shared by the
-// link records of the files copied into it.
+// linkDir is a destination directory, shared by the link records of the files
+// copied into it: a file handle (open_by_handle_at reaches it in one step,
+// whatever its depth) or, where handles do not work, its names below
+// dstParent.
 type linkDir struct {
-	names []string
-	refs  int
-	cost  int64
+	handle unix.FileHandle
+	names  []string // nil with a handle
+	refs   int
+	cost   int64
 }
 
 // tree is the state of one Tree call. The source and destination walkers
@@ -60,7 +63,15 @@ type tree struct {
 	dstRoot   inodeKey
 	dirs      []unix.Stat_t // stat of each source level, for its copy
 	dstNames  []string      // each destination level's name below dstParent
-	dirCache  *linkDir      // dstNames for link records, nil when stale
+	dstCosts  []int64       // memory of dstNames up to each level, for linkDir costs
+	dirCache  *linkDir      // the current level for link records, nil when stale
+	// mountFd, an fd on the destination root (not O_PATH, which
+	// open_by_handle_at refuses), when destination directories are reached
+	// by file handle; -1 otherwise.
+	mountFd int
+	// pathWork counts the names copied or resolved to record and reach link
+	// sources by path; the tests check it stays linear.
+	pathWork  int
 	links     map[inodeKey]*link
 	linkBytes int64 // memory estimate of links and their linkDirs
 	linkPeak  int64 // the most linkBytes has been
@@ -94,11 +105,9 @@ type tree struct {
 // copies under temporary names and removes failed ones with
 // safefs.RemoveTree).
 func Tree(ctx context.Context, srcDir, dstParent, dstName string, o Options) (Stats, error) {
-	t := &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link), from: -1}
+	t := newTree(ctx, o)
 	err := t.run(srcDir, dstParent, dstName)
-	if t.from >= 0 {
-		unix.Close(t.from)
-	}
+	t.close()
 	if err != nil {
 		err = fmt.Errorf("copy %s to %s: %w", srcDir, filepath.Join(dstParent, dstName), err)
 	}
@@ -107,6 +116,20 @@ func Tree(ctx context.Context, srcDir, dstParent, dstName string, o Options) (St
 			"source", srcDir, "linksCopied", t.LinksCopied, "budgetBytes", maxLinkBytes)
 	}
 	return t.finish(), err
+}
+
+func newTree(ctx context.Context, o Options) *tree {
+	return &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link), from: -1, mountFd: -1}
+}
+
+// close releases the fds run leaves open for links.
+func (t *tree) close() {
+	for _, fd := range []int{t.from, t.mountFd} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	t.from, t.mountFd = -1, -1
 }
 
 func (t *tree) run(srcDir, dstParent, dstName string) error {
@@ -155,6 +178,7 @@ func (t *tree) run(srcDir, dstParent, dstName string) error {
 	}
 	t.dstRoot = inodeKey{dst.Dev, dst.Ino}
 	t.enterLevel(st, dstName)
+	t.probeHandles()
 	return t.walk()
 }
 
@@ -189,6 +213,11 @@ func (t *tree) statLevels(src, dst *unix.Stat_t) error {
 func (t *tree) enterLevel(st unix.Stat_t, name string) {
 	t.dirs = append(t.dirs, st)
 	t.dstNames = append(t.dstNames, name)
+	prev := int64(0)
+	if n := len(t.dstCosts); n > 0 {
+		prev = t.dstCosts[n-1]
+	}
+	t.dstCosts = append(t.dstCosts, prev+16+int64(len(name)))
 	t.dirCache = nil
 	t.Dirs++
 }
@@ -234,6 +263,7 @@ func (t *tree) leave() error {
 	t.dst.Pop()
 	t.dirs = t.dirs[:len(t.dirs)-1]
 	t.dstNames = t.dstNames[:len(t.dstNames)-1]
+	t.dstCosts = t.dstCosts[:len(t.dstCosts)-1]
 	t.dirCache = nil
 	return nil
 }
@@ -336,12 +366,14 @@ func (t *tree) enter(name string) error {
 // regular copies the regular file name (pfd is an O_PATH fd on it, st its
 // stat), or links it to the copy of another name of the same inode.
 func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
-	record := false
+	record, err := false, error(nil)
 	if st.Nlink > 1 {
 		if l := t.links[inodeKey{st.Dev, st.Ino}]; l != nil {
 			return t.link(l, inodeKey{st.Dev, st.Ino}, name)
 		}
-		record = t.linkRoom(name)
+		if record, err = t.linkRoom(name); err != nil {
+			return err
+		}
 		if !record {
 			t.LinksCopied++
 		}
@@ -378,9 +410,6 @@ func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
 		if err := unix.Fstat(wfd, &ws); err != nil {
 			return err
 		}
-		if t.dirCache == nil {
-			t.dirCache = &linkDir{names: slices.Clone(t.dstNames), cost: t.dirCost()}
-		}
 		if t.dirCache.refs++; t.dirCache.refs == 1 {
 			t.linkBytes += t.dirCache.cost
 		}
@@ -391,23 +420,68 @@ func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
 	return nil
 }
 
-// dirCost estimates the memory of a linkDir for the current level.
-func (t *tree) dirCost() int64 {
-	c := int64(linkDirCost + 16*len(t.dstNames))
-	for _, n := range t.dstNames {
-		c += int64(len(n))
+// levelDir returns the linkDir of the current destination level, made on
+// first use: a file handle, or a copy of the names when handles do not work
+// (then its cost grows with the depth, and so does the lookup that reaches
+// it).
+func (t *tree) levelDir() (*linkDir, error) {
+	if t.dirCache != nil {
+		return t.dirCache, nil
 	}
-	return c
+	if t.mountFd >= 0 {
+		dfd, err := t.dst.Fd()
+		if err != nil {
+			return nil, err
+		}
+		h, _, err := unix.NameToHandleAt(dfd, "", unix.AT_EMPTY_PATH)
+		if err != nil {
+			return nil, fmt.Errorf("file handle of %s: %w", t.dst.Path(), err)
+		}
+		t.dirCache = &linkDir{handle: h, cost: linkDirCost + int64(len(h.Bytes()))}
+		return t.dirCache, nil
+	}
+	t.pathWork += len(t.dstNames)
+	t.dirCache = &linkDir{names: slices.Clone(t.dstNames), cost: linkDirCost + t.dstCosts[len(t.dstCosts)-1]}
+	return t.dirCache, nil
+}
+
+// probeHandles decides whether destination directories can be reached by
+// file handle: name_to_handle_at must work on this filesystem, and
+// open_by_handle_at needs CAP_DAC_READ_SEARCH.
+func (t *tree) probeHandles() {
+	dfd, err := t.dst.Fd()
+	if err != nil {
+		return
+	}
+	h, _, err := unix.NameToHandleAt(dfd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
+		return
+	}
+	mfd, err := unix.Openat(dfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	fd, err := unix.OpenByHandleAt(mfd, h, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		unix.Close(mfd)
+		return
+	}
+	unix.Close(fd)
+	t.mountFd = mfd
 }
 
 // linkRoom reports whether a link record for name, in the current level, fits
 // in maxLinkBytes.
-func (t *tree) linkRoom(name string) bool {
-	need := linkCost + int64(len(name))
-	if t.dirCache == nil || t.dirCache.refs == 0 {
-		need += t.dirCost()
+func (t *tree) linkRoom(name string) (bool, error) {
+	d, err := t.levelDir()
+	if err != nil {
+		return false, err
 	}
-	return t.linkBytes+need <= maxLinkBytes
+	need := linkCost + int64(len(name))
+	if d.refs == 0 {
+		need += d.cost
+	}
+	return t.linkBytes+need <= maxLinkBytes, nil
 }
 
 // dropLink forgets the record of key, all its names being linked.
@@ -424,7 +498,14 @@ func (t *tree) linkFrom(d *linkDir) (int, error) {
 	if t.fromDir == d {
 		return t.from, nil
 	}
-	fd, err := safefs.OpenDirChain(t.dstParent, d.names, unix.O_PATH)
+	var fd int
+	var err error
+	if d.names == nil {
+		fd, err = unix.OpenByHandleAt(t.mountFd, d.handle, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	} else {
+		t.pathWork += len(d.names)
+		fd, err = safefs.OpenDirChain(t.dstParent, d.names, unix.O_PATH)
+	}
 	if err != nil {
 		return -1, err
 	}
@@ -442,7 +523,7 @@ func (t *tree) link(l *link, key inodeKey, name string) error {
 		return err
 	}
 	from := dfd
-	if !slices.Equal(l.dir.names, t.dstNames) {
+	if l.dir != t.dirCache {
 		from, err = t.linkFrom(l.dir)
 		if err != nil {
 			return fmt.Errorf("open directory of %s: %w", l.name, err)

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,8 +17,9 @@ import (
 // records already made still link (and are dropped once all names are met).
 func TestTreeLinkBudget(t *testing.T) {
 	defer func(old int64) { maxLinkBytes = old }(maxLinkBytes)
-	// Room for the directory "copy/a" and two records named f<k>.
-	maxLinkBytes = linkDirCost + 16*2 + int64(len("copy")+len("a")) + 2*(linkCost+2)
+	// Room for two records named f<k> and their directory, reached by file
+	// handle (at most 128 bytes) or by its names "copy/a", whichever is more.
+	maxLinkBytes = linkDirCost + max(128, 16*2+int64(len("copy")+len("a"))) + 2*(linkCost+2)
 
 	root := t.TempDir()
 	src := filepath.Join(root, "src")
@@ -31,12 +34,11 @@ func TestTreeLinkBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tr := &tree{counter: counter{o: Options{}}, ctx: context.Background(), links: make(map[inodeKey]*link), from: -1}
-	if err := tr.run(src, root, "copy"); err != nil {
+	tr := newTree(context.Background(), Options{})
+	err := tr.run(src, root, "copy")
+	tr.close()
+	if err != nil {
 		t.Fatal(err)
-	}
-	if tr.from >= 0 {
-		unix.Close(tr.from)
 	}
 	if tr.linkPeak > maxLinkBytes {
 		t.Errorf("link records took %d bytes, budget %d", tr.linkPeak, maxLinkBytes)
@@ -56,5 +58,67 @@ func TestTreeLinkBudget(t *testing.T) {
 	// other name was met already).
 	if tr.Files != 2*files || linked != 2 || tr.LinksCopied < files-2 {
 		t.Fatalf("Files %d, linked pairs %d, LinksCopied %d; want %d, 2, at least %d", tr.Files, linked, tr.LinksCopied, 2*files, files-2)
+	}
+}
+
+// Recording and reaching the copies of multiply-linked files costs O(1) per
+// file whatever the depth: in a 2,000-deep chain where every level holds a
+// file with two names there and a file with its other name at the top, no
+// path is copied or looked up (directories are reached by file handle).
+// Copying the destination path for each level made it about depth²/2.
+func TestTreeLinksLinear(t *testing.T) {
+	testutil.RequireRoot(t) // open_by_handle_at needs CAP_DAC_READ_SEARCH
+	const depth = 2000
+	root := t.TempDir()
+	src := filepath.Join(root, "src")
+	mkdirAll(t, filepath.Join(src, "top"))
+	top, err := unix.Open(filepath.Join(src, "top"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(top)
+	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range depth {
+		if err := unix.Mkdirat(fd, "d", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd = next
+		for _, f := range []string{"f", "h"} {
+			w, err := unix.Openat(fd, f, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(w)
+		}
+		if err := unix.Linkat(fd, "f", fd, "g", 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Linkat(fd, "h", top, strconv.Itoa(i), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unix.Close(fd)
+	tr := newTree(context.Background(), Options{})
+	err = tr.run(src, root, "copy")
+	tr.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.LinksCopied != 0 || tr.Files != 4*depth {
+		t.Fatalf("Files %d, LinksCopied %d; want %d, 0", tr.Files, tr.LinksCopied, 4*depth)
+	}
+	if tr.pathWork > depth {
+		t.Fatalf("%d names copied or looked up for link sources in a %d-deep chain, want at most %d", tr.pathWork, depth, depth)
+	}
+	if len(tr.links) != 0 || tr.linkBytes != 0 {
+		t.Fatalf("%d link records (%d bytes) left after the copy, want none", len(tr.links), tr.linkBytes)
 	}
 }
