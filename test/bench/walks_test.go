@@ -15,13 +15,15 @@ import (
 	"time"
 
 	"github.com/berth-csi/berth/internal/testutil"
+	"github.com/berth-csi/berth/pkg/storage/clone"
 	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
 )
 
 // TestWalks measures the engine's tree walks (safefs.Usage, as
-// NodeGetVolumeStats runs it, and safefs.RemoveTree, as the purger runs it)
-// on trees built to be slow or large, against a flat tree of as many entries,
+// NodeGetVolumeStats runs it, clone.Tree, as snapshots and clones copy a
+// volume, and safefs.RemoveTree, as the purger runs it) on trees built to be
+// slow or large, against a flat tree of as many entries,
 // on a fresh 8 GiB loop XFS. Each walk runs in a child process (this test
 // binary again) so that its peak RSS (getrusage ru_maxrss) is its own; the
 // time is measured in the child, around the walk only. It prints "figure:
@@ -52,7 +54,7 @@ func TestWalks(t *testing.T) {
 		{"links", links, func(dir string) { buildFiles(t, dir, links/2, true) }},
 		{"files", links, func(dir string) { buildFiles(t, dir, links, false) }},
 	}
-	type result struct{ usageNs, removeNs, usageRSS, removeRSS float64 }
+	type result struct{ usageNs, copyNs, removeNs, usageRSS, copyRSS, removeRSS float64 }
 	res := map[string]result{}
 	for _, tr := range trees {
 		dir := filepath.Join(mnt, tr.name)
@@ -67,6 +69,11 @@ func TestWalks(t *testing.T) {
 		var out string
 		r.usageNs, r.usageRSS, out = walkChild(t, "usage", dir)
 		t.Logf("%s: usage %s", tr.name, out)
+		r.copyNs, r.copyRSS, out = walkChild(t, "copy", dir)
+		t.Logf("%s: copy %s", tr.name, out)
+		if err := safefs.RemoveTree(mnt, tr.name+".copy"); err != nil {
+			t.Fatal(err)
+		}
 		r.removeNs, r.removeRSS, _ = walkChild(t, "remove", dir)
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
 			t.Fatalf("%s still there after its removal: %v", dir, err)
@@ -76,20 +83,26 @@ func TestWalks(t *testing.T) {
 		fmt.Printf("figure: walks_%s_usage_time %.3f s\n", tr.name, r.usageNs/1e9)
 		fmt.Printf("figure: walks_%s_usage_per_entry %.0f ns\n", tr.name, r.usageNs/n)
 		fmt.Printf("figure: walks_%s_usage_rss %.1f MiB\n", tr.name, r.usageRSS/1024)
+		fmt.Printf("figure: walks_%s_copy_time %.3f s\n", tr.name, r.copyNs/1e9)
+		fmt.Printf("figure: walks_%s_copy_per_entry %.0f ns\n", tr.name, r.copyNs/n)
+		fmt.Printf("figure: walks_%s_copy_rss %.1f MiB\n", tr.name, r.copyRSS/1024)
 		fmt.Printf("figure: walks_%s_remove_time %.3f s\n", tr.name, r.removeNs/1e9)
 		fmt.Printf("figure: walks_%s_remove_per_entry %.0f ns\n", tr.name, r.removeNs/n)
 		fmt.Printf("figure: walks_%s_remove_rss %.1f MiB\n", tr.name, r.removeRSS/1024)
 	}
 	deep, flat, lk, files := res["deep"], res["flat"], res["links"], res["files"]
 	fmt.Printf("figure: walks_deep_over_flat_usage_per_entry %.2f ratio\n", deep.usageNs/flat.usageNs)
+	fmt.Printf("figure: walks_deep_over_flat_copy_per_entry %.2f ratio\n", deep.copyNs/flat.copyNs)
 	fmt.Printf("figure: walks_deep_over_flat_remove_per_entry %.2f ratio\n", deep.removeNs/flat.removeNs)
 	fmt.Printf("figure: walks_links_over_files_usage_rss %.2f ratio\n", lk.usageRSS/files.usageRSS)
 	fmt.Printf("figure: walks_links_over_files_usage_per_entry %.2f ratio\n", lk.usageNs/files.usageNs)
+	fmt.Printf("figure: walks_links_over_files_copy_rss %.2f ratio\n", lk.copyRSS/files.copyRSS)
+	fmt.Printf("figure: walks_links_over_files_copy_per_entry %.2f ratio\n", lk.copyNs/files.copyNs)
 	fmt.Printf("figure: walks_links_over_files_remove_per_entry %.2f ratio\n", lk.removeNs/files.removeNs)
 }
 
 // TestWalkChild is TestWalks' child: it runs one walk named by BERTH_WALKS_CHILD
-// ("usage:DIR" or "remove:DIR") and prints its time.
+// ("usage:DIR", "copy:DIR", to DIR.copy, or "remove:DIR") and prints its time.
 func TestWalkChild(t *testing.T) {
 	op, dir, ok := strings.Cut(os.Getenv("BERTH_WALKS_CHILD"), ":")
 	if !ok {
@@ -104,6 +117,12 @@ func TestWalkChild(t *testing.T) {
 			t.Fatal(err)
 		}
 		out = fmt.Sprintf("%d bytes, %d inodes", b, i)
+	case "copy":
+		st, err := clone.Tree(context.Background(), dir, filepath.Dir(dir), filepath.Base(dir)+".copy", clone.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = fmt.Sprintf("%d files, %d dirs, %d links copied as files", st.Files, st.Dirs, linksCopied(st))
 	case "remove":
 		if err := safefs.RemoveTree(filepath.Dir(dir), filepath.Base(dir)); err != nil {
 			t.Fatal(err)
@@ -222,3 +241,7 @@ func syncfs(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// linksCopied is st.LinksCopied (a separate function so that the test builds
+// on older trees, where it is 0, by editing one line).
+func linksCopied(st clone.Stats) int64 { return st.LinksCopied }
