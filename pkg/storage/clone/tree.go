@@ -17,6 +17,13 @@ const maxRaces = 8
 // inodeKey identifies an inode, to find hard links.
 type inodeKey struct{ dev, ino uint64 }
 
+// dirMeta is the part of a source directory's stat that setFdMeta gives its
+// copy: a walk keeps one per level of its path, so it is kept small.
+type dirMeta struct {
+	mode, uid, gid uint32
+	atim, mtim     unix.Timespec
+}
+
 // tree is the state of one Tree call. The source and destination walkers
 // move in step: level i of one is the copy of level i of the other.
 type tree struct {
@@ -25,10 +32,10 @@ type tree struct {
 	src, dst  *safefs.Walker
 	dstParent int
 	dstRoot   inodeKey
-	dirs      []unix.Stat_t // stat of each source level, for its copy
-	dstNames  []string      // each destination level's name below dstParent
-	dstCosts  []int64       // memory of dstNames up to each level, for linkDir costs
-	dirCache  *linkDir      // the current level for link records, nil when stale
+	dirs      []dirMeta // what each source level's copy gets once complete
+	dstNames  []string  // each destination level's name below dstParent
+	dstCosts  []int64   // memory of dstNames up to each level, for linkDir costs
+	dirCache  *linkDir  // the current level for link records, nil when stale
 	// mountFd, an fd on the destination root (not O_PATH, which
 	// open_by_handle_at refuses), when destination directories are reached
 	// by file handle; -1 otherwise.
@@ -175,7 +182,7 @@ func (t *tree) statLevels(src, dst *unix.Stat_t) error {
 
 // enterLevel records a level both walkers have just pushed.
 func (t *tree) enterLevel(st unix.Stat_t, name string) {
-	t.dirs = append(t.dirs, st)
+	t.dirs = append(t.dirs, dirMeta{mode: st.Mode, uid: st.Uid, gid: st.Gid, atim: st.Atim, mtim: st.Mtim})
 	t.dstNames = append(t.dstNames, name)
 	prev := int64(0)
 	if n := len(t.dstCosts); n > 0 {
@@ -220,7 +227,9 @@ func (t *tree) leave() error {
 	if err != nil {
 		return err
 	}
-	if err := t.setFdMeta(sfd, dfd, &t.dirs[len(t.dirs)-1]); err != nil {
+	m := t.dirs[len(t.dirs)-1]
+	st := unix.Stat_t{Mode: m.mode, Uid: m.uid, Gid: m.gid, Atim: m.atim, Mtim: m.mtim}
+	if err := t.setFdMeta(sfd, dfd, &st); err != nil {
 		return fmt.Errorf("%s: %w", t.dst.Path(), err)
 	}
 	t.src.Pop()
