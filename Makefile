@@ -12,7 +12,7 @@ RUN_DIR ?= $(CURDIR)/_output/run
 
 .PHONY: all build run test unit fuzz sanity sanity-nonroot bench vet fmt-check clean crash \
 	images cluster-up cluster-down demo e2e e2e-bench deploy verify-deploy helm quota-vm bench-quota-vm \
-	metrics-lint bench-metrics
+	metrics-lint bench-metrics bench-walks
 
 all: build
 
@@ -122,6 +122,11 @@ quota-vm:
 bench-quota-vm: build
 	BERTH_VMTEST_RACE=0 BERTH_VMTEST_TIMEOUT=2400 hack/vmtest.sh ./test/bench -test.run '^$$' \
 		-test.bench DataPathQuota -test.benchtime 1x -test.v -data-driver $(CURDIR)/bin/csi-driver
+
+# The engine's walks on trees built to be slow or large (docs/benchmarks.md, issue 13):
+# a 100,000-deep chain and 1,000,000 hard links on a loop XFS, a few minutes, as root.
+bench-walks:
+	BERTH_BENCH_WALKS=1 go test -count=1 -run '^TestWalks$$' -v -timeout 60m ./test/bench/
 
 vet:
 	go vet ./...

@@ -58,6 +58,7 @@ func writeSynced(t *testing.T, path string, n int) {
 func TestNodeGetVolumeStatsGrows(t *testing.T) {
 	testutil.RequireRoot(t)
 	f := newFixture(t)
+	f.engine.SetUsageTTL(0) // figures of a walk made now, not a recent one
 	r := f.createVolume(t, "pvc-stats")
 	target := f.target(t, "pod")
 	f.publish(t, r.ID, target, rwo, false)

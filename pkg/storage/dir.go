@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,9 +53,9 @@ func (dirBackend) Build(_ context.Context, _ *Pool, _ *Record, volDir string) er
 	return os.Chmod(data, DataDirMode)
 }
 
-func (dirBackend) Usage(_ context.Context, p *Pool, r *Record, volDir string) (Usage, error) {
+func (dirBackend) Usage(ctx context.Context, p *Pool, r *Record, volDir string) (Usage, error) {
 	data := filepath.Join(volDir, DataDir)
-	used, inodes, err := safefs.Usage(data)
+	used, inodes, err := p.usage.measure(ctx, data)
 	if err != nil {
 		return Usage{}, err
 	}

@@ -67,9 +67,9 @@ func NewWithHost(cfg Config, host Host) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{byNm: map[string]*Pool{}, pubs: map[string]map[string]Publication{}, adoptRoots: cfg.AdoptRoots, host: host}
-	projects := newProjectIDs()
+	projects, usage := newProjectIDs(), newUsageWalks()
 	for _, pc := range cfg.Pools {
-		p := newPool(pc, projects, host)
+		p := newPool(pc, projects, usage, host)
 		e.pools = append(e.pools, p)
 		e.byNm[pc.Name] = p
 	}

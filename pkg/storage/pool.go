@@ -55,6 +55,11 @@ type Pool struct {
 	healthReason string             // why, from a small fixed set (stats.go); "" when served
 	loaded       bool               // open got past mounting: the layout and index are loaded
 	purge        chan struct{}
+	purging      map[string]bool // trash entries being purged, by name (under mu)
+	purgeMore    bool            // an entry waits for a purge worker (under mu)
+	// remove removes a trash entry's tree (safefs.RemoveTreeContext).
+	remove func(ctx context.Context, parent, name string) error
+	usage  *usageWalks // shared by the engine's pools
 
 	bgCtx context.Context // the engine's lifetime: background copies stop with it
 	bg    *sync.WaitGroup // the engine's background goroutines
@@ -73,8 +78,9 @@ type Pool struct {
 	observed map[string]observed // the last usage and health the node measured, by hash (under mu; stats.go)
 }
 
-func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
+func newPool(cfg PoolConfig, projects *projectIDs, usage *usageWalks, host Host) *Pool {
 	return &Pool{
+		usage:    usage,
 		projects: projects,
 		host:     host,
 		cfg:      cfg,
@@ -87,6 +93,8 @@ func newPool(cfg PoolConfig, projects *projectIDs, host Host) *Pool {
 		findings: map[string]projectFindings{},
 		observed: map[string]observed{},
 		purge:    make(chan struct{}, 1),
+		purging:  map[string]bool{},
+		remove:   safefs.RemoveTreeContext,
 		snaps:    snapshotState{snaps: map[string]*Snapshot{}, building: map[string]*build{}, damaged: map[string]damage{}},
 	}
 }
@@ -314,72 +322,6 @@ func (p *Pool) toTrash(parent, name string) error {
 		return fmt.Errorf("pool %s: move %s to trash: %w", p.cfg.Name, name, err)
 	}
 	return nil
-}
-
-func (p *Pool) kickPurge() {
-	select {
-	case p.purge <- struct{}{}:
-	default:
-	}
-}
-
-// purger empties the trash whenever kicked, until ctx ends.
-func (p *Pool) purger(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-p.purge:
-		}
-		p.purgeTrash(ctx)
-	}
-}
-
-// purgeTrash removes every entry of the trash it can. Purging walks with no-follow
-// semantics and never leaves the trash entry (safefs.RemoveTree).
-func (p *Pool) purgeTrash(ctx context.Context) {
-	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name)
-	if err := p.usable(ctx); err != nil {
-		logger.V(4).Info("Trash not purged", "err", err.Error())
-		return
-	}
-	trash := filepath.Join(p.cfg.Path, trashDir)
-	entries, err := os.ReadDir(trash)
-	if err != nil {
-		logger.Error(err, "Cannot read trash")
-		return
-	}
-	for _, e := range entries {
-		if ctx.Err() != nil {
-			return
-		}
-		// Every host purges a shared pool's trash: one at a time per entry.
-		l, err := p.tryLock("t-" + e.Name())
-		if err != nil {
-			continue
-		}
-		rec, _ := readRecord(filepath.Join(trash, e.Name()))
-		// The data first, the record last: a purge that stops midway (a file it
-		// cannot remove) keeps the record, and with it the quota project ID the
-		// remaining data is charged to, taken across restarts.
-		err = nil
-		if fi, lerr := os.Lstat(filepath.Join(trash, e.Name())); lerr == nil && fi.IsDir() {
-			data, _ := p.backend.Data()
-			err = safefs.RemoveTree(filepath.Join(trash, e.Name()), data)
-		}
-		if err == nil {
-			err = safefs.RemoveTree(trash, e.Name())
-		}
-		l.unlock()
-		if err != nil {
-			logger.Error(err, "Cannot purge deleted volume", "entry", e.Name())
-			continue
-		}
-		if rec != nil {
-			p.projects.free(rec.ProjectID)
-		}
-		logger.V(4).Info("Purged deleted volume", "entry", e.Name())
-	}
 }
 
 // Capacity reports the bytes a new volume may take now (available) and the largest

@@ -15,7 +15,7 @@ import (
 // fuzzPool is a dir pool "default" under a directory of f's, with the directory of
 // volume testHash made, for targets that feed the pool its own files.
 func fuzzPool(f *testing.F) *Pool {
-	p := newPool(PoolConfig{Name: "default", Path: f.TempDir(), Kind: KindDir}, nil, Host{})
+	p := newPool(PoolConfig{Name: "default", Path: f.TempDir(), Kind: KindDir}, nil, newUsageWalks(), Host{})
 	for _, d := range []string{p.VolumeDir(testHash), filepath.Join(p.cfg.Path, snapshotsDir, testHash)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			f.Fatal(err)

@@ -327,6 +327,7 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	delete(p.observed, hash)
 	p.allocated -= r.CapacityBytes
 	p.mu.Unlock()
+	p.usage.forget(p.DataPath(hash))
 	if err := p.volSync.Sync(); err != nil {
 		return fmt.Errorf("delete volume %s: %w", r.ID, err)
 	}

@@ -25,8 +25,14 @@
 // setuid, setgid and sticky, the owner and group, the extended attributes
 // (ACLs and security labels included) and the access and modification times
 // to the nanosecond; for regular files the data, with holes kept as holes;
-// hard links between regular files of the tree as hard links; symlinks as
-// symlinks whose target text is copied verbatim and never resolved.
+// hard links between regular files of the tree as hard links, within a
+// memory budget (a record per file whose other names are still to come, 64
+// MiB in all: past it, further names are independent copies, counted in
+// Stats.LinksCopied; later names reach the first copy's directory by file
+// handle, open_by_handle_at, in one step whatever the depth, or by its path
+// where handles do not work: without CAP_DAC_READ_SEARCH, or on a
+// filesystem without them); symlinks as symlinks whose target text is copied
+// verbatim and never resolved.
 //
 // What is not: inode flags (chattr: immutable, append-only, nodump...) and
 // project IDs (new entries inherit the destination directory's when it has
@@ -112,6 +118,10 @@ type Options struct {
 type Stats struct {
 	// Files counts regular-file names made, hard links included.
 	Files int64
+	// LinksCopied counts multiply-linked files copied without remembering
+	// them because the hard-link memory budget (64 MiB) was spent: their
+	// other names, met later, become independent copies.
+	LinksCopied int64
 	// Dirs counts directories copied, the root included.
 	Dirs int64
 	// Symlinks counts symlinks made.

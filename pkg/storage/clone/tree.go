@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"slices"
 
 	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // maxRaces bounds how often one entry may change type between two lookups
@@ -17,13 +17,11 @@ const maxRaces = 8
 // inodeKey identifies an inode, to find hard links.
 type inodeKey struct{ dev, ino uint64 }
 
-// link records the first copy of a source inode with several names, so the
-// other names become hard links to it.
-type link struct {
-	dir  []string // destination directory, as names below dstParent
-	name string
-	ino  uint64 // the copy's inode, checked before linking to it
-	left uint32 // names of the source inode not seen yet
+// dirMeta is the part of a source directory's stat that setFdMeta gives its
+// copy: a walk keeps one per level of its path, so it is kept small.
+type dirMeta struct {
+	mode, uid, gid uint32
+	atim, mtim     unix.Timespec
 }
 
 // tree is the state of one Tree call. The source and destination walkers
@@ -34,10 +32,25 @@ type tree struct {
 	src, dst  *safefs.Walker
 	dstParent int
 	dstRoot   inodeKey
-	dirs      []unix.Stat_t // stat of each source level, for its copy
-	dstNames  []string      // each destination level's name below dstParent
-	dirCache  []string      // a copy of dstNames for link records, nil when stale
+	dirs      []dirMeta // what each source level's copy gets once complete
+	dstNames  []string  // each destination level's name below dstParent
+	dstCosts  []int64   // memory of dstNames up to each level, for linkDir costs
+	dirCache  *linkDir  // the current level for link records, nil when stale
+	// mountFd, an fd on the destination root (not O_PATH, which
+	// open_by_handle_at refuses), when destination directories are reached
+	// by file handle; -1 otherwise.
+	mountFd int
+	// pathWork counts the names copied or resolved to record and reach link
+	// sources by path; the tests check it stays linear.
+	pathWork  int
 	links     map[inodeKey]*link
+	linkBytes int64 // memory estimate of links and their linkDirs
+	linkPeak  int64 // the most linkBytes has been
+	// from is an O_PATH fd on fromDir, the directory of the copy linked to
+	// last, so that many names of one file (or files of one directory) do
+	// not each look up its path again; -1 when none.
+	from    int
+	fromDir *linkDir
 }
 
 // Tree copies the directory srcDir to dstParent/dstName, which it creates,
@@ -63,12 +76,31 @@ type tree struct {
 // copies under temporary names and removes failed ones with
 // safefs.RemoveTree).
 func Tree(ctx context.Context, srcDir, dstParent, dstName string, o Options) (Stats, error) {
-	t := &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link)}
+	t := newTree(ctx, o)
 	err := t.run(srcDir, dstParent, dstName)
+	t.close()
 	if err != nil {
 		err = fmt.Errorf("copy %s to %s: %w", srcDir, filepath.Join(dstParent, dstName), err)
 	}
+	if t.LinksCopied > 0 {
+		klog.FromContext(ctx).V(2).Info("Hard links copied as separate files: link memory budget spent",
+			"source", srcDir, "linksCopied", t.LinksCopied, "budgetBytes", maxLinkBytes)
+	}
 	return t.finish(), err
+}
+
+func newTree(ctx context.Context, o Options) *tree {
+	return &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link), from: -1, mountFd: -1}
+}
+
+// close releases the fds run leaves open for links.
+func (t *tree) close() {
+	for _, fd := range []int{t.from, t.mountFd} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	t.from, t.mountFd = -1, -1
 }
 
 func (t *tree) run(srcDir, dstParent, dstName string) error {
@@ -117,6 +149,7 @@ func (t *tree) run(srcDir, dstParent, dstName string) error {
 	}
 	t.dstRoot = inodeKey{dst.Dev, dst.Ino}
 	t.enterLevel(st, dstName)
+	t.probeHandles()
 	return t.walk()
 }
 
@@ -149,8 +182,13 @@ func (t *tree) statLevels(src, dst *unix.Stat_t) error {
 
 // enterLevel records a level both walkers have just pushed.
 func (t *tree) enterLevel(st unix.Stat_t, name string) {
-	t.dirs = append(t.dirs, st)
+	t.dirs = append(t.dirs, dirMeta{mode: st.Mode, uid: st.Uid, gid: st.Gid, atim: st.Atim, mtim: st.Mtim})
 	t.dstNames = append(t.dstNames, name)
+	prev := int64(0)
+	if n := len(t.dstCosts); n > 0 {
+		prev = t.dstCosts[n-1]
+	}
+	t.dstCosts = append(t.dstCosts, prev+16+int64(len(name)))
 	t.dirCache = nil
 	t.Dirs++
 }
@@ -189,13 +227,16 @@ func (t *tree) leave() error {
 	if err != nil {
 		return err
 	}
-	if err := t.setFdMeta(sfd, dfd, &t.dirs[len(t.dirs)-1]); err != nil {
+	m := t.dirs[len(t.dirs)-1]
+	st := unix.Stat_t{Mode: m.mode, Uid: m.uid, Gid: m.gid, Atim: m.atim, Mtim: m.mtim}
+	if err := t.setFdMeta(sfd, dfd, &st); err != nil {
 		return fmt.Errorf("%s: %w", t.dst.Path(), err)
 	}
 	t.src.Pop()
 	t.dst.Pop()
 	t.dirs = t.dirs[:len(t.dirs)-1]
 	t.dstNames = t.dstNames[:len(t.dstNames)-1]
+	t.dstCosts = t.dstCosts[:len(t.dstCosts)-1]
 	t.dirCache = nil
 	return nil
 }
@@ -298,9 +339,16 @@ func (t *tree) enter(name string) error {
 // regular copies the regular file name (pfd is an O_PATH fd on it, st its
 // stat), or links it to the copy of another name of the same inode.
 func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
+	record, err := false, error(nil)
 	if st.Nlink > 1 {
 		if l := t.links[inodeKey{st.Dev, st.Ino}]; l != nil {
 			return t.link(l, inodeKey{st.Dev, st.Ino}, name)
+		}
+		if record, err = t.linkRoom(name); err != nil {
+			return err
+		}
+		if !record {
+			t.LinksCopied++
 		}
 	}
 	sfd, err := t.src.Fd()
@@ -330,46 +378,17 @@ func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
 		return err
 	}
 	t.Files++
-	if st.Nlink > 1 {
+	if record {
 		var ws unix.Stat_t
 		if err := unix.Fstat(wfd, &ws); err != nil {
 			return err
 		}
-		if t.dirCache == nil {
-			t.dirCache = slices.Clone(t.dstNames)
+		if t.dirCache.refs++; t.dirCache.refs == 1 {
+			t.linkBytes += t.dirCache.cost
 		}
+		t.linkBytes += linkCost + int64(len(name))
+		t.linkPeak = max(t.linkPeak, t.linkBytes)
 		t.links[inodeKey{st.Dev, st.Ino}] = &link{dir: t.dirCache, name: name, ino: ws.Ino, left: uint32(st.Nlink) - 1}
-	}
-	return nil
-}
-
-// link makes name, in the current destination level, a hard link to l.
-func (t *tree) link(l *link, key inodeKey, name string) error {
-	dfd, err := t.dst.Fd()
-	if err != nil {
-		return err
-	}
-	from := dfd
-	if !slices.Equal(l.dir, t.dstNames) {
-		from, err = safefs.OpenDirChain(t.dstParent, l.dir, unix.O_PATH)
-		if err != nil {
-			return fmt.Errorf("open directory of %s: %w", l.name, err)
-		}
-		defer unix.Close(from)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstatat(from, l.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("stat copy %s: %w", l.name, err)
-	}
-	if st.Ino != l.ino || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("copy %s was replaced: %w", l.name, unix.ESTALE)
-	}
-	if err := unix.Linkat(from, l.name, dfd, name, 0); err != nil {
-		return fmt.Errorf("link to %s: %w", l.name, err)
-	}
-	t.Files++
-	if l.left--; l.left == 0 {
-		delete(t.links, key)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package safefs
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -28,9 +29,17 @@ const maxRaces = 8
 // outside it. A mount point inside the tree is not descended into: RemoveTree
 // stops and returns an error naming it that wraps unix.EBUSY, leaving that
 // subtree (and whatever was not yet removed) in place. Any other failure also
-// stops the walk. The number of fds held is bounded whatever the depth.
-// parent itself is trusted and resolved normally.
+// stops the walk. The number of fds held is bounded whatever the depth, and
+// the time is linear in the number of entries. parent itself is trusted and
+// resolved normally.
 func RemoveTree(parent, name string) error {
+	return RemoveTreeContext(context.Background(), parent, name)
+}
+
+// RemoveTreeContext is RemoveTree stopped with ctx's error, within a few
+// thousand entries, once ctx ends. What was removed stays removed; calling it
+// again finishes the job.
+func RemoveTreeContext(ctx context.Context, parent, name string) error {
 	if err := validName(name); err != nil {
 		return fmt.Errorf("remove %q in %s: %w", name, parent, err)
 	}
@@ -39,7 +48,7 @@ func RemoveTree(parent, name string) error {
 		return fmt.Errorf("remove %s: open parent: %w", filepath.Join(parent, name), err)
 	}
 	defer unix.Close(pfd)
-	s := newDirStack(pfd, parent)
+	s := newDirStack(pfd, parent).withContext(ctx)
 	defer s.close()
 	return removeTree(s, name)
 }

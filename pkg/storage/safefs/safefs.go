@@ -6,7 +6,10 @@
 //
 // Every lookup goes through openat2(2) with RESOLVE_BENEATH and
 // RESOLVE_NO_SYMLINKS, relative to an fd already held, and entries are removed
-// with unlinkat(2); the package needs Linux 5.6 or later.
+// with unlinkat(2); the package needs Linux 5.6 or later. The one lookup
+// without RESOLVE_BENEATH is a walk's climb back to a level whose fd it gave
+// back: ".." of the level below, accepted only if it is the very inode the
+// walk left (so walks stay linear in their entries whatever the depth).
 package safefs
 
 import (

@@ -1,6 +1,7 @@
 package safefs
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -151,7 +152,7 @@ func TestUsage(t *testing.T) {
 			for _, p := range counted {
 				wantBytes += allocated(t, filepath.Join(root, p))
 			}
-			bytes, inodes, err := Usage(root)
+			bytes, inodes, err := Usage(context.Background(), root)
 			if err != nil {
 				t.Fatalf("Usage: %v", err)
 			}
@@ -189,7 +190,7 @@ func TestUsageDeep(t *testing.T) {
 	})
 	withFileLimit(t, 256)
 	before := openFDs(t)
-	bytes, inodes, err := Usage(root)
+	bytes, inodes, err := Usage(context.Background(), root)
 	if errors.Is(err, unix.EMFILE) {
 		t.Fatalf("ran out of fds: %v", err)
 	}
@@ -219,7 +220,7 @@ func TestUsageErrors(t *testing.T) {
 		{"symlink", filepath.Join(dir, "link"), unix.ENOTDIR}, // O_DIRECTORY|O_NOFOLLOW
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, _, err := Usage(tc.path); !errors.Is(err, tc.want) {
+			if _, _, err := Usage(context.Background(), tc.path); !errors.Is(err, tc.want) {
 				t.Fatalf("Usage(%s) = %v, want %v", tc.path, err, tc.want)
 			}
 		})

@@ -13,8 +13,11 @@ import (
 // RESOLVE_NO_SYMLINKS, RESOLVE_NO_MAGICLINKS and RESOLVE_NO_XDEV, so a symlink
 // or a mount point inside the tree is never entered, and at most a fixed
 // number of directory fds is held whatever the depth. A level whose fd was
-// given back is reopened by name when the walk needs it again, and refused
-// (an error wrapping unix.ESTALE) unless it is still the same inode.
+// given back is reopened when the walk climbs back to it, through ".." of the
+// level below (one lookup, so a walk is linear in its entries whatever the
+// depth), and refused (an error wrapping unix.ESTALE) unless it is still the
+// same inode: a directory moved to another parent during the walk stops it
+// when the walk climbs above it.
 //
 // A Walker is not safe for concurrent use.
 type Walker struct{ s *dirStack }
