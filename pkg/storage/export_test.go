@@ -1,7 +1,26 @@
 package storage
 
-import "context"
+import (
+	"context"
+	"sync"
+	"time"
+)
 
 // PurgeTrash runs one round of the pool's purger, as a kick does, and returns when
-// it is over.
-func (p *Pool) PurgeTrash(ctx context.Context) { p.purgeTrash(ctx) }
+// the purge workers it started are over. A pool opened without the engine's Start
+// gets a WaitGroup of its own for them.
+func (p *Pool) PurgeTrash(ctx context.Context) {
+	if p.bg == nil {
+		p.bg = new(sync.WaitGroup)
+	}
+	p.purgeTrash(ctx)
+	for {
+		p.mu.Lock()
+		n := len(p.purging)
+		p.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
