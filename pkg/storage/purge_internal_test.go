@@ -53,12 +53,19 @@ func TestPurgeEntriesIndependently(t *testing.T) {
 	p.mu.Unlock()
 	const entries = 2*purgeWorkers + 1
 	trash := filepath.Join(p.cfg.Path, trashDir)
+	// Each entry is built beside the pool and renamed into the trash whole: the
+	// purger may run at any moment and must never see one half made.
+	staging := filepath.Join(filepath.Dir(p.cfg.Path), "staging")
 	for k := range entries {
-		data := filepath.Join(trash, fmt.Sprintf("%016x.deadbeef", k), DataDir)
+		name := fmt.Sprintf("%016x.deadbeef", k)
+		data := filepath.Join(staging, name, DataDir)
 		if err := os.MkdirAll(filepath.Join(data, "d"), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(data, "d", "f"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(staging, name), filepath.Join(trash, name)); err != nil {
 			t.Fatal(err)
 		}
 	}
