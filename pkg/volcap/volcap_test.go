@@ -2,9 +2,12 @@ package volcap_test
 
 import (
 	"errors"
+	"math"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/berth-csi/berth/pkg/storage"
@@ -72,9 +75,11 @@ func TestCheckAccessModesByKind(t *testing.T) {
 	}
 }
 
+var digits = regexp.MustCompile(`^[0-9]+$`)
+
 // FuzzParse: the capabilities of a request (decoded from the input) are read as the
-// CSI message says: the access mode of the same name, mount with its fs_type and
-// mount_flags or block, refusals wrapping ErrInvalid only for a missing capability,
+// CSI message says: the access mode of the same name, mount with its fs_type,
+// mount_flags and volume_mount_group (a decimal group ID) or block, refusals wrapping ErrInvalid only for a missing capability,
 // mode or access type. ParseAll accepts a list exactly when every capability parses
 // and all share one access type.
 func FuzzParse(f *testing.F) {
@@ -106,7 +111,14 @@ func FuzzParse(f *testing.F) {
 			got, err := volcap.Parse(c)
 			mode := c.GetAccessMode().GetMode()
 			_, named := csi.VolumeCapability_AccessMode_Mode_name[int32(mode)]
-			valid := c != nil && named && mode != csi.VolumeCapability_AccessMode_UNKNOWN && (c.GetMount() != nil || c.GetBlock() != nil)
+			// volume_mount_group: empty, or a group ID in decimal digits below (gid_t)-1.
+			group, wantGroup := c.GetMount().GetVolumeMountGroup(), (*uint32)(nil)
+			groupOK := group == ""
+			if n, err := strconv.ParseUint(group, 10, 64); err == nil && digits.MatchString(group) && n < math.MaxUint32 {
+				groupOK, wantGroup = true, new(uint32(n))
+			}
+			valid := c != nil && named && mode != csi.VolumeCapability_AccessMode_UNKNOWN &&
+				(c.GetMount() != nil && groupOK || c.GetMount() == nil && c.GetBlock() != nil)
 			switch {
 			case err != nil && (valid || !errors.Is(err, storage.ErrInvalid)):
 				t.Fatalf("Parse(%v): %v", c, err)
@@ -115,7 +127,7 @@ func FuzzParse(f *testing.F) {
 			case err == nil && got.Mode.String() != mode.String():
 				t.Fatalf("Parse(%v): mode %s, want %s", c, got.Mode, mode)
 			case err == nil && c.GetMount() != nil && (got.Access != storage.AccessMount || got.FSType != c.GetMount().GetFsType() ||
-				!slices.Equal(got.MountFlags, c.GetMount().GetMountFlags())):
+				!slices.Equal(got.MountFlags, c.GetMount().GetMountFlags()) || !reflect.DeepEqual(got.MountGroup, wantGroup)):
 				t.Fatalf("Parse(%v) = %+v, not the mount asked for", c, got)
 			case err == nil && c.GetMount() == nil && (got.Access != storage.AccessBlock || got.FSType != "" || len(got.MountFlags) > 0):
 				t.Fatalf("Parse(%v) = %+v, not the block volume asked for", c, got)
