@@ -138,9 +138,10 @@ func ParseFlags(prog string, args []string) (Options, error) {
 		}
 	}
 	if o.LoggingFormat == "json" {
-		// klog keeps filtering by -v; the slog handler passes everything it is given.
+		// klog keeps filtering by -v; the slog handler passes everything it is given,
+		// each key once (jsonlog.go).
 		h := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-128)})
-		klog.SetLogger(logr.FromSlogHandler(h))
+		klog.SetLogger(logr.FromSlogHandler(uniqueKeys{inner: h}))
 	}
 	return o, nil
 }
