@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
@@ -156,7 +155,7 @@ func regroupEntry(w *safefs.Walker, name string, gid uint32) (did, isDir bool, e
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return false, true, nil
 	}
-	did, err = regroup(fd, "/proc/self/fd/"+strconv.Itoa(fd), &st, gid)
+	did, err = regroup(fd, safefs.ProcPath(fd), &st, gid)
 	return did, false, err
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/berth-csi/berth/pkg/storage/quota"
@@ -260,7 +259,7 @@ func (quotaBackend) checkProjects(ctx context.Context, p *Pool, r *Record, pace 
 			}
 			check(fd, true, w.Path())
 		case unix.S_IFREG:
-			fd, err := openRegular(dfd, name)
+			fd, err := safefs.OpenRegular(dfd, name)
 			if err != nil {
 				continue
 			}
@@ -269,24 +268,4 @@ func (quotaBackend) checkProjects(ctx context.Context, p *Pool, r *Record, pace 
 		}
 	}
 	return f, nil
-}
-
-// openRegular opens the regular file name beneath dirfd for the fsxattr ioctls,
-// confined, without ever opening anything else: it takes an O_PATH fd first, checks
-// its type, then reopens that very inode through /proc/self/fd. A FIFO or device
-// node swapped in between is never opened (opening one can block or act).
-func openRegular(dirfd int, name string) (int, error) {
-	pfd, err := safefs.OpenConfined(dirfd, name, unix.O_PATH)
-	if err != nil {
-		return -1, err
-	}
-	defer unix.Close(pfd)
-	var st unix.Stat_t
-	if err := unix.Fstat(pfd, &st); err != nil {
-		return -1, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return -1, unix.EINVAL
-	}
-	return unix.Open("/proc/self/fd/"+strconv.Itoa(pfd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 }

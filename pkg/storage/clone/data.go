@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 
+	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,9 +24,6 @@ const (
 // lookups; the walk classifies it again.
 var errRaced = errors.New("entry changed during copy")
 
-// procFd names the magic link of fd in /proc.
-func procFd(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
-
 // openRegular opens for reading the regular file that pfd, an O_PATH fd with
 // stat st, refers to. It reopens pfd through its /proc magic link, which
 // yields exactly that inode: an entry swapped for a fifo or a device node
@@ -39,7 +36,7 @@ func procFd(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 func openRegular(pfd int, st *unix.Stat_t, fallback func(flags int) (int, error)) (int, error) {
 	const flags = unix.O_RDONLY | unix.O_NONBLOCK | unix.O_CLOEXEC
 	open := func(f int) (int, error) {
-		fd, err := unix.Open(procFd(pfd), f, 0)
+		fd, err := unix.Open(safefs.ProcPath(pfd), f, 0)
 		if err == unix.ENOENT {
 			fd, err = fallback(f)
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"unsafe"
 
+	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,7 +85,7 @@ func fdXattrs(fd int) xattrIO {
 // link. The path is followed once, to the inode the fd holds; if that inode
 // is a symlink it is not followed further.
 func pathXattrs(fd int) xattrIO {
-	p := procFd(fd)
+	p := safefs.ProcPath(fd)
 	return xattrIO{
 		list: func(buf []byte) (int, error) { return unix.Listxattr(p, buf) },
 		get:  func(name string, buf []byte) (int, error) { return unix.Getxattr(p, name, buf) },
