@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Tears the local cluster down and leaves the machine as it was before cluster-up:
-# pods deleted, the kubelet stopped, sandboxes and containers removed, control plane,
+# pods deleted, the further nodes stopped (their kubelet and containerd, then every
+# process of their PID namespace) and their network namespaces deleted, the kubelet
+# stopped, sandboxes and containers removed, control plane,
 # containerd and etcd stopped by PID, mounts under the kubelet root unmounted, the
 # bridge, network namespaces, cgroups and the kubelet's iptables chains removed, the
 # sysctls restored, the cluster's state directory deleted. Built binaries and images
@@ -28,7 +30,18 @@ if running kube-apiserver && running kubelet; then
 	kc delete pods --all --all-namespaces --grace-period=5 --timeout=60s --wait=true >/dev/null 2>&1 || true
 fi
 
-step "Stopping the kubelet"
+step "Stopping the further nodes and the kubelet"
+# A node's init stops its kubelet and containerd on SIGTERM; once it exits, the kernel
+# ends every other process of the node's PID namespace (shims, containers), and its
+# mount namespace, with the pods' mounts, goes with the last of them.
+for f in "$CLUSTER_DIR"/run/node-*.pid; do
+	[ -e "$f" ] || continue
+	n=$(basename "$f" .pid); stop "$n" &
+done
+wait
+for ns in /run/netns/"$NODE_NAME_PREFIX"*; do
+	[ -e "$ns" ] && ip netns del "$(basename "$ns")"
+done
 stop kubelet
 
 if running containerd; then
@@ -68,11 +81,16 @@ for ns in /run/netns/cni-*; do
 	[ -e "$ns" ] || continue
 	umount "$ns" 2>/dev/null; rm -f "$ns"
 done
-rmdir /run/netns 2>/dev/null # only when empty (the CNI plugins create it)
+# Only when empty (the CNI plugins and ip netns create it; ip netns mounts it).
+if [ -d /run/netns ] && [ -z "$(ls -A /run/netns)" ]; then
+	mountpoint -q /run/netns && umount /run/netns
+	rmdir /run/netns 2>/dev/null
+fi
 
 step "Removing the bridge, cgroups and the kubelet's iptables chains"
 ip link del "$BRIDGE" 2>/dev/null
-for c in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do
+ip link del "$NODE_BRIDGE" 2>/dev/null # with it, the routes to the nodes' pods
+for c in /sys/fs/cgroup/*/"$CGROUP_ROOT" /sys/fs/cgroup/*/"$CGROUP_ROOT"-*; do
 	[ -d "$c" ] || continue
 	find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
 done
@@ -88,13 +106,20 @@ for ipt in iptables ip6tables; do
 		done
 	done
 done
+# cluster-up's own rules: the nodes' network closed to other interfaces, and routed.
+iptables -D INPUT -d "$NODE_NET.0/24" -j BERTH-NODES-IN 2>/dev/null
+iptables -F BERTH-NODES-IN 2>/dev/null && iptables -X BERTH-NODES-IN
+iptables -D FORWARD -i "$NODE_BRIDGE" -j ACCEPT 2>/dev/null
+iptables -D FORWARD -o "$NODE_BRIDGE" -j ACCEPT 2>/dev/null
 
 step "Restoring sysctls and removing the cluster's state"
 if [ -f "$CLUSTER_DIR/sysctls.saved" ]; then
 	sed 's/ = /=/' "$CLUSTER_DIR/sysctls.saved" | while read -r kv; do sysctl -q -w "$kv" 2>/dev/null; done
 fi
-# Loop devices of image pools in Berth's default location.
-losetup -nO NAME,BACK-FILE 2>/dev/null | awk '$2 ~ "^/var/lib/berth/" {print $1}' | while read -r dev; do losetup -d "$dev"; done
+# Loop devices of image pools in Berth's default location, and the further nodes'
+# disks (both detach themselves once unmounted everywhere: this catches the rest).
+losetup -nO NAME,BACK-FILE 2>/dev/null | awk -v n="$CLUSTER_DIR/nodes/" '$2 ~ "^/var/lib/berth/" || index($2, n) == 1 {print $1}' |
+	while read -r dev; do losetup -d "$dev"; done
 created_kubelet=0 created_berth=0
 [ -f "$CLUSTER_DIR/created-kubelet-dir" ] && created_kubelet=1
 [ -f "$CLUSTER_DIR/created-var-lib-berth" ] && created_berth=1

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Brings up a single-node Kubernetes cluster on this machine from the Go module proxy
-# and Debian packages alone: etcd, containerd, the control plane and a kubelet (node
-# name "localhost"), every component on 127.0.0.1, images imported locally (a missing
-# image fails at once: nothing is ever pulled). Idempotent: a component already running
-# is left alone. hack/cluster-down.sh undoes everything.
+# Brings up a Kubernetes cluster of NODES nodes (default 3) on this machine from the Go
+# module proxy and Debian packages alone: etcd, the control plane and a kubelet with its
+# containerd on this machine (node "localhost"), and NODES-1 further nodes
+# ("berth-node-2", ...), each a kubelet with a containerd of its own in namespaces of
+# its own (hack/cluster-node.sh), on a bridge where this machine is 10.89.0.1 (the API
+# server's address) and node i is 10.89.0.i. Images are imported locally into every
+# node (a missing image fails at once: nothing is ever pulled). Idempotent: a component
+# or node already running is left alone, and a second run with a larger NODES adds
+# nodes. hack/cluster-down.sh undoes everything.
 #   KUBECONFIG=/var/lib/berth-cluster/admin.kubeconfig
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +27,8 @@ fi
 echo "      $free_gb GB free, $need_gb GB needed"
 
 step "Installing Debian packages (only those missing)"
-pkgs=(etcd-server containerd runc containernetworking-plugins busybox-static umoci skopeo iptables conntrack openssl)
+pkgs=(etcd-server containerd runc containernetworking-plugins busybox-static umoci skopeo iptables conntrack openssl
+	xfsprogs glusterfs-server glusterfs-client)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -39,6 +44,25 @@ make -C "$root" --no-print-directory build >/dev/null
 "$here/images.sh" all >/dev/null
 
 mkdir -p "$CLUSTER_DIR"/{run,logs,pki,cni}
+step "The nodes' network: bridge $NODE_BRIDGE, this machine at $API_ADDR"
+if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+	ip link add "$NODE_BRIDGE" type bridge
+	ip addr add "$API_ADDR/24" dev "$NODE_BRIDGE"
+fi
+ip link set "$NODE_BRIDGE" up
+# The API server and the kubelets listen on the bridge's addresses: only the bridge
+# and this machine itself may reach them, never another interface.
+if ! iptables -n -L BERTH-NODES-IN >/dev/null 2>&1; then
+	iptables -N BERTH-NODES-IN
+	iptables -A BERTH-NODES-IN -i lo -j RETURN
+	iptables -A BERTH-NODES-IN -i "$NODE_BRIDGE" -j RETURN
+	iptables -A BERTH-NODES-IN -j DROP
+fi
+iptables -C INPUT -d "$NODE_NET.0/24" -j BERTH-NODES-IN 2>/dev/null || iptables -I INPUT -d "$NODE_NET.0/24" -j BERTH-NODES-IN
+# Node traffic is routed by this machine (pods of one node reach those of another).
+iptables -C FORWARD -i "$NODE_BRIDGE" -j ACCEPT 2>/dev/null || iptables -I FORWARD -i "$NODE_BRIDGE" -j ACCEPT
+iptables -C FORWARD -o "$NODE_BRIDGE" -j ACCEPT 2>/dev/null || iptables -I FORWARD -o "$NODE_BRIDGE" -j ACCEPT
+
 step "Certificates"
 pki=$CLUSTER_DIR/pki
 if [ ! -f "$pki/admin.crt" ]; then
@@ -46,7 +70,7 @@ if [ ! -f "$pki/admin.crt" ]; then
 	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 30 -subj /CN=berth-cluster-ca 2>/dev/null
 	openssl genrsa -out sa.key 2048 2>/dev/null; openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 	cat > apiserver.ext <<EXT
-subjectAltName=IP:127.0.0.1,IP:${SERVICE_CIDR%0/24}1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,IP:$API_ADDR,IP:${SERVICE_CIDR%0/24}1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth
 EXT
 	openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver 2>/dev/null
@@ -60,7 +84,7 @@ apiVersion: v1
 kind: Config
 clusters:
 - name: berth
-  cluster: {server: "https://127.0.0.1:6443", certificate-authority: $pki/ca.crt}
+  cluster: {server: "https://$API_ADDR:6443", certificate-authority: $pki/ca.crt}
 users:
 - name: admin
   user: {client-certificate: $pki/admin.crt, client-key: $pki/admin.key}
@@ -70,6 +94,18 @@ contexts:
 current-context: berth
 KC
 
+# import_images SOCK STAMP: every image of $BERTH_CACHE/images into a node's containerd,
+# but those STAMP lists as imported already (by name, size and modification time).
+import_images() {
+	local a key
+	touch "$2"
+	for a in "$BERTH_CACHE"/images/*.tar; do
+		key=$(stat -c '%n %s %Y' "$a")
+		grep -qxF "$key" "$2" && continue
+		ctr --address "$1" -n k8s.io images import --no-unpack=false "$a" >/dev/null
+		echo "$key" >> "$2"
+	done
+}
 # start NAME CMD...: runs CMD in the background with its log and PID file, unless running.
 start() {
 	local name=$1; shift
@@ -89,6 +125,37 @@ wait_for() {
 	exit 1
 }
 
+# start_node I: the further node I in namespaces of its own, on the bridge, with its
+# images (a node already running is left alone, its images completed).
+start_node() {
+	local i=$1 name addr init parent
+	name=$(node_name "$i") addr=$(node_addr "$i")
+	if ! running "node-$name"; then
+		mkdir -p "$(node_dir "$name")"
+		[ -e "/run/netns/$name" ] || ip netns add "$name"
+		if ! ip -n "$name" link show eth0 >/dev/null 2>&1; then
+			ip link add "bn$i" type veth peer name eth0 netns "$name"
+			ip link set "bn$i" master "$NODE_BRIDGE" up
+			ip -n "$name" addr add "$addr/24" dev eth0
+			ip -n "$name" link set eth0 up
+			ip -n "$name" route add default via "$API_ADDR"
+		fi
+		ip route replace "$(pod_cidr "$i")" via "$addr"
+		nohup nsenter --net="/run/netns/$name" unshare --pid --fork --mount --uts --propagation slave --mount-proc \
+			"$here/cluster-node.sh" "$name" "$i" >"$CLUSTER_DIR/logs/$name.log" 2>&1 </dev/null &
+		parent=$!
+		for _ in $(seq 50); do
+			init=$(pgrep -P "$parent" | head -1 || true)
+			[ -n "$init" ] && break
+			sleep 0.1
+		done
+		[ -n "$init" ] || return 1
+		echo "$init" > "$(pidfile "node-$name")"
+	fi
+	for _ in $(seq 100); do [ -S "$(node_sock "$name")" ] && break; sleep 0.2; done
+	import_images "$(node_sock "$name")" "$(node_dir "$name")/imported"
+}
+
 step "Saving sysctls and starting etcd"
 [ -f "$CLUSTER_DIR/sysctls.saved" ] || sysctl -e "${SAVED_SYSCTLS[@]}" > "$CLUSTER_DIR/sysctls.saved"
 start etcd etcd --name berth --data-dir "$CLUSTER_DIR/etcd" \
@@ -101,7 +168,8 @@ step "Preparing the kubelet root and cgroups"
 # Directories cluster-down may delete only if this script created them.
 [ -e "$KUBELET_DIR" ] || touch "$CLUSTER_DIR/created-kubelet-dir"
 [ -e /var/lib/berth ] || touch "$CLUSTER_DIR/created-var-lib-berth"
-mkdir -p "$KUBELET_DIR"
+[ -e /var/lib/berth-adopt ] || touch "$CLUSTER_DIR/created-adopt-root"
+mkdir -p "$KUBELET_DIR" /var/lib/berth /var/lib/berth-adopt
 if ! findmnt -n --mountpoint "$KUBELET_DIR" >/dev/null; then
 	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
 fi
@@ -119,20 +187,9 @@ done
 
 step "Starting containerd (no registry: a missing image fails at once)"
 mkdir -p "$CONTAINERD_RUN" "$CLUSTER_DIR/containerd"
-cat > "$CLUSTER_DIR/cni/10-berth.conflist" <<CNI
-{"cniVersion": "1.0.0", "name": "berth", "plugins": [
-  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}],
-            "dataDir": "$CLUSTER_DIR/cni-ipam"}},
-  {"type": "loopback"}]}
-CNI
-mirrors=""
-for r in docker.io registry.k8s.io gcr.io quay.io ghcr.io registry-1.docker.io; do
-	mirrors+="    [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"$r\"]
-      endpoint = [\"http://127.0.0.1:1\"]
-"
-done
-cat > "$CLUSTER_DIR/containerd/config.toml" <<TOML
+write_cni_conf "$CLUSTER_DIR/cni" "$(pod_cidr 1)"
+write_containerd_conf "$CLUSTER_DIR/containerd/config.toml" "$CLUSTER_DIR/containerd/root" \
+	"$CONTAINERD_RUN/state" "$CONTAINERD_SOCK" "$CLUSTER_DIR/cni"
 version = 2
 root = "$CLUSTER_DIR/containerd/root"
 state = "$CONTAINERD_RUN/state"
@@ -184,21 +241,19 @@ fi
 wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
 
 step "Importing images"
-for a in "$BERTH_CACHE"/images/*.tar; do
-	ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$a" >/dev/null
-done
+import_images "$CONTAINERD_SOCK" "$CLUSTER_DIR/containerd/imported"
 ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -v '^sha256:' | sed 's/^/      /'
 
 step "Starting the control plane"
 start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
-	--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port 6443 \
+	--bind-address "$API_ADDR" --advertise-address "$API_ADDR" --secure-port 6443 \
 	--endpoint-reconciler-type none --service-cluster-ip-range "$SERVICE_CIDR" \
 	--client-ca-file "$pki/ca.crt" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
 	--authorization-mode Node,RBAC --allow-privileged=true \
 	--kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
-	--kubelet-preferred-address-types Hostname
+	--kubelet-preferred-address-types InternalIP
 wait_for kube-apiserver 90 kc get --raw /readyz
 start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$KUBECONFIG_FILE" \
 	--authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
@@ -211,37 +266,25 @@ start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$KUBECONFIG_FILE" \
 	--bind-address 127.0.0.1 --leader-elect=false
 
 step "Starting the kubelet (node \"localhost\")"
-cat > "$CLUSTER_DIR/kubelet.yaml" <<YAML
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: 127.0.0.1
-healthzBindAddress: 127.0.0.1
-readOnlyPort: 0
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: false}
-  x509: {clientCAFile: $pki/ca.crt}
-authorization: {mode: AlwaysAllow}
-cgroupDriver: cgroupfs
-cgroupRoot: /$CGROUP_ROOT
-cgroupsPerQOS: true
-failCgroupV1: false
-failSwapOn: false
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
-# The images are local only: never collect them.
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
-serializeImagePulls: false
-maxPods: 250
-podPidsLimit: -1
-resolvConf: /etc/resolv.conf
-YAML
-start kubelet "$K8S_BIN/kubelet" --config "$CLUSTER_DIR/kubelet.yaml" --kubeconfig "$KUBECONFIG_FILE" \
-	--root-dir "$KUBELET_DIR" --hostname-override localhost -v 2
+write_kubelet_conf "$CLUSTER_DIR/kubelet.yaml" "$API_ADDR" "$CGROUP_ROOT" "$CONTAINERD_SOCK"
+read -r -a kubelet_cmd <<<"$(kubelet_args localhost "$API_ADDR" "$CLUSTER_DIR/kubelet.yaml")"
+start kubelet "${kubelet_cmd[@]}"
 wait_for "node localhost" 120 kc get node localhost
 kc wait --for=condition=Ready node/localhost --timeout=120s >/dev/null
 kc get --raw /readyz >/dev/null
+
+if [ "$NODES" -gt 1 ]; then
+	step "Starting $((NODES - 1)) further node(s) (hack/cluster-node.sh), importing their images"
+	for i in $(seq 2 "$NODES"); do start_node "$i" & done
+	wait
+	for i in $(seq 2 "$NODES"); do
+		running "node-$(node_name "$i")" || { echo "cluster-up: node $(node_name "$i") did not start; see $CLUSTER_DIR/logs" >&2; exit 1; }
+	done
+	for i in $(seq 2 "$NODES"); do wait_for "node $(node_name "$i")" 120 kc get node "$(node_name "$i")"; done
+	kc wait --for=condition=Ready node --all --timeout=180s >/dev/null
+	step "The shared pool: GlusterFS across the nodes (hack/cluster-gluster.sh)"
+	"$here/cluster-gluster.sh"
+fi
 
 step "Snapshot CRDs and the snapshot-controller (external-snapshotter $SNAPSHOTTER_VERSION)"
 # From the Go module cache (the sidecars' build put them there): nothing is pulled.

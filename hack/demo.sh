@@ -5,7 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-"$here/cluster-up.sh"
+# One node is enough to show it (NODES=3 make demo for the cluster of make e2e).
+NODES=${NODES:-1} "$here/cluster-up.sh"
 source "$here/cluster-lib.sh"
 helm=$BERTH_CACHE/tools/helm-$HELM_VERSION
 export KUBECONFIG=$KUBECONFIG_FILE

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make e2e: brings up the local cluster if it is not up, installs Berth from
+# make e2e: brings up the local cluster if it is not up (NODES nodes, 3 by default), installs Berth from
 # charts/berth (hack/cluster-values.yaml + hack/e2e-values.yaml), runs Berth's own
 # end-to-end tests (test/e2e; BERTH_E2E_BERTH=0 skips them), then the Kubernetes
 # external storage suite against test/e2e/testdriver.yaml (BERTH_E2E_EXTERNAL=0 skips
@@ -10,7 +10,7 @@ root=$(cd "$here/.." && pwd)
 "$here/cluster-up.sh"
 source "$here/cluster-lib.sh"
 helm=$BERTH_CACHE/tools/helm-$HELM_VERSION
-export KUBECONFIG=$KUBECONFIG_FILE BERTH_KUBECTL=$K8S_BIN/kubectl BERTH_E2E=1
+export KUBECONFIG=$KUBECONFIG_FILE BERTH_KUBECTL=$K8S_BIN/kubectl BERTH_E2E=1 BERTH_CLUSTER_DIR=$CLUSTER_DIR
 # The shared-pool test upgrades the release with a GlusterFS pool and restores it.
 export BERTH_HELM=$helm
 t0=$(date +%s) step_name=""
@@ -19,8 +19,6 @@ logs=$root/_output/e2e
 rm -rf "$logs"; mkdir -p "$logs"
 
 step "helm install berth with the e2e pools"
-[ -e /var/lib/berth-adopt ] || touch "$CLUSTER_DIR/created-adopt-root"
-mkdir -p /var/lib/berth-adopt
 "$helm" upgrade --install berth "$root/charts/berth" -n kube-system \
 	-f "$here/cluster-values.yaml" -f "$here/e2e-values.yaml" --wait --timeout 3m >/dev/null
 kc -n kube-system rollout status ds/berth-node --timeout=120s >/dev/null

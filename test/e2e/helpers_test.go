@@ -17,6 +17,11 @@ const (
 	driverNS    = "kube-system"
 	nodeDS      = "berth-node"
 	defaultPool = "/var/lib/berth/default"
+	// thisNode is the node whose kubelet runs on this machine (hack/cluster-up.sh):
+	// its pools and the volumes' mounts are this machine's own.
+	thisNode = "localhost"
+	// onThisNode selects thisNode's pods (the node plugin's, say).
+	onThisNode = "--field-selector=spec.nodeName=" + thisNode
 )
 
 // cluster gives a test its own namespace, removed (with its claims) at cleanup.
@@ -138,14 +143,24 @@ spec:
 %s`, name, class, mode, size, extra)
 }
 
-// podOn is a busybox pod running script with claim mounted at /data.
+// podOn is a busybox pod running script with claim mounted at /data, on thisNode:
+// the tests that look at a volume's host directory or mounts run there.
 func podOn(name, claim, script, restart string) string {
+	return podOnNode(name, thisNode, claim, script, restart)
+}
+
+// podOnNode is podOn on the given node ("" lets the scheduler choose).
+func podOnNode(name, node, claim, script, restart string) string {
+	sel := ""
+	if node != "" {
+		sel = fmt.Sprintf("\n  nodeSelector: {kubernetes.io/hostname: %s}", node)
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: %s}
 spec:
   restartPolicy: %s
-  terminationGracePeriodSeconds: 1
+  terminationGracePeriodSeconds: 1%s
   containers:
   - name: main
     image: %s
@@ -155,7 +170,7 @@ spec:
   volumes:
   - name: data
     persistentVolumeClaim: {claimName: %s}
-`, name, restart, busybox, quote(script), claim)
+`, name, restart, sel, busybox, quote(script), claim)
 }
 
 func quote(s string) string {

@@ -20,30 +20,41 @@ import (
 const (
 	sharedPoolName = "shared"
 	sharedClass    = "berth-shared"
-	// sharedMount is where the host mounts the GlusterFS volume: an operator-mounted
-	// shared pool, seen by the driver pods through its parent directory.
-	sharedMount = "/var/lib/berth-shared/e2e"
+	// clusterShared is where every node of hack/cluster-up.sh mounts the cluster's
+	// GlusterFS volume (bricks on nodes 2 and 3: hack/cluster-gluster.sh).
+	clusterShared = "/var/lib/berth-shared/cluster"
+	// testShared is where a one-node cluster's test mounts a GlusterFS volume of its
+	// own (a glusterd on 127.0.0.2): an operator-mounted shared pool, seen by the
+	// driver pods through its parent directory.
+	testShared = "/var/lib/berth-shared/e2e"
 )
 
-// A shared pool on a real GlusterFS volume mounted on the host: the chart adds the
+// A shared pool on a real GlusterFS volume mounted on the host, and so on every node
+// (each node's /var/lib/berth-shared is a slave of this machine's): the chart adds the
 // controller Deployment, whose provisioner alone binds the shared class's claims
-// (Immediate); two pods share a ReadWriteMany claim; node-local claims keep working
-// beside the Deployment and are deleted from the host when their claims go.
+// (Immediate); two pods on two nodes share a ReadWriteMany claim and see each other's
+// writes (the delay is logged); node-local claims keep working beside the Deployment
+// and are deleted from the host when their claims go.
 func TestSharedPoolController(t *testing.T) {
 	c := setup(t)
 	helm := os.Getenv("BERTH_HELM")
 	if helm == "" {
 		t.Skip("needs BERTH_HELM, the helm binary make e2e uses, to add a shared pool to the release")
 	}
-	// The pods see the pool through its parent, HostToContainer, which needs the
-	// parent on a shared mount (systemd makes / one; hack/cluster-up.sh prepares it).
-	if !isSharedMount(t, filepath.Dir(sharedMount)) {
-		t.Skipf("%s is not a shared mount point: hack/cluster-up.sh prepares it", filepath.Dir(sharedMount))
+	sharedMount := clusterShared
+	if m, err := mounter.At(clusterShared); err != nil || m == nil || m.FSType != "fuse.glusterfs" {
+		// The pods see the pool through its parent, HostToContainer, which needs the
+		// parent on a shared mount (systemd makes / one; hack/cluster-up.sh prepares it).
+		if !isSharedMount(t, filepath.Dir(testShared)) {
+			t.Skipf("%s is not a shared mount point: hack/cluster-up.sh prepares it", filepath.Dir(testShared))
+		}
+		g := testutil.StartGluster(t)
+		t.Cleanup(func() { _ = os.Remove(testShared) }) // empty once unmounted
+		g.Mount(t, testShared)
+		sharedMount = testShared
 	}
-	g := testutil.StartGluster(t)
-	t.Cleanup(func() { _ = os.Remove(sharedMount) }) // empty once unmounted
-	g.Mount(t, sharedMount)
-	c.withSharedPool(helm)
+	t.Logf("shared pool at %s", sharedMount)
+	c.withSharedPool(helm, sharedMount)
 
 	// The claim binds before any pod asks for it: the class binds Immediate, and only
 	// the central provisioner takes Immediate claims.
@@ -62,14 +73,29 @@ func TestSharedPoolController(t *testing.T) {
 		t.Errorf("the controller Deployment's driver did not create %s; its log:\n%s", handle, logs)
 	}
 
-	// Two pods on the one ReadWriteMany claim at once: one writes, the other reads it.
-	c.apply(podOn("writer", "shared", "echo from-writer > /data/f && sync && sleep 3600", "Never"))
-	c.apply(podOn("reader", "shared", "until [ -s /data/f ]; do sleep 0.2; done; cat /data/f; sleep 3600", "Never"))
+	// Two pods on the one ReadWriteMany claim at once, on two nodes where the cluster
+	// has them: one writes, the other reads it, and the other way round.
+	nodes := c.nodes()
+	readerNode := nodes[len(nodes)-1]
+	c.apply(podOnNode("writer", thisNode, "shared", sharedWriterScript, "Never"))
+	c.apply(podOnNode("reader", readerNode, "shared", sharedReaderScript, "Never"))
 	c.waitReady("writer", 2*time.Minute)
 	c.waitReady("reader", 2*time.Minute)
 	c.waitFor("reader sees the writer's file", time.Minute, func() bool {
 		out, _ := c.try("logs", "reader")
-		return out == "from-writer\n"
+		return strings.HasPrefix(out, "from-writer\n")
+	})
+	c.waitFor("reader sees the writer's last write", time.Minute, func() bool {
+		out, _ := c.try("logs", "reader")
+		return strings.Contains(out, fmt.Sprintf("seen %d ", visibilityWrites))
+	})
+	delays := visibilityDelays(t, c.kubectl("logs", "reader"))
+	t.Logf("writes on %s seen on %s through GlusterFS: %d of %d seen (polling every 10 ms), delay median %v, max %v",
+		thisNode, readerNode, len(delays), visibilityWrites, median(delays), maxOf(delays))
+	c.kubectl("exec", "reader", "--", "sh", "-c", "echo from-reader > /data/back")
+	c.waitFor("writer sees the reader's file", time.Minute, func() bool {
+		out, _ := c.try("exec", "writer", "--", "cat", "/data/back")
+		return out == "from-reader\n"
 	})
 	dir := c.hostPathOf("shared", sharedMount)
 	if b, err := os.ReadFile(filepath.Join(dir, "data", "f")); err != nil || string(b) != "from-writer\n" {
@@ -94,13 +120,61 @@ func TestSharedPoolController(t *testing.T) {
 	}
 }
 
-// withSharedPool upgrades the Berth release with a shared pool at sharedMount and a
-// class for it, and rolls the release back at cleanup (registered after the caller's
-// mount, so it runs before the unmount): the Deployment goes, and the node pods
-// restart without the pool before its filesystem does. A rollback, not an upgrade
-// with the old values: after a failed upgrade, helm diffs an upgrade against the
-// last successful release and would leave the failed one's objects in place.
-func (c *cluster) withSharedPool(helm string) {
+// visibilityWrites is how many timestamped writes the writer pod makes, 0.5 s apart.
+const visibilityWrites = 20
+
+// The writer writes "from-writer", then visibilityWrites lines "N <ns since epoch>",
+// each replacing the last by a rename; the reader prints each new one it sees with
+// the time it saw it. The nodes share this machine's clock.
+var (
+	sharedWriterScript = fmt.Sprintf(`echo from-writer > /data/f && sync
+i=0; while [ $i -lt %d ]; do i=$((i+1)); echo "$i $(date +%%s%%N)" > /data/w.tmp && mv /data/w.tmp /data/w; sleep 0.5; done
+sleep 3600`, visibilityWrites)
+	sharedReaderScript = `until [ -s /data/f ]; do usleep 10000; done; cat /data/f
+last=""; while true; do v=$(cat /data/w 2>/dev/null); if [ -n "$v" ] && [ "$v" != "$last" ]; then echo "seen $v $(date +%s%N)"; last=$v; fi; usleep 10000; done`
+)
+
+// visibilityDelays parses the reader's "seen N written-ns seen-ns" lines.
+func visibilityDelays(t *testing.T, log string) []time.Duration {
+	t.Helper()
+	var d []time.Duration
+	for _, l := range strings.Split(log, "\n") {
+		f := strings.Fields(l)
+		if len(f) != 4 || f[0] != "seen" {
+			continue
+		}
+		w, err1 := strconv.ParseInt(f[2], 10, 64)
+		r, err2 := strconv.ParseInt(f[3], 10, 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("reader line %q: want nanoseconds (busybox date +%%s%%N)", l)
+		}
+		d = append(d, time.Duration(r-w))
+	}
+	if len(d) == 0 {
+		t.Fatalf("the reader saw none of the writes:\n%s", log)
+	}
+	return d
+}
+
+// withSharedPool upgrades the Berth release with a shared pool at path and a
+// class for it (withValues: rolled back at cleanup, which runs before the caller's
+// unmount, so the node pods restart without the pool before its filesystem goes).
+func (c *cluster) withSharedPool(helm, path string) {
+	c.withValues(helm, func(values map[string]any) {
+		pools, _ := values["pools"].([]any)
+		values["pools"] = append(pools, map[string]any{"name": sharedPoolName, "path": path, "kind": "shared"})
+		classes, _ := values["storageClasses"].([]any)
+		values["storageClasses"] = append(classes, map[string]any{
+			"name": sharedClass, "pool": sharedPoolName, "reclaimPolicy": "Delete", "allowVolumeExpansion": true, "parameters": map[string]any{},
+		})
+	})
+}
+
+// withValues upgrades the Berth release with its values changed by edit, and rolls
+// the release back at cleanup. A rollback, not an upgrade with the old values: after
+// a failed upgrade, helm diffs an upgrade against the last successful release and
+// would leave the failed one's objects in place.
+func (c *cluster) withValues(helm string, edit func(values map[string]any)) {
 	t := c.t
 	t.Helper()
 	var status struct {
@@ -114,18 +188,13 @@ func (c *cluster) withSharedPool(helm string) {
 	if err := yaml.Unmarshal([]byte(saved), &values); err != nil {
 		t.Fatalf("helm get values: %v\n%s", err, saved)
 	}
-	pools, _ := values["pools"].([]any)
-	values["pools"] = append(pools, map[string]any{"name": sharedPoolName, "path": sharedMount, "kind": "shared"})
-	classes, _ := values["storageClasses"].([]any)
-	values["storageClasses"] = append(classes, map[string]any{
-		"name": sharedClass, "pool": sharedPoolName, "reclaimPolicy": "Delete", "allowVolumeExpansion": true, "parameters": map[string]any{},
-	})
-	withShared, err := yaml.Marshal(values)
+	edit(values)
+	edited, err := yaml.Marshal(values)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sharedFile := filepath.Join(t.TempDir(), "shared.yaml")
-	if err := os.WriteFile(sharedFile, withShared, 0o600); err != nil {
+	file := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(file, edited, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -139,9 +208,11 @@ func (c *cluster) withSharedPool(helm string) {
 		}
 	})
 	chart := filepath.Join("..", "..", "charts", "berth")
-	c.helm(helm, "upgrade", "berth", chart, "-n", driverNS, "--reset-values", "-f", sharedFile, "--wait", "--timeout", "3m")
+	c.helm(helm, "upgrade", "berth", chart, "-n", driverNS, "--reset-values", "-f", file, "--wait", "--timeout", "3m")
 	c.kubectlNS(driverNS, "rollout", "status", "ds/"+nodeDS, "--timeout=2m")
-	c.kubectlNS(driverNS, "rollout", "status", "deploy/berth-controller", "--timeout=2m")
+	if _, ok := values["pools"]; ok && strings.Contains(string(edited), "kind: shared") {
+		c.kubectlNS(driverNS, "rollout", "status", "deploy/berth-controller", "--timeout=2m")
+	}
 }
 
 // isSharedMount reports whether dir is a mount point with shared propagation.

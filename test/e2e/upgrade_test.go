@@ -216,12 +216,12 @@ func (c *cluster) saveRelease(helm string) release {
 	return r
 }
 
-// nodePod is the name of the one node pod, once it runs image and is Ready.
+// nodePod is the name of thisNode's node pod, once it runs image and is Ready.
 func (c *cluster) nodePod(image string) string {
 	c.t.Helper()
 	var name string
 	c.waitFor("node pod with "+image, 2*time.Minute, func() bool {
-		out, _ := c.tryNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=node", "-o",
+		out, _ := c.tryNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=node", onThisNode, "-o",
 			`jsonpath={range .items[*]}{.metadata.name} {.spec.containers[?(@.name=="berth")].image} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
 		f := strings.Fields(out)
 		if len(f) != 3 || f[1] != image || f[2] != "True" {

@@ -58,10 +58,10 @@ func TestNodePluginRestart(t *testing.T) {
 	c.apply(pvc("data", "berth", "64Mi", "Filesystem"))
 	c.apply(podOn("app", "data", "while true; do date >> /data/log; sleep 0.2; done", "Always"))
 	c.waitReady("app", 2*time.Minute)
-	old := strings.TrimSpace(c.kubectlNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=node", "-o", "jsonpath={.items[0].metadata.name}"))
+	old := strings.TrimSpace(c.kubectlNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=node", onThisNode, "-o", "jsonpath={.items[0].metadata.name}"))
 	c.kubectlNS(driverNS, "delete", "pod", old, "--wait=true")
 	c.waitFor("a new node plugin pod ready", 3*time.Minute, func() bool {
-		out, _ := c.tryNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=node", "-o",
+		out, _ := c.tryNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=node", onThisNode, "-o",
 			`jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
 		for _, l := range strings.Split(out, "\n") {
 			if f := strings.Fields(l); len(f) == 2 && f[0] != old && f[1] == "True" {
