@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,18 +28,6 @@ const (
 )
 
 // benchCount reads a count from the environment, def when unset.
-func benchCount(t *testing.T, env string, def int) int {
-	v := os.Getenv(env)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		t.Fatalf("%s=%q: want a positive count", env, v)
-	}
-	return n
-}
-
 // figures prints each measurement as "figure: NAME VALUE UNIT" on stdout (for scripts)
 // and in the test log, and keeps it for the ratios.
 type figures map[string]float64

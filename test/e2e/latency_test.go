@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
 // TestPVCToRunningLatency measures, on the cluster, Berth beside rancher's
@@ -26,7 +28,8 @@ func TestPVCToRunningLatency(t *testing.T) {
 	if os.Getenv("BERTH_E2E_BENCH") != "1" || os.Getenv("BERTH_E2E") != "1" {
 		t.Skip("measurement on the cluster: run with BERTH_E2E=1 BERTH_E2E_BENCH=1 (make e2e-bench)")
 	}
-	serial, n := benchCount(t, "BERTH_BENCH_SERIAL", 20), benchCount(t, "BERTH_BENCH_CLAIMS", 200)
+	serial := testutil.EnvInt(t, "BERTH_BENCH_SERIAL", 20, 1)
+	n := testutil.EnvInt(t, "BERTH_BENCH_CLAIMS", 200, 1)
 	figs := figures{}
 	for _, s := range benchSubjects {
 		t.Run(s.name, func(t *testing.T) { benchSubjectRun(t, s, serial, n, figs) })
