@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -83,17 +81,6 @@ spec:
 	return pvc(name, s.class, "64Mi", "Filesystem") + "---\n" + pod
 }
 
-// kubectlBare runs kubectl with no namespace flag, for manifests that name their own.
-func kubectlBare(args ...string) (string, error) {
-	cmd := exec.Command(kubectlPath(), args...)
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return out.String(), nil
-}
-
 // ensureLocalPath installs local-path-provisioner from its manifest unless the
 // StorageClass "local-path" exists, and removes it at cleanup once its volumes are gone.
 // Call it before setup, so that the namespace (and its claims) go first.
@@ -128,11 +115,7 @@ func ensureLocalPath(t *testing.T) {
 // where apply makes two, so that the client adds less to what is measured.
 func (c *cluster) create(manifest string) {
 	c.t.Helper()
-	cmd := exec.Command(kubectlPath(), "-n", c.ns, "create", "-f", "-")
-	cmd.Stdin = strings.NewReader(manifest)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		c.t.Fatalf("create: %v\n%s", err, out)
-	}
+	c.fromManifest("create", manifest)
 }
 
 // pvsOfClass counts the PVs of a StorageClass, -1 when kubectl fails.
