@@ -10,9 +10,11 @@
 #   registry.k8s.io/e2e-test-images/nginx:1.27.0-2     the same busybox (the suite only runs shells in it)
 #   registry.k8s.io/e2e-test-images/agnhost:2.66.1     busybox + agnhost built from k8s.io/kubernetes
 #   registry.k8s.io/sig-storage/csi-*                  the sidecars built by hack/k8s-tools/build.sh
+#   docker.io/rancher/local-path-provisioner:v0.0.30   its binary built by build.sh local-path (make e2e-bench)
 #   $BERTH_IMAGE                                       bin/csi-driver + hack/image-packages.txt (as the Dockerfile)
 #
-# Usage: hack/images.sh [berth|all]  (default all). Prints the archives' paths.
+# Usage: hack/images.sh [berth|local-path|all]  (default all). Prints the archives' paths.
+# local-path builds local-path-provisioner's image and the busybox its helper pods run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -36,7 +38,7 @@ mkimage() {
 	umoci unpack --image "$oci:img" "$bundle" >/dev/null
 	cp -a "$rootfs/." "$bundle/rootfs/"
 	umoci repack --image "$oci:img" "$bundle"
-	local args=()
+	local args=() a  # a is local: callers keep their own $a (an archive path) across mkimage
 	for a in "$@"; do args+=(--config.entrypoint "$a"); done
 	umoci config --image "$oci:img" --architecture amd64 --os linux \
 		--config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${args[@]}"
@@ -67,20 +69,39 @@ busyboxroot() {
 	ln -sfn ../bin "$r/usr/bin"; ln -sfn bin "$r/sbin"; ln -sfn ../bin "$r/usr/sbin"
 }
 
+build_busybox_images() {
+	[ -x /bin/busybox ] || { echo "images.sh: /bin/busybox missing (busybox-static)" >&2; exit 1; }
+	[ -f "$out/busybox-1.37.0-2.tar" ] && return 0
+	busyboxroot "$work/busybox"
+	mkimage registry.k8s.io/e2e-test-images/busybox:1.37.0-2 "$out/busybox-1.37.0-2.tar" "$work/busybox" /bin/sh
+	mkimage registry.k8s.io/e2e-test-images/nginx:1.27.0-2 "$out/nginx-1.27.0-2.tar" "$work/busybox" /bin/sh
+}
+
+# local-path-provisioner as upstream's package/Dockerfile lays it out (the binary at
+# /usr/bin/local-path-provisioner, run by name), on the minimal root instead of alpine:
+# it is a static Go binary that needs no file of the image (it talks to the API with
+# the service account's CA, and its helper pods run in the busybox image).
+build_local_path_image() {
+	local bin=$BERTH_CACHE/tools/local-path-provisioner-$LOCAL_PATH_VERSION
+	local a=$out/local-path-provisioner-$LOCAL_PATH_VERSION.tar
+	build_busybox_images
+	[ -f "$a" ] && return 0
+	[ -x "$bin" ] || { echo "images.sh: $bin missing (hack/k8s-tools/build.sh local-path)" >&2; exit 1; }
+	baseroot "$work/local-path"
+	mkdir -p "$work/local-path/usr/bin"
+	cp "$bin" "$work/local-path/usr/bin/local-path-provisioner"
+	mkimage "docker.io/rancher/local-path-provisioner:$LOCAL_PATH_VERSION" "$a" "$work/local-path" \
+		/usr/bin/local-path-provisioner
+}
+
 build_static_images() {
 	local k8s=$BERTH_CACHE/k8s-$K8S_VERSION sc=$BERTH_CACHE/sidecars-$SIDECARS_KEY pause=$BERTH_CACHE/pause-$PAUSE_KEY
-	[ -x /bin/busybox ] || { echo "images.sh: /bin/busybox missing (busybox-static)" >&2; exit 1; }
 	local a=$out/pause-$PAUSE_KEY.tar
 	if [ ! -f "$a" ]; then
 		mkdir -p "$work/pause"; cp "$pause/pause" "$work/pause/pause"
 		mkimage registry.k8s.io/pause:3.10.2 "$a" "$work/pause" /pause
 	fi
-	a=$out/busybox-1.37.0-2.tar
-	if [ ! -f "$a" ]; then
-		busyboxroot "$work/busybox"
-		mkimage registry.k8s.io/e2e-test-images/busybox:1.37.0-2 "$a" "$work/busybox" /bin/sh
-		mkimage registry.k8s.io/e2e-test-images/nginx:1.27.0-2 "$out/nginx-1.27.0-2.tar" "$work/busybox" /bin/sh
-	fi
+	build_busybox_images
 	a=$out/agnhost-2.66.1-$K8S_VERSION.tar
 	if [ ! -f "$a" ]; then
 		busyboxroot "$work/agnhost"; cp "$k8s/agnhost" "$work/agnhost/agnhost"
@@ -119,6 +140,7 @@ build_berth_image() {
 
 case "${1:-all}" in
 berth) build_berth_image ;;
-all) build_static_images; build_berth_image ;;
-*) echo "usage: $0 [berth|all]" >&2; exit 2 ;;
+local-path) build_local_path_image ;;
+all) build_static_images; build_local_path_image; build_berth_image ;;
+*) echo "usage: $0 [berth|local-path|all]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,8 @@
 #   $BERTH_CACHE/tools/helm-<version>
 #   $BERTH_CACHE/tools/ginkgo-<version>   the CLI that runs e2e.test in parallel, at the
 #                                   version e2e.test is built with
-# Usage: build.sh [kubernetes|sidecars|pause|helm|ginkgo|all]   (default all)
+#   $BERTH_CACHE/tools/local-path-provisioner-<version>   rancher's, for make e2e-bench
+# Usage: build.sh [kubernetes|sidecars|pause|helm|ginkgo|local-path|all]   (default all)
 #        build.sh ginkgo-path      prints where the ginkgo CLI is (or will be)
 # A target is built only when its stamp file is missing; each is built into a temporary
 # directory and renamed into place, so an interrupted build leaves nothing half-made.
@@ -27,9 +28,13 @@ if [ "${1:-}" = ginkgo-path ]; then echo "$BERTH_CACHE/tools/ginkgo-$(ginkgo_ver
 
 step() { echo "[$(date +%T)] $*"; }
 
-# One build at a time (a second caller waits, then finds the stamps).
+# One build at a time (a second caller waits, then finds the stamps). local-path alone
+# has a lock of its own: a few minutes' build need not wait behind a cold Kubernetes
+# build (30-40 min) holding the shared lock. An `all` building it at the same time only
+# repeats the work: each build goes to its own temporary GOBIN, renamed into place.
 mkdir -p "$BERTH_CACHE"
-exec 9>"$BERTH_CACHE/.build.lock"
+if [ "${1:-all}" = local-path ]; then exec 9>"$BERTH_CACHE/.build-local-path.lock"
+else exec 9>"$BERTH_CACHE/.build.lock"; fi
 flock 9
 
 build_kubernetes() {
@@ -68,16 +73,16 @@ build_pause() {
 	touch "$tmp/.done"; rm -rf "$pause_dir"; mv "$tmp" "$pause_dir"
 }
 
-# go_install_tool BIN PACKAGE@VERSION: go install into a temporary GOBIN, then rename
-# the binary to BIN (name-version), unless BIN is there already.
+# go_install_tool BIN PACKAGE@VERSION [GO FLAGS...]: go install into a temporary GOBIN,
+# then rename the binary to BIN (name-version), unless BIN is there already.
 go_install_tool() {
-	local bin=$1 pkg=$2
+	local bin=$1 pkg=$2; shift 2
 	[ -x "$bin" ] && return 0
 	step "building ${pkg##*/}"
 	mkdir -p "$BERTH_CACHE/tools"
 	local tmp name=${pkg##*/}; name=${name%@*}
 	tmp=$(mktemp -d "$BERTH_CACHE/tools/$name-build.XXXXXX")
-	GOBIN=$tmp go install "$pkg"
+	GOBIN=$tmp go install "$@" "$pkg"
 	mv "$tmp/$name" "$bin"; rmdir "$tmp"
 }
 
@@ -88,12 +93,21 @@ build_ginkgo() {
 	go_install_tool "$BERTH_CACHE/tools/ginkgo-$v" "github.com/onsi/ginkgo/v2/ginkgo@$v"
 }
 
+# local-path-provisioner has no replace directives, so go install @version builds it from
+# the module proxy; its own scripts/build sets main.VERSION the same way.
+build_local_path() {
+	go_install_tool "$BERTH_CACHE/tools/local-path-provisioner-$LOCAL_PATH_VERSION" \
+		"github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION" \
+		-ldflags "$ldflags -X main.VERSION=$LOCAL_PATH_VERSION"
+}
+
 case "${1:-all}" in
 kubernetes) build_kubernetes ;;
 sidecars) build_sidecars ;;
 pause) build_pause ;;
 helm) build_helm ;;
 ginkgo) build_ginkgo ;;
-all) build_pause; build_helm; build_ginkgo; build_sidecars; build_kubernetes ;;
-*) echo "usage: $0 [kubernetes|sidecars|pause|helm|ginkgo|all]" >&2; exit 2 ;;
+local-path) build_local_path ;;
+all) build_pause; build_helm; build_ginkgo; build_local_path; build_sidecars; build_kubernetes ;;
+*) echo "usage: $0 [kubernetes|sidecars|pause|helm|ginkgo|local-path|all]" >&2; exit 2 ;;
 esac

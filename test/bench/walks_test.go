@@ -36,7 +36,7 @@ func TestWalks(t *testing.T) {
 	if os.Getenv("BERTH_BENCH_WALKS") == "" {
 		t.Skip("a benchmark: set BERTH_BENCH_WALKS=1 to run it")
 	}
-	depth, links := envInt(t, "BERTH_BENCH_WALKS_DEPTH", 100_000), envInt(t, "BERTH_BENCH_WALKS_LINKS", 1_000_000)
+	depth, links := testutil.EnvInt(t, "BERTH_BENCH_WALKS_DEPTH", 100_000, 2), testutil.EnvInt(t, "BERTH_BENCH_WALKS_LINKS", 1_000_000, 2)
 	mnt := testutil.MountFS(t, testutil.XFSPlain, 8<<30)
 
 	// deep: a chain of depth directories. flat: as many directories side by
@@ -181,19 +181,6 @@ func walkChild(t *testing.T, op, dir string) (ns, rssKiB float64, out string) {
 	}
 	t.Fatalf("%s %s: no time printed:\n%s", op, dir, stdout.String())
 	return 0, 0, ""
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 2 {
-		t.Fatalf("%s=%q: want a number of at least 2", name, v)
-	}
-	return n
 }
 
 // buildChain makes depth nested directories "d" under dir.

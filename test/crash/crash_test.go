@@ -29,7 +29,7 @@ const (
 // start-up reconciliation left no half-built or half-deleted volume.
 func TestCrashConsistency(t *testing.T) {
 	testutil.RequireRoot(t)
-	rounds := envInt(t, "BERTH_CRASH_ROUNDS", 8)
+	rounds := testutil.EnvInt(t, "BERTH_CRASH_ROUNDS", 8, 1)
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("BERTH_CRASH_SEED"); v != "" {
 		var err error
@@ -291,17 +291,4 @@ func entries(t *testing.T, dir string) []string {
 		paths[i] = filepath.Join(dir, de.Name())
 	}
 	return paths
-}
-
-func envInt(t *testing.T, key string, def int) int {
-	t.Helper()
-	v := os.Getenv(key)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		t.Fatalf("%s=%q: want a positive integer", key, v)
-	}
-	return n
 }

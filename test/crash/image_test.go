@@ -44,7 +44,7 @@ var killChance = map[string]float64{
 // minute).
 func TestCrashImageStaging(t *testing.T) {
 	testutil.RequireRoot(t)
-	rounds := envInt(t, "BERTH_IMAGE_CRASH_ROUNDS", 120)
+	rounds := testutil.EnvInt(t, "BERTH_IMAGE_CRASH_ROUNDS", 120, 1)
 	seed := crashSeed(t)
 	t.Logf("seed %d (set BERTH_CRASH_SEED to repeat the choices), %d kills", seed, rounds)
 

@@ -99,7 +99,7 @@ type matrixRun struct {
 // BERTH_MATRIX_KILLS sets the number of kills (default 40).
 func TestCrashMatrix(t *testing.T) {
 	testutil.RequireRoot(t)
-	kills := envInt(t, "BERTH_MATRIX_KILLS", 40)
+	kills := testutil.EnvInt(t, "BERTH_MATRIX_KILLS", 40, 1)
 	seed := crashSeed(t)
 	t.Logf("seed %d (set BERTH_CRASH_SEED to repeat the choices), %d kills", seed, kills)
 

@@ -61,11 +61,16 @@ func kubectlPath() string {
 
 // try runs kubectl in the test's namespace and returns its output and error.
 func (c *cluster) try(args ...string) (string, error) {
-	cmd := exec.Command(kubectlPath(), append([]string{"-n", c.ns}, args...)...)
+	return kubectlBare(append([]string{"-n", c.ns}, args...)...)
+}
+
+// kubectlBare runs kubectl with no namespace flag (for manifests that name their own)
+// and returns its output and error.
+func kubectlBare(args ...string) (string, error) {
+	cmd := exec.Command(kubectlPath(), args...)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
-	err := cmd.Run()
-	if err != nil {
+	if err := cmd.Run(); err != nil {
 		return out.String(), fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return out.String(), nil
@@ -83,10 +88,16 @@ func (c *cluster) kubectl(args ...string) string {
 // apply creates the objects in manifest in the test's namespace.
 func (c *cluster) apply(manifest string) {
 	c.t.Helper()
-	cmd := exec.Command(kubectlPath(), "-n", c.ns, "apply", "-f", "-")
+	c.fromManifest("apply", manifest)
+}
+
+// fromManifest runs kubectl verb (apply, create) on manifest in the test's namespace.
+func (c *cluster) fromManifest(verb, manifest string) {
+	c.t.Helper()
+	cmd := exec.Command(kubectlPath(), "-n", c.ns, verb, "-f", "-")
 	cmd.Stdin = strings.NewReader(manifest)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		c.t.Fatalf("apply: %v\n%s\n%s", err, out, manifest)
+		c.t.Fatalf("%s: %v\n%s\n%s", verb, err, out, manifest)
 	}
 }
 

@@ -7,55 +7,79 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-csi/berth/internal/testutil"
 )
 
-// TestPVCToRunningLatency measures, on the cluster, the time from a claim and its pod
-// being created to the pod Running: one at a time (median of 20), then 100 at once.
-// It measures, it does not assert timing: run with BERTH_E2E_BENCH=1 (make e2e-bench);
-// the figures go to docs/benchmarks.md by hand.
+// TestPVCToRunningLatency measures, on the cluster, Berth beside rancher's
+// local-path-provisioner and beside pods with an emptyDir (no provisioner: the limit),
+// each in a namespace of its own:
+//   - serial: a claim and its pod created -> the pod Running, one at a time
+//     (BERTH_BENCH_SERIAL, 20): median;
+//   - run: BERTH_BENCH_CLAIMS (200) claims with their pods created at once, placed by
+//     the scheduler: until all are Running, and the median and p90 per pod;
+//   - delete: all of them deleted -> every pod, claim and volume gone, host
+//     directories included.
+//
+// It installs local-path-provisioner (test/e2e/local-path) when it is missing and
+// removes it afterwards. It measures, it does not assert timing: run with
+// BERTH_E2E_BENCH=1 (make e2e-bench); the "figure:" lines go to docs/benchmarks.md.
 func TestPVCToRunningLatency(t *testing.T) {
-	if os.Getenv("BERTH_E2E_BENCH") != "1" {
-		t.Skip("measurement: run with BERTH_E2E_BENCH=1")
+	if os.Getenv("BERTH_E2E_BENCH") != "1" || os.Getenv("BERTH_E2E") != "1" {
+		t.Skip("measurement on the cluster: run with BERTH_E2E=1 BERTH_E2E_BENCH=1 (make e2e-bench)")
+	}
+	serial := testutil.EnvInt(t, "BERTH_BENCH_SERIAL", 20, 1)
+	n := testutil.EnvInt(t, "BERTH_BENCH_CLAIMS", 200, 1)
+	figs := figures{}
+	for _, s := range benchSubjects {
+		t.Run(s.name, func(t *testing.T) { benchSubjectRun(t, s, serial, n, figs) })
+	}
+	run := fmt.Sprintf("run%d-all-running-", n)
+	figs.ratio(t, fmt.Sprintf("run%d-berth-over-emptydir", n), run+"berth", run+"emptydir")
+	figs.ratio(t, fmt.Sprintf("run%d-local-path-over-berth", n), run+"local-path", run+"berth")
+}
+
+// benchSubjectRun measures one subject in a namespace of its own.
+func benchSubjectRun(t *testing.T, s benchSubject, serial, n int, figs figures) {
+	if s.name == "local-path" {
+		ensureLocalPath(t)
 	}
 	c := setup(t)
-	const sleeper = "sleep 3600"
+	poolBefore := berthVolumes()
 
-	var serial []time.Duration
-	for i := range 20 {
-		name := fmt.Sprintf("s%d", i)
-		start := time.Now()
-		c.apply(pvc(name, "berth", "64Mi", "Filesystem") + "---\n" + podOn(name, name, sleeper, "Never"))
-		c.waitPhase(name, "Running", 2*time.Minute)
-		serial = append(serial, time.Since(start))
-	}
-	t.Logf("one at a time, 20 claims: median %v, min %v, max %v", median(serial), minOf(serial), maxOf(serial))
+	d := c.serialRuns(s, serial)
+	t.Logf("%s, one at a time, %d pods: median %v, min %v, max %v", s.name, serial, median(d), minOf(d), maxOf(d))
+	figs.add(t, fmt.Sprintf("serial%d-median-%s", serial, s.name), median(d))
+	c.deleteAll(s, poolBefore, bulkTimeout(serial)) // not measured: a clean start for the run
 
 	var b strings.Builder
-	for i := range 100 {
-		name := fmt.Sprintf("c%d", i)
-		b.WriteString(pvc(name, "berth", "64Mi", "Filesystem") + "---\n" + podOn(name, name, sleeper, "Never") + "---\n")
+	for i := range n {
+		b.WriteString(benchObjects(s, fmt.Sprintf("c%d", i)) + "---\n")
 	}
 	start := time.Now()
-	c.apply(b.String())
-	running := map[string]time.Duration{}
-	c.waitFor("100 pods Running", 10*time.Minute, func() bool {
-		out, _ := c.try("get", "pods", "-o", `jsonpath={range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}`)
-		now := time.Since(start)
-		for _, l := range strings.Split(out, "\n") {
-			if f := strings.Fields(l); len(f) == 2 && strings.HasPrefix(f[0], "c") && f[1] == "Running" {
-				if _, ok := running[f[0]]; !ok {
-					running[f[0]] = now
-				}
-			}
-		}
-		return len(running) == 100
-	})
-	var all []time.Duration
-	for _, d := range running {
-		all = append(all, d)
+	c.create(b.String())
+	all := c.runningTimes(start, n, bulkTimeout(n))
+	c.placement()
+	figs.add(t, fmt.Sprintf("run%d-all-running-%s", n, s.name), maxOf(all))
+	figs.add(t, fmt.Sprintf("run%d-median-%s", n, s.name), median(all))
+	figs.add(t, fmt.Sprintf("run%d-p90-%s", n, s.name), pct(all, 0.9))
+
+	figs.add(t, fmt.Sprintf("delete%d-all-gone-%s", n, s.name), c.deleteAll(s, poolBefore, bulkTimeout(n)))
+}
+
+// serialRuns creates count pods (with their claims) one at a time, each once the one
+// before is Running, and returns the time each took to be Running.
+func (c *cluster) serialRuns(s benchSubject, count int) []time.Duration {
+	c.t.Helper()
+	var d []time.Duration
+	for i := range count {
+		name := fmt.Sprintf("s%d", i)
+		start := time.Now()
+		c.create(benchObjects(s, name))
+		c.waitPhase(name, "Running", 3*time.Minute)
+		d = append(d, time.Since(start))
 	}
-	t.Logf("100 claims at once: all Running after %v; per pod median %v, p90 %v",
-		maxOf(all), median(all), pct(all, 0.9))
+	return d
 }
 
 func sorted(d []time.Duration) []time.Duration {

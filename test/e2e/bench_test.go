@@ -1,0 +1,249 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The subjects of TestPVCToRunningLatency: Berth, rancher's local-path-provisioner
+// (test/e2e/local-path) and, as the limit no provisioner can beat, the same pods with
+// an emptyDir instead of a claim.
+type benchSubject struct {
+	name  string // in the figures' names
+	class string // the claims' StorageClass; "" for an emptyDir and no claim
+}
+
+var benchSubjects = []benchSubject{{"berth", "berth"}, {"local-path", "local-path"}, {"emptydir", ""}}
+
+const (
+	localPathManifest = "local-path/local-path-storage.yaml"
+	localPathNS       = "local-path-storage"
+	localPathRoot     = "/var/lib/berth-lp" // its config.json's path on every node
+)
+
+// benchCount reads a count from the environment, def when unset.
+// figures prints each measurement as "figure: NAME VALUE UNIT" on stdout (for scripts)
+// and in the test log, and keeps it for the ratios.
+type figures map[string]float64
+
+func (f figures) add(t *testing.T, name string, d time.Duration) {
+	t.Helper()
+	f[name] = d.Seconds()
+	line := fmt.Sprintf("figure: %s %.2f s", name, d.Seconds())
+	fmt.Println(line)
+	t.Log(line)
+}
+
+// ratio prints num/den, both figures in seconds, when both were measured.
+func (f figures) ratio(t *testing.T, name, num, den string) {
+	t.Helper()
+	n, okN := f[num]
+	d, okD := f[den]
+	if !okN || !okD || d == 0 {
+		t.Logf("figure %s not computed: %s or %s missing", name, num, den)
+		return
+	}
+	line := fmt.Sprintf("figure: %s %.2f x", name, n/d)
+	fmt.Println(line)
+	t.Log(line)
+}
+
+// benchObjects is the manifest of one measured pod, with its claim unless the subject
+// is the emptyDir. The pod has no nodeSelector: the scheduler places it.
+func benchObjects(s benchSubject, name string) string {
+	volume := "emptyDir: {}"
+	if s.class != "" {
+		volume = "persistentVolumeClaim: {claimName: " + name + "}"
+	}
+	pod := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: %s
+    imagePullPolicy: IfNotPresent
+    command: ["/bin/sh", "-c", "sleep 3600"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    %s
+`, name, busybox, volume)
+	if s.class == "" {
+		return pod
+	}
+	return pvc(name, s.class, "64Mi", "Filesystem") + "---\n" + pod
+}
+
+// ensureLocalPath installs local-path-provisioner from its manifest unless the
+// StorageClass "local-path" exists, and removes it at cleanup once its volumes are gone.
+// Call it before setup, so that the namespace (and its claims) go first.
+func ensureLocalPath(t *testing.T) {
+	t.Helper()
+	if _, err := kubectlBare("get", "storageclass", "local-path", "-o", "name"); err == nil {
+		t.Log("local-path-provisioner already installed: using it as it is")
+		return
+	}
+	if out, err := kubectlBare("apply", "-f", localPathManifest); err != nil {
+		t.Fatalf("installing local-path-provisioner: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		// Deleting the provisioner first would strand its volumes (reclaim Delete).
+		for deadline := time.Now().Add(5 * time.Minute); pvsOfClass("local-path") != 0; time.Sleep(time.Second) {
+			if time.Now().After(deadline) {
+				t.Errorf("local-path volumes left after 5 minutes: removing the provisioner anyway")
+				break
+			}
+		}
+		if out, err := kubectlBare("delete", "-f", localPathManifest, "--wait=true", "--timeout=120s"); err != nil {
+			t.Errorf("removing local-path-provisioner: %v\n%s", err, out)
+		}
+	})
+	if out, err := kubectlBare("-n", localPathNS, "rollout", "status", "deploy/local-path-provisioner", "--timeout=120s"); err != nil {
+		t.Fatalf("local-path-provisioner not ready (its image and busybox come from hack/images.sh local-path, "+
+			"imported by hack/cluster-up.sh): %v\n%s", err, out)
+	}
+}
+
+// create creates the objects in manifest in the namespace: one request per object,
+// where apply makes two, so that the client adds less to what is measured.
+func (c *cluster) create(manifest string) {
+	c.t.Helper()
+	c.fromManifest("create", manifest)
+}
+
+// pvsOfClass counts the PVs of a StorageClass, -1 when kubectl fails.
+func pvsOfClass(class string) int {
+	out, err := kubectlBare("get", "pv", "-o", `jsonpath={range .items[*]}{.spec.storageClassName}{"\n"}{end}`)
+	if err != nil {
+		return -1
+	}
+	return countLines(out, class)
+}
+
+// countLines counts the lines of out equal to want.
+func countLines(out, want string) int {
+	n := 0
+	for _, l := range strings.Split(out, "\n") {
+		if l == want {
+			n++
+		}
+	}
+	return n
+}
+
+// objects counts the objects kubectl get lists in the namespace, -1 when it fails.
+func (c *cluster) objects(kinds string) int {
+	out, err := c.try("get", kinds, "-o", "name")
+	if err != nil {
+		return -1
+	}
+	return len(strings.Fields(out))
+}
+
+// pvsOfNamespace counts the PVs bound (or once bound) to claims of the namespace.
+func (c *cluster) pvsOfNamespace() int {
+	out, err := kubectlBare("get", "pv", "-o", `jsonpath={range .items[*]}{.spec.claimRef.namespace}{"\n"}{end}`)
+	if err != nil {
+		return -1
+	}
+	return countLines(out, c.ns)
+}
+
+// berthVolumes counts the volumes in Berth's default pool on this node, with the
+// deleted ones still in its trash (a deletion renames a volume there and purges it in
+// the background, where local-path's teardown removes it before its PV goes), or -1
+// when the pool cannot be read (the test then does not wait on it).
+func berthVolumes() int {
+	v, err := os.ReadDir(filepath.Join(defaultPool, "volumes"))
+	if err != nil {
+		return -1
+	}
+	trash, _ := os.ReadDir(filepath.Join(defaultPool, "trash"))
+	return len(v) + len(trash)
+}
+
+// localPathLeft counts what local-path-provisioner still holds for the namespace: its
+// helper pods, and its directories (<pv>_<namespace>_<claim>) visible on this node.
+func (c *cluster) localPathLeft() int {
+	out, err := kubectlBare("-n", localPathNS, "get", "pods", "-o", "name")
+	if err != nil {
+		return -1
+	}
+	n := strings.Count(out, "pod/helper-pod-")
+	dirs, _ := filepath.Glob(filepath.Join(localPathRoot, "*_"+c.ns+"_*"))
+	return n + len(dirs)
+}
+
+// deleteAll deletes the namespace's pods and claims and waits until everything is gone:
+// the pods, the claims, their PVs and, for the provisioners, their host directories
+// (Berth: its pool on this node, trash included, back to poolBefore volumes or fewer; local-path: its helper
+// pods done and its directories removed). It returns the time taken.
+func (c *cluster) deleteAll(s benchSubject, poolBefore int, timeout time.Duration) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	c.kubectl("delete", "pods,pvc", "--all", "--wait=false")
+	c.waitFor("pods, claims, volumes and their directories gone", timeout, func() bool {
+		if c.objects("pods,pvc") != 0 || c.pvsOfNamespace() != 0 {
+			return false
+		}
+		switch s.name {
+		case "berth":
+			return poolBefore < 0 || berthVolumes() <= poolBefore
+		case "local-path":
+			return c.localPathLeft() == 0
+		}
+		return true
+	})
+	return time.Since(start)
+}
+
+// runningTimes polls the namespace's pods until n are Running and returns, for each,
+// the time from start to when it was first seen Running.
+func (c *cluster) runningTimes(start time.Time, n int, timeout time.Duration) []time.Duration {
+	c.t.Helper()
+	running := map[string]time.Duration{}
+	c.waitFor(fmt.Sprintf("%d pods Running", n), timeout, func() bool {
+		out, _ := c.try("get", "pods", "-o", `jsonpath={range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}`)
+		now := time.Since(start)
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			if len(f) != 2 {
+				continue
+			}
+			if f[1] == "Failed" {
+				c.t.Fatalf("pod %s failed", f[0])
+			}
+			if _, seen := running[f[0]]; !seen && f[1] == "Running" {
+				running[f[0]] = now
+			}
+		}
+		return len(running) == n
+	})
+	all := make([]time.Duration, 0, n)
+	for _, d := range running {
+		all = append(all, d)
+	}
+	return all
+}
+
+// placement logs how many of the namespace's pods each node runs.
+func (c *cluster) placement() {
+	out, _ := c.try("get", "pods", "-o", `jsonpath={range .items[*]}{.spec.nodeName}{"\n"}{end}`)
+	perNode := map[string]int{}
+	for _, n := range strings.Fields(out) {
+		perNode[n]++
+	}
+	c.t.Logf("pods per node: %v", perNode)
+}
+
+// bulkTimeout allows 6 s per pod, at least 10 minutes.
+func bulkTimeout(n int) time.Duration {
+	return max(10*time.Minute, time.Duration(n)*6*time.Second)
+}
