@@ -73,4 +73,3 @@ func (f *fixture) hasCap(t *testing.T, c csi.ControllerServiceCapability_RPC_Typ
 	}
 	return false
 }
-
