@@ -133,13 +133,9 @@ func (p *Pool) Modify(ctx context.Context, hash string, params map[string]string
 	if err := p.Health(); err != nil {
 		return nil, p.notServed(err)
 	}
-	if err := p.usable(ctx); err != nil {
-		return nil, fmt.Errorf("modify volume %s: %w", hash, err)
-	}
-	// Shared pools: every node may be asked (none has mutable parameters yet).
-	l, err := p.tryLock(volumeLock(hash))
+	l, err := p.lockRecord(ctx, "modify", hash)
 	if err != nil {
-		return nil, fmt.Errorf("modify volume %s: %w", hash, err)
+		return nil, err
 	}
 	defer l.unlock()
 	r, err := p.get(hash)
