@@ -9,21 +9,26 @@ import (
 )
 
 // lockRecord takes the lock of a committed volume whose record op is about to
-// rewrite. Shared pools: every node holding the volume may be asked, so the lock is
-// the pool's file lock, and temp files a crashed writer left beside the record are
-// removed under it.
-func (p *Pool) lockRecord(ctx context.Context, op, hash string) (*fileLock, error) {
+// rewrite, and returns the record. Shared pools: every node holding the volume may be
+// asked, so the lock is the pool's file lock, and temp files a crashed writer left
+// beside the record are removed under it.
+func (p *Pool) lockRecord(ctx context.Context, op, hash string) (*fileLock, *Record, error) {
 	if err := p.usable(ctx); err != nil {
-		return nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
+		return nil, nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
 	}
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {
-		return nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
+		return nil, nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
 	}
 	if p.Shared() {
 		removeStaleTemps(p.VolumeDir(hash)) // ours to remove, under the lock
 	}
-	return l, nil
+	r, err := p.get(hash)
+	if err != nil {
+		l.unlock()
+		return nil, nil, err
+	}
+	return l, r, nil
 }
 
 // Expand grows a committed volume to requiredBytes (at most limitBytes when set).
@@ -31,15 +36,11 @@ func (p *Pool) lockRecord(ctx context.Context, op, hash string) (*fileLock, erro
 // current size again is success, and still lets the backend finish an expansion a
 // crash interrupted. The caller holds the volume's lock.
 func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitBytes int64) (*Record, error) {
-	l, err := p.lockRecord(ctx, "expand", hash)
+	l, r, err := p.lockRecord(ctx, "expand", hash)
 	if err != nil {
 		return nil, err
 	}
 	defer l.unlock()
-	r, err := p.get(hash)
-	if err != nil {
-		return nil, err
-	}
 	switch {
 	case requiredBytes < 0 || limitBytes < 0:
 		return nil, fmt.Errorf("capacity_range must not be negative: %w", ErrInvalid)

@@ -133,15 +133,11 @@ func (p *Pool) Modify(ctx context.Context, hash string, params map[string]string
 	if err := p.Health(); err != nil {
 		return nil, p.notServed(err)
 	}
-	l, err := p.lockRecord(ctx, "modify", hash)
+	l, r, err := p.lockRecord(ctx, "modify", hash)
 	if err != nil {
 		return nil, err
 	}
 	defer l.unlock()
-	r, err := p.get(hash)
-	if err != nil {
-		return nil, err
-	}
 	if err := p.CheckMutable(params); err != nil {
 		return nil, fmt.Errorf("modify volume %s: %w", r.ID, err)
 	}
