@@ -4,6 +4,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/locks"
@@ -38,13 +39,19 @@ var capabilities = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 }
 
-// ControllerGetCapabilities lists exactly what this controller implements.
+// ControllerGetCapabilities lists exactly what this controller implements: MODIFY_VOLUME
+// only when some pool's kind has mutable parameters.
 func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	out := make([]*csi.ControllerServiceCapability, 0, len(capabilities))
-	for _, c := range capabilities {
+	caps := capabilities
+	if s.engine.Modifiable() {
+		caps = append(slices.Clip(caps), csi.ControllerServiceCapability_RPC_MODIFY_VOLUME)
+	}
+	out := make([]*csi.ControllerServiceCapability, 0, len(caps))
+	for _, c := range caps {
 		out = append(out, &csi.ControllerServiceCapability{
 			Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}},
 		})

@@ -96,3 +96,17 @@ func (s *Server) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest)
 	}
 	return resp, nil
 }
+
+// GetSnapshot reports one snapshot with the fields ListSnapshots gives it, also while
+// it is being copied (ready_to_use false). An empty ID or one that is not even a
+// valid name is InvalidArgument; an ID that names no snapshot here is NotFound.
+func (s *Server) GetSnapshot(_ context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if err := checkID("snapshot_id", req.GetSnapshotId()); err != nil {
+		return nil, err
+	}
+	snap, err := s.engine.Snapshot(req.GetSnapshotId())
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	return &csi.GetSnapshotResponse{Snapshot: toCSI(snap)}, nil
+}

@@ -346,6 +346,10 @@ func TestRestoreNotReady(t *testing.T) {
 	if e := list.GetEntries(); len(e) != 1 || e[0].GetSnapshot().GetReadyToUse() {
 		t.Fatalf("ListSnapshots during the copy: %v, want the snapshot, not ready", e)
 	}
+	got, err := f.srv.GetSnapshot(context.Background(), &csi.GetSnapshotRequest{SnapshotId: snap.GetSnapshotId()})
+	if wantCode(t, err, codes.OK); got.GetSnapshot().GetReadyToUse() {
+		t.Fatal("GetSnapshot during the copy: ready, want not ready")
+	}
 
 	f.snapshot(t, "snap", src, false)
 	restored, err := f.createCopied(t, "restored", "p", 1<<30, fromSnapshot(snap.GetSnapshotId()))

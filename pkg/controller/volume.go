@@ -58,10 +58,12 @@ func (s *Server) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		LimitBytes:    req.GetCapacityRange().GetLimitBytes(),
 		Capabilities:  caps,
 		Parameters:    params,
-		Source:        source,
-		Node:          s.nodeID,
-		Requisite:     requisite,
-		Claim:         claimOf(req.GetParameters()),
+		// Sidecar-added keys (--extra-modify-metadata) are not Berth's.
+		MutableParameters: ownParams(req.GetMutableParameters()),
+		Source:            source,
+		Node:              s.nodeID,
+		Requisite:         requisite,
+		Claim:             claimOf(req.GetParameters()),
 	})
 	if err != nil {
 		return nil, csierr.Status(err)

@@ -8,27 +8,39 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Expand grows a committed volume to requiredBytes (at most limitBytes when set).
-// Asking for less than the volume has is ErrOutOfRange (no shrinking); asking for the
-// current size again is success, and still lets the backend finish an expansion a
-// crash interrupted. The caller holds the volume's lock.
-func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitBytes int64) (*Record, error) {
+// lockRecord takes the lock of a committed volume whose record op is about to
+// rewrite, and returns the record. Shared pools: every node holding the volume may be
+// asked, so the lock is the pool's file lock, and temp files a crashed writer left
+// beside the record are removed under it.
+func (p *Pool) lockRecord(ctx context.Context, op, hash string) (*fileLock, *Record, error) {
 	if err := p.usable(ctx); err != nil {
-		return nil, fmt.Errorf("expand volume %s: %w", hash, err)
+		return nil, nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
 	}
-	// Shared pools: every node holding the volume may be asked to expand it.
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {
-		return nil, fmt.Errorf("expand volume %s: %w", hash, err)
+		return nil, nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
 	}
-	defer l.unlock()
 	if p.Shared() {
 		removeStaleTemps(p.VolumeDir(hash)) // ours to remove, under the lock
 	}
 	r, err := p.get(hash)
 	if err != nil {
+		l.unlock()
+		return nil, nil, err
+	}
+	return l, r, nil
+}
+
+// Expand grows a committed volume to requiredBytes (at most limitBytes when set).
+// Asking for less than the volume has is ErrOutOfRange (no shrinking); asking for the
+// current size again is success, and still lets the backend finish an expansion a
+// crash interrupted. The caller holds the volume's lock.
+func (p *Pool) Expand(ctx context.Context, hash string, requiredBytes, limitBytes int64) (*Record, error) {
+	l, r, err := p.lockRecord(ctx, "expand", hash)
+	if err != nil {
 		return nil, err
 	}
+	defer l.unlock()
 	switch {
 	case requiredBytes < 0 || limitBytes < 0:
 		return nil, fmt.Errorf("capacity_range must not be negative: %w", ErrInvalid)

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 	"sort"
 )
 
@@ -35,15 +36,13 @@ func (e *Engine) SnapshotsFrom(token string, f SnapshotFilter) ([]*Snapshot, err
 	}
 	var all []*Snapshot
 	if f.SnapshotID != "" {
-		if p, hash, err := e.ResolveSnapshot(f.SnapshotID); err == nil {
-			s, err := p.Snapshot(hash)
-			switch {
-			case err == nil:
-				all = append(all, s)
-			case errors.Is(err, ErrNotReady):
-				// Not "no such snapshot": its pool cannot be read now.
-				return nil, err
-			}
+		s, err := e.Snapshot(f.SnapshotID)
+		switch {
+		case err == nil:
+			all = append(all, s)
+		case errors.Is(err, ErrNotReady):
+			// Not "no such snapshot": its pool cannot be read now.
+			return nil, err
 		}
 	} else {
 		all = e.AllSnapshots()
@@ -55,4 +54,20 @@ func (e *Engine) SnapshotsFrom(token string, f SnapshotFilter) ([]*Snapshot, err
 		}
 	}
 	return kept, nil
+}
+
+// Snapshot returns one snapshot, committed or being copied, by ID: ErrNotFound when
+// no snapshot has that ID here (a harmless ID that is not Berth's included),
+// ErrInvalid for an ID that is not even a valid name, ErrNotReady for a shared pool
+// that cannot be read now.
+func (e *Engine) Snapshot(id string) (*Snapshot, error) {
+	p, hash, err := e.ResolveSnapshot(id)
+	if err != nil {
+		return nil, err
+	}
+	s, err := p.Snapshot(hash)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	return s, nil
 }

@@ -25,7 +25,10 @@ type ProvisionRequest struct {
 	// Parameters are the StorageClass parameters, all of them the pool's kind's;
 	// they are recorded with the volume, with the pool's name.
 	Parameters map[string]string
-	Source     *Source
+	// MutableParameters are CreateVolume's mutable_parameters, all of them mutable
+	// parameters of the pool's kind; they take precedence over Parameters.
+	MutableParameters map[string]string
+	Source            *Source
 	// Node is the node this engine serves; Requisite lists topologies (their
 	// segments), at least one of which must reach the volume (none: no constraint).
 	Node      string
@@ -78,6 +81,9 @@ func (e *Engine) Provision(ctx context.Context, p *Pool, req ProvisionRequest) (
 	if err := p.CheckParams(req.Parameters); err != nil {
 		return nil, err
 	}
+	if err := p.CheckMutable(req.MutableParameters); err != nil {
+		return nil, err
+	}
 	access, err := p.CheckCapabilities(req.Capabilities)
 	if err != nil {
 		return nil, err
@@ -115,7 +121,9 @@ func (e *Engine) Provision(ctx context.Context, p *Pool, req ProvisionRequest) (
 		FSType:        fsType,
 		Parameters:    params,
 		Source:        req.Source,
-		Claim:         req.Claim,
+		// Recorded only when given: a record without them reads as before.
+		MutableParameters: maps.Clone(req.MutableParameters),
+		Claim:             req.Claim,
 	})
 	if err != nil {
 		return nil, err

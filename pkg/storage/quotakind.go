@@ -46,16 +46,42 @@ func (quotaBackend) Check(_ context.Context, p *Pool) error {
 	return nil
 }
 
+// inodeLimit is the volume's inode limit: its mutable parameter when one was given,
+// else its StorageClass's; 0 when neither names one.
 func inodeLimit(r *Record) (uint64, error) {
-	v, ok := r.Parameters[ParamInodeLimit]
+	v, ok := r.param(ParamInodeLimit)
 	if !ok {
 		return 0, nil
 	}
+	return parseInodeLimit(v)
+}
+
+func parseInodeLimit(v string) (uint64, error) {
 	n, err := strconv.ParseUint(v, 10, 64)
 	if err != nil || n == 0 {
 		return 0, fmt.Errorf("parameter %s=%q must be a positive integer: %w", ParamInodeLimit, v, ErrInvalid)
 	}
 	return n, nil
+}
+
+// MutableParams: the inode limit may change after creation.
+func (quotaBackend) MutableParams() []string { return []string{ParamInodeLimit} }
+
+// CheckMutable refuses an inode limit that is not a positive integer.
+func (quotaBackend) CheckMutable(key, value string) error {
+	_, err := parseInodeLimit(value)
+	return err
+}
+
+// Modify sets the project's limits to those r records: its size and the inode limit
+// of its mutable parameters. Setting the same limits again is harmless; a limit below
+// the inodes in use stops new files, and removes none.
+func (quotaBackend) Modify(_ context.Context, p *Pool, r *Record, _ string) error {
+	inodes, err := inodeLimit(r)
+	if err != nil {
+		return err
+	}
+	return quota.SetLimits(p.cfg.Path, r.ProjectID, quota.Limits{BlockHardBytes: uint64(r.CapacityBytes), InodeHard: inodes})
 }
 
 func (quotaBackend) Build(ctx context.Context, p *Pool, r *Record, volDir string) error {

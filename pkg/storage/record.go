@@ -35,9 +35,12 @@ type Record struct {
 	AccessType    string            `json:"accessType"`
 	FSType        string            `json:"fsType,omitempty"`
 	Parameters    map[string]string `json:"parameters,omitempty"`
-	ContentSource *Source           `json:"contentSource,omitempty"`
-	Ephemeral     bool              `json:"ephemeral,omitempty"`
-	CreatedAt     time.Time         `json:"createdAt"`
+	// MutableParameters are the mutable parameters given at creation or set by
+	// ModifyVolume since (modify.go); they take precedence over Parameters.
+	MutableParameters map[string]string `json:"mutableParameters,omitempty"`
+	ContentSource     *Source           `json:"contentSource,omitempty"`
+	Ephemeral         bool              `json:"ephemeral,omitempty"`
+	CreatedAt         time.Time         `json:"createdAt"`
 	// ProjectID is the quota project of a quota-kind volume (0 when none).
 	ProjectID uint32 `json:"projectID,omitempty"`
 	// Claim is the PersistentVolumeClaim the volume was created for, when the
@@ -55,6 +58,7 @@ type Claim struct {
 func (r *Record) Clone() *Record {
 	c := *r
 	c.Parameters = maps.Clone(r.Parameters)
+	c.MutableParameters = maps.Clone(r.MutableParameters)
 	if r.ContentSource != nil {
 		s := *r.ContentSource
 		c.ContentSource = &s

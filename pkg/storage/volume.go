@@ -25,8 +25,10 @@ type CreateRequest struct {
 	AccessType    string
 	FSType        string
 	Parameters    map[string]string
-	Source        *Source
-	Ephemeral     bool
+	// MutableParameters are checked by the caller (Pool.CheckMutable); nil: none.
+	MutableParameters map[string]string
+	Source            *Source
+	Ephemeral         bool
 	// Claim is recorded with the volume; it is not part of the request's identity.
 	Claim *Claim
 }
@@ -53,7 +55,8 @@ func (req *CreateRequest) matches(r *Record) bool {
 	sameSource := (r.ContentSource == nil) == (req.Source == nil) &&
 		(r.ContentSource == nil || *r.ContentSource == *req.Source)
 	return r.Name == req.Name && fits && sameSource && r.AccessType == req.AccessType &&
-		r.FSType == req.FSType && r.Ephemeral == req.Ephemeral && maps.Equal(r.Parameters, req.Parameters)
+		r.FSType == req.FSType && r.Ephemeral == req.Ephemeral && maps.Equal(r.Parameters, req.Parameters) &&
+		maps.Equal(r.MutableParameters, req.MutableParameters)
 }
 
 func validVolumeName(name string, ephemeral bool) error {
@@ -142,7 +145,7 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	r := (&Record{
 		Version: recordVersion, ID: id, Name: req.Name, Pool: p.cfg.Name, CapacityBytes: size,
 		AccessType: req.AccessType, FSType: req.FSType, Parameters: req.Parameters,
-		ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
+		MutableParameters: req.MutableParameters, ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
 		Claim: req.Claim,
 	}).Clone()
 	if r.ContentSource != nil && !p.copyIsFast() {

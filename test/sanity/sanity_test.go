@@ -8,7 +8,10 @@
 //     false), so PUBLISH_UNPUBLISH_VOLUME is not advertised.
 //   - ControllerExpandVolume: expansion is node-only (docs/design.md, "Expansion"), so
 //     the controller does not advertise EXPAND_VOLUME; NodeExpandVolume specs run.
-//   - ModifyVolume, GetSnapshot and group snapshots: not implemented, not advertised.
+//   - ModifyVolume: advertised only by a driver with a pool whose kind has mutable
+//     parameters (quota: inodeLimit), so its specs run in the quota cases alone, where
+//     the kernel enforces project quotas (make quota-vm otherwise).
+//   - Group snapshots: Berth has no group controller service.
 //   - Node volume attach limit spec: TestNodeVolumeAttachLimit is left false because
 //     --max-volumes-per-node is 0 (no limit) here.
 //   - Specs for the other access type than the case's (mount or block).
@@ -156,6 +159,7 @@ func quotaCase(t *testing.T, fs testutil.FS) {
 	mnt := testutil.MountFS(t, fs, 1<<30)
 	run(t, []storage.PoolConfig{{Name: "q", Path: filepath.Join(mnt, "pool"), Kind: storage.KindQuota}}, func(c *sanity.TestConfig) {
 		c.TestVolumeExpandSize = 96 << 20
+		c.TestVolumeMutableParameters = map[string]string{storage.ParamInodeLimit: "1000"}
 	})
 }
 
