@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -184,7 +185,7 @@ type orphan struct {
 // between the unmount and here) is released as well when its record names this
 // node and nobody holds its lock. A volume deleted meanwhile has nothing to release.
 func (n *Node) release(ctx context.Context, p *Pool, id, hash string) error {
-	if !p.Shared() || len(n.e.Publications(id)) > 0 {
+	if !p.Shared() || n.publishedHere(id) {
 		return nil
 	}
 	n.claimMu.Lock()
@@ -220,6 +221,17 @@ func (n *Node) release(ctx context.Context, p *Pool, id, hash string) error {
 	}
 	klog.FromContext(ctx).V(4).Info("Single-node claim released", "volumeID", id, "nodeID", n.nodeID)
 	return nil
+}
+
+// publishedHere reports whether the table records a publication of volume id under
+// this node's kubelet directory.
+func (n *Node) publishedHere(id string) bool {
+	for _, pub := range n.e.Publications(id) {
+		if strings.HasPrefix(pub.TargetPath, n.kubeletDir+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseNew gives up a claim taken by an operation that then failed.
@@ -338,8 +350,28 @@ func unlockHolder(f *os.File) {
 	_ = f.Close()
 }
 
-// readHolder reads the volume's claim record: nil when there is none.
+// readHolder reads the volume's claim record: nil when there is none. Whether there
+// is one is read from a listing of the volume's directory: GlusterFS clients cache a
+// file's lookup and content for a second (md-cache, quick-read), so a record another
+// node has just removed or replaced can still be read through its name, while a
+// listing asks the bricks. The content of a record just replaced may still be the
+// one before; it only names a node in an answer.
 func readHolder(dir string) (*holder, error) {
+	d, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read claim record: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read claim record: %w", err)
+	}
+	if !slices.Contains(names, holderFile) {
+		return nil, nil
+	}
 	data, err := os.ReadFile(filepath.Join(dir, holderFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
