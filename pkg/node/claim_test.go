@@ -17,8 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// localSharedHost is one node of a shared pool on a local directory (a bind mount of
-// itself, as a shared pool must be a mount point) that every node of the test uses.
+// localSharedHost is one node of a shared pool on a local directory
+// (testutil.SharedDir) that every node of the test uses.
 func localSharedHost(t *testing.T, shared, nodeID string) *fixture {
 	t.Helper()
 	base := filepath.Join(filepath.Dir(shared), nodeID)
@@ -40,14 +40,7 @@ func localSharedHost(t *testing.T, shared, nodeID string) *fixture {
 // node-a (the spec's answer for a volume published at another node without a
 // MULTI_NODE capability); multi-node modes are never refused.
 func TestSingleNodeModeAcrossNodes(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir := testutil.ShortTempDir(t)
-	t.Cleanup(func() { testutil.UnmountTree(t, dir) })
-	shared := filepath.Join(dir, "shared")
-	if err := os.Mkdir(shared, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Run(t, "mount", "--bind", shared, shared)
+	_, shared := testutil.SharedDir(t)
 	a, b := localSharedHost(t, shared, "node-a"), localSharedHost(t, shared, "node-b")
 	r := a.createVolume(t, "pvc-claimed")
 	id := r.ID

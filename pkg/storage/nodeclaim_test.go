@@ -36,14 +36,7 @@ type claimEnv struct {
 func claimEnvs(t *testing.T) map[string]func(*testing.T) *claimEnv {
 	return map[string]func(*testing.T) *claimEnv{
 		"local directory": func(t *testing.T) *claimEnv {
-			testutil.RequireRoot(t)
-			base := testutil.ShortTempDir(t)
-			t.Cleanup(func() { testutil.UnmountTree(t, base) })
-			shared := filepath.Join(base, "shared")
-			if err := os.Mkdir(shared, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			testutil.Run(t, "mount", "--bind", shared, shared)
+			base, shared := testutil.SharedDir(t)
 			return &claimEnv{base: base, pool: func(string) storage.PoolConfig {
 				return storage.PoolConfig{Name: "sh", Path: shared, Kind: storage.KindShared}
 			}}
