@@ -56,8 +56,7 @@ type holder struct {
 
 // claim is a single-node claim this node holds: the locked holder.lock.
 type claim struct {
-	f    *os.File
-	mode AccessMode
+	f *os.File
 }
 
 // SingleNode reports a mode that keeps the volume on one node.
@@ -107,7 +106,7 @@ func (n *Node) claim(ctx context.Context, p *Pool, r *Record, mode AccessMode) (
 		return false, fmt.Errorf("claim volume %s: %w", id, err)
 	}
 	n.claimMu.Lock()
-	n.claims[id] = &claim{f: f, mode: mode}
+	n.claims[id] = &claim{f: f}
 	delete(n.orphans, id)
 	n.claimMu.Unlock()
 	klog.FromContext(ctx).V(4).Info("Single-node claim taken", "volumeID", id, "nodeID", n.nodeID, "mode", mode.String())
@@ -279,7 +278,6 @@ const (
 )
 
 func (n *Node) retake(ctx context.Context, id, dir string, h *holder) error {
-	mode := parseMode(h.Mode)
 	for range retakeTries {
 		f, locked, err := lockHolder(dir)
 		if err != nil {
@@ -292,7 +290,7 @@ func (n *Node) retake(ctx context.Context, id, dir string, h *holder) error {
 				return fmt.Errorf("its record changed while the lock was free: %v", err)
 			}
 			n.claimMu.Lock()
-			n.claims[id] = &claim{f: f, mode: mode}
+			n.claims[id] = &claim{f: f}
 			n.claimMu.Unlock()
 			klog.FromContext(ctx).V(2).Info("Single-node claim taken back", "volumeID", id, "nodeID", n.nodeID, "mode", h.Mode)
 			return nil
@@ -304,15 +302,6 @@ func (n *Node) retake(ctx context.Context, id, dir string, h *holder) error {
 		}
 	}
 	return fmt.Errorf("%s stays locked by another process: %w", filepath.Join(dir, holderLock), ErrBusy)
-}
-
-func parseMode(s string) AccessMode {
-	for i, name := range modeNames {
-		if name == s {
-			return AccessMode(i)
-		}
-	}
-	return ModeUnknown
 }
 
 // lockHolder opens the volume's holder.lock (creating it) and tries its exclusive
