@@ -58,6 +58,24 @@ func MountFS(t testing.TB, fs FS, size int64) string {
 	return mnt
 }
 
+// SharedDir returns a fresh directory <base>/shared that is a mount point (a bind of
+// itself), as a shared pool without a source must be: a shared pool on the local
+// disk, which several engines of one test use as hosts use a distributed
+// filesystem. Cleanup unmounts everything below base, where the caller may put the
+// nodes' kubelet directories.
+func SharedDir(t testing.TB) (base, shared string) {
+	t.Helper()
+	RequireRoot(t)
+	base = ShortTempDir(t)
+	t.Cleanup(func() { UnmountTree(t, base) })
+	shared = filepath.Join(base, "shared")
+	if err := os.Mkdir(shared, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	Run(t, "mount", "--bind", shared, shared)
+	return base, shared
+}
+
 // UnmountTree unmounts everything at or below dir, deepest first.
 func UnmountTree(t testing.TB, dir string) {
 	t.Helper()

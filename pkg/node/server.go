@@ -7,6 +7,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/csierr"
 	"github.com/berth-csi/berth/pkg/locks"
@@ -28,6 +29,9 @@ type Config struct {
 	NodeID     string
 	KubeletDir string // publish targets must lie under it
 	MaxVolumes int64  // 0: no limit reported
+	// ClaimGrace is how long another node's single-node claim of a shared volume is
+	// honoured once its lock is free (0: storage.DefaultClaimGrace).
+	ClaimGrace time.Duration
 }
 
 // Server implements csi.NodeServer.
@@ -40,7 +44,7 @@ type Server struct {
 
 // New returns a node server publishing engine's volumes under cfg.KubeletDir.
 func New(cfg Config, engine *storage.Engine, l *locks.Set) (*Server, error) {
-	n, err := engine.Node(cfg.KubeletDir)
+	n, err := engine.Node(storage.NodeConfig{KubeletDir: cfg.KubeletDir, NodeID: cfg.NodeID, ClaimGrace: cfg.ClaimGrace})
 	if err != nil {
 		return nil, err
 	}

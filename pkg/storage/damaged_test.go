@@ -154,7 +154,7 @@ func TestDamagedImageKeepsItsLoopDevice(t *testing.T) {
 	writeFile(t, filepath.Join(cfg.Pools[0].Path, "volumes", damaged.Hash(), "record.json"), "{")
 
 	e := testengine.StartWithHost(t, cfg, fh.Host())
-	n, err := e.Node(kubelet)
+	n, err := e.Node(storage.NodeConfig{KubeletDir: kubelet, NodeID: "node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}

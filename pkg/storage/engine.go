@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -216,6 +217,24 @@ func (e *Engine) PublishedAt(target string) []string {
 	for id, m := range e.pubs {
 		if _, ok := m[target]; ok {
 			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// publishedUnder lists the volumes the table records as published at a path
+// starting with prefix, sorted.
+func (e *Engine) publishedUnder(prefix string) []string {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	var ids []string
+	for id, m := range e.pubs {
+		for target := range m {
+			if strings.HasPrefix(target, prefix) {
+				ids = append(ids, id)
+				break
+			}
 		}
 	}
 	sort.Strings(ids)

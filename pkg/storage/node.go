@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/mounter"
 	"k8s.io/klog/v2"
@@ -18,6 +20,23 @@ import (
 type Node struct {
 	e          *Engine
 	kubeletDir string // resolved: publish paths are compared with it as the kernel shows them
+	nodeID     string
+	grace      time.Duration // how long another node's claim without its lock is honoured
+
+	claimMu sync.Mutex
+	claims  map[string]*claim // volume ID -> the single-node claim held (nodeclaim.go)
+	orphans map[string]orphan // volume ID -> another node's claim found without its lock
+}
+
+// NodeConfig is what the node side of the engine needs to know of its node.
+type NodeConfig struct {
+	// KubeletDir is the kubelet's directory: publish and staging paths lie under it.
+	KubeletDir string
+	// NodeID names the node in the single-node claims of shared pools' volumes.
+	NodeID string
+	// ClaimGrace is how long another node's claim whose lock nobody holds is still
+	// refused (0: DefaultClaimGrace).
+	ClaimGrace time.Duration
 }
 
 // NodeBackend is the node-side half of a pool kind.
@@ -55,18 +74,27 @@ type MountSource struct {
 	Block bool   // a block device, bound onto a file
 }
 
-// Node returns the node side of the engine, publishing under kubeletDir. The
+// Node returns the node side of the engine, publishing under cfg.KubeletDir. The
 // directory is resolved once, so a symlinked /var/lib/kubelet (common on some
 // distributions) is compared by its real path.
-func (e *Engine) Node(kubeletDir string) (*Node, error) {
+func (e *Engine) Node(cfg NodeConfig) (*Node, error) {
+	kubeletDir := cfg.KubeletDir
 	if !filepath.IsAbs(kubeletDir) {
 		return nil, fmt.Errorf("kubelet dir %q must be absolute: %w", kubeletDir, ErrInvalid)
+	}
+	if cfg.NodeID == "" {
+		return nil, fmt.Errorf("node ID is required: %w", ErrInvalid)
 	}
 	real, err := filepath.EvalSymlinks(kubeletDir)
 	if err != nil {
 		return nil, fmt.Errorf("kubelet dir: %w", err)
 	}
-	n := &Node{e: e, kubeletDir: real}
+	grace := cfg.ClaimGrace
+	if grace <= 0 {
+		grace = DefaultClaimGrace
+	}
+	n := &Node{e: e, kubeletDir: real, nodeID: cfg.NodeID, grace: grace,
+		claims: map[string]*claim{}, orphans: map[string]orphan{}}
 	e.onServed = n.recoverPool
 	return n, nil
 }

@@ -25,9 +25,10 @@ type PublishRequest struct {
 // Publish bind-mounts the volume at the target path, always nosuid and nodev,
 // read-only when asked. Publishing the same volume at the same target again is
 // success; with another read-only flag, other mount flags or another access mode it
-// is ErrExists. An ephemeral inline volume
-// is created first, and deleted again when the publish fails (kubelet never
-// unpublishes a publish refused with a final error).
+// is ErrExists. A shared pool's volume published with a single-node access mode is
+// claimed for this node (nodeclaim.go): another node's claim is ErrPrecondition. An
+// ephemeral inline volume is created first, and deleted again when the publish fails
+// (kubelet never unpublishes a publish refused with a final error).
 func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 	rel, err := n.checkTarget("target_path", req.TargetPath)
 	if err != nil {
@@ -63,6 +64,19 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 			return errorf(ErrPrecondition, "volume %s is SINGLE_NODE_SINGLE_WRITER and already published at %s", id, pub.TargetPath)
 		}
 	}
+	if src.pool != nil {
+		taken, cerr := n.claim(ctx, src.pool, src.record, c.Mode)
+		if cerr != nil {
+			return cerr
+		}
+		if taken {
+			defer func() {
+				if err != nil {
+					n.releaseNew(ctx, src.pool, src.record)
+				}
+			}()
+		}
+	}
 	if err := n.applyMountGroup(ctx, req, src, readOnly); err != nil {
 		return err
 	}
@@ -86,6 +100,8 @@ type publishSource struct {
 	MountSource
 	handle    *os.File // adopted directories: the checked O_PATH handle to mount
 	ephemeral bool
+	pool      *Pool // a pool volume's pool and record; nil for an adopted directory
+	record    *Record
 }
 
 // bindPath is the path handed to mount(2): the checked handle when there is one, so
@@ -122,7 +138,7 @@ func (n *Node) publishSource(ctx context.Context, req PublishRequest) (*publishS
 		}
 		return nil, err
 	}
-	return &publishSource{MountSource: *src, ephemeral: r.Ephemeral}, nil
+	return &publishSource{MountSource: *src, ephemeral: r.Ephemeral, pool: p, record: r}, nil
 }
 
 func (n *Node) kindSource(ctx context.Context, p *Pool, r *Record, req PublishRequest) (*MountSource, error) {

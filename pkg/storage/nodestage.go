@@ -17,7 +17,9 @@ type StageRequest struct {
 
 // Stage makes the volume ready to publish from the staging path, as its kind needs
 // (an image attached and its filesystem mounted, a shared directory bound); kinds
-// that need nothing only validate. Adopted volumes need no staging.
+// that need nothing only validate. A shared pool's volume asked for with a
+// single-node access mode is claimed for this node first (nodeclaim.go). Adopted
+// volumes need no staging.
 func (n *Node) Stage(ctx context.Context, req StageRequest) error {
 	rel, err := n.checkTarget("staging_target_path", req.StagingPath)
 	if err != nil {
@@ -39,11 +41,22 @@ func (n *Node) Stage(ctx context.Context, req StageRequest) error {
 	if req.Capability.Access != r.AccessType {
 		return errorf(ErrInvalid, "volume %s was created for %s access, not %s", r.ID, r.AccessType, req.Capability.Access)
 	}
-	return p.nodeKind().Stage(ctx, n, p, r, req.StagingPath, rel, req.Capability)
+	taken, err := n.claim(ctx, p, r, req.Capability.Mode)
+	if err != nil {
+		return err
+	}
+	if err := p.nodeKind().Stage(ctx, n, p, r, req.StagingPath, rel, req.Capability); err != nil {
+		if taken {
+			n.releaseNew(ctx, p, r)
+		}
+		return err
+	}
+	return nil
 }
 
-// Unstage unmounts the staging path and undoes the kind's staging. A volume that is
-// not staged, or no longer exists, is success.
+// Unstage unmounts the staging path, gives up the volume's single-node claim (shared
+// pools) and undoes the kind's staging. A volume that is not staged, or no longer
+// exists, is success.
 func (n *Node) Unstage(ctx context.Context, volumeID, staging string) error {
 	if err := n.checkUnmountPath("staging_target_path", staging); err != nil {
 		return err
@@ -53,6 +66,12 @@ func (n *Node) Unstage(ctx context.Context, volumeID, staging string) error {
 	}
 	// After a restart, a shared volume's staging bind looks like a publication.
 	n.e.RemovePublication(volumeID, staging)
+	if p, hash, err := n.e.Resolve(volumeID); err == nil {
+		// Unstaged: nothing of the volume is left on this node.
+		if err := n.release(ctx, p, volumeID, hash); err != nil {
+			return err
+		}
+	}
 	p, r, err := n.e.Volume(volumeID)
 	if err != nil {
 		return nil

@@ -105,7 +105,7 @@ func startOutage(t *testing.T, source bool, retry time.Duration) *outage {
 	o.e = testengine.StartWith(t, storage.Config{Pools: []storage.PoolConfig{
 		cfg, {Name: "local", Path: filepath.Join(base, "local"), Kind: storage.KindDir},
 	}}, testengine.Options{Host: o.fh.Host(), PoolRetry: retry, Before: func(e *storage.Engine) {
-		n, err := e.Node(o.kubelet)
+		n, err := e.Node(storage.NodeConfig{KubeletDir: o.kubelet, NodeID: "node-a"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -85,6 +85,16 @@ func (b *sharedBackend) PublishSource(ctx context.Context, n *Node, p *Pool, r *
 	return &MountSource{Path: staging}, nil
 }
 
+// RecoverPublications finds the publications a directory's way, then takes back the
+// single-node claims of the volumes still mounted here (nodeclaim.go).
+func (b *sharedBackend) RecoverPublications(ctx context.Context, n *Node, p *Pool, mounts []*mounter.MountInfo) error {
+	if err := b.localDirNode.RecoverPublications(ctx, n, p, mounts); err != nil {
+		return err
+	}
+	n.retakeClaims(ctx, p)
+	return nil
+}
+
 // CanServeInline refuses inline volumes: they live on one node with one pod.
 func (*sharedBackend) CanServeInline(p *Pool) error {
 	return errorf(ErrInvalid, "ephemeral volumes cannot use shared pool %s: they live on one node with one pod; use a dir or quota pool", p.cfg.Name)

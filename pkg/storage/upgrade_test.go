@@ -141,7 +141,7 @@ func testUpgrade(t *testing.T, fixture string) {
 	e, stop := startEngineStop(t, pools...)
 	ctx := context.Background()
 	kubelet := t.TempDir()
-	n, err := e.Node(kubelet)
+	n, err := e.Node(storage.NodeConfig{KubeletDir: kubelet, NodeID: "node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
