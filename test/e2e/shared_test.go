@@ -97,6 +97,9 @@ func TestSharedPoolController(t *testing.T) {
 		out, _ := c.try("exec", "writer", "--", "cat", "/data/back")
 		return out == "from-reader\n"
 	})
+	if readerNode != thisNode {
+		c.singleNodeAcrossNodes(readerNode)
+	}
 	dir := c.hostPathOf("shared", sharedMount)
 	if b, err := os.ReadFile(filepath.Join(dir, "data", "f")); err != nil || string(b) != "from-writer\n" {
 		t.Errorf("the GlusterFS volume holds %q (%v) at %s", b, err, dir)
@@ -118,6 +121,31 @@ func TestSharedPoolController(t *testing.T) {
 			return os.IsNotExist(err) && perr != nil
 		})
 	}
+}
+
+// singleNodeAcrossNodes: a ReadWriteOnce claim of the shared pool is held by the node
+// that publishes it first; a pod on another node waits, its mount refused naming the
+// holder, until the first pod is gone.
+func (c *cluster) singleNodeAcrossNodes(other string) {
+	c.t.Helper()
+	c.apply(pvc("rwo", sharedClass, "16Mi", "Filesystem"))
+	c.apply(podOnNode("rwo-a", thisNode, "rwo", "sleep 3600", "Never"))
+	c.waitReady("rwo-a", 2*time.Minute)
+	c.apply(podOnNode("rwo-b", other, "rwo", "sleep 3600", "Never"))
+	var refused string
+	c.waitFor("the second node's mount refused, naming the holder", 2*time.Minute, func() bool {
+		refused, _ = c.try("get", "events", "--field-selector", "involvedObject.name=rwo-b,reason=FailedMount", "-o", "jsonpath={.items[*].message}")
+		return strings.Contains(refused, "FailedPrecondition") && strings.Contains(refused, thisNode)
+	})
+	c.t.Logf("pod on %s: %s", other, refused)
+	if phase := c.jsonpath("pod/rwo-b", "{.status.phase}"); phase != "Pending" {
+		c.t.Errorf("pod on %s of a ReadWriteOnce claim held by %s: phase %s, want Pending", other, thisNode, phase)
+	}
+	start := time.Now()
+	c.kubectl("delete", "pod", "rwo-a", "--wait=true", "--grace-period=1")
+	c.waitReady("rwo-b", 4*time.Minute)
+	c.t.Logf("pod on %s running %v after the holder's pod was deleted", other, time.Since(start).Round(time.Second))
+	c.kubectl("delete", "pod", "rwo-b", "--wait=true", "--grace-period=1")
 }
 
 // visibilityWrites is how many timestamped writes the writer pod makes, 0.5 s apart.
