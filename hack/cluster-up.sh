@@ -190,29 +190,6 @@ mkdir -p "$CONTAINERD_RUN" "$CLUSTER_DIR/containerd"
 write_cni_conf "$CLUSTER_DIR/cni" "$(pod_cidr 1)"
 write_containerd_conf "$CLUSTER_DIR/containerd/config.toml" "$CLUSTER_DIR/containerd/root" \
 	"$CONTAINERD_RUN/state" "$CONTAINERD_SOCK" "$CLUSTER_DIR/cni"
-version = 2
-root = "$CLUSTER_DIR/containerd/root"
-state = "$CONTAINERD_RUN/state"
-[grpc]
-  address = "$CONTAINERD_SOCK"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10.2"
-  # This machine lacks CAP_SYS_RESOURCE: never try to lower an OOM score adjustment.
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$CLUSTER_DIR/cni"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-$mirrors
-TOML
 # containerd runs in a PID namespace of its own, under a bash that reaps the orphaned
 # shims, with its own /proc: there PID 1 is that bash, which the pods that run as
 # "the host" (hostPID, nsenter --mount=/proc/1/ns/mnt, as the e2e suite's HostExec
