@@ -50,7 +50,7 @@ func TestBadOutputFormat(t *testing.T) {
 }
 
 // TestMetricsThroughPodProxy: metrics are read through the API server's pod proxy,
-// at the driver container's port named metrics, path metrics, over http.
+// at the driver container's port named metrics, path metrics (no scheme: http).
 func TestMetricsThroughPodProxy(t *testing.T) {
 	w := fixture(t)
 	if _, _, err := w.run(t, "", "pools"); err != nil {
@@ -63,7 +63,7 @@ func TestMetricsThroughPodProxy(t *testing.T) {
 		}
 	}
 	// node-c's pod is Pending: not read.
-	want := "http kube-system/berth-node-a:9811/metrics, http kube-system/berth-node-b:9811/metrics"
+	want := " kube-system/berth-node-a:9811/metrics,  kube-system/berth-node-b:9811/metrics"
 	if got := strings.Join(proxied, ", "); got != want {
 		t.Errorf("proxied calls %q, want %q", got, want)
 	}

@@ -150,7 +150,7 @@ func scrapeAll(ctx context.Context, kube kubernetes.Interface, sources []*Source
 			s.Err = fmt.Errorf("%w: pod %s/%s serves no metrics (chart value metrics.enabled)", errScrape, s.Namespace, s.Pod)
 			continue
 		}
-		raw, err := kube.CoreV1().Pods(s.Namespace).ProxyGet("http", s.Pod, strconv.Itoa(int(port)), "metrics", nil).DoRaw(ctx)
+		raw, err := kube.CoreV1().Pods(s.Namespace).ProxyGet("", s.Pod, strconv.Itoa(int(port)), "metrics", nil).DoRaw(ctx)
 		if err != nil {
 			s.Err = fmt.Errorf("%w: read metrics of pod %s/%s through the API server: %v", errScrape, s.Namespace, s.Pod, err)
 			continue

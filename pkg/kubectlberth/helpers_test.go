@@ -56,7 +56,7 @@ func newWorld(t *testing.T, objs ...runtime.Object) *world {
 		map[schema.GroupVersionResource]string{vscResource: "VolumeSnapshotContentList"})
 	w.kube.PrependProxyReactor("pods", func(a clienttesting.Action) (bool, rest.ResponseWrapper, error) {
 		pa := a.(clienttesting.ProxyGetAction)
-		if pa.GetPath() != "metrics" || pa.GetScheme() != "http" {
+		if pa.GetPath() != "metrics" || pa.GetScheme() != "" {
 			return true, nil, fmt.Errorf("unexpected proxy %s %s", pa.GetScheme(), pa.GetPath())
 		}
 		w.mu.Lock()
@@ -224,7 +224,9 @@ func (e *exposition) add(name, typ string, v float64, kv ...string) {
 
 func (e *exposition) pool(p PoolFacts) *exposition {
 	l := []string{"pool", p.Pool, "kind", p.Kind, "node", p.Node}
-	g := func(name string, v int64, extra ...string) { e.add(name, "gauge", float64(v), append(append([]string{}, l...), extra...)...) }
+	g := func(name string, v int64, extra ...string) {
+		e.add(name, "gauge", float64(v), append(append([]string{}, l...), extra...)...)
+	}
 	g("berth_pool_served", b2i(p.Served))
 	for _, r := range []string{"MountFailed", "MountLost", "CheckFailed"} {
 		g("berth_pool_unserved", b2i(p.Reason == r), "reason", r)
