@@ -65,7 +65,8 @@ func NewCommand(s Streams) *cobra.Command {
 // newRoot is the command tree over o, without the kubeconfig's flags.
 func newRoot(o *Options) *cobra.Command {
 	root := &cobra.Command{
-		Use:           "kubectl berth",
+		Use:           "kubectl-berth",
+		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl berth"},
 		Short:         "Berth's pools and volumes, and what needs an operator",
 		SilenceUsage:  true,
 		SilenceErrors: true,
