@@ -2,7 +2,6 @@ package kubectlberth
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -31,18 +30,9 @@ func TestParseRealScrape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(metrics.New(e, "node-1").Handler())
-	defer srv.Close()
-	resp, err := srv.Client().Get(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ParseMetrics(body)
+	rec := httptest.NewRecorder()
+	metrics.New(e, "node-1").Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	s, err := ParseMetrics(rec.Body.Bytes())
 	if err != nil {
 		t.Fatal(err)
 	}

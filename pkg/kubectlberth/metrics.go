@@ -78,20 +78,10 @@ func ParseMetrics(text []byte) (*Scrape, error) {
 		return pools[k]
 	}
 	vol := func(l map[string]string, f func(*VolumeFacts)) {
-		v, ok := s.Volumes[l["volume_id"]]
-		if !ok {
-			v = VolumeFacts{ID: l["volume_id"], Pool: l["pool"], Namespace: l["namespace"], Claim: l["persistentvolumeclaim"]}
-		}
-		f(&v)
-		s.Volumes[v.ID] = v
+		upsert(s.Volumes, l["volume_id"], VolumeFacts{ID: l["volume_id"], Pool: l["pool"], Namespace: l["namespace"], Claim: l["persistentvolumeclaim"]}, f)
 	}
 	cp := func(l map[string]string, f func(*CopyFacts)) {
-		c, ok := s.Copies[l["volume_id"]]
-		if !ok {
-			c = CopyFacts{VolumeID: l["volume_id"], Pool: l["pool"]}
-		}
-		f(&c)
-		s.Copies[c.VolumeID] = c
+		upsert(s.Copies, l["volume_id"], CopyFacts{VolumeID: l["volume_id"], Pool: l["pool"]}, f)
 	}
 	for name, fam := range fams {
 		for _, m := range fam.GetMetric() {
@@ -151,6 +141,16 @@ func ParseMetrics(text []byte) (*Scrape, error) {
 	}
 	sort.Slice(s.Pools, func(i, j int) bool { return s.Pools[i].Pool < s.Pools[j].Pool })
 	return s, nil
+}
+
+// upsert applies f to m[key], which starts as fresh when absent.
+func upsert[T any](m map[string]T, key string, fresh T, f func(*T)) {
+	v, ok := m[key]
+	if !ok {
+		v = fresh
+	}
+	f(&v)
+	m[key] = v
 }
 
 func labels(m *dto.Metric) map[string]string {
