@@ -12,12 +12,17 @@ RUN_DIR ?= $(CURDIR)/_output/run
 
 .PHONY: all build run test unit fuzz sanity sanity-nonroot bench vet fmt-check clean crash \
 	images cluster-up cluster-down demo e2e e2e-bench deploy verify-deploy helm quota-vm bench-quota-vm \
-	metrics-lint bench-metrics bench-walks
+	metrics-lint bench-metrics bench-walks kubectl-berth
 
 all: build
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/csi-driver ./cmd/csi-driver
+
+# The kubectl plugin (docs/operations.md, "kubectl berth"): copy bin/kubectl-berth onto
+# PATH and run `kubectl berth pools`. GOOS/GOARCH build it for another machine.
+kubectl-berth:
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubectl-berth ./cmd/kubectl-berth
 
 # Start the driver on its embedded default pool (/var/lib/berth/default), serving a
 # socket under _output/run. Needs root: it bind-mounts volumes. Stop with Ctrl-C.

@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,6 +15,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == driver.TrashOrphanCommand {
+		trashOrphan(os.Args[2:])
+		return
+	}
 	opts, err := driver.ParseFlags(os.Args[0], os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "csi-driver: %v\n", err)
@@ -31,4 +36,19 @@ func main() {
 		os.Exit(1)
 	}
 	klog.Flush()
+}
+
+// trashOrphan runs `csi-driver trash-orphan`: exit 3 when the volume was refused
+// (published, or not this driver's), 1 on any other failure.
+func trashOrphan(args []string) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := driver.TrashOrphan(ctx, args, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.TrashOrphanCommand, err)
+		stop()
+		if errors.Is(err, driver.ErrRefused) {
+			os.Exit(3)
+		}
+		os.Exit(1)
+	}
 }

@@ -49,6 +49,7 @@ var (
 	volInodes     = prometheus.NewDesc("berth_volume_inodes", "Inodes the volume may hold, where known.", volumeLabels, nil)
 	volInodesUsed = prometheus.NewDesc("berth_volume_inodes_used", "Inodes the volume holds, where known.", volumeLabels, nil)
 	volHealthy    = prometheus.NewDesc("berth_volume_healthy", "1 unless the pool is not served, a project scan or the last volume health check found a problem.", volumeLabels, nil)
+	volEphemeral  = prometheus.NewDesc("berth_volume_ephemeral", "1 for a CSI ephemeral inline volume (it lives as long as its pod; no PersistentVolume names it); absent for the others.", volumeLabels, nil)
 )
 
 // Collector reads the engine's pools and volumes at scrape time, from memory and a
@@ -66,7 +67,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolServed, poolUnserved, poolCapacity, poolAllocated, poolUsed, poolFree,
 		poolInodes, poolInodesFree, poolVolumes, poolSnapshots, poolDamaged, poolVolumeCopies, poolSnapshotCopies,
 		poolTrashEntries, poolTrashBytes, poolFrozen, poolProjectResets, copyDone, copyTotal,
-		volCapacity, volUsed, volInodes, volInodesUsed, volHealthy} {
+		volCapacity, volUsed, volInodes, volInodesUsed, volHealthy, volEphemeral} {
 		ch <- d
 	}
 }
@@ -146,6 +147,9 @@ func collectVolume(ch chan<- prometheus.Metric, v storage.VolumeStats) {
 	}
 	gauge(volCapacity, float64(v.CapacityBytes))
 	gauge(volHealthy, b2f(v.Healthy))
+	if v.Ephemeral {
+		gauge(volEphemeral, 1)
+	}
 	if !v.HaveUsage {
 		return
 	}

@@ -136,3 +136,23 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	}
 	t.Logf("promtool check metrics: ok %s", out)
 }
+
+// TestEphemeralVolumeMarked: a CSI ephemeral inline volume carries
+// berth_volume_ephemeral 1 (kubectl berth doctor tells it from an orphan so); a
+// provisioned volume has no such series.
+func TestEphemeralVolumeMarked(t *testing.T) {
+	e := newEngine(t, 1)
+	req := storage.CreateRequest{Name: storage.EphemeralName("csi-0123"), RequiredBytes: 1 << 20, AccessType: storage.AccessMount, Ephemeral: true}
+	r, err := e.DefaultPool().Create(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := scrapeText(t, metrics.New(e, "n1"))
+	want := `berth_volume_ephemeral{namespace="",persistentvolumeclaim="",pool="local",volume_id="` + r.ID + `"} 1`
+	if !strings.Contains(body, want) {
+		t.Errorf("scrape lacks %s", want)
+	}
+	if n := strings.Count(body, "\nberth_volume_ephemeral{"); n != 1 {
+		t.Errorf("%d berth_volume_ephemeral series, want 1 (the ephemeral volume's alone)", n)
+	}
+}

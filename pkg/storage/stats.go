@@ -155,6 +155,9 @@ type VolumeStats struct {
 	// Healthy is false when the pool is not served, a project scan found a problem,
 	// or the last volume health check did.
 	Healthy bool
+	// Ephemeral: a CSI ephemeral inline volume, which lives as long as its pod and
+	// which no PersistentVolume names.
+	Ephemeral bool
 }
 
 // VolumeStats reads every committed volume's figures for monitoring, in no order.
@@ -164,7 +167,7 @@ func (p *Pool) VolumeStats(ctx context.Context) []VolumeStats {
 	out := make([]VolumeStats, 0, len(p.index))
 	recs := make([]*Record, 0, len(p.index))
 	for hash, r := range p.index {
-		v := VolumeStats{ID: r.ID, Pool: p.cfg.Name, Claim: r.Claim, CapacityBytes: r.CapacityBytes, Healthy: served}
+		v := VolumeStats{ID: r.ID, Pool: p.cfg.Name, Claim: r.Claim, CapacityBytes: r.CapacityBytes, Healthy: served, Ephemeral: r.Ephemeral}
 		o := p.observed[hash]
 		if o.haveUsage {
 			v.Usage, v.HaveUsage = o.usage, true
