@@ -22,6 +22,7 @@ for i in "${servers[@]}"; do
 	# Its state in the node's directory, its sockets in the node's own /run.
 	state=$(node_dir "$name")/glusterd
 	mkdir -p "$state"
+	node_enter "$name" mkdir -p /var/lib/berth/gluster-bricks
 	if ! node_enter "$name" sh -c 'test -f /run/glusterd.pid && kill -0 "$(cat /run/glusterd.pid)"' 2>/dev/null; then
 		node_enter "$name" glusterd --xlator-option "management.working-directory=$state" \
 			--xlator-option management.run-directory=/run/gluster \

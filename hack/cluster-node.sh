@@ -56,6 +56,10 @@ write_cni_conf "$dir/cni" "$(pod_cidr "$index")"
 write_containerd_conf "$dir/containerd.toml" "$dir/containerd" /run/containerd-state "$sock" "$dir/cni"
 write_kubelet_conf "$dir/kubelet.yaml" "$(node_addr "$index")" "$CGROUP_ROOT-$name" "$sock"
 
+for c in /sys/fs/cgroup/*/; do
+	[ -L "${c%/}" ] && continue
+	mkdir -p "$c$CGROUP_ROOT-$name"
+done
 containerd --config "$dir/containerd.toml" >"$CLUSTER_DIR/logs/$name-containerd.log" 2>&1 &
 ctd=$!
 stopping=0 kubelet=""

@@ -252,8 +252,9 @@ kc get --raw /readyz >/dev/null
 
 if [ "$NODES" -gt 1 ]; then
 	step "Starting $((NODES - 1)) further node(s) (hack/cluster-node.sh), importing their images"
-	for i in $(seq 2 "$NODES"); do start_node "$i" & done
-	wait
+	jobs_=()
+	for i in $(seq 2 "$NODES"); do start_node "$i" & jobs_+=($!); done
+	wait "${jobs_[@]}"
 	for i in $(seq 2 "$NODES"); do
 		running "node-$(node_name "$i")" || { echo "cluster-up: node $(node_name "$i") did not start; see $CLUSTER_DIR/logs" >&2; exit 1; }
 	done

@@ -38,7 +38,7 @@ func (c *cluster) needNodes(n int) []string {
 }
 
 // nodeCmd is a command run on node: on this machine for thisNode, else inside the
-// node's mount, network and UTS namespaces (those of its init, whose PID
+// node's mount, network, UTS and PID namespaces (those of its init, whose PID
 // hack/cluster-up.sh keeps in $BERTH_CLUSTER_DIR/run/node-<name>.pid).
 func (c *cluster) nodeCmd(node string, args ...string) *exec.Cmd {
 	c.t.Helper()
@@ -46,7 +46,7 @@ func (c *cluster) nodeCmd(node string, args ...string) *exec.Cmd {
 		return exec.Command(args[0], args[1:]...)
 	}
 	init := c.nodeInit(node)
-	return exec.Command("nsenter", append([]string{"--target", strconv.Itoa(init), "--mount", "--net", "--uts", "--"}, args...)...)
+	return exec.Command("nsenter", append([]string{"--target", strconv.Itoa(init), "--mount", "--net", "--uts", "--pid", "--"}, args...)...)
 }
 
 // nodeRun runs args on node and returns its standard output, or an error with its
