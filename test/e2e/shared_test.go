@@ -151,18 +151,19 @@ func (c *cluster) singleNodeAcrossNodes(other string) {
 // visibilityWrites is how many timestamped writes the writer pod makes, 0.5 s apart.
 const visibilityWrites = 20
 
-// The writer writes "from-writer", then visibilityWrites lines "N <ns since epoch>",
-// each replacing the last by a rename; the reader prints each new one it sees with
-// the time it saw it. The nodes share this machine's clock.
+// The writer writes "from-writer", then visibilityWrites lines "N <uptime>", each
+// replacing the last by a rename; the reader prints each new one it sees with the
+// uptime it saw it at (busybox's date has no sub-second format; /proc/uptime counts in
+// 10 ms steps, and the nodes share this machine's kernel and so its uptime).
 var (
 	sharedWriterScript = fmt.Sprintf(`echo from-writer > /data/f && sync
-i=0; while [ $i -lt %d ]; do i=$((i+1)); echo "$i $(date +%%s%%N)" > /data/w.tmp && mv /data/w.tmp /data/w; sleep 0.5; done
+i=0; while [ $i -lt %d ]; do i=$((i+1)); echo "$i $(cut -d' ' -f1 /proc/uptime)" > /data/w.tmp && mv /data/w.tmp /data/w; sleep 0.5; done
 sleep 3600`, visibilityWrites)
 	sharedReaderScript = `until [ -s /data/f ]; do usleep 10000; done; cat /data/f
-last=""; while true; do v=$(cat /data/w 2>/dev/null); if [ -n "$v" ] && [ "$v" != "$last" ]; then echo "seen $v $(date +%s%N)"; last=$v; fi; usleep 10000; done`
+last=""; while true; do v=$(cat /data/w 2>/dev/null); if [ -n "$v" ] && [ "$v" != "$last" ]; then echo "seen $v $(cut -d' ' -f1 /proc/uptime)"; last=$v; fi; usleep 10000; done`
 )
 
-// visibilityDelays parses the reader's "seen N written-ns seen-ns" lines.
+// visibilityDelays parses the reader's "seen N written-at seen-at" lines.
 func visibilityDelays(t *testing.T, log string) []time.Duration {
 	t.Helper()
 	var d []time.Duration
@@ -171,12 +172,12 @@ func visibilityDelays(t *testing.T, log string) []time.Duration {
 		if len(f) != 4 || f[0] != "seen" {
 			continue
 		}
-		w, err1 := strconv.ParseInt(f[2], 10, 64)
-		r, err2 := strconv.ParseInt(f[3], 10, 64)
+		w, err1 := strconv.ParseFloat(f[2], 64)
+		r, err2 := strconv.ParseFloat(f[3], 64)
 		if err1 != nil || err2 != nil {
-			t.Fatalf("reader line %q: want nanoseconds (busybox date +%%s%%N)", l)
+			t.Fatalf("reader line %q: want two uptimes in seconds", l)
 		}
-		d = append(d, time.Duration(r-w))
+		d = append(d, time.Duration((r-w)*float64(time.Second)).Round(10*time.Millisecond))
 	}
 	if len(d) == 0 {
 		t.Fatalf("the reader saw none of the writes:\n%s", log)
