@@ -39,9 +39,10 @@ SAVED_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on
 	kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward)
 COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet)
 # The directories a further node gets of its own, bind-mounted over this machine's
-# (the shared pools' parent too: each node mounts the cluster's shared pool itself);
+# (the shared pools' parent too: each node mounts the cluster's shared pool itself; and
+# the pods' logs: a kubelet removes the log directories of pods it does not know);
 # its /var/lib/berth is a disk of its own (node_disk_mb, an XFS file system in a file).
-NODE_OWN_DIRS=(/var/lib/kubelet /var/lib/berth-adopt "$SHARED_POOLS_DIR")
+NODE_OWN_DIRS=(/var/lib/kubelet /var/lib/berth-adopt "$SHARED_POOLS_DIR" /var/log/pods /var/log/containers)
 # The cluster's shared pool (hack/cluster-gluster.sh): a GlusterFS volume whose bricks
 # live on nodes 2 and 3 (replica 2; one brick on node 2 with NODES=2), mounted by
 # every node at GLUSTER_MOUNT. None with NODES=1.

@@ -3,8 +3,8 @@
 # network, mount, PID and UTS namespaces of its own (cluster-node.sh NAME INDEX), so
 # that the node sees what a separate machine would:
 #   - its own sysfs (its network devices) with this machine's cgroup hierarchies;
-#   - its own /var/lib/kubelet and /var/lib/berth-adopt, bind-mounted from
-#     $CLUSTER_DIR/nodes/NAME/fs over this machine's, and its own disk at
+#   - its own /var/lib/kubelet, /var/lib/berth-adopt and /var/log/{pods,containers},
+#     bind-mounted from $CLUSTER_DIR/nodes/NAME/fs over this machine's, its own disk at
 #     /var/lib/berth (rshared): an XFS file system in $CLUSTER_DIR/nodes/NAME/disk.img,
 #     on a loop device that is detached when the node's mount namespace goes;
 #   - its own /var/lib/berth-shared (rshared), where it mounts the cluster's shared
@@ -29,7 +29,7 @@ mount --rbind /sys/fs/cgroup "$dir/cgroup-move"
 mount -t sysfs sysfs /sys
 mount --move "$dir/cgroup-move" /sys/fs/cgroup
 for d in "${NODE_OWN_DIRS[@]}"; do
-	mkdir -p "$dir/fs$d"
+	mkdir -p "$dir/fs$d" "$d"
 	while mountpoint -q "$d"; do umount -l "$d"; done
 	mount --bind "$dir/fs$d" "$d"
 done

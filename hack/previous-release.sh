@@ -4,7 +4,7 @@
 # git worktree (removed afterwards), its driver built with its Makefile and its image
 # assembled by its own hack/images.sh under the tag berth:<commit>; the archive and a
 # copy of charts/berth are cached in $BERTH_CACHE/previous-<commit>, so a warm run only
-# imports the image into the local cluster's containerd if it is missing there.
+# imports the image into every node's containerd where it is missing.
 #
 # Usage: hack/previous-release.sh [commit]  (default PREVIOUS_RELEASE below)
 # Prints chart=<dir> and image=<repository:tag>, one a line.
@@ -42,9 +42,11 @@ if [ ! -f "$cache/berth.tar" ] || [ ! -f "$cache/chart/berth/Chart.yaml" ]; then
 	mv "$cache.tmp" "$cache"
 fi
 
-if [ -S "$CONTAINERD_SOCK" ] &&
-	! ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q "name==$image" | grep -q .; then
-	ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$cache/berth.tar" >/dev/null
-fi
+# Into every node's containerd: this machine's and those of the further nodes.
+for sock in "$CONTAINERD_SOCK" "$CLUSTER_DIR"/nodes/*/containerd.sock; do
+	if [ -S "$sock" ] && ! ctr --address "$sock" -n k8s.io images ls -q "name==$image" | grep -q .; then
+		ctr --address "$sock" -n k8s.io images import --no-unpack=false "$cache/berth.tar" >/dev/null
+	fi
+done
 echo "chart=$cache/chart/berth"
 echo "image=$image"
