@@ -169,6 +169,7 @@ step "Preparing the kubelet root and cgroups"
 [ -e "$KUBELET_DIR" ] || touch "$CLUSTER_DIR/created-kubelet-dir"
 [ -e /var/lib/berth ] || touch "$CLUSTER_DIR/created-var-lib-berth"
 [ -e /var/lib/berth-adopt ] || touch "$CLUSTER_DIR/created-adopt-root"
+[ -e /var/log/pods ] || touch "$CLUSTER_DIR/created-pod-logs" # the kubelets make it
 mkdir -p "$KUBELET_DIR" /var/lib/berth /var/lib/berth-adopt
 if ! findmnt -n --mountpoint "$KUBELET_DIR" >/dev/null; then
 	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
