@@ -25,7 +25,6 @@ const (
 	localPathRoot     = "/var/lib/berth-lp" // its config.json's path on every node
 )
 
-// benchCount reads a count from the environment, def when unset.
 // figures prints each measurement as "figure: NAME VALUE UNIT" on stdout (for scripts)
 // and in the test log, and keeps it for the ratios.
 type figures map[string]float64
