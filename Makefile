@@ -96,11 +96,14 @@ $(CSI_SANITY):
 	GOBIN=$(TOOLS_DIR)/csi-sanity-build go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION)
 	mv $(TOOLS_DIR)/csi-sanity-build/csi-sanity $@ && rmdir $(TOOLS_DIR)/csi-sanity-build
 
-# promtool check metrics on a real scrape of the driver's registry (promtool is built
-# once, from the Go module proxy, into TOOLS_DIR; the unit tests run the same linter
-# in-process through client_golang's testutil).
+# promtool check metrics on a real scrape of the driver's registry, and check rules on
+# the chart's PrometheusRule and its dashboard's queries (promtool is built once, from
+# the Go module proxy, into TOOLS_DIR; the unit tests run the same metrics linter
+# in-process through client_golang's testutil, and check the rules' and queries'
+# metric names and labels against the registry).
 metrics-lint: $(PROMTOOL)
 	BERTH_PROMTOOL=$(PROMTOOL) go test -count=1 -v -run '^TestPromtoolCheckMetrics$$' ./pkg/metrics
+	BERTH_PROMTOOL=$(PROMTOOL) go test -count=1 -v -run '^TestPromtoolCheckRules$$' ./test/chart
 
 $(PROMTOOL):
 	mkdir -p $(TOOLS_DIR)

@@ -137,6 +137,20 @@ func helm(t *testing.T, root string) (bin, kube string) {
 // defaults) and returns the objects by kind/name.
 func render(t *testing.T, values string) map[string]object {
 	t.Helper()
+	objs := map[string]object{}
+	for key, doc := range renderDocs(t, values) {
+		var o object
+		if err := yaml.Unmarshal(doc, &o); err != nil {
+			t.Fatalf("rendered YAML: %v\n%s", err, doc)
+		}
+		objs[key] = o
+	}
+	return objs
+}
+
+// renderDocs is render's YAML: each object's document by kind/name.
+func renderDocs(t *testing.T, values string) map[string][]byte {
+	t.Helper()
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -154,17 +168,17 @@ func render(t *testing.T, values string) map[string]object {
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, out)
 	}
-	objs := map[string]object{}
+	docs := map[string][]byte{}
 	for _, doc := range bytes.Split(out, []byte("\n---\n")) {
 		var o object
 		if err := yaml.Unmarshal(doc, &o); err != nil {
 			t.Fatalf("rendered YAML: %v\n%s", err, doc)
 		}
 		if o.Kind != "" {
-			objs[o.Kind+"/"+o.Metadata.Name] = o
+			docs[o.Kind+"/"+o.Metadata.Name] = doc
 		}
 	}
-	return objs
+	return docs
 }
 
 func TestDefaultValuesRenderNoController(t *testing.T) {
