@@ -50,12 +50,14 @@ if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
 	ip addr add "$API_ADDR/24" dev "$NODE_BRIDGE"
 fi
 ip link set "$NODE_BRIDGE" up
-# The API server and the kubelets listen on the bridge's addresses: only the bridge
-# and this machine itself may reach them, never another interface.
+# The API server and the kubelets listen on the bridge's addresses: only the nodes'
+# bridge, this machine's pods' bridge and this machine itself may reach them, never
+# another interface.
 if ! iptables -n -L BERTH-NODES-IN >/dev/null 2>&1; then
 	iptables -N BERTH-NODES-IN
 	iptables -A BERTH-NODES-IN -i lo -j RETURN
 	iptables -A BERTH-NODES-IN -i "$NODE_BRIDGE" -j RETURN
+	iptables -A BERTH-NODES-IN -i "$BRIDGE" -j RETURN # this machine's pods
 	iptables -A BERTH-NODES-IN -j DROP
 fi
 iptables -C INPUT -d "$NODE_NET.0/24" -j BERTH-NODES-IN 2>/dev/null || iptables -I INPUT -d "$NODE_NET.0/24" -j BERTH-NODES-IN
