@@ -125,6 +125,7 @@ created_kubelet=0 created_berth=0
 [ -f "$CLUSTER_DIR/created-var-lib-berth" ] && created_berth=1
 [ -f "$CLUSTER_DIR/created-adopt-root" ] && rm -rf /var/lib/berth-adopt
 [ -f "$CLUSTER_DIR/created-pod-logs" ] && rm -rf /var/log/pods /var/log/containers
+[ -f "$CLUSTER_DIR/created-local-path-root" ] && rm -rf /var/lib/berth-lp
 if [ -f "$CLUSTER_DIR/created-shared-pools-dir" ] && ! grep -q " $SHARED_POOLS_DIR[ /]" /proc/self/mountinfo; then
 	rm -rf "$SHARED_POOLS_DIR"
 fi

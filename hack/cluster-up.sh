@@ -172,6 +172,7 @@ step "Preparing the kubelet root and cgroups"
 [ -e /var/lib/berth ] || touch "$CLUSTER_DIR/created-var-lib-berth"
 [ -e /var/lib/berth-adopt ] || touch "$CLUSTER_DIR/created-adopt-root"
 [ -e /var/log/pods ] || touch "$CLUSTER_DIR/created-pod-logs" # the kubelets make it
+[ -e /var/lib/berth-lp ] || touch "$CLUSTER_DIR/created-local-path-root" # make e2e-bench's local-path-provisioner
 mkdir -p "$KUBELET_DIR" /var/lib/berth /var/lib/berth-adopt
 if ! findmnt -n --mountpoint "$KUBELET_DIR" >/dev/null; then
 	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
