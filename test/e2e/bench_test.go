@@ -15,9 +15,10 @@ import (
 type benchSubject struct {
 	name  string // in the figures' names
 	class string // the claims' StorageClass; "" for an emptyDir and no claim
+	size  string // the claims' size (BERTH_BENCH_CLAIM_SIZE)
 }
 
-var benchSubjects = []benchSubject{{"berth", "berth"}, {"local-path", "local-path"}, {"emptydir", ""}}
+var benchSubjects = []benchSubject{{name: "berth", class: "berth"}, {name: "local-path", class: "local-path"}, {name: "emptydir"}}
 
 const (
 	localPathManifest = "local-path/local-path-storage.yaml"
@@ -77,7 +78,7 @@ spec:
 	if s.class == "" {
 		return pod
 	}
-	return pvc(name, s.class, "64Mi", "Filesystem") + "---\n" + pod
+	return pvc(name, s.class, s.size, "Filesystem") + "---\n" + pod
 }
 
 // ensureLocalPath installs local-path-provisioner from its manifest unless the

@@ -21,6 +21,10 @@ import (
 //   - delete: all of them deleted -> every pod, claim and volume gone, host
 //     directories included.
 //
+// The claims ask for BERTH_BENCH_CLAIM_SIZE (16Mi): small enough that every node's
+// share of 200 fits its disk, so that placement is the scheduler's spreading and not
+// the small nodes filling up (docs/benchmarks.md).
+//
 // It installs local-path-provisioner (test/e2e/local-path) when it is missing and
 // removes it afterwards. It measures, it does not assert timing: run with
 // BERTH_E2E_BENCH=1 (make e2e-bench); the "figure:" lines go to docs/benchmarks.md.
@@ -30,8 +34,14 @@ func TestPVCToRunningLatency(t *testing.T) {
 	}
 	serial := testutil.EnvInt(t, "BERTH_BENCH_SERIAL", 20, 1)
 	n := testutil.EnvInt(t, "BERTH_BENCH_CLAIMS", 200, 1)
+	size := os.Getenv("BERTH_BENCH_CLAIM_SIZE")
+	if size == "" {
+		size = "16Mi"
+	}
+	t.Logf("claims of %s; %d one at a time, then %d at once", size, serial, n)
 	figs := figures{}
 	for _, s := range benchSubjects {
+		s.size = size
 		t.Run(s.name, func(t *testing.T) { benchSubjectRun(t, s, serial, n, figs) })
 	}
 	run := fmt.Sprintf("run%d-all-running-", n)
