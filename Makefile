@@ -6,7 +6,8 @@ LDFLAGS := -X github.com/berth-csi/berth/pkg/version.Version=$(VERSION)
 TOOLS_DIR ?= $(HOME)/.cache/berth/tools
 CSI_SANITY_VERSION := v5.6.0
 CSI_SANITY := $(TOOLS_DIR)/csi-sanity-$(CSI_SANITY_VERSION)
-PROMTOOL_VERSION := v0.316.0
+# promtool comes from the Prometheus the e2e tests run (PROMETHEUS_VERSION, hack/versions.sh).
+PROMTOOL_VERSION := $(shell sed -n 's/^PROMETHEUS_VERSION=//p' hack/versions.sh)
 PROMTOOL := $(TOOLS_DIR)/promtool-$(PROMTOOL_VERSION)
 RUN_DIR ?= $(CURDIR)/_output/run
 

@@ -17,7 +17,8 @@ source "$here/cluster-lib.sh"
 
 step "Checking free disk space"
 need_gb=3
-[ -f "$K8S_BIN/.done" ] && [ -f "$BERTH_CACHE/sidecars-$SIDECARS_KEY/.done" ] || need_gb=15
+[ -f "$K8S_BIN/.done" ] && [ -f "$BERTH_CACHE/sidecars-$SIDECARS_KEY/.done" ] &&
+	[ -f "$BERTH_CACHE/prometheus-$PROM_STACK_KEY/.done" ] || need_gb=15
 mkdir -p "$BERTH_CACHE"
 free_gb=$(( $(df --output=avail -k "$BERTH_CACHE" | tail -1) / 1024 / 1024 ))
 if [ "$free_gb" -lt "$need_gb" ]; then
@@ -36,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-step "Building Kubernetes $K8S_VERSION, the sidecars, pause and helm (cached in $BERTH_CACHE)"
+step "Building Kubernetes $K8S_VERSION, the sidecars, pause, helm and the e2e monitoring stack (cached in $BERTH_CACHE)"
 "$here/k8s-tools/build.sh" all
 
 step "Building csi-driver and the images"
@@ -97,7 +98,9 @@ current-context: berth
 KC
 
 # import_images SOCK STAMP: every image of $BERTH_CACHE/images into a node's containerd,
-# but those STAMP lists as imported already (by name, size and modification time).
+# but those STAMP lists as imported already (by name, size and modification time):
+# all that images.sh all makes, the e2e monitoring stack's three (Prometheus,
+# prometheus-operator, its config reloader) among them.
 import_images() {
 	local a key
 	touch "$2"

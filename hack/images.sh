@@ -11,10 +11,14 @@
 #   registry.k8s.io/e2e-test-images/agnhost:2.66.1     busybox + agnhost built from k8s.io/kubernetes
 #   registry.k8s.io/sig-storage/csi-*                  the sidecars built by hack/k8s-tools/build.sh
 #   docker.io/rancher/local-path-provisioner:v0.0.30   its binary built by build.sh local-path (make e2e-bench)
+#   quay.io/prometheus/prometheus:v3.16.0              the e2e tests' monitoring stack (test/e2e/prometheus),
+#   quay.io/prometheus-operator/prometheus-operator:v0.85.0          its binaries built by
+#   quay.io/prometheus-operator/prometheus-config-reloader:v0.85.0   build.sh prometheus
 #   $BERTH_IMAGE                                       bin/csi-driver + hack/image-packages.txt (as the Dockerfile)
 #
-# Usage: hack/images.sh [berth|local-path|all]  (default all). Prints the archives' paths.
-# local-path builds local-path-provisioner's image and the busybox its helper pods run.
+# Usage: hack/images.sh [berth|local-path|prometheus|all]  (default all). Prints the
+# archives' paths. local-path builds local-path-provisioner's image and the busybox its
+# helper pods run; prometheus the three images of the monitoring stack.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -29,7 +33,9 @@ for tool in umoci skopeo dpkg-deb apt-get; do
 	command -v "$tool" >/dev/null || { echo "images.sh: $tool missing (hack/install-deps.sh --cluster installs it)" >&2; exit 1; }
 done
 
-# mkimage NAME ARCHIVE ROOTFS ENTRYPOINT... : ROOTFS -> docker-archive ARCHIVE tagged NAME.
+# mkimage NAME ARCHIVE ROOTFS [--config.KEY VALUE]... ENTRYPOINT... : ROOTFS -> docker-archive
+# ARCHIVE tagged NAME. The --config.* pairs go to umoci config as they are (user,
+# workingdir, cmd...); files keep their owners (the script runs as root).
 mkimage() {
 	local name=$1 archive=$2 rootfs=$3; shift 3
 	local oci="$work/oci-$RANDOM" bundle="$work/bundle-$RANDOM"
@@ -39,6 +45,7 @@ mkimage() {
 	cp -a "$rootfs/." "$bundle/rootfs/"
 	umoci repack --image "$oci:img" "$bundle"
 	local args=() a  # a is local: callers keep their own $a (an archive path) across mkimage
+	while [[ ${1:-} == --config.* ]]; do args+=("$1" "$2"); shift 2; done
 	for a in "$@"; do args+=(--config.entrypoint "$a"); done
 	umoci config --image "$oci:img" --architecture amd64 --os linux \
 		--config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${args[@]}"
@@ -94,6 +101,50 @@ build_local_path_image() {
 		/usr/bin/local-path-provisioner
 }
 
+# The e2e monitoring stack (test/e2e/prometheus), laid out as upstream's Dockerfiles
+# lay them out (prometheus: /bin/prometheus and /bin/promtool, /etc/prometheus with a
+# default prometheus.yml, the data directory /prometheus owned by nobody and the
+# working directory, USER nobody; the operator and the reloader: /bin/<name>, USER
+# nobody), on the minimal root: all three are static Go binaries. The operator runs
+# Prometheus with the data directory, its configuration and rules on volumes of the
+# pod; the image's own /prometheus serves a Prometheus run without them.
+build_prometheus_images() {
+	local bin=$BERTH_CACHE/prometheus-$PROM_STACK_KEY a r
+	[ -f "$bin/.done" ] || { echo "images.sh: $bin missing (hack/k8s-tools/build.sh prometheus)" >&2; exit 1; }
+	a=$out/prometheus-$PROMETHEUS_TAG.tar
+	if [ ! -f "$a" ]; then
+		r=$work/prometheus
+		baseroot "$r"
+		mkdir -p "$r/etc/prometheus" "$r/prometheus"
+		cp "$bin/prometheus" "$bin/promtool" "$r/bin/"
+		cat > "$r/etc/prometheus/prometheus.yml" <<-'YAML'
+		# The image's default configuration: Prometheus scraping itself (as upstream's).
+		global:
+		  scrape_interval: 15s
+		scrape_configs:
+		- job_name: prometheus
+		  static_configs:
+		  - targets: ["localhost:9090"]
+		YAML
+		chown -R 65534:65534 "$r/etc/prometheus" "$r/prometheus"
+		mkimage "quay.io/prometheus/prometheus:$PROMETHEUS_TAG" "$a" "$r" \
+			--config.user 65534 --config.workingdir /prometheus --config.exposedports 9090/tcp \
+			--config.volume /prometheus \
+			--config.cmd --config.file=/etc/prometheus/prometheus.yml --config.cmd --storage.tsdb.path=/prometheus \
+			/bin/prometheus
+	fi
+	local pair name exe
+	for pair in prometheus-operator:operator prometheus-config-reloader:prometheus-config-reloader; do
+		name=${pair%%:*} exe=${pair#*:}
+		a=$out/$name-$PROM_OPERATOR_VERSION.tar
+		[ -f "$a" ] && continue
+		r=$work/$name
+		baseroot "$r"
+		cp "$bin/$exe" "$r/bin/$exe"
+		mkimage "quay.io/prometheus-operator/$name:$PROM_OPERATOR_VERSION" "$a" "$r" --config.user 65534 "/bin/$exe"
+	done
+}
+
 build_static_images() {
 	local k8s=$BERTH_CACHE/k8s-$K8S_VERSION sc=$BERTH_CACHE/sidecars-$SIDECARS_KEY pause=$BERTH_CACHE/pause-$PAUSE_KEY
 	local a=$out/pause-$PAUSE_KEY.tar
@@ -141,6 +192,7 @@ build_berth_image() {
 case "${1:-all}" in
 berth) build_berth_image ;;
 local-path) build_local_path_image ;;
-all) build_static_images; build_local_path_image; build_berth_image ;;
-*) echo "usage: $0 [berth|local-path|all]" >&2; exit 2 ;;
+prometheus) build_prometheus_images ;;
+all) build_static_images; build_local_path_image; build_prometheus_images; build_berth_image ;;
+*) echo "usage: $0 [berth|local-path|prometheus|all]" >&2; exit 2 ;;
 esac
