@@ -267,11 +267,14 @@ func attempt(ctx context.Context, o *PullOptions, st *state) error {
 		return err
 	}
 	defer r.close()
-	err = r.run()
-	if cerr := r.checkpoint(); err == nil {
-		err = cerr
+	if err := r.run(); err != nil {
+		// What came is kept: the next attempt goes on from it.
+		if cerr := r.checkpoint(); cerr != nil {
+			klog.FromContext(ctx).Error(cerr, "Cannot save how far an interrupted transfer got")
+		}
+		return err
 	}
-	return err
+	return nil
 }
 
 // commit makes a complete copy the destination: rename, then the rename made

@@ -230,8 +230,8 @@ func testContext(t testing.TB) context.Context {
 	return ctx
 }
 
-// cutProxy forwards connections to target and cuts the first cuts of them once
-// after bytes from the server to the client: an interrupted network.
+// cutProxy forwards connections to target and cuts the first cuts of them after
+// bytes from the server to the client: an interrupted network.
 type cutProxy struct {
 	l       net.Listener
 	target  string
@@ -277,13 +277,10 @@ func (p *cutProxy) forward(c net.Conn) {
 		_, _ = io.Copy(c, s)
 		return
 	}
-	_, err = io.CopyN(c, s, p.after)
-	if err == nil {
+	// Cut: the client reads what came, then the end of the stream; the server's
+	// next writes fail.
+	if _, err := io.CopyN(c, s, p.after); err == nil {
 		p.cutDone.Add(1)
-	}
-	// Cut: both sides see the connection reset.
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
 	}
 }
 

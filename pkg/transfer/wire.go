@@ -23,8 +23,9 @@ const (
 	// maxFrame bounds any payload a peer may send: a resume position of a very
 	// deep tree is the largest.
 	maxFrame = 16 << 20
-	// dataChunk is the most data one data frame carries.
-	dataChunk = 1 << 20
+	// dataChunk is the most data one data frame carries: what an interrupted
+	// file loses at most.
+	dataChunk = 512 << 10
 	// maxName is the longest entry name (NAME_MAX); maxTarget the longest
 	// symlink target (PATH_MAX less its NUL).
 	maxName   = 255
