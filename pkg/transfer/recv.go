@@ -89,7 +89,13 @@ func (r *receiver) start() error {
 	fw := newFrameWriter(r.conn)
 	var e enc
 	_ = r.conn.SetWriteDeadline(time.Now().Add(r.o.IdleTimeout))
-	if err := fw.frame(fRequest, r.st.request(r.o.ID, r.o.RateLimit).encode(&e)); err != nil {
+	req := r.st.request(r.o.ID, r.o.RateLimit).encode(&e)
+	if len(req) > maxFrame {
+		// A position deeper than a frame holds (megabytes of names): the copy
+		// starts over rather than never.
+		req = (&state{}).request(r.o.ID, r.o.RateLimit).encode(&e)
+	}
+	if err := fw.frame(fRequest, req); err != nil {
 		return err
 	}
 	if err := fw.flush(); err != nil {

@@ -235,7 +235,7 @@ func (d *dec) count(max int) int {
 
 func (d *dec) strs(maxN, maxLen int) []string {
 	n := d.count(maxN)
-	out := make([]string, 0, n)
+	out := make([]string, 0, min(n, 64)) // grown as they come: no input allocates ahead of itself
 	for range n {
 		out = append(out, d.str(maxLen))
 	}
