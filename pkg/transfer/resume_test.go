@@ -168,17 +168,19 @@ func TestPullResumesAfterCrash(t *testing.T) {
 	o.Progress = &Progress{}
 	o.CheckpointInterval = time.Millisecond
 	statePath := filepath.Join(filepath.Dir(dest), ".data.transfer", stagingState)
-	var early []byte
+	earlyc := make(chan []byte, 1)
 	stopAt(t, o.Progress, 2*total/3, func(ctx context.Context) error {
 		go func() { // keep the state of about a third of the way
 			for ctx.Err() == nil && o.Progress.Bytes.Load() < total/3 {
 				time.Sleep(time.Millisecond)
 			}
-			early, _ = os.ReadFile(statePath)
+			b, _ := os.ReadFile(statePath)
+			earlyc <- b
 		}()
 		_, err := Pull(ctx, o)
 		return err
 	})
+	early := <-earlyc
 	if len(early) == 0 {
 		t.Fatal("no early state saved")
 	}
