@@ -198,3 +198,16 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// Keepalives (a sender skipping what the client has) may come between any
+// records and change nothing.
+func TestReceiverKeepalive(t *testing.T) {
+	testutil.RequireRoot(t)
+	ka := rec{fKeepalive, nil}
+	addr, cfg := hostileServer(t, KindTree, []rec{ka, rEnter("d"), ka, rFile("f", 4, 0), ka, rData(0, "data"), ka, rFileEnd(), rLeave(), ka, rLeave(), ka})
+	dest := filepath.Join(t.TempDir(), "data")
+	if _, err := Pull(testContext(t), PullOptions{Addr: addr, TLS: cfg, ID: "vol", Dest: dest}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.AssertContent(t, filepath.Join(dest, "d", "f"), "data")
+}

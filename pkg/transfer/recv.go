@@ -178,6 +178,8 @@ func (r *receiver) run() error {
 			return err
 		}
 		switch {
+		case t == fKeepalive:
+			continue
 		case t == fError:
 			return decodeError(p)
 		case t == fEnd:
@@ -263,24 +265,12 @@ func (r *receiver) settleLeftover(continues bool) error {
 	if !r.first || r.leftover == "" || continues {
 		return nil
 	}
-	dfd := r.sfd
-	name := stagingData
-	if r.kind == KindTree {
-		var err error
-		if dfd, err = r.walk.Fd(); err != nil {
-			return err
-		}
-		name = r.leftover
+	// Only trees have named partial files: an image's is always continued.
+	dfd, err := r.walk.Fd()
+	if err != nil {
+		return err
 	}
-	if r.kind == KindImage {
-		// The image file stays; its data starts over.
-		fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return unix.Ftruncate(fd, 0)
-	}
+	name := r.leftover
 	if err := unix.Unlinkat(dfd, name, 0); err != nil && err != unix.ENOENT {
 		return fmt.Errorf("remove partial %s: %w", r.walk.Path(name), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
 	"github.com/berth-csi/berth/pkg/storage/safefs"
@@ -43,7 +44,13 @@ type treeStream struct {
 	links     map[inodeKey]*linkRec
 	linkBytes int64
 	s         *sender
+	keep      time.Time // the last frame sent while skipping
 }
+
+// keepaliveEvery is how often a sender that skips what the client has (a
+// metadata walk, which can take minutes on a large tree) tells the client it
+// is still there, well within the client's idle timeout.
+const keepaliveEvery = 5 * time.Second
 
 // level is one directory of the walk.
 type level struct {
@@ -79,7 +86,8 @@ func openTree(ctx context.Context, src *Source, req *request) (stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", src.Path, err)
 	}
-	t := &treeStream{ctx: ctx, root: root, walk: safefs.NewWalker(root, src.Path), links: make(map[inodeKey]*linkRec)}
+	t := &treeStream{ctx: ctx, root: root, walk: safefs.NewWalker(root, src.Path), links: make(map[inodeKey]*linkRec),
+		keep: time.Now()}
 	if req.Started && req.Kind == KindTree && req.Generation == src.Generation && t.chainExists(req) {
 		t.resuming, t.pos, t.step, t.partial = true, req.Path, req.Step, req.Partial
 	}
@@ -229,6 +237,15 @@ func (t *treeStream) place(lv *level, name string) (skip, chain bool) {
 // entry sends (or skips) the entry name of level lv.
 func (t *treeStream) entry(lv *level, name string) error {
 	skip, chain := t.place(lv, name)
+	if skip && time.Since(t.keep) >= keepaliveEvery {
+		t.keep = time.Now()
+		if err := t.s.fw.frame(fKeepalive, nil); err != nil {
+			return err
+		}
+		if err := t.s.fw.flush(); err != nil {
+			return err
+		}
+	}
 	for range maxRaces {
 		if err := t.entryOnce(name, skip, chain); err != clone.ErrChanged {
 			return err

@@ -39,21 +39,22 @@ type frameType uint8
 const (
 	fRequest frameType = iota + 1
 	fHeader
-	fEnter   // a directory: made and entered
-	fLeave   // the current directory is complete: its metadata, then up
-	fFile    // a regular file: its data frames and fFileEnd follow
-	fData    // offset, then data of the current file
-	fFileEnd // the current file is complete
-	fLink    // a hard link to a regular file sent before
-	fSymlink // a symlink, its target never resolved
-	fSpecial // a device node or fifo
-	fEnd     // the source is complete
-	fError   // the server stops: a code and a message
+	fEnter     // a directory: made and entered
+	fLeave     // the current directory is complete: its metadata, then up
+	fFile      // a regular file: its data frames and fFileEnd follow
+	fData      // offset, then data of the current file
+	fFileEnd   // the current file is complete
+	fLink      // a hard link to a regular file sent before
+	fSymlink   // a symlink, its target never resolved
+	fSpecial   // a device node or fifo
+	fEnd       // the source is complete
+	fError     // the server stops: a code and a message
+	fKeepalive // nothing: the server is busy skipping what the client has
 )
 
 func (t frameType) String() string {
 	names := [...]string{"?", "request", "header", "enter", "leave", "file", "data", "file-end", "link",
-		"symlink", "special", "end", "error"}
+		"symlink", "special", "end", "error", "keepalive"}
 	if int(t) < len(names) {
 		return names[t]
 	}
