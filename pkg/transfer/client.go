@@ -50,9 +50,9 @@ type PullOptions struct {
 	// RateLimit, when positive, asks the server to send at most this many
 	// bytes a second (its own limit applies as well).
 	RateLimit int64
-	// Retries is how many times an interrupted attempt is resumed (0:
-	// DefaultRetries; negative: none), waiting RetryWait (0: DefaultRetryWait),
-	// doubled each time up to 30 s, before each.
+	// Retries is how many interrupted attempts in a row (without progress
+	// between them) are resumed (0: DefaultRetries; negative: none), waiting
+	// RetryWait (0: DefaultRetryWait), doubled each time up to 30 s, before each.
 	Retries   int
 	RetryWait time.Duration
 	// CheckpointInterval is how often the staging copy is flushed and its state
@@ -181,16 +181,31 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 	logger := klog.FromContext(ctx)
 	stopLog := logProgress(ctx, o.Progress, o.LogInterval, "Transfer receiving")
 	defer stopLog()
+	// keep ends the Pull with err, leaving the staged copy for a later one (if
+	// anything came).
+	keep := func(err error) error {
+		if !st.Started {
+			_ = Discard(o.Staging)
+			return fmt.Errorf("transfer of %s: %w", o.ID, err)
+		}
+		return fmt.Errorf("transfer of %s: %w (the staged copy is kept for a later attempt)", o.ID, err)
+	}
 	wait, retries, restarts := o.RetryWait, 0, 0
 	for {
 		res.Attempts++
+		before := st.Bytes + o.Progress.Entries.Load()
 		err := attempt(ctx, o, st)
 		if err == nil {
 			return nil
 		}
+		if st.Bytes+o.Progress.Entries.Load() > before {
+			// It got somewhere: the retries count failures in a row.
+			wait, retries = o.RetryWait, 0
+		}
 		switch {
 		case ctx.Err() != nil:
-			return fmt.Errorf("transfer of %s: %w (the staged copy is kept: %w)", o.ID, ctx.Err(), err)
+			logger.V(2).Info("Transfer stopped", "err", err, "bytes", st.Bytes)
+			return keep(ctx.Err())
 		case errors.Is(err, errSourceChanged) && restarts < 1:
 			restarts++
 			logger.V(2).Info("Transfer starting over: the source changed since the interrupted attempt", "err", err)
@@ -206,7 +221,7 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				return fmt.Errorf("transfer of %s: %w (the staged copy is kept)", o.ID, ctx.Err())
+				return keep(ctx.Err())
 			}
 			wait = min(2*wait, maxRetryWait)
 			continue
@@ -218,12 +233,7 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 			}
 			return fmt.Errorf("transfer of %s: %w", o.ID, err)
 		}
-		if !st.Started {
-			// Nothing came: no staged copy to keep.
-			_ = Discard(o.Staging)
-			return fmt.Errorf("transfer of %s: %w", o.ID, err)
-		}
-		return fmt.Errorf("transfer of %s: %w (the staged copy is kept for a later attempt)", o.ID, err)
+		return keep(err)
 	}
 }
 
