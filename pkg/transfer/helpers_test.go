@@ -284,7 +284,7 @@ func (p *cutProxy) forward(c net.Conn) {
 	}
 }
 
-// isErr reports whether err wraps want, with a readable failure otherwise.
+// wantErr fails the test unless err wraps want.
 func wantErr(t testing.TB, err, want error) {
 	t.Helper()
 	if !errors.Is(err, want) {

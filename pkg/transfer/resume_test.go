@@ -82,17 +82,23 @@ func checkResumeTree(t testing.TB, src, dest string) {
 	}
 }
 
+// resumeSetup serves a resumeTree as "vol" on a server of o, as root, and
+// names a destination for it.
+func resumeSetup(t *testing.T, o ServerOptions) (n *testNet, src string, total int64, dest string) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	n = startServer(t, o)
+	src = t.TempDir()
+	total = resumeTree(t, src)
+	n.sources.add("vol", Source{Kind: KindTree, Path: src, Generation: "g"})
+	return n, src, total, filepath.Join(t.TempDir(), "data")
+}
+
 // A connection cut mid-stream, three times: each attempt goes on from where the
 // last one stopped, so no byte of data comes twice.
 func TestPullResumesAfterCuts(t *testing.T) {
-	testutil.RequireRoot(t)
-	n := startServer(t, ServerOptions{})
-	src := t.TempDir()
-	total := resumeTree(t, src)
-	n.sources.add("vol", Source{Kind: KindTree, Path: src, Generation: "g"})
+	n, src, total, dest := resumeSetup(t, ServerOptions{})
 	proxy := newCutProxy(t, n.addr, 1500<<10, 3)
-
-	dest := filepath.Join(t.TempDir(), "data")
 	o := n.pullOptions(t, "vol", dest)
 	o.Addr = proxy.addr()
 	o.Progress = &Progress{}
@@ -115,12 +121,7 @@ func TestPullResumesAfterCuts(t *testing.T) {
 // A client that stops (its process ended) and a server that restarts: the next
 // Pull, to the new server, goes on from the staged copy.
 func TestPullResumesAfterRestarts(t *testing.T) {
-	testutil.RequireRoot(t)
-	n := startServer(t, ServerOptions{RateLimit: 8 << 20})
-	src := t.TempDir()
-	total := resumeTree(t, src)
-	n.sources.add("vol", Source{Kind: KindTree, Path: src, Generation: "g"})
-	dest := filepath.Join(t.TempDir(), "data")
+	n, src, total, dest := resumeSetup(t, ServerOptions{RateLimit: 8 << 20})
 
 	// The first Pull ends a third of the way, as if its process died.
 	o := n.pullOptions(t, "vol", dest)
@@ -157,12 +158,7 @@ func TestPullResumesAfterRestarts(t *testing.T) {
 // holds (the copy went on past the last checkpoint). The next Pull removes what
 // the state does not vouch for and goes on from the state's position.
 func TestPullResumesAfterCrash(t *testing.T) {
-	testutil.RequireRoot(t)
-	n := startServer(t, ServerOptions{RateLimit: 8 << 20})
-	src := t.TempDir()
-	total := resumeTree(t, src)
-	n.sources.add("vol", Source{Kind: KindTree, Path: src, Generation: "g"})
-	dest := filepath.Join(t.TempDir(), "data")
+	n, src, total, dest := resumeSetup(t, ServerOptions{RateLimit: 8 << 20})
 
 	o := n.pullOptions(t, "vol", dest)
 	o.Progress = &Progress{}
