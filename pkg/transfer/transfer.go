@@ -119,8 +119,9 @@ type Progress struct {
 	Bytes, Total atomic.Int64
 	// Entries counts directories, files, links and special files.
 	Entries atomic.Int64
-	// Resumed counts the bytes an attempt did not send again because the client
-	// had them; Resumes the attempts that went on from an earlier one.
+	// Resumed adds up the offsets partial files were continued from (bytes the
+	// client had, holes included); Resumes counts the attempts that went on from
+	// an earlier one.
 	Resumed atomic.Int64
 	Resumes atomic.Int64
 }
