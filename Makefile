@@ -55,7 +55,8 @@ FUZZ_TARGETS := \
 	storage:FuzzReadSnapshot storage:FuzzStaged storage:FuzzRecoveryPaths \
 	mounter:FuzzParseFlags driver:FuzzParseFlags volcap:FuzzParse \
 	server:FuzzParseEndpoint server:FuzzSanitize \
-	controller:FuzzListVolumes controller:FuzzListSnapshots controller:FuzzParameters
+	controller:FuzzListVolumes controller:FuzzListSnapshots controller:FuzzParameters \
+	transfer:FuzzDecode
 
 fuzz:
 	hack/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)

@@ -64,7 +64,8 @@ type Pool struct {
 	bgCtx context.Context // the engine's lifetime: background copies stop with it
 	bg    *sync.WaitGroup // the engine's background goroutines
 
-	copies map[string]*volumeCopy // volumes whose content is copied in the background, by hash (under mu)
+	copies  map[string]*volumeCopy // volumes whose content is copied in the background, by hash (under mu)
+	exports map[string]int         // volumes and snapshots being read by Exports, by ID (under mu; transfersource.go)
 
 	snaps   snapshotState
 	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)
@@ -90,6 +91,7 @@ func newPool(cfg PoolConfig, projects *projectIDs, usage *usageWalks, host Host)
 		index:    map[string]*Record{},
 		damaged:  map[string]damage{},
 		copies:   map[string]*volumeCopy{},
+		exports:  map[string]int{},
 		findings: map[string]projectFindings{},
 		observed: map[string]observed{},
 		purge:    make(chan struct{}, 1),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
 	"golang.org/x/sys/unix"
@@ -26,6 +27,8 @@ type copySource struct {
 	access string
 	fsType string  // the filesystem an image of it holds ("" when none)
 	vol    *Record // the volume a clone copies (nil for a snapshot)
+	// created is when the source was made (its record's createdAt).
+	created time.Time
 	// what names it, entry is its directory (volumes/<hash> or snapshots/<hash>), and
 	// reread reads its record again, for the check that it outlived the copy.
 	what, entry string
@@ -54,7 +57,7 @@ func (p *Pool) sourceOf(src *Source) (*copySource, error) {
 			return nil, fmt.Errorf("snapshot %s is not ready to use yet: %w", src.ID, ErrPrecondition)
 		}
 		entry := filepath.Join(p.cfg.Path, snapshotsDir, pid.Hash)
-		return &copySource{from: filepath.Join(entry, name),
+		return &copySource{from: filepath.Join(entry, name), created: s.CreatedAt,
 			size: s.SizeBytes, access: s.AccessType, fsType: s.FSType,
 			what: "snapshot " + src.ID, entry: entry, reread: func() error {
 				s, err := p.readSnapshotAt(pid.Hash)
@@ -75,7 +78,7 @@ func (p *Pool) sourceOf(src *Source) (*copySource, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &copySource{from: filepath.Join(p.VolumeDir(pid.Hash), name),
+		return &copySource{from: filepath.Join(p.VolumeDir(pid.Hash), name), created: r.CreatedAt,
 			size: r.CapacityBytes, access: r.AccessType, fsType: r.FSType, vol: r,
 			what: "volume " + r.ID, entry: p.VolumeDir(pid.Hash), reread: p.rereadVolume(r)}, nil
 	}

@@ -395,6 +395,9 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
 	if to, ok := p.copyingFrom(SourceSnapshot, s.ID); ok {
 		return fmt.Errorf("delete snapshot %s: volume %s is being restored from it: %w", s.ID, to, ErrInUse)
 	}
+	if p.exporting(s.ID) {
+		return fmt.Errorf("delete snapshot %s: it is being sent to another node: %w", s.ID, ErrInUse)
+	}
 	if err := p.toTrash(filepath.Join(p.cfg.Path, snapshotsDir), hash); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

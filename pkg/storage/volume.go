@@ -318,6 +318,9 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	if to, ok := p.copyingFrom(SourceVolume, r.ID); ok {
 		return fmt.Errorf("delete volume %s: volume %s is being cloned from it: %w", r.ID, to, ErrInUse)
 	}
+	if p.exporting(r.ID) {
+		return fmt.Errorf("delete volume %s: it is being sent to another node: %w", r.ID, ErrInUse)
+	}
 	if err := p.backend.InUse(ctx, p, r, p.VolumeDir(hash)); err != nil {
 		return fmt.Errorf("delete volume %s: %w", r.ID, err)
 	}

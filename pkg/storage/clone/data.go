@@ -20,20 +20,20 @@ const (
 	bufSize = 1 << 20
 )
 
-// errRaced reports that an entry changed type or identity between two
-// lookups; the walk classifies it again.
-var errRaced = errors.New("entry changed during copy")
+// ErrChanged reports that an entry changed type or identity between two
+// lookups; a walk classifies it again.
+var ErrChanged = errors.New("entry changed during copy")
 
-// openRegular opens for reading the regular file that pfd, an O_PATH fd with
-// stat st, refers to. It reopens pfd through its /proc magic link, which
+// OpenRegular opens for reading the regular file that pfd, an O_PATH fd with
+// stat st, refers to, and updates st to the opened file's stat. It reopens pfd through its /proc magic link, which
 // yields exactly that inode: an entry swapped for a fifo or a device node
 // after pfd was checked is never opened (opening a device can have side
 // effects; opening a fifo can block). Without /proc it falls back to fallback,
 // a confined lookup by name with O_NONBLOCK, and refuses anything that is not
 // the inode pfd was. The result is checked to be that inode either way;
-// errRaced reports a mismatch. O_NOATIME keeps the source's access time
+// ErrChanged reports a mismatch. O_NOATIME keeps the source's access time
 // where the caller may ask for it.
-func openRegular(pfd int, st *unix.Stat_t, fallback func(flags int) (int, error)) (int, error) {
+func OpenRegular(pfd int, st *unix.Stat_t, fallback func(flags int) (int, error)) (int, error) {
 	const flags = unix.O_RDONLY | unix.O_NONBLOCK | unix.O_CLOEXEC
 	open := func(f int) (int, error) {
 		fd, err := unix.Open(safefs.ProcPath(pfd), f, 0)
@@ -49,7 +49,7 @@ func openRegular(pfd int, st *unix.Stat_t, fallback func(flags int) (int, error)
 	switch err {
 	case nil:
 	case unix.ENOENT, unix.ELOOP, unix.ENOTDIR, unix.ENXIO, unix.EXDEV:
-		return -1, errRaced
+		return -1, ErrChanged
 	default:
 		return -1, err
 	}
@@ -60,7 +60,7 @@ func openRegular(pfd int, st *unix.Stat_t, fallback func(flags int) (int, error)
 	}
 	if got.Mode&unix.S_IFMT != unix.S_IFREG || got.Dev != st.Dev || got.Ino != st.Ino {
 		unix.Close(fd)
-		return -1, errRaced
+		return -1, ErrChanged
 	}
 	*st = got
 	return fd, nil
@@ -131,30 +131,13 @@ func (c *counter) copySparse(ctx context.Context, rfd, wfd int, size int64) erro
 	}
 	var buf []byte
 	for off := int64(0); off < size; {
-		data, err := unix.Seek(rfd, off, unix.SEEK_DATA)
-		switch err {
-		case nil:
-		case unix.ENXIO:
-			data = size // no data after off
-		case unix.EINVAL, unix.EOPNOTSUPP:
-			data = off // no SEEK_DATA here: all data
-		default:
-			return fmt.Errorf("seek data: %w", err)
+		data, hole, err := NextData(rfd, off, size)
+		if err != nil {
+			return err
 		}
 		if data >= size {
 			break
 		}
-		hole, err := unix.Seek(rfd, data, unix.SEEK_HOLE)
-		switch err {
-		case nil:
-		case unix.ENXIO:
-			hole = size // shrank under us
-		case unix.EINVAL, unix.EOPNOTSUPP:
-			hole = size
-		default:
-			return fmt.Errorf("seek hole: %w", err)
-		}
-		hole = min(hole, size)
 		for pos := data; pos < hole; {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -202,6 +185,34 @@ func (c *counter) copySparse(ctx context.Context, rfd, wfd int, size int64) erro
 		return fmt.Errorf("truncate: %w", err)
 	}
 	return nil
+}
+
+// NextData returns the first data extent of fd at or after off, below size:
+// [data, hole), found with SEEK_DATA and SEEK_HOLE; data is size when there is
+// none. A filesystem without SEEK_DATA shows all of it as data.
+func NextData(fd int, off, size int64) (data, hole int64, err error) {
+	data, err = unix.Seek(fd, off, unix.SEEK_DATA)
+	switch err {
+	case nil:
+	case unix.ENXIO:
+		return size, size, nil // no data after off
+	case unix.EINVAL, unix.EOPNOTSUPP:
+		data = off // no SEEK_DATA here: all data
+	default:
+		return 0, 0, fmt.Errorf("seek data: %w", err)
+	}
+	if data >= size {
+		return size, size, nil
+	}
+	hole, err = unix.Seek(fd, data, unix.SEEK_HOLE)
+	switch err {
+	case nil:
+	case unix.ENXIO, unix.EINVAL, unix.EOPNOTSUPP:
+		hole = size // shrank under us, or no SEEK_HOLE
+	default:
+		return 0, 0, fmt.Errorf("seek hole: %w", err)
+	}
+	return data, min(hole, size), nil
 }
 
 // readWrite copies up to len(buf) bytes at off from rfd to wfd and returns
@@ -276,11 +287,11 @@ func (c *counter) file(ctx context.Context, src, dst string) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return ErrNotRegular
 	}
-	rfd, err := openRegular(pfd, &st, func(flags int) (int, error) {
+	rfd, err := OpenRegular(pfd, &st, func(flags int) (int, error) {
 		return unix.Openat(sdir, srcName, flags|unix.O_NOFOLLOW, 0)
 	})
-	if err == errRaced {
-		return fmt.Errorf("%w: %w", errRaced, ErrNotRegular)
+	if err == ErrChanged {
+		return fmt.Errorf("%w: %w", ErrChanged, ErrNotRegular)
 	}
 	if err != nil {
 		return &os.PathError{Op: "open", Path: src, Err: err}

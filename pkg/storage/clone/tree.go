@@ -244,7 +244,7 @@ func (t *tree) leave() error {
 // entry copies the entry name of the current source level.
 func (t *tree) entry(name string) error {
 	for range maxRaces {
-		if err := t.copyEntry(name); err != errRaced {
+		if err := t.copyEntry(name); err != ErrChanged {
 			return err
 		}
 	}
@@ -253,7 +253,7 @@ func (t *tree) entry(name string) error {
 
 // copyEntry copies name after deciding its type from an O_PATH fd, which
 // opens nothing (not a device, not a fifo) and refers to a symlink itself.
-// errRaced asks for another try.
+// ErrChanged asks for another try.
 func (t *tree) copyEntry(name string) error {
 	sfd, err := t.src.Fd()
 	if err != nil {
@@ -287,7 +287,7 @@ func (t *tree) copyEntry(name string) error {
 	default: // unix sockets
 		t.Skipped++
 	}
-	if err != nil && err != errRaced {
+	if err != nil && err != ErrChanged {
 		err = fmt.Errorf("%s: %w", t.src.Path(name), err)
 	}
 	return err
@@ -300,7 +300,7 @@ func (t *tree) enter(name string) error {
 	case unix.ENOENT:
 		return nil
 	case unix.ENOTDIR, unix.ELOOP:
-		return errRaced
+		return ErrChanged
 	case unix.EXDEV:
 		t.Skipped++
 		return nil
@@ -355,7 +355,7 @@ func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
 	if err != nil {
 		return err
 	}
-	rfd, err := openRegular(pfd, st, func(flags int) (int, error) {
+	rfd, err := OpenRegular(pfd, st, func(flags int) (int, error) {
 		return safefs.OpenConfined(sfd, name, flags)
 	})
 	if err != nil {
@@ -396,7 +396,7 @@ func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
 // symlink copies the symlink pfd (O_PATH) as a symlink with the same
 // target text, never resolved.
 func (t *tree) symlink(pfd int, st *unix.Stat_t, name string) error {
-	target, err := readlink(pfd, st.Size)
+	target, err := Readlink(pfd, st.Size)
 	if err != nil {
 		return err
 	}
@@ -414,8 +414,9 @@ func (t *tree) symlink(pfd int, st *unix.Stat_t, name string) error {
 	return nil
 }
 
-// readlink reads the target of the symlink pfd, an O_PATH fd on it.
-func readlink(pfd int, size int64) (string, error) {
+// Readlink reads the target of the symlink pfd, an O_PATH fd on it (st_size
+// long, as lstat said; a longer target is read all the same).
+func Readlink(pfd int, size int64) (string, error) {
 	n := int(max(size+1, 256))
 	for range 8 {
 		buf := make([]byte, n)

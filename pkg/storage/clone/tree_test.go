@@ -58,15 +58,15 @@ func TestTree(t *testing.T) {
 
 			// Symlinks were copied, never followed: host data untouched, and
 			// nothing of it in the copy.
-			assertContent(t, fx.host, "host data")
-			if hs := lstat(t, fx.host); hs.Mtim != fx.hostStat.Mtim || hs.Ino != fx.hostStat.Ino {
+			assertContent(t, fx.Host, "host data")
+			if hs := lstat(t, fx.Host); hs.Mtim != fx.HostStat.Mtim || hs.Ino != fx.HostStat.Ino {
 				t.Errorf("host file changed")
 			}
-			if x := xattrs(t, fx.host); len(x) != 0 {
+			if x := xattrs(t, fx.Host); len(x) != 0 {
 				t.Errorf("host file got xattrs %q: a symlink was followed", x)
 			}
-			if got := listTree(t, outside); !slices.Equal(got, fx.hostBefore) {
-				t.Errorf("outside changed:\n%v\nwant\n%v", got, fx.hostBefore)
+			if got := listTree(t, outside); !slices.Equal(got, fx.HostBefore) {
+				t.Errorf("outside changed:\n%v\nwant\n%v", got, fx.HostBefore)
 			}
 			if ents, _ := os.ReadDir(snaps); len(ents) != 1 {
 				t.Errorf("destination parent holds %d entries, want 1", len(ents))
@@ -87,7 +87,7 @@ func TestTree(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(src, "top.txt"), []byte("changed"), 0); err != nil {
 				t.Fatal(err)
 			}
-			if got := sha256File(t, filepath.Join(dst, "random.bin")); got != fx.randomSum {
+			if got := sha256File(t, filepath.Join(dst, "random.bin")); got != fx.RandomSum {
 				t.Errorf("copy changed with its source")
 			}
 			assertContent(t, filepath.Join(dst, "top.txt"), "top")

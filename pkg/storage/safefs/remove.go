@@ -48,10 +48,23 @@ func RemoveTreeContext(ctx context.Context, parent, name string) error {
 		return fmt.Errorf("remove %s: open parent: %w", filepath.Join(parent, name), err)
 	}
 	defer unix.Close(pfd)
-	s := newDirStack(pfd, parent).withContext(ctx)
+	return RemoveTreeAt(ctx, pfd, parent, name)
+}
+
+// RemoveTreeAt is RemoveTreeContext with the parent given as a directory fd (an
+// O_PATH fd will do), which stays the caller's; parentName names it in errors.
+func RemoveTreeAt(ctx context.Context, parentFd int, parentName, name string) error {
+	if err := validName(name); err != nil {
+		return fmt.Errorf("remove %q in %s: %w", name, parentName, err)
+	}
+	s := newDirStack(parentFd, parentName).withContext(ctx)
 	defer s.close()
 	return removeTree(s, name)
 }
+
+// ValidName reports whether name is a single, non-special path component: not
+// empty, "." or "..", without "/" or NUL (unix.EINVAL otherwise).
+func ValidName(name string) error { return validName(name) }
 
 // validName accepts a single, non-special path component.
 func validName(name string) error {
