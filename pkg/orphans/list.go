@@ -4,12 +4,19 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // DefaultPageSize is how many PersistentVolumes one List request returns at most.
 const DefaultPageSize = 500
+
+// PVLister lists PersistentVolumes: client-go's PersistentVolumeInterface
+// (clientset.CoreV1().PersistentVolumes(), a fake's in tests) is one, and
+// NewPVClient's, which the pv-lister uses.
+type PVLister interface {
+	List(ctx context.Context, opts metav1.ListOptions) (*corev1.PersistentVolumeList, error)
+}
 
 // ListHandles lists every PersistentVolume, pageSize at a time, and returns the
 // volume handles of driver's.
@@ -34,14 +41,14 @@ const DefaultPageSize = 500
 //
 // A continue token that expired between two pages (410 Gone, after minutes) fails
 // the listing; the next scan lists afresh.
-func ListHandles(ctx context.Context, kube kubernetes.Interface, driver string, pageSize int64) (Handles, error) {
+func ListHandles(ctx context.Context, pvs PVLister, driver string, pageSize int64) (Handles, error) {
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
 	out := Handles{}
 	opts := metav1.ListOptions{Limit: pageSize}
 	for {
-		page, err := kube.CoreV1().PersistentVolumes().List(ctx, opts)
+		page, err := pvs.List(ctx, opts)
 		if err != nil {
 			return nil, fmt.Errorf("list PersistentVolumes: %w", err)
 		}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/berth-csi/berth/pkg/healthz"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 )
 
@@ -24,14 +23,14 @@ type Lister interface {
 
 // KubeLister lists them through the API server.
 type KubeLister struct {
-	Client   kubernetes.Interface
+	PVs      PVLister
 	Driver   string
 	PageSize int64 // 0: DefaultPageSize
 }
 
 // VolumeHandles implements Lister.
 func (l KubeLister) VolumeHandles(ctx context.Context) (Handles, error) {
-	return ListHandles(ctx, l.Client, l.Driver, l.PageSize)
+	return ListHandles(ctx, l.PVs, l.Driver, l.PageSize)
 }
 
 // The pv-lister runs beside the driver in its own unprivileged container, the one

@@ -47,7 +47,7 @@ func TestSocketLister(t *testing.T) {
 		pv("pv-b", driver, "b1-local-b", corev1.VolumeReleased),
 		pv("pv-x", "other.csi.io", "b1-local-x", corev1.VolumeBound),
 	)
-	sock := serveLister(t, orphans.KubeLister{Client: kube, Driver: driver, PageSize: 1})
+	sock := serveLister(t, orphans.KubeLister{PVs: kube.CoreV1().PersistentVolumes(), Driver: driver, PageSize: 1})
 	h, err := orphans.NewSocketLister(sock).VolumeHandles(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func newWorld(t *testing.T, pools []orphans.Pool, pvs ...runtime.Object) *world 
 	w := &world{kube: fake.NewClientset(pvs...), pools: pools, now: t0, logs: &logLines{}}
 	w.scan = orphans.New(orphans.Config{
 		Interval: 5 * time.Minute,
-		Lister:   orphans.KubeLister{Client: w.kube, Driver: driver},
+		Lister:   orphans.KubeLister{PVs: w.kube.CoreV1().PersistentVolumes(), Driver: driver},
 		Pools:    func() []orphans.Pool { return w.pools },
 		Now:      func() time.Time { return w.now },
 	})
@@ -296,7 +296,7 @@ func TestListHandlesPaginates(t *testing.T) {
 	}
 	kube := fake.NewClientset()
 	kube.PrependReactor("list", "persistentvolumes", p.react)
-	h, err := orphans.ListHandles(context.Background(), kube, driver, 500)
+	h, err := orphans.ListHandles(context.Background(), kube.CoreV1().PersistentVolumes(), driver, 500)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +308,7 @@ func TestListHandlesPaginates(t *testing.T) {
 	}
 
 	p.limits, p.expireAt = nil, 2
-	if _, err := orphans.ListHandles(context.Background(), kube, driver, 500); !apierrors.IsResourceExpired(err) {
+	if _, err := orphans.ListHandles(context.Background(), kube.CoreV1().PersistentVolumes(), driver, 500); !apierrors.IsResourceExpired(err) {
 		t.Errorf("expired continue token: %v, want the 410 error", err)
 	}
 }
