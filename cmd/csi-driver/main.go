@@ -19,6 +19,10 @@ func main() {
 		trashOrphan(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == driver.PVListerCommand {
+		pvLister(os.Args[2:])
+		return
+	}
 	opts, err := driver.ParseFlags(os.Args[0], os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "csi-driver: %v\n", err)
@@ -51,4 +55,18 @@ func trashOrphan(args []string) {
 		}
 		os.Exit(1)
 	}
+}
+
+// pvLister runs `csi-driver pv-lister` until SIGTERM or SIGINT; any failure (an
+// invalid flag, no in-cluster configuration, the socket taken) exits 1.
+func pvLister(args []string) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := driver.PVLister(ctx, args); err != nil {
+		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.PVListerCommand, err)
+		klog.Flush()
+		stop()
+		os.Exit(1)
+	}
+	klog.Flush()
 }

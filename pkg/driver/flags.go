@@ -53,6 +53,12 @@ type Options struct {
 	// PoolRetry is how often pools that cannot be served are tried again.
 	PoolRetry time.Duration
 
+	// OrphanScanInterval is how often the orphan scan counts the volumes no
+	// PersistentVolume names (0: never); PVListerEndpoint is the socket of the
+	// pv-lister it asks for the PersistentVolumes.
+	OrphanScanInterval time.Duration
+	PVListerEndpoint   string
+
 	// Host is what the engine reaches the machine through; the zero value is the
 	// machine itself. Tests set a fake (internal/fakehost); no flag does.
 	Host storage.Host
@@ -91,6 +97,9 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.IntVar(&o.HealthPort, "health-port", 0, "serve GET /healthz and /readyz on 127.0.0.1:<port> (0: off)")
 	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at GET /metrics on host:port, e.g. the node's IP (0.0.0.0:port listens on every interface; empty: off)")
 	fs.DurationVar(&o.PoolRetry, "pool-retry-interval", storage.DefaultPoolRetry, "how often a pool that cannot be served is tried again")
+	fs.DurationVar(&o.OrphanScanInterval, "orphan-scan-interval", 0, "how often to count the volumes no PersistentVolume names (berth_pool_orphan_volumes), 1m to 24h; 0: never")
+	var pvLister string
+	fs.StringVar(&pvLister, "pv-lister-endpoint", DefaultPVListerEndpoint, "socket of the pv-lister (csi-driver pv-lister) that the orphan scan asks for the PersistentVolumes")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -122,6 +131,11 @@ func ParseFlags(prog string, args []string) (Options, error) {
 		return o, fmt.Errorf("--logging-format %q: must be text or json", o.LoggingFormat)
 	case o.PoolRetry < time.Second || o.PoolRetry > time.Hour:
 		return o, fmt.Errorf("--pool-retry-interval %s: must be from 1s to 1h", o.PoolRetry)
+	case o.OrphanScanInterval != 0 && (o.OrphanScanInterval < time.Minute || o.OrphanScanInterval > 24*time.Hour):
+		return o, fmt.Errorf("--orphan-scan-interval %s: must be 0 (off) or from 1m to 24h", o.OrphanScanInterval)
+	}
+	if o.PVListerEndpoint, err = server.ParseEndpoint(pvLister); err != nil {
+		return o, fmt.Errorf("--pv-lister-endpoint: %w", err)
 	}
 	if o.MetricsAddress != "" {
 		if err := metrics.CheckAddress(o.MetricsAddress); err != nil {
@@ -137,13 +151,19 @@ func ParseFlags(prog string, args []string) (Options, error) {
 			return o, fmt.Errorf("--config: %w", err)
 		}
 	}
-	if o.LoggingFormat == "json" {
+	setLoggingFormat(o.LoggingFormat)
+	return o, nil
+}
+
+// setLoggingFormat sends klog's lines to stderr as JSON for "json"; "text" is
+// klog's own format.
+func setLoggingFormat(format string) {
+	if format == "json" {
 		// klog keeps filtering by -v; the slog handler passes everything it is given,
 		// each key once (jsonlog.go).
 		h := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-128)})
 		klog.SetLogger(logr.FromSlogHandler(uniqueKeys{inner: h}))
 	}
-	return o, nil
 }
 
 // resolveRegistration validates the registration and health flags and decides "auto".

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -112,6 +113,19 @@ func TestParseFlags(t *testing.T) {
 		{name: "metrics address without host", args: []string{"--metrics-address", ":9810"}, wantErr: "--metrics-address"},
 		{name: "metrics address without port", args: []string{"--metrics-address", "10.1.2.3"}, wantErr: "--metrics-address"},
 		{name: "metrics address with a bad port", args: []string{"--metrics-address", "10.1.2.3:99999"}, wantErr: "--metrics-address"},
+		{name: "orphan scan off by default", args: []string{"--node-id", "n1"}, check: func(t *testing.T, o Options) {
+			if o.OrphanScanInterval != 0 || o.PVListerEndpoint != "/pv-lister/pv-lister.sock" {
+				t.Errorf("orphan scan %s, pv-lister %q by default", o.OrphanScanInterval, o.PVListerEndpoint)
+			}
+		}},
+		{name: "orphan scan every 5m", args: []string{"--orphan-scan-interval", "5m", "--pv-lister-endpoint", "unix:///run/l.sock"}, check: func(t *testing.T, o Options) {
+			if o.OrphanScanInterval != 5*time.Minute || o.PVListerEndpoint != "/run/l.sock" {
+				t.Errorf("orphan scan %s, pv-lister %q", o.OrphanScanInterval, o.PVListerEndpoint)
+			}
+		}},
+		{name: "orphan scan too often", args: []string{"--orphan-scan-interval", "30s"}, wantErr: "--orphan-scan-interval"},
+		{name: "orphan scan too rare", args: []string{"--orphan-scan-interval", "25h"}, wantErr: "--orphan-scan-interval"},
+		{name: "pv-lister over tcp", args: []string{"--pv-lister-endpoint", "tcp://127.0.0.1:1"}, wantErr: "--pv-lister-endpoint"},
 		{name: "version", args: []string{"--version", "--mode", "bogus"}, check: func(t *testing.T, o Options) {
 			if !o.ShowVersion {
 				t.Error("--version not set")

@@ -14,6 +14,7 @@ import (
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/metrics"
 	"github.com/berth-csi/berth/pkg/node"
+	"github.com/berth-csi/berth/pkg/orphans"
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
@@ -87,6 +88,17 @@ func Run(ctx context.Context, o Options) error {
 		hooks.Observe = m.Observe
 	}
 	srv.SetHooks(hooks)
+	// The orphan scan only counts (berth_pool_orphan_volumes and a log line per
+	// orphan); it asks the pv-lister for the PersistentVolumes, as this container
+	// holds no API token.
+	var scan *orphans.Scanner
+	if o.OrphanScanInterval > 0 {
+		scan = orphans.New(orphans.Config{Interval: o.OrphanScanInterval, Lister: orphans.NewSocketLister(o.PVListerEndpoint),
+			Pools: func() []orphans.Pool { return orphanPools(engine) }})
+		if m != nil {
+			m.AddOrphanScan(scan.Status)
+		}
+	}
 
 	// The first failure of a background part stops the driver and is returned.
 	var wg sync.WaitGroup
@@ -157,6 +169,10 @@ func Run(ctx context.Context, o Options) error {
 			return
 		}
 		ready.Store(true)
+		if scan != nil {
+			// After reconciliation: the index then holds every committed volume.
+			wg.Go(func() { scan.Run(ctx) })
+		}
 		if reg != nil {
 			// Registered only once ready: the kubelet sends work as soon as it knows us.
 			wg.Go(func() {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-csi/berth/pkg/orphans"
 	"github.com/spf13/cobra"
 )
 
@@ -131,9 +132,9 @@ func diagnose(before, now *Facts, interval time.Duration) DoctorReport {
 		add(Finding{Check: CheckNoDriverPods, Problem: "no pod labelled " + podSelector + " was found",
 			Action: "install Berth (helm install berth charts/berth), or name its namespace with --driver-namespace"})
 	}
-	named := map[string]bool{}
+	named := orphans.Handles{}
 	for _, pv := range now.PVs {
-		named[pv.Spec.CSI.VolumeHandle] = true
+		named[pv.Spec.CSI.VolumeHandle] = struct{}{}
 	}
 	earlier := map[string]*Source{}
 	for _, s := range before.Sources {
@@ -147,10 +148,12 @@ func diagnose(before, now *Facts, interval time.Duration) DoctorReport {
 			continue
 		}
 		prev := earlier[s.Namespace+"/"+s.Pod]
+		served := map[string]bool{}
 		for _, p := range s.Scrape.Pools {
 			r.Checked.Pools++
 			node := orElse(p.Node, s.Node)
 			poolFindings(add, node, p, prevPool(prev, p.Pool), interval)
+			served[p.Pool] = p.Served
 		}
 		ids := make([]string, 0, len(s.Scrape.Volumes))
 		for id := range s.Scrape.Volumes {
@@ -164,8 +167,12 @@ func diagnose(before, now *Facts, interval time.Duration) DoctorReport {
 			}
 			seen[id] = true
 			r.Checked.Volumes++
-			if named[id] || v.Ephemeral || !inEarlier(prev, id) {
-				continue // a volume only just created may not have its PV yet
+			// The driver's orphan scan judges by the same rule (pkg/orphans), in the
+			// same pools: a pool not served is not judged, its index may be empty or
+			// old. Settled here: in both reads, as a volume only just created may not
+			// have its PV yet (the scan: committed 10 minutes ago).
+			if !served[v.Pool] || !orphans.Orphaned(orphans.Volume{ID: id, Ephemeral: v.Ephemeral, Settled: inEarlier(prev, id)}, named) {
+				continue
 			}
 			was := ""
 			if v.Claim != "" {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/berth-csi/berth/pkg/orphans"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -202,7 +203,7 @@ func driverPVs(ctx context.Context, kube kubernetes.Interface, driver string) ([
 	}
 	var out []corev1.PersistentVolume
 	for _, pv := range list.Items {
-		if pv.Spec.CSI != nil && pv.Spec.CSI.Driver == driver {
+		if _, ok := orphans.HandleOf(&pv, driver); ok {
 			out = append(out, pv)
 		}
 	}

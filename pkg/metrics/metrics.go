@@ -1,6 +1,7 @@
 // Package metrics exports Berth's Prometheus metrics: the pools' and volumes'
-// figures, read from the engine at scrape time (collector.go), and the CSI calls'
-// counts and latencies, observed by the gRPC interceptor (pkg/server).
+// figures, read from the engine at scrape time (collector.go), the orphan scan's
+// (orphans.go), and the CSI calls' counts and latencies, observed by the gRPC
+// interceptor (pkg/server).
 package metrics
 
 import (
@@ -30,6 +31,7 @@ var operationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 // Metrics is the driver's registry.
 type Metrics struct {
 	reg        *prometheus.Registry
+	node       string
 	operations *prometheus.CounterVec
 	durations  *prometheus.HistogramVec
 }
@@ -38,7 +40,8 @@ type Metrics struct {
 // operation metrics, and the Go runtime's and the process's own.
 func New(e *storage.Engine, node string) *Metrics {
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
+		reg:  prometheus.NewRegistry(),
+		node: node,
 		operations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_operations_total",
 			Help: "CSI calls served, by method and gRPC status code.",

@@ -13,6 +13,7 @@ import (
 
 	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/pkg/metrics"
+	"github.com/berth-csi/berth/pkg/orphans"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
@@ -88,12 +89,22 @@ func scrapeText(t *testing.T, m *metrics.Metrics) string {
 	return string(body)
 }
 
+// addOrphanScan exports the figures of a successful orphan scan: 2 orphans in pool
+// local.
+func addOrphanScan(m *metrics.Metrics) {
+	m.AddOrphanScan(func() orphans.Status {
+		return orphans.Status{Scanned: true, OK: true, LastSuccess: time.Unix(1772366400, 500e6),
+			Pools: []orphans.PoolCount{{Pool: "local", Kind: "dir", Orphans: 2}}}
+	})
+}
+
 // TestMetricsLint: every metric passes the Prometheus linter (the one promtool check
 // metrics runs): names, units, _total on counters, help texts.
 func TestMetricsLint(t *testing.T) {
 	m := metrics.New(newEngine(t, 4), "n1")
 	m.Observe("/csi.v1.Controller/CreateVolume", codes.OK, 3*time.Millisecond)
 	m.Observe("/csi.v1.Controller/CreateVolume", codes.ResourceExhausted, time.Millisecond)
+	addOrphanScan(m)
 	problems, err := testutil.GatherAndLint(m.Registry())
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +122,9 @@ func TestMetricsLint(t *testing.T) {
 		`berth_pool_served{kind="dir",node="n1",pool="local"} 1`,
 		`namespace="ns",persistentvolumeclaim="ca",pool="local",volume_id="` + storage.VolumeID("local", "pvc-a") + `"} 1.048576e+06`,
 		`process_resident_memory_bytes `,
+		`berth_pool_orphan_volumes{kind="dir",node="n1",pool="local"} 2`,
+		`berth_orphan_scan_success{node="n1"} 1`,
+		`berth_orphan_scan_last_success_timestamp_seconds{node="n1"} 1.7723664005e+09`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %s", want)
@@ -128,6 +142,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	}
 	m := metrics.New(newEngine(t, 4), "n1")
 	m.Observe("/csi.v1.Node/NodePublishVolume", codes.OK, 20*time.Millisecond)
+	addOrphanScan(m)
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(scrapeText(t, m))
 	out, err := cmd.CombinedOutput()
@@ -154,5 +169,50 @@ func TestEphemeralVolumeMarked(t *testing.T) {
 	}
 	if n := strings.Count(body, "\nberth_volume_ephemeral{"); n != 1 {
 		t.Errorf("%d berth_volume_ephemeral series, want 1 (the ephemeral volume's alone)", n)
+	}
+}
+
+// TestOrphanScanSeries: the orphan scan's series follow its status: none while the
+// scan is off or has not run, the success alone until a scan succeeds, and a failed
+// scan's stale figures kept beside success 0.
+func TestOrphanScanSeries(t *testing.T) {
+	last := time.Unix(1772366400, 0)
+	pools := []orphans.PoolCount{{Pool: "local", Kind: "dir", Orphans: 3}}
+	const (
+		volumes = `berth_pool_orphan_volumes{kind="dir",node="n1",pool="local"} 3`
+		stamp   = `berth_orphan_scan_last_success_timestamp_seconds{node="n1"} 1.7723664e+09`
+	)
+	for _, tc := range []struct {
+		name    string
+		status  *orphans.Status // nil: the scan is off
+		want    []string
+		wantNot []string
+	}{
+		{name: "scan off", wantNot: []string{"berth_orphan_", "berth_pool_orphan_volumes"}},
+		{name: "not scanned yet", status: &orphans.Status{}, wantNot: []string{"berth_orphan_", "berth_pool_orphan_volumes"}},
+		{name: "first scan failed", status: &orphans.Status{Scanned: true},
+			want: []string{`berth_orphan_scan_success{node="n1"} 0`}, wantNot: []string{"berth_orphan_scan_last_success", "berth_pool_orphan_volumes"}},
+		{name: "scan succeeded", status: &orphans.Status{Scanned: true, OK: true, LastSuccess: last, Pools: pools},
+			want: []string{`berth_orphan_scan_success{node="n1"} 1`, stamp, volumes}},
+		{name: "later scan failed: stale figures", status: &orphans.Status{Scanned: true, LastSuccess: last, Pools: pools},
+			want: []string{`berth_orphan_scan_success{node="n1"} 0`, stamp, volumes}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := metrics.New(newEngine(t, 0), "n1")
+			if tc.status != nil {
+				m.AddOrphanScan(func() orphans.Status { return *tc.status })
+			}
+			body := scrapeText(t, m)
+			for _, w := range tc.want {
+				if !strings.Contains(body, "\n"+w+"\n") {
+					t.Errorf("scrape lacks %s", w)
+				}
+			}
+			for _, w := range tc.wantNot {
+				if strings.Contains(body, "\n"+w) {
+					t.Errorf("scrape has %s", w)
+				}
+			}
+		})
 	}
 }

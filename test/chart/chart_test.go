@@ -61,14 +61,20 @@ type volume struct {
 	HostPath *struct {
 		Path string `json:"path"`
 	} `json:"hostPath"`
+	EmptyDir *struct{} `json:"emptyDir"`
 }
 
 type container struct {
-	Name         string        `json:"name"`
-	Args         []string      `json:"args"`
-	Env          []envVar      `json:"env"`
-	Ports        []port        `json:"ports"`
-	VolumeMounts []volumeMount `json:"volumeMounts"`
+	Name            string        `json:"name"`
+	Args            []string      `json:"args"`
+	Env             []envVar      `json:"env"`
+	Ports           []port        `json:"ports"`
+	VolumeMounts    []volumeMount `json:"volumeMounts"`
+	SecurityContext *struct {
+		Privileged   bool   `json:"privileged"`
+		RunAsNonRoot bool   `json:"runAsNonRoot"`
+		RunAsUser    *int64 `json:"runAsUser"`
+	} `json:"securityContext"`
 }
 
 type envVar struct {

@@ -232,14 +232,15 @@ type exported struct {
 
 var descRE = regexp.MustCompile(`fqName: "([^"]+)".*variableLabels: \{([^}]*)\}`)
 
-// driverMetrics reads the names and labels from a real registry: the engine
-// collector's descriptions (every family, whether or not a series exists now) and a
-// gather of the operation metrics after one observed call.
+// driverMetrics reads the names and labels from a real registry: the engine and
+// orphan scan collectors' descriptions (every family, whether or not a series
+// exists now) and a gather of the operation metrics after one observed call.
 func driverMetrics(t *testing.T) exported {
 	t.Helper()
 	x := exported{labels: map[string][]string{}, histograms: map[string]bool{}}
 	ch := make(chan *prometheus.Desc, 100)
 	metrics.NewCollector(nil, "n1").Describe(ch)
+	metrics.NewOrphanCollector(nil, "n1").Describe(ch)
 	close(ch)
 	for d := range ch {
 		m := descRE.FindStringSubmatch(d.String())
@@ -263,7 +264,7 @@ func driverMetrics(t *testing.T) exported {
 		x.labels[f.GetName()] = labels
 		x.histograms[f.GetName()] = f.GetType().String() == "HISTOGRAM"
 	}
-	for _, want := range []string{"berth_operations_total", "berth_pool_served", "berth_copy_done_bytes", "berth_volume_used_bytes"} {
+	for _, want := range []string{"berth_operations_total", "berth_pool_served", "berth_copy_done_bytes", "berth_volume_used_bytes", "berth_pool_orphan_volumes"} {
 		if _, ok := x.labels[want]; !ok {
 			t.Fatalf("registry lacks %s: reading it is broken", want)
 		}
@@ -385,11 +386,11 @@ func balanced(expr string) error {
 	return nil
 }
 
-// wantAlerts is every alert the chart defines (there is no orphan metric, so no
-// orphan alert: kubectl berth doctor finds orphans).
+// wantAlerts is every alert the chart defines.
 var wantAlerts = []string{
 	"BerthPoolNearlyFull", "BerthPoolNotServed", "BerthVolumeNearlyFull", "BerthCopyStuck",
-	"BerthDamagedRecords", "BerthFilesystemFrozen", "BerthProjectIDRepairs", "BerthOperationErrors",
+	"BerthDamagedRecords", "BerthFilesystemFrozen", "BerthProjectIDRepairs",
+	"BerthOrphanedVolumes", "BerthOrphanScanFailing", "BerthOperationErrors",
 }
 
 func renderRules(t *testing.T, values string) prometheusRule {
@@ -439,6 +440,7 @@ metrics:
       poolNearlyFull: {freeRatio: 0.2, for: 30m}
       operationErrors: {ratio: 0.5, window: 10m, ignoreCodes: [OK]}
       copyStuck: {enabled: false}
+      orphanedVolumes: {severity: info, for: 2h}
 `)
 	rules := map[string]alertRule{}
 	for _, r := range pr.Spec.Groups[0].Rules {
@@ -449,6 +451,9 @@ metrics:
 	}
 	if r := rules["BerthOperationErrors"]; !strings.Contains(r.Expr, `code!~"OK"}[10m]`) || !strings.HasSuffix(r.Expr, "> 0.5") || r.For != "15m" {
 		t.Errorf("BerthOperationErrors: expr %q for %q", r.Expr, r.For)
+	}
+	if r := rules["BerthOrphanedVolumes"]; r.Expr != "berth_pool_orphan_volumes > 0" || r.For != "2h" || r.Labels["severity"] != "info" {
+		t.Errorf("BerthOrphanedVolumes: expr %q for %q labels %v, want > 0 for 2h, severity info", r.Expr, r.For, r.Labels)
 	}
 	if _, ok := rules["BerthCopyStuck"]; ok || len(rules) != len(wantAlerts)-1 {
 		t.Errorf("alerts %d with copyStuck disabled, want all but BerthCopyStuck", len(rules))
@@ -532,6 +537,7 @@ func TestDashboard(t *testing.T) {
 		"berth_volume_used_bytes", "berth_volume_healthy", "berth_operations_total", "berth_operation_duration_seconds_bucket",
 		"berth_pool_volume_copies_in_progress", "berth_copy_done_bytes", "berth_pool_trash_bytes",
 		"berth_pool_damaged_entries", "berth_pool_frozen_filesystems", "berth_pool_project_id_repairs_total",
+		"berth_pool_orphan_volumes", "berth_orphan_scan_last_success_timestamp_seconds",
 	} {
 		if !used[want] {
 			t.Errorf("no panel shows %s", want)

@@ -98,8 +98,8 @@ func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 }
 
 // TestPrivilegedContainersHoldNoToken: the pods mount no service-account token by
-// default; only the sidecars that call the API get one, never the privileged driver
-// or the registrar.
+// default; only the sidecars that call the API get one (the orphan scan's
+// pv-lister among them), never the privileged driver or the registrar.
 func TestPrivilegedContainersHoldNoToken(t *testing.T) {
 	objs := render(t, sharedValues+"sidecars: {snapshotter: {enabled: true}}\nregistration: {mode: sidecar}\n")
 	for _, tc := range []struct {
@@ -107,7 +107,7 @@ func TestPrivilegedContainersHoldNoToken(t *testing.T) {
 		withToken    []string
 		withoutToken []string
 	}{
-		{"DaemonSet/berth-node", []string{"csi-provisioner", "csi-resizer", "csi-snapshotter"}, []string{"berth", "node-driver-registrar"}},
+		{"DaemonSet/berth-node", []string{"csi-provisioner", "csi-resizer", "csi-snapshotter", "pv-lister"}, []string{"berth", "node-driver-registrar"}},
 		{"Deployment/berth-controller", []string{"csi-provisioner"}, []string{"berth"}},
 	} {
 		pod := objs[tc.object].Spec.Template.Spec

@@ -114,3 +114,11 @@ privileged driver, which never calls the API) holds no token. */}}
             apiVersion: v1
             fieldPath: metadata.namespace
 {{- end -}}
+
+{{/* "true" when the orphan scan is on (orphanScan.interval neither empty nor "0"):
+the node pods then run the pv-lister container, and its ServiceAccount may list
+PersistentVolumes. */}}
+{{- define "berth.orphanScan" -}}
+{{- $i := toString .Values.orphanScan.interval -}}
+{{- if and $i (ne $i "0") }}true{{ end -}}
+{{- end -}}

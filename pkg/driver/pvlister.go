@@ -1,0 +1,81 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/berth-csi/berth/pkg/orphans"
+	"github.com/berth-csi/berth/pkg/server"
+	"github.com/berth-csi/berth/pkg/version"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+)
+
+// PVListerCommand is the subcommand of the driver binary that serves the listings
+// of the driver's PersistentVolumes to the orphan scan (the chart's pv-lister
+// container).
+const PVListerCommand = "pv-lister"
+
+// DefaultPVListerEndpoint is the pv-lister's socket in the chart's node pods: a
+// directory that the driver and pv-lister containers alone share.
+const DefaultPVListerEndpoint = "unix:///pv-lister/pv-lister.sock"
+
+// PVLister is `csi-driver pv-lister [--endpoint E] [--driver-name N] [--page-size
+// 500]`. It serves on a unix socket the volume handles of the driver's
+// PersistentVolumes, listed page by page through the API server with the pod's
+// service-account token (in-cluster configuration) at each request: the driver's
+// orphan scan asks once per scan. It is the one part of Berth that calls the
+// Kubernetes API, so it runs in a container of its own, unprivileged, and the
+// privileged driver container holds no token (docs/operations.md, "Privileges of
+// the driver"). It runs until ctx ends.
+func PVLister(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet(PVListerCommand, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	endpoint := fs.String("endpoint", DefaultPVListerEndpoint, "unix socket to serve on (unix:///path or /path)")
+	driver := fs.String("driver-name", "berth.csi.io", "CSI driver name: the PersistentVolumes whose spec.csi.driver it is are listed")
+	pageSize := fs.Int64("page-size", orphans.DefaultPageSize, "PersistentVolumes per List request, 1 to 10000")
+	format := fs.String("logging-format", "text", "log format: text or json")
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fs.PrintDefaults()
+		}
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case !driverName.MatchString(*driver):
+		return fmt.Errorf("--driver-name %q: must be at most 63 characters of a-z, 0-9, '-', '.', starting and ending alphanumeric", *driver)
+	case *pageSize < 1 || *pageSize > 10000:
+		return fmt.Errorf("--page-size %d: must be from 1 to 10000", *pageSize)
+	case *format != "text" && *format != "json":
+		return fmt.Errorf("--logging-format %q: must be text or json", *format)
+	}
+	sock, err := server.ParseEndpoint(*endpoint)
+	if err != nil {
+		return fmt.Errorf("--endpoint: %w", err)
+	}
+	setLoggingFormat(*format)
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return fmt.Errorf("in-cluster configuration (the pv-lister runs in a pod, with a service-account token): %w", err)
+	}
+	cfg.UserAgent = "berth-pv-lister/" + version.Get()
+	pvs, err := orphans.NewPVClient(cfg)
+	if err != nil {
+		return err
+	}
+	lis, err := server.Listen(sock)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+	klog.FromContext(ctx).Info("Starting the pv-lister", "version", version.Get(), "driverName", *driver, "pageSize", *pageSize)
+	return orphans.ServeLister(ctx, lis, orphans.KubeLister{PVs: pvs, Driver: *driver, PageSize: *pageSize})
+}
