@@ -26,6 +26,10 @@ kc -n kube-system rollout status ds/berth-node --timeout=120s >/dev/null
 step "helm test"
 "$helm" test berth -n kube-system --timeout 2m >/dev/null
 
+step "promtool check metrics and rules (make metrics-lint, the e2e Prometheus's promtool)"
+make -C "$root" metrics-lint PROMTOOL="$BERTH_CACHE/prometheus-$PROM_STACK_KEY/promtool" >"$logs/metrics-lint.log" 2>&1 ||
+	{ tail -30 "$logs/metrics-lint.log"; exit 1; }
+
 if [ "${BERTH_E2E_BERTH:-1}" = 1 ]; then
 	# TestUpgrade upgrades from the previous release: its chart and image, built from
 	# its own commit and cached in $BERTH_CACHE/previous-<commit> (warm: under a second).
