@@ -51,6 +51,9 @@ type Engine struct {
 
 	pubMu sync.Mutex
 	pubs  map[string]map[string]Publication // volume ID -> target -> publication
+
+	node    *Node      // the node side in this process, nil without one (group snapshots need it)
+	groupMu sync.Mutex // one group snapshot pauses its writers at a time (groupcreate.go)
 }
 
 // New builds an engine for a validated configuration on this machine. Nothing
@@ -101,6 +104,7 @@ func (e *Engine) Start(ctx context.Context) error {
 			}()
 		}
 	}
+	e.sweepGroupMembers(ctx)
 	e.bg.Add(1)
 	go func() {
 		defer e.bg.Done()

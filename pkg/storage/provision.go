@@ -213,6 +213,11 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, id string) error {
 	case err != nil:
 		return nil
 	}
+	// A snapshot taken in a group snapshot goes with its group (the spec's
+	// INVALID_ARGUMENT "Snapshot is part of a group"), unless the group is gone.
+	if s, err := p.Snapshot(hash); err == nil && s.Group != "" && e.groupAlive(s.Group) {
+		return errorf(ErrInvalid, "snapshot %s is part of group snapshot %s and cannot be deleted alone: delete the group (DeleteVolumeGroupSnapshot)", id, s.Group)
+	}
 	return p.DeleteSnapshot(ctx, hash)
 }
 

@@ -107,7 +107,7 @@ func (f *Freezer) Find(uid string) (string, error) {
 	}
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("pod %s under %s: %w", uid, top, ErrNoPod)
+		return "", fmt.Errorf("searched %s: %w", top, ErrNoPod)
 	case 1:
 		return found[0], nil
 	}
