@@ -16,6 +16,7 @@ import (
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 )
@@ -52,6 +53,9 @@ type Options struct {
 
 	// PoolRetry is how often pools that cannot be served are tried again.
 	PoolRetry time.Duration
+	// CgroupRoot is where the host's cgroup filesystems are mounted: group
+	// snapshots pause the pods that write directory volumes there (podfreeze).
+	CgroupRoot string
 
 	// Host is what the engine reaches the machine through; the zero value is the
 	// machine itself. Tests set a fake (internal/fakehost); no flag does.
@@ -91,6 +95,7 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.IntVar(&o.HealthPort, "health-port", 0, "serve GET /healthz and /readyz on 127.0.0.1:<port> (0: off)")
 	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at GET /metrics on host:port, e.g. the node's IP (0.0.0.0:port listens on every interface; empty: off)")
 	fs.DurationVar(&o.PoolRetry, "pool-retry-interval", storage.DefaultPoolRetry, "how often a pool that cannot be served is tried again")
+	fs.StringVar(&o.CgroupRoot, "cgroup-root", podfreeze.DefaultRoot, "where the host's cgroup filesystems are mounted: group snapshots pause the pods that write directory volumes through their cgroups")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -122,6 +127,8 @@ func ParseFlags(prog string, args []string) (Options, error) {
 		return o, fmt.Errorf("--logging-format %q: must be text or json", o.LoggingFormat)
 	case o.PoolRetry < time.Second || o.PoolRetry > time.Hour:
 		return o, fmt.Errorf("--pool-retry-interval %s: must be from 1s to 1h", o.PoolRetry)
+	case !filepath.IsAbs(o.CgroupRoot):
+		return o, fmt.Errorf("--cgroup-root %q: must be an absolute path", o.CgroupRoot)
 	}
 	if o.MetricsAddress != "" {
 		if err := metrics.CheckAddress(o.MetricsAddress); err != nil {

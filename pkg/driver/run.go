@@ -17,6 +17,7 @@ import (
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 	"github.com/berth-csi/berth/pkg/version"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
@@ -41,7 +42,12 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("--config: %w", err)
 		}
 	}
-	engine, err := storage.NewWithHost(o.Config, o.Host)
+	host := o.Host
+	if host.Zero() && o.CgroupRoot != "" {
+		host = storage.RealHost()
+		host.Pods = podfreeze.New(o.CgroupRoot)
+	}
+	engine, err := storage.NewWithHost(o.Config, host)
 	if err != nil {
 		return err
 	}
@@ -74,6 +80,9 @@ func Run(ctx context.Context, o Options) error {
 	// never a success that did nothing. A pool that cannot be served does not make
 	// the driver unready: its own volumes fail, the other pools serve.
 	srv := server.New(identity.New(o.DriverName, ctrl != nil, ready.Load), ctrl, nodeCSI)
+	if ctrl != nil {
+		srv.SetGroupController(controller.NewGroup(engine, l))
+	}
 	srv.GateUntil(ready.Load)
 	hooks := server.Hooks{Volumes: engine}
 	var mlis net.Listener

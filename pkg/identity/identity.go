@@ -18,7 +18,8 @@ type Server struct {
 }
 
 // New returns an identity server for driver name; ready reports start-up completion;
-// controller says whether this process serves the controller service.
+// controller says whether this process serves the controller service (and the
+// group controller service with it).
 func New(name string, controller bool, ready func() bool) *Server {
 	return &Server{name: name, controller: controller, ready: ready}
 }
@@ -36,7 +37,10 @@ func (s *Server) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 		VolumeExpansion: &csi.PluginCapability_VolumeExpansion{Type: csi.PluginCapability_VolumeExpansion_ONLINE}}}
 	caps := []*csi.PluginCapability{svc(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS), online}
 	if s.controller {
-		caps = append([]*csi.PluginCapability{svc(csi.PluginCapability_Service_CONTROLLER_SERVICE)}, caps...)
+		// The GroupController service is served beside the controller; its own
+		// capabilities say whether group snapshots can be taken here.
+		caps = append([]*csi.PluginCapability{svc(csi.PluginCapability_Service_CONTROLLER_SERVICE),
+			svc(csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE)}, caps...)
 	}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
