@@ -115,12 +115,11 @@ func (e *Engine) findGroup(hash string) (*GroupSnapshot, error) {
 	return nil, nil
 }
 
-// groupMembers resolves the sources and checks that each can be taken in a group.
+// groupMembers resolves the sources (every unknown one named at once), then checks
+// that each can be taken in a group.
 func (e *Engine) groupMembers(ctx context.Context, name string, sorted []string) ([]*groupMember, error) {
 	var members []*groupMember
 	var missing []string
-	home, _ := ParseVolumeID(sorted[0])
-	groupID := GroupSnapshotID(home.Pool, name)
 	for _, id := range sorted {
 		p, r, err := e.Volume(id)
 		if errors.Is(err, ErrNotFound) {
@@ -130,10 +129,21 @@ func (e *Engine) groupMembers(ctx context.Context, name string, sorted []string)
 		if err != nil {
 			return nil, err
 		}
+		members = append(members, &groupMember{pool: p, src: r})
+	}
+	if len(missing) > 0 {
+		if len(members) > 0 {
+			return nil, errorf(ErrNotFound, "volumes %v are not on this node, which holds %s: a group snapshot's volumes must all be on one node", missing, members[0].src.ID)
+		}
+		return nil, errorf(ErrNotFound, "volumes %v are not on this node", missing)
+	}
+	groupID := GroupSnapshotID(members[0].pool.Name(), name)
+	for _, m := range members {
+		p, r := m.pool, m.src
 		if err := p.canJoinGroup(r); err != nil {
 			return nil, err
 		}
-		snapID := SnapshotID(p.Name(), memberName(name, id))
+		snapID := SnapshotID(p.Name(), memberName(name, r.ID))
 		hash := snapID[len(snapID)-hashLen:]
 		if err := p.damagedSnapshot(hash); err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", snapID, err)
@@ -148,16 +158,10 @@ func (e *Engine) groupMembers(ctx context.Context, name string, sorted []string)
 				return nil, err
 			}
 		}
-		members = append(members, &groupMember{pool: p, src: r, snap: &Snapshot{
-			Version: recordVersion, ID: snapID, Name: memberName(name, id), Pool: p.Name(), SourceVolumeID: r.ID,
+		m.snap = &Snapshot{
+			Version: recordVersion, ID: snapID, Name: memberName(name, r.ID), Pool: p.Name(), SourceVolumeID: r.ID,
 			SizeBytes: r.CapacityBytes, AccessType: r.AccessType, FSType: r.FSType,
-		}})
-	}
-	if len(missing) > 0 {
-		if len(members) > 0 {
-			return nil, errorf(ErrNotFound, "volumes %v are not on this node, which holds %s: a group snapshot's volumes must all be on one node", missing, members[0].src.ID)
 		}
-		return nil, errorf(ErrNotFound, "volumes %v are not on this node", missing)
 	}
 	return members, nil
 }
