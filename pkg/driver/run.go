@@ -79,9 +79,13 @@ func Run(ctx context.Context, o Options) error {
 	// mounts: every call but the Identity service's answers Unavailable meanwhile,
 	// never a success that did nothing. A pool that cannot be served does not make
 	// the driver unready: its own volumes fail, the other pools serve.
-	srv := server.New(identity.New(o.DriverName, ctrl != nil, ready.Load), ctrl, nodeCSI)
+	ident := identity.New(o.DriverName, ctrl != nil, ready.Load)
+	srv := server.New(ident, ctrl, nodeCSI)
 	if ctrl != nil {
+		// Served wherever the controller is, so a group asked of a node whose pools
+		// cannot take one hears why; advertised only where one can be taken.
 		srv.SetGroupController(controller.NewGroup(engine, l))
+		ident.SetGroupSnapshots(func() bool { return ready.Load() && engine.GroupSnapshotsServed() })
 	}
 	srv.GateUntil(ready.Load)
 	hooks := server.Hooks{Volumes: engine}
