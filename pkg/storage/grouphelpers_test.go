@@ -235,3 +235,37 @@ func (l *groupLog) String() string {
 	defer l.mu.Unlock()
 	return strings.Join(l.lines, "\n")
 }
+
+// publishBlock stages and publishes block volume r for the pod with uid at the path
+// kubelet uses for a block volume's pod, and undoes both at cleanup.
+func (s *groupSite) publishBlock(r *storage.Record, uid string) string {
+	s.t.Helper()
+	ctx := context.Background()
+	c := storage.Capability{Access: storage.AccessBlock, Mode: storage.SingleNodeWriter}
+	staging := filepath.Join(s.kubelet, "plugins", "kubernetes.io", "csi", "volumeDevices", "staging", "pv-"+r.Hash()[:8])
+	target := filepath.Join(s.kubelet, "plugins", "kubernetes.io", "csi", "volumeDevices", "publish", "pv-"+r.Hash()[:8], uid)
+	for _, d := range []string{staging, filepath.Dir(target)} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	if err := s.n.Stage(ctx, storage.StageRequest{VolumeID: r.ID, StagingPath: staging, Capability: c}); err != nil {
+		s.t.Fatalf("stage %s: %v", r.ID, err)
+	}
+	image := filepath.Join(s.poolOf(r).Config().Path, "volumes", r.Hash(), storage.ImageFile)
+	s.t.Cleanup(func() {
+		if err := s.n.Unstage(ctx, r.ID, staging); err != nil {
+			s.t.Errorf("unstage %s: %v", r.ID, err)
+		}
+		_ = loop.DetachFile(image)
+	})
+	if err := s.n.Publish(ctx, storage.PublishRequest{VolumeID: r.ID, StagingPath: staging, TargetPath: target, Capability: c}); err != nil {
+		s.t.Fatalf("publish %s: %v", r.ID, err)
+	}
+	s.t.Cleanup(func() {
+		if err := s.n.Unpublish(ctx, r.ID, target); err != nil {
+			s.t.Errorf("unpublish %s: %v", r.ID, err)
+		}
+	})
+	return target
+}

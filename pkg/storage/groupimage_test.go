@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -88,12 +89,17 @@ const counterWidth = 21
 
 func counterBytes(n int64) []byte { return []byte(fmt.Sprintf("%020d\n", n)) }
 
-// readCounter reads a counter file.
+// readCounter reads the counter at the start of a file, image or device.
 func readCounter(t *testing.T, path string) int64 {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer f.Close()
+	data := make([]byte, counterWidth)
+	if _, err := io.ReadFull(f, data); err != nil {
+		t.Fatalf("read the counter of %s: %v", path, err)
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
 	if err != nil {

@@ -201,3 +201,63 @@ func TestGroupSnapshotPauseCancelled(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupSnapshotBlockWriterInvariant: two raw block image volumes written through
+// their devices (buffered, in the devices' page cache) by a process of the pod that
+// publishes both, groups taken again and again: the pod is paused, the devices
+// flushed into their images, and every pair of members holds a consistent pair.
+func TestGroupSnapshotBlockWriterInvariant(t *testing.T) {
+	versions := testutil.CgroupVersions()
+	if len(versions) == 0 {
+		testutil.RequireRoot(t)
+		t.Skip("no cgroup hierarchy with a freezer on this machine")
+	}
+	const pod = "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"
+	cg := testutil.MakeCgroups(t, versions[0])
+	container := cg.Pod(t, pod)
+	host := storage.RealHost()
+	host.Pods = podfreeze.New(cg.Root)
+	mnt := testutil.MountFS(t, testutil.XFSPlain, 1<<30)
+	s := newGroupSite(t, host, storage.PoolConfig{Name: "img", Path: filepath.Join(mnt, "img"), Kind: storage.KindImage})
+	p := s.pool("img")
+	var vols []*storage.Record
+	var devices []string
+	for _, name := range []string{"pvc-a", "pvc-b"} {
+		r, err := p.Create(context.Background(), storage.CreateRequest{Name: name, RequiredBytes: 16 * mib, AccessType: storage.AccessBlock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vols = append(vols, r)
+		devices = append(devices, s.publishBlock(r, pod))
+	}
+	startWriter(t, cg, container, devices...)
+	member := func(snap *storage.Snapshot) int64 {
+		return readCounter(t, filepath.Join(p.Config().Path, "snapshots", snap.Hash(), storage.ImageFile))
+	}
+	rounds := testutil.EnvInt(t, "BERTH_GROUP_ROUNDS", 10, 1)
+	var g *storage.GroupSnapshot
+	for i := range rounds {
+		time.Sleep(20 * time.Millisecond)
+		var log groupLog
+		var err error
+		if g, err = s.group(log.ctx(), fmt.Sprintf("round-%d", i), vols...); err != nil {
+			t.Fatal(err)
+		}
+		if len(log.find("Group snapshot writers paused", `"pods"=1`, `"devices"=2`)) != 1 {
+			t.Fatalf("round %d: want the pod paused and 2 devices flushed:\n%s", i, &log)
+		}
+		a, b := member(memberOf(t, g, vols[0])), member(memberOf(t, g, vols[1]))
+		checkPair(t, g.ID, a, b)
+		if a == 0 {
+			t.Errorf("round %d: the member holds no write: the devices were not flushed", i)
+		}
+	}
+	r, err := p.Create(context.Background(), storage.CreateRequest{Name: "restored", RequiredBytes: 16 * mib, AccessType: storage.AccessBlock,
+		Source: &storage.Source{Kind: storage.SourceSnapshot, ID: memberOf(t, g, vols[0]).ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readCounter(t, p.ImagePath(r.Hash())), member(memberOf(t, g, vols[0])); got != want {
+		t.Errorf("restored volume holds %d, its snapshot %d", got, want)
+	}
+}
