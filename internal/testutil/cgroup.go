@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,6 +33,18 @@ func CgroupVersions() []string {
 		out = append(out, "v1")
 	}
 	return out
+}
+
+// RequireCgroupVersions returns CgroupVersions, or skips the test (root first:
+// RequireRoot's rules) when the machine has none.
+func RequireCgroupVersions(t testing.TB) []string {
+	t.Helper()
+	RequireRoot(t)
+	versions := CgroupVersions()
+	if len(versions) == 0 {
+		t.Skip("no cgroup hierarchy with a freezer on this machine")
+	}
+	return versions
 }
 
 // v2Mount is where this machine mounts the cgroup v2 hierarchy ("" when nowhere).
@@ -92,6 +105,54 @@ func (c *Cgroups) Enter(t testing.TB, dir string, pid int) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
 		t.Fatalf("move process %d into %s: %v", pid, dir, err)
+	}
+}
+
+// Start starts cmd, a process that waits for a line on its standard input before
+// it does anything, moves it into the cgroup dir, then sends the line. Cleanup
+// kills it (by its PID) and waits for it.
+func (c *Cgroups) Start(t testing.TB, dir string, cmd *exec.Cmd) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	c.Enter(t, dir, cmd.Process.Pid)
+	if _, err := stdin.Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WaitGrows checks that the file at path grows within 10 s (its writer runs) or,
+// with grows false, that it does not over 200 ms (its writer is paused).
+func WaitGrows(t testing.TB, path string, grows bool) {
+	t.Helper()
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+	before := size()
+	wait := 10 * time.Second
+	if !grows {
+		wait = 200 * time.Millisecond
+	}
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if now := size(); now != before {
+			if !grows {
+				t.Fatalf("%s grew from %d to %d bytes while its writer was paused", path, before, now)
+			}
+			return
+		}
+	}
+	if grows {
+		t.Fatalf("%s does not grow: its writer does not run (left paused?)", path)
 	}
 }
 

@@ -123,15 +123,12 @@ func (p *Pool) thawLeftovers(ctx context.Context) {
 	p.mu.Unlock()
 	for _, hash := range hashes {
 		volDir := p.VolumeDir(hash)
-		data, err := os.ReadFile(filepath.Join(volDir, frozenFile))
-		if errors.Is(err, os.ErrNotExist) {
+		var fr freezeRecord
+		found, err := readJSON(filepath.Join(volDir, frozenFile), &fr)
+		if !found {
 			continue
 		}
 		logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name, "volumeHash", hash)
-		var fr freezeRecord
-		if err == nil {
-			err = json.Unmarshal(data, &fr)
-		}
 		if err != nil {
 			logger.Error(err, "Unreadable freeze record left alone")
 			continue
@@ -163,6 +160,19 @@ func (p *Pool) thaw(path, image string) error {
 		return e
 	}
 	return nil
+}
+
+// readJSON decodes the JSON file at path into v; found is false when there is no
+// such file (and err nil), true otherwise.
+func readJSON(path string, v any) (found bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(data, v)
+	}
+	return true, err
 }
 
 // onImageDevice reports whether the open directory fd lies on the filesystem of the

@@ -124,7 +124,11 @@ func TestGroupSnapshotRefusals(t *testing.T) {
 	xfs := loopPool(t, testutil.XFSPlain, storage.KindDir)
 	ext4 := loopPool(t, testutil.Ext4Plain, storage.KindDir)
 	ext4.Name = "plain"
-	s := newGroupSite(t, storage.Host{}, xfs, ext4)
+	// Pods are looked for in a directory that holds no cgroups: never in the
+	// machine's, where another test's (or a real kubelet's) pods live.
+	host := storage.RealHost()
+	host.Pods = podfreeze.New(t.TempDir())
+	s := newGroupSite(t, host, xfs, ext4)
 	a := s.create("default", "pvc-a", "", mib)
 	b := s.create("default", "pvc-b", "", mib)
 	c := s.create("plain", "pvc-c", "", mib)
@@ -250,28 +254,20 @@ func TestGroupSnapshotCrashRecovery(t *testing.T) {
 // TestGroupSnapshotRecoveryResumesPausedPods: a driver killed while a group held
 // pods paused leaves their cgroups in its entry's record; start-up thaws them.
 func TestGroupSnapshotRecoveryResumesPausedPods(t *testing.T) {
-	versions := testutil.CgroupVersions()
-	if len(versions) == 0 {
-		testutil.RequireRoot(t)
-		t.Skip("no cgroup hierarchy with a freezer on this machine")
-	}
-	cg := testutil.MakeCgroups(t, versions[0])
-	pod := filepath.Dir(cg.Pod(t, "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"))
-	host := storage.RealHost()
-	host.Pods = podfreeze.New(cg.Root)
 	pc := loopPool(t, testutil.XFSPlain, storage.KindDir)
-	s := newGroupSite(t, host, pc)
-	if _, err := host.Pods.Freeze(context.Background(), pod); err != nil {
+	s, pod := newPausableSite(t, testutil.RequireCgroupVersions(t)[0], pc)
+	freezer := podfreeze.New(pod.cg.Root)
+	if _, err := freezer.Freeze(context.Background(), pod.pod); err != nil {
 		t.Fatal(err)
 	}
 	entry := filepath.Join(pc.Path, "tmp", "g0123456789abcdef0123456789abcdef.0011223344556677")
 	if err := os.Mkdir(entry, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	data, _ := json.Marshal(map[string][]string{"cgroups": {pod}})
+	data, _ := json.Marshal(map[string][]string{"cgroups": {pod.pod}})
 	writeFile(t, filepath.Join(entry, "paused.json"), string(data))
 	s.restart()
-	if frozen, err := podfreeze.New(cg.Root).Frozen(pod); err != nil || frozen {
+	if frozen, err := freezer.Frozen(pod.pod); err != nil || frozen {
 		t.Fatalf("pod cgroup frozen after start-up: %v, %v; want thawed", frozen, err)
 	}
 	if _, err := os.Stat(entry); !os.IsNotExist(err) {

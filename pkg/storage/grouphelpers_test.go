@@ -101,14 +101,22 @@ func (s *groupSite) targetFor(uid, pv string) string {
 	return filepath.Join(s.kubelet, "pods", uid, "volumes", "kubernetes.io~csi", pv, "mount")
 }
 
-// publish stages (images) and publishes volume r for the pod with uid, and undoes
-// both at cleanup (detaching the image's loop device even when that fails).
+// publish stages (images) and publishes volume r for the pod with uid at the path
+// kubelet gives that pod's volume (a mount directory, or a block volume's device
+// file), and undoes both at cleanup (detaching the image's loop device even when
+// that fails).
 func (s *groupSite) publish(r *storage.Record, uid string) string {
 	s.t.Helper()
 	ctx := context.Background()
 	c := mountCap(r.FSType)
+	pv := "pv-" + r.Hash()[:8]
 	staging := filepath.Join(s.kubelet, "plugins", "kubernetes.io", "csi", "berth.csi.io", r.Hash(), "globalmount")
-	target := s.targetFor(uid, "pv-"+r.Hash()[:8])
+	target := s.targetFor(uid, pv)
+	if r.AccessType == storage.AccessBlock {
+		c = storage.Capability{Access: storage.AccessBlock, Mode: storage.SingleNodeWriter}
+		staging = filepath.Join(s.kubelet, "plugins", "kubernetes.io", "csi", "volumeDevices", "staging", pv)
+		target = filepath.Join(s.kubelet, "plugins", "kubernetes.io", "csi", "volumeDevices", "publish", pv, uid)
+	}
 	for _, d := range []string{staging, filepath.Dir(target)} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			s.t.Fatal(err)
@@ -234,38 +242,4 @@ func (l *groupLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.lines, "\n")
-}
-
-// publishBlock stages and publishes block volume r for the pod with uid at the path
-// kubelet uses for a block volume's pod, and undoes both at cleanup.
-func (s *groupSite) publishBlock(r *storage.Record, uid string) string {
-	s.t.Helper()
-	ctx := context.Background()
-	c := storage.Capability{Access: storage.AccessBlock, Mode: storage.SingleNodeWriter}
-	staging := filepath.Join(s.kubelet, "plugins", "kubernetes.io", "csi", "volumeDevices", "staging", "pv-"+r.Hash()[:8])
-	target := filepath.Join(s.kubelet, "plugins", "kubernetes.io", "csi", "volumeDevices", "publish", "pv-"+r.Hash()[:8], uid)
-	for _, d := range []string{staging, filepath.Dir(target)} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
-			s.t.Fatal(err)
-		}
-	}
-	if err := s.n.Stage(ctx, storage.StageRequest{VolumeID: r.ID, StagingPath: staging, Capability: c}); err != nil {
-		s.t.Fatalf("stage %s: %v", r.ID, err)
-	}
-	image := filepath.Join(s.poolOf(r).Config().Path, "volumes", r.Hash(), storage.ImageFile)
-	s.t.Cleanup(func() {
-		if err := s.n.Unstage(ctx, r.ID, staging); err != nil {
-			s.t.Errorf("unstage %s: %v", r.ID, err)
-		}
-		_ = loop.DetachFile(image)
-	})
-	if err := s.n.Publish(ctx, storage.PublishRequest{VolumeID: r.ID, StagingPath: staging, TargetPath: target, Capability: c}); err != nil {
-		s.t.Fatalf("publish %s: %v", r.ID, err)
-	}
-	s.t.Cleanup(func() {
-		if err := s.n.Unpublish(ctx, r.ID, target); err != nil {
-			s.t.Errorf("unpublish %s: %v", r.ID, err)
-		}
-	})
-	return target
 }

@@ -3,7 +3,6 @@ package storage
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -209,13 +208,10 @@ func (p *Pool) flushDevice(r *Record) error {
 // (its directory under tmp/) and may have left paused when the driver was killed.
 func (p *Pool) resumeLeftovers(ctx context.Context, entry string) {
 	logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name, "entry", filepath.Base(entry))
-	data, err := os.ReadFile(filepath.Join(entry, pauseRecordFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return
-	}
 	var rec pauseRecord
-	if err == nil {
-		err = json.Unmarshal(data, &rec)
+	found, err := readJSON(filepath.Join(entry, pauseRecordFile), &rec)
+	if !found {
+		return
 	}
 	if err != nil {
 		logger.Error(err, "Unreadable record of pods paused for a group snapshot: they may stay paused")

@@ -63,18 +63,28 @@ func startWriter(t *testing.T, cg *testutil.Cgroups, container string, paths ...
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), groupWriterEnv+"="+strings.Join(paths, ":"))
 	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	cg.Enter(t, container, cmd.Process.Pid)
-	if _, err := stdin.Write([]byte("go\n")); err != nil {
-		t.Fatal(err)
-	}
+	cg.Start(t, container, cmd)
+}
+
+// pausedPod is a pod's cgroups made for a test, laid out as kubelet's, in the
+// hierarchy version of the machine's, and a site whose engine pauses pods there.
+type pausedPod struct {
+	cg        *testutil.Cgroups
+	container string // the cgroup of the pod's container, for its processes
+	pod       string // the pod's cgroup
+}
+
+const writerPod = "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"
+
+// newPausableSite starts a site on pools whose engine pauses the pods of a test
+// cgroup hierarchy of version.
+func newPausableSite(t *testing.T, version string, pools ...storage.PoolConfig) (*groupSite, *pausedPod) {
+	t.Helper()
+	cg := testutil.MakeCgroups(t, version)
+	container := cg.Pod(t, writerPod)
+	host := storage.RealHost()
+	host.Pods = podfreeze.New(cg.Root)
+	return newGroupSite(t, host, pools...), &pausedPod{cg: cg, container: container, pod: filepath.Dir(container)}
 }
 
 // waitCounter waits (bounded) until the counter at path has passed last.
@@ -100,28 +110,18 @@ func waitCounter(t *testing.T, path string, last int64) int64 {
 // volumes taken one after the other, the control, break the invariant: the check
 // can fail. In each cgroup hierarchy the machine has.
 func TestGroupSnapshotDirWriterInvariant(t *testing.T) {
-	versions := testutil.CgroupVersions()
-	if len(versions) == 0 {
-		testutil.RequireRoot(t)
-		t.Skip("no cgroup hierarchy with a freezer on this machine")
-	}
-	for _, version := range versions {
+	for _, version := range testutil.RequireCgroupVersions(t) {
 		t.Run(version, func(t *testing.T) { dirWriterInvariant(t, version) })
 	}
 }
 
 func dirWriterInvariant(t *testing.T, version string) {
-	const pod = "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"
-	cg := testutil.MakeCgroups(t, version)
-	container := cg.Pod(t, pod)
-	host := storage.RealHost()
-	host.Pods = podfreeze.New(cg.Root)
-	s := newGroupSite(t, host, loopPool(t, testutil.XFSPlain, storage.KindDir))
+	s, pod := newPausableSite(t, version, loopPool(t, testutil.XFSPlain, storage.KindDir))
 	p := s.pool("default")
 	a := s.create("default", "pvc-a", "", 16*mib)
 	b := s.create("default", "pvc-b", "", 16*mib)
-	ta, tb := s.publish(a, pod), s.publish(b, pod)
-	startWriter(t, cg, container, filepath.Join(ta, "counter"), filepath.Join(tb, "counter"))
+	ta, tb := s.publish(a, writerPod), s.publish(b, writerPod)
+	startWriter(t, pod.cg, pod.container, filepath.Join(ta, "counter"), filepath.Join(tb, "counter"))
 	counterA := filepath.Join(p.DataPath(a.Hash()), "counter")
 	member := func(snap *storage.Snapshot) int64 {
 		return readCounter(t, filepath.Join(p.Config().Path, "snapshots", snap.Hash(), storage.DataDir, "counter"))
@@ -170,20 +170,10 @@ func dirWriterInvariant(t *testing.T, version string) {
 // paused (here its context is over before it starts) leaves the pod running and
 // nothing behind.
 func TestGroupSnapshotPauseCancelled(t *testing.T) {
-	versions := testutil.CgroupVersions()
-	if len(versions) == 0 {
-		testutil.RequireRoot(t)
-		t.Skip("no cgroup hierarchy with a freezer on this machine")
-	}
-	const pod = "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"
-	cg := testutil.MakeCgroups(t, versions[0])
-	container := cg.Pod(t, pod)
-	host := storage.RealHost()
-	host.Pods = podfreeze.New(cg.Root)
-	s := newGroupSite(t, host, loopPool(t, testutil.XFSPlain, storage.KindDir))
+	s, pod := newPausableSite(t, testutil.RequireCgroupVersions(t)[0], loopPool(t, testutil.XFSPlain, storage.KindDir))
 	a := s.create("default", "pvc-a", "", 16*mib)
-	ta := s.publish(a, pod)
-	startWriter(t, cg, container, filepath.Join(ta, "counter"))
+	ta := s.publish(a, writerPod)
+	startWriter(t, pod.cg, pod.container, filepath.Join(ta, "counter"))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := s.group(ctx, "cancelled", a); err == nil {
@@ -191,7 +181,7 @@ func TestGroupSnapshotPauseCancelled(t *testing.T) {
 	} else {
 		t.Log(err)
 	}
-	if frozen, err := host.Pods.(*podfreeze.Freezer).Frozen(filepath.Dir(container)); err != nil || frozen {
+	if frozen, err := podfreeze.New(pod.cg.Root).Frozen(pod.pod); err != nil || frozen {
 		t.Fatalf("pod frozen after a cancelled group: %v, %v", frozen, err)
 	}
 	waitCounter(t, filepath.Join(s.pool("default").DataPath(a.Hash()), "counter"), 0)
@@ -207,18 +197,8 @@ func TestGroupSnapshotPauseCancelled(t *testing.T) {
 // publishes both, groups taken again and again: the pod is paused, the devices
 // flushed into their images, and every pair of members holds a consistent pair.
 func TestGroupSnapshotBlockWriterInvariant(t *testing.T) {
-	versions := testutil.CgroupVersions()
-	if len(versions) == 0 {
-		testutil.RequireRoot(t)
-		t.Skip("no cgroup hierarchy with a freezer on this machine")
-	}
-	const pod = "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"
-	cg := testutil.MakeCgroups(t, versions[0])
-	container := cg.Pod(t, pod)
-	host := storage.RealHost()
-	host.Pods = podfreeze.New(cg.Root)
 	mnt := testutil.MountFS(t, testutil.XFSPlain, 1<<30)
-	s := newGroupSite(t, host, storage.PoolConfig{Name: "img", Path: filepath.Join(mnt, "img"), Kind: storage.KindImage})
+	s, pod := newPausableSite(t, testutil.RequireCgroupVersions(t)[0], storage.PoolConfig{Name: "img", Path: filepath.Join(mnt, "img"), Kind: storage.KindImage})
 	p := s.pool("img")
 	var vols []*storage.Record
 	var devices []string
@@ -228,16 +208,17 @@ func TestGroupSnapshotBlockWriterInvariant(t *testing.T) {
 			t.Fatal(err)
 		}
 		vols = append(vols, r)
-		devices = append(devices, s.publishBlock(r, pod))
+		devices = append(devices, s.publish(r, writerPod))
 	}
-	startWriter(t, cg, container, devices...)
+	startWriter(t, pod.cg, pod.container, devices...)
 	member := func(snap *storage.Snapshot) int64 {
 		return readCounter(t, filepath.Join(p.Config().Path, "snapshots", snap.Hash(), storage.ImageFile))
 	}
 	rounds := testutil.EnvInt(t, "BERTH_GROUP_ROUNDS", 10, 1)
 	var g *storage.GroupSnapshot
+	var last int64
 	for i := range rounds {
-		time.Sleep(20 * time.Millisecond)
+		last = waitCounter(t, devices[0], last) // read through the device's page cache
 		var log groupLog
 		var err error
 		if g, err = s.group(log.ctx(), fmt.Sprintf("round-%d", i), vols...); err != nil {
@@ -248,8 +229,8 @@ func TestGroupSnapshotBlockWriterInvariant(t *testing.T) {
 		}
 		a, b := member(memberOf(t, g, vols[0])), member(memberOf(t, g, vols[1]))
 		checkPair(t, g.ID, a, b)
-		if a == 0 {
-			t.Errorf("round %d: the member holds no write: the devices were not flushed", i)
+		if a < last {
+			t.Errorf("round %d: the member holds %d, the device showed %d before: the devices were not flushed", i, a, last)
 		}
 	}
 	r, err := p.Create(context.Background(), storage.CreateRequest{Name: "restored", RequiredBytes: 16 * mib, AccessType: storage.AccessBlock,

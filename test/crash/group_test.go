@@ -25,11 +25,7 @@ import (
 // or neither it nor any member exists; nothing is left under tmp/; the pod runs
 // again; and the same request then succeeds. BERTH_GROUP_KILLS sets the rounds.
 func TestCrashGroupSnapshots(t *testing.T) {
-	testutil.RequireRoot(t)
-	versions := testutil.CgroupVersions()
-	if len(versions) == 0 {
-		t.Skip("no cgroup hierarchy with a freezer on this machine")
-	}
+	versions := testutil.RequireCgroupVersions(t)
 	const pod = "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"
 	kills := testutil.EnvInt(t, "BERTH_GROUP_KILLS", 20, 1)
 	mnt := testutil.MountFS(t, testutil.XFSPlain, 1<<30)
@@ -65,12 +61,7 @@ func TestCrashGroupSnapshots(t *testing.T) {
 		vols = append(vols, id)
 		log = filepath.Join(target, "log")
 	}
-	writer := exec.Command("sh", "-c", `while :; do echo x >> "$0"; done`, log)
-	if err := writer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = writer.Process.Kill(); _ = writer.Wait() })
-	cg.Enter(t, container, writer.Process.Pid)
+	cg.Start(t, container, exec.Command("sh", "-c", `read go; while :; do echo x >> "$0"; done`, log))
 	group := csi.NewGroupControllerClient(p.conn)
 
 	// Calibrate: how long one group takes here.
@@ -106,7 +97,7 @@ func TestCrashGroupSnapshots(t *testing.T) {
 		if entries, _ := os.ReadDir(filepath.Join(s.pool, "tmp")); len(entries) != 0 {
 			t.Fatalf("round %d: tmp/ holds %d entries after start-up", i, len(entries))
 		}
-		waitGrows(t, log)
+		testutil.WaitGrows(t, log, true)
 		// The provisioner's retry succeeds, complete.
 		if _, err := group.CreateVolumeGroupSnapshot(t.Context(), &csi.CreateVolumeGroupSnapshotRequest{Name: name, SourceVolumeIds: vols}); err != nil {
 			t.Fatalf("round %d: retry: %v", i, err)
@@ -171,22 +162,4 @@ func pausedLeft(t *testing.T, pool string) bool {
 		t.Fatal(err)
 	}
 	return len(matches) > 0
-}
-
-// waitGrows waits (bounded) until the file grows: its writer runs.
-func waitGrows(t *testing.T, path string) {
-	t.Helper()
-	size := func() int64 {
-		fi, err := os.Stat(path)
-		if err != nil {
-			return 0
-		}
-		return fi.Size()
-	}
-	before := size()
-	for deadline := time.Now().Add(10 * time.Second); size() == before; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s does not grow after the restart: its pod is still paused", path)
-		}
-	}
 }

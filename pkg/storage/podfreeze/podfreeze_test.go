@@ -21,62 +21,15 @@ const uid = "0f2c6a1e-4b7d-4e55-9a3c-2d1f0e8b7c6a"
 func growing(t *testing.T, c *testutil.Cgroups, container string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "out")
-	cmd := exec.Command("sh", "-c", `read go; while :; do echo x >> "$0"; done`, out)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	c.Enter(t, container, cmd.Process.Pid)
-	if _, err := stdin.Write([]byte("go\n")); err != nil {
-		t.Fatal(err)
-	}
-	waitGrowing(t, out, true)
+	c.Start(t, container, exec.Command("sh", "-c", `read go; while :; do echo x >> "$0"; done`, out))
+	testutil.WaitGrows(t, out, true)
 	return out
-}
-
-// waitGrowing waits (bounded) until the file grows, or checks that it does not
-// over 200 ms.
-func waitGrowing(t *testing.T, path string, want bool) {
-	t.Helper()
-	size := func() int64 {
-		fi, err := os.Stat(path)
-		if err != nil {
-			return 0
-		}
-		return fi.Size()
-	}
-	before := size()
-	deadline := time.Now().Add(10 * time.Second)
-	if !want {
-		deadline = time.Now().Add(200 * time.Millisecond)
-	}
-	for time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		if size() != before {
-			if !want {
-				t.Fatalf("%s grew from %d to %d bytes while its writer was frozen", path, before, size())
-			}
-			return
-		}
-	}
-	if want {
-		t.Fatalf("%s does not grow: its writer does not run", path)
-	}
 }
 
 // TestFreezePod finds a pod's cgroup by UID in each hierarchy the machine has and
 // freezes it for real: its writer stops, and runs again after Thaw.
 func TestFreezePod(t *testing.T) {
-	versions := testutil.CgroupVersions()
-	if len(versions) == 0 {
-		testutil.RequireRoot(t)
-		t.Skip("no cgroup hierarchy with a freezer on this machine")
-	}
-	for _, v := range versions {
+	for _, v := range testutil.RequireCgroupVersions(t) {
 		t.Run(v, func(t *testing.T) {
 			c := testutil.MakeCgroups(t, v)
 			container := c.Pod(t, uid)
@@ -98,7 +51,7 @@ func TestFreezePod(t *testing.T) {
 			if frozen, err := f.Frozen(dir); err != nil || !frozen {
 				t.Fatalf("Frozen after Freeze = %v, %v", frozen, err)
 			}
-			waitGrowing(t, out, false)
+			testutil.WaitGrows(t, out, false)
 			// A second freeze finds the first: its caller must not thaw.
 			if was, err := f.Freeze(ctx, dir); err != nil || !was {
 				t.Fatalf("second Freeze = %v, %v; want true, nil", was, err)
@@ -106,7 +59,7 @@ func TestFreezePod(t *testing.T) {
 			if err := f.Thaw(dir); err != nil {
 				t.Fatal(err)
 			}
-			waitGrowing(t, out, true)
+			testutil.WaitGrows(t, out, true)
 		})
 	}
 }
@@ -114,12 +67,7 @@ func TestFreezePod(t *testing.T) {
 // TestFindSystemdLayout finds pods as the systemd cgroup driver names them, and
 // reports a pod without a cgroup with ErrNoPod.
 func TestFindSystemdLayout(t *testing.T) {
-	versions := testutil.CgroupVersions()
-	if len(versions) == 0 {
-		testutil.RequireRoot(t)
-		t.Skip("no cgroup hierarchy with a freezer on this machine")
-	}
-	c := testutil.MakeCgroups(t, versions[0])
+	c := testutil.MakeCgroups(t, testutil.RequireCgroupVersions(t)[0])
 	want := filepath.Join(c.Dir, "kubepods.slice", "kubepods-burstable.slice", "kubepods-burstable-pod"+strings.ReplaceAll(uid, "-", "_")+".slice")
 	if err := os.MkdirAll(filepath.Join(want, "cri-containerd-abc.scope"), 0o755); err != nil {
 		t.Fatal(err)
