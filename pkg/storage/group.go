@@ -106,21 +106,9 @@ func (p *Pool) readGroup(hash string) (*GroupSnapshot, error) {
 }
 
 // resolveGroup validates a group snapshot ID and returns its home pool and hash,
-// with Resolve's rules: a hostile ID is ErrInvalid, a harmless foreign one
-// ErrNotFound, one of a pool this engine does not have ErrPoolNotConfigured.
+// with Resolve's rules.
 func (e *Engine) resolveGroup(id string) (*Pool, string, error) {
-	if err := ValidateName(id); err != nil {
-		return nil, "", fmt.Errorf("group snapshot ID: %w", err)
-	}
-	pid, err := ParseGroupSnapshotID(id)
-	if err != nil {
-		return nil, "", fmt.Errorf("group snapshot %s is not in Berth's ID format: %w", id, ErrNotFound)
-	}
-	p, err := e.Pool(pid.Pool)
-	if err != nil {
-		return nil, "", fmt.Errorf("group snapshot %s: %w", id, err)
-	}
-	return p, pid.Hash, nil
+	return e.resolveID("group snapshot", id, ParseGroupSnapshotID)
 }
 
 // GroupSnapshot returns a group snapshot and its members by ID: ErrNotFound when
@@ -187,13 +175,8 @@ func (e *Engine) groupAlive(id string) bool {
 // the members' locks.
 func (e *Engine) DeleteGroupSnapshot(ctx context.Context, id string, snapshotIDs []string) error {
 	p, hash, err := e.resolveGroup(id)
-	switch {
-	case errors.Is(err, ErrPoolNotConfigured):
-		return notServed("group snapshot", id, err)
-	case errors.Is(err, ErrInvalid):
-		return err
-	case err != nil:
-		return nil // a harmless ID that is not Berth's: no such group exists
+	if err != nil {
+		return unresolvedDelete("group snapshot", id, err)
 	}
 	g, err := p.readGroup(hash)
 	if errors.Is(err, ErrNotFound) {
