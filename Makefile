@@ -81,15 +81,18 @@ sanity-nonroot:
 # The crash matrix: test/crash with SIGKILL at random points of every mutating call
 # (TestCrashMatrix: MATRIX_KILLS kills over every dir-pool operation; TestCrashImageStaging:
 # IMAGE_KILLS inside image stage/publish/expand/unpublish/unstage; TestCrashConsistency:
-# CRASH_ROUNDS kills under concurrent creates and deletes). Each test logs its counts
+# CRASH_ROUNDS kills under concurrent creates and deletes; TestCrashGroupSnapshots:
+# GROUP_KILLS inside group snapshots whose pod is paused). Each test logs its counts
 # ("kills: N (create a, delete b, ...)"). `make unit` runs the same tests with small
-# defaults (40 + 120 + 8 kills). Measured here (2 shared cores, -race, building included):
+# defaults (40 + 120 + 8 + 20 kills). Measured here (2 shared cores, -race, building included):
 # 56 s and 58 s.
 MATRIX_KILLS ?= 500
 IMAGE_KILLS ?= 120
 CRASH_ROUNDS ?= 40
+GROUP_KILLS ?= 100
 crash:
 	set -o pipefail; BERTH_MATRIX_KILLS=$(MATRIX_KILLS) BERTH_IMAGE_CRASH_ROUNDS=$(IMAGE_KILLS) BERTH_CRASH_ROUNDS=$(CRASH_ROUNDS) \
+		BERTH_GROUP_KILLS=$(GROUP_KILLS) \
 		go test -race -count=1 -timeout 40m -v -run '^TestCrash' ./test/crash | \
 		grep -E '^(=== RUN|--- |ok|FAIL|PASS)|kills: |seed'
 

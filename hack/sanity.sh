@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the csi-sanity binary against the built csi-driver over a real unix socket,
-# on a dir pool in a temporary directory. Stops the driver by PID and unmounts
-# anything left under its kubelet dir, also when the run fails.
+# on a dir pool in a temporary directory, beside a second dir pool on an XFS with
+# reflinks made in a loop file: with it the driver advertises group snapshots, and
+# csi-sanity's GroupController specs run. Stops the driver by PID and unmounts
+# anything left under its directory (the XFS included, whose loop device goes with
+# it), also when the run fails.
 set -euo pipefail
 driver=$(realpath "$1")
 sanity=$(realpath "$2")
@@ -17,11 +20,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$work/kubelet/pods"
+mkdir -p "$work/kubelet/pods" "$work/xfs"
+truncate -s 512M "$work/xfs.img"
+mkfs.xfs -q -f -m reflink=1 "$work/xfs.img"
+mount -o loop "$work/xfs.img" "$work/xfs"
 cat > "$work/pools.yaml" <<YAML
 pools:
 - name: default
   path: $work/pool
+  kind: dir
+- name: reflink
+  path: $work/xfs/pool
   kind: dir
 YAML
 "$driver" --endpoint "unix://$work/csi.sock" --node-id sanity-node --config "$work/pools.yaml" \

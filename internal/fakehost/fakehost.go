@@ -17,11 +17,14 @@ package fakehost
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
 
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/storage/loop"
+	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 )
 
 // Host is a fake machine. The zero value is not usable; call New.
@@ -48,8 +51,23 @@ func New(devDir string) *Host {
 
 // Host is the storage.Host to build an engine on (storage.NewWithHost).
 func (h *Host) Host() storage.Host {
-	return storage.Host{Mounts: mounts{h}, Loops: loops{h}, Run: h.run, CanGrowMountedExt4: h.canGrowExt4}
+	return storage.Host{Mounts: mounts{h}, Loops: loops{h}, Run: h.run, CanGrowMountedExt4: h.canGrowExt4, Pods: noPods{}}
 }
+
+// noPods is the fake machine's cgroups: it runs no pod, so none can be found or
+// paused (a group snapshot of a volume a pod writes is refused, as on a machine
+// whose cgroups the driver cannot reach).
+type noPods struct{}
+
+func (noPods) Find(uid string) (string, error) {
+	return "", fmt.Errorf("pod %s: the fake host runs no pods: %w", uid, podfreeze.ErrNoPod)
+}
+
+func (noPods) Freeze(context.Context, string) (bool, error) {
+	return false, errors.New("the fake host has no cgroups to freeze")
+}
+
+func (noPods) Thaw(string) error { return errors.New("the fake host has no cgroups to thaw") }
 
 // Hooks run first in the fake's methods, outside its lock: a hook may block to hold a
 // call in progress, or return an error, which the call then returns having done

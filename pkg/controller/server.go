@@ -62,11 +62,15 @@ func (s *Server) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 // lock takes the try-locks of a volume or snapshot ID (and any further keys), all or
 // none; when another operation holds one, the answer is Aborted at once.
 func (s *Server) lock(id string, more ...string) (func(), error) {
+	return tryLock(s.locks, id, more...)
+}
+
+func tryLock(l *locks.Set, id string, more ...string) (func(), error) {
 	keys := append([]string{id}, more...)
-	if !s.locks.TryAcquire(keys...) {
+	if !l.TryAcquire(keys...) {
 		return nil, csierr.Status(fmt.Errorf("an operation on %s is already in progress: %w", id, storage.ErrBusy))
 	}
-	return func() { s.locks.Release(keys...) }, nil
+	return func() { l.Release(keys...) }, nil
 }
 
 // topology is where a volume of pool is accessible: this node for node-local pools;

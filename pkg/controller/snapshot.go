@@ -16,11 +16,12 @@ import (
 
 func toCSI(s *storage.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{
-		SnapshotId:     s.ID,
-		SourceVolumeId: s.SourceVolumeID,
-		SizeBytes:      s.SizeBytes,
-		CreationTime:   timestamppb.New(s.CreatedAt),
-		ReadyToUse:     s.Ready,
+		SnapshotId:      s.ID,
+		SourceVolumeId:  s.SourceVolumeID,
+		SizeBytes:       s.SizeBytes,
+		CreationTime:    timestamppb.New(s.CreatedAt),
+		ReadyToUse:      s.Ready,
+		GroupSnapshotId: s.Group,
 	}
 }
 

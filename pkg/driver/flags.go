@@ -16,6 +16,7 @@ import (
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 )
@@ -52,6 +53,9 @@ type Options struct {
 
 	// PoolRetry is how often pools that cannot be served are tried again.
 	PoolRetry time.Duration
+	// CgroupRoot is where the host's cgroup filesystems are mounted: group
+	// snapshots pause the pods that write directory volumes there (podfreeze).
+	CgroupRoot string
 
 	// OrphanScanInterval is how often the orphan scan counts the volumes no
 	// PersistentVolume names (0: never); PVListerEndpoint is the socket of the
@@ -100,6 +104,7 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.DurationVar(&o.OrphanScanInterval, "orphan-scan-interval", 0, "how often to count the volumes no PersistentVolume names (berth_pool_orphan_volumes), 1m to 24h; 0: never")
 	var pvLister string
 	fs.StringVar(&pvLister, "pv-lister-endpoint", DefaultPVListerEndpoint, "socket of the pv-lister (csi-driver pv-lister) that the orphan scan asks for the PersistentVolumes")
+	fs.StringVar(&o.CgroupRoot, "cgroup-root", podfreeze.DefaultRoot, "where the host's cgroup filesystems are mounted: group snapshots pause the pods that write directory volumes through their cgroups")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -133,6 +138,8 @@ func ParseFlags(prog string, args []string) (Options, error) {
 		return o, fmt.Errorf("--pool-retry-interval %s: must be from 1s to 1h", o.PoolRetry)
 	case o.OrphanScanInterval != 0 && (o.OrphanScanInterval < time.Minute || o.OrphanScanInterval > 24*time.Hour):
 		return o, fmt.Errorf("--orphan-scan-interval %s: must be 0 (off) or from 1m to 24h", o.OrphanScanInterval)
+	case !filepath.IsAbs(o.CgroupRoot):
+		return o, fmt.Errorf("--cgroup-root %q: must be an absolute path", o.CgroupRoot)
 	}
 	if o.PVListerEndpoint, err = server.ParseEndpoint(pvLister); err != nil {
 		return o, fmt.Errorf("--pv-lister-endpoint: %w", err)

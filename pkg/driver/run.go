@@ -18,6 +18,7 @@ import (
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 	"github.com/berth-csi/berth/pkg/version"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
@@ -42,7 +43,12 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("--config: %w", err)
 		}
 	}
-	engine, err := storage.NewWithHost(o.Config, o.Host)
+	host := o.Host
+	if host.Zero() && o.CgroupRoot != "" {
+		host = storage.RealHost()
+		host.Pods = podfreeze.New(o.CgroupRoot)
+	}
+	engine, err := storage.NewWithHost(o.Config, host)
 	if err != nil {
 		return err
 	}
@@ -74,7 +80,14 @@ func Run(ctx context.Context, o Options) error {
 	// mounts: every call but the Identity service's answers Unavailable meanwhile,
 	// never a success that did nothing. A pool that cannot be served does not make
 	// the driver unready: its own volumes fail, the other pools serve.
-	srv := server.New(identity.New(o.DriverName, ctrl != nil, ready.Load), ctrl, nodeCSI)
+	ident := identity.New(o.DriverName, ctrl != nil, ready.Load)
+	srv := server.New(ident, ctrl, nodeCSI)
+	if ctrl != nil {
+		// Served wherever the controller is, so a group asked of a node whose pools
+		// cannot take one hears why; advertised only where one can be taken.
+		srv.SetGroupController(controller.NewGroup(engine, l))
+		ident.SetGroupSnapshots(func() bool { return ready.Load() && engine.GroupSnapshotsServed() })
+	}
 	srv.GateUntil(ready.Load)
 	hooks := server.Hooks{Volumes: engine}
 	var mlis net.Listener

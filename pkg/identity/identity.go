@@ -15,6 +15,7 @@ type Server struct {
 	name       string
 	controller bool
 	ready      func() bool
+	groups     func() bool // nil: no group snapshots
 }
 
 // New returns an identity server for driver name; ready reports start-up completion;
@@ -22,6 +23,12 @@ type Server struct {
 func New(name string, controller bool, ready func() bool) *Server {
 	return &Server{name: name, controller: controller, ready: ready}
 }
+
+// SetGroupSnapshots makes GetPluginCapabilities advertise the GroupController
+// service (beside the controller's) whenever served reports that group snapshots
+// can be taken here. Asked at every call: whether a pool can take them is known
+// once start-up has probed its filesystem.
+func (s *Server) SetGroupSnapshots(served func() bool) { s.groups = served }
 
 func (s *Server) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
 	return &csi.GetPluginInfoResponse{Name: s.name, VendorVersion: version.Get()}, nil
@@ -37,6 +44,9 @@ func (s *Server) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 	caps := []*csi.PluginCapability{svc(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS), online}
 	if s.controller {
 		caps = append([]*csi.PluginCapability{svc(csi.PluginCapability_Service_CONTROLLER_SERVICE)}, caps...)
+		if s.groups != nil && s.groups() {
+			caps = append(caps, svc(csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE))
+		}
 	}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }

@@ -21,6 +21,7 @@ const defaultStopTimeout = 10 * time.Second
 type Server struct {
 	identity   csi.IdentityServer
 	controller csi.ControllerServer
+	group      csi.GroupControllerServer
 	node       csi.NodeServer
 
 	stopTimeout time.Duration
@@ -39,6 +40,10 @@ func New(identity csi.IdentityServer, controller csi.ControllerServer, node csi.
 		stopTimeout: defaultStopTimeout,
 	}
 }
+
+// SetGroupController adds the GroupController service (nil: not registered, its
+// calls then fail with codes.Unimplemented); call it before Serve.
+func (s *Server) SetGroupController(g csi.GroupControllerServer) { s.group = g }
 
 // SetHooks sets what the interceptor tells (metrics) and asks (log keys); call it
 // before Serve.
@@ -67,6 +72,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	csi.RegisterIdentityServer(srv, s.identity)
 	if s.controller != nil {
 		csi.RegisterControllerServer(srv, s.controller)
+	}
+	if s.group != nil {
+		csi.RegisterGroupControllerServer(srv, s.group)
 	}
 	if s.node != nil {
 		csi.RegisterNodeServer(srv, s.node)

@@ -51,6 +51,9 @@ type Engine struct {
 
 	pubMu sync.Mutex
 	pubs  map[string]map[string]Publication // volume ID -> target -> publication
+
+	node    *Node      // the node side in this process, nil without one (group snapshots need it)
+	groupMu sync.Mutex // one group snapshot pauses its writers at a time (groupcreate.go)
 }
 
 // New builds an engine for a validated configuration on this machine. Nothing
@@ -101,6 +104,7 @@ func (e *Engine) Start(ctx context.Context) error {
 			}()
 		}
 	}
+	e.sweepGroupMembers(ctx)
 	e.bg.Add(1)
 	go func() {
 		defer e.bg.Done()
@@ -138,16 +142,21 @@ func (e *Engine) Pool(name string) (*Pool, error) {
 // is not even a valid name) is ErrInvalid; a harmless ID that is not in Berth's format,
 // or names a pool this node does not have, is ErrNotFound: no such volume exists here.
 func (e *Engine) Resolve(id string) (*Pool, string, error) {
+	return e.resolveID("volume", id, ParseVolumeID)
+}
+
+// resolveID is Resolve for an ID of what kind parse reads.
+func (e *Engine) resolveID(kind, id string, parse func(string) (ParsedID, error)) (*Pool, string, error) {
 	if err := ValidateName(id); err != nil {
-		return nil, "", fmt.Errorf("volume ID: %w", err)
+		return nil, "", fmt.Errorf("%s ID: %w", kind, err)
 	}
-	pid, err := ParseVolumeID(id)
+	pid, err := parse(id)
 	if err != nil {
-		return nil, "", fmt.Errorf("volume %s is not in Berth's ID format: %w", id, ErrNotFound)
+		return nil, "", fmt.Errorf("%s %s is not in Berth's ID format: %w", kind, id, ErrNotFound)
 	}
 	p, err := e.Pool(pid.Pool)
 	if err != nil {
-		return nil, "", fmt.Errorf("volume %s: %w", id, err)
+		return nil, "", fmt.Errorf("%s %s: %w", kind, id, err)
 	}
 	return p, pid.Hash, nil
 }
@@ -267,18 +276,7 @@ func (e *Engine) Unserved() error {
 // ResolveSnapshot validates a snapshot ID and returns its pool and hash, with the same
 // rules as Resolve: hostile IDs are ErrInvalid, harmless foreign ones ErrNotFound.
 func (e *Engine) ResolveSnapshot(id string) (*Pool, string, error) {
-	if err := ValidateName(id); err != nil {
-		return nil, "", fmt.Errorf("snapshot ID: %w", err)
-	}
-	pid, err := ParseSnapshotID(id)
-	if err != nil {
-		return nil, "", fmt.Errorf("snapshot %s is not in Berth's ID format: %w", id, ErrNotFound)
-	}
-	p, err := e.Pool(pid.Pool)
-	if err != nil {
-		return nil, "", fmt.Errorf("snapshot %s: %w", id, err)
-	}
-	return p, pid.Hash, nil
+	return e.resolveID("snapshot", id, ParseSnapshotID)
 }
 
 // AllSnapshots returns every snapshot (committed or being copied) sorted by ID.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -31,17 +32,36 @@ type freezeRecord struct {
 
 // freeze freezes the filesystem of a staged image volume (FIFREEZE on its staging
 // mount) so a copy of its image is consistent; the returned func thaws it. A volume
-// that is not staged, or a block volume, needs nothing.
+// that is not staged, or a block volume, needs nothing. A filesystem that cannot be
+// frozen is copied unfrozen, said in the log (a group snapshot, which must not,
+// calls freezeStaged).
 func (p *Pool) freeze(ctx context.Context, r *Record) func() {
-	logger := klog.FromContext(ctx).WithValues("volumeID", r.ID)
-	st, err := p.Staged(r.Hash())
-	if err != nil || st == nil || r.AccessType != AccessMount {
+	thaw, err := p.freezeStaged(ctx, r)
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Cannot freeze staged filesystem; copying unfrozen", "volumeID", r.ID)
 		return func() {}
 	}
-	fd, err := unix.Open(st.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	return thaw
+}
+
+// freezeStaged is freeze, with an error when the volume's filesystem is mounted and
+// cannot be frozen. Nothing is frozen when the volume is not staged, is a block
+// volume, or its staging path does not hold its filesystem.
+func (p *Pool) freezeStaged(ctx context.Context, r *Record) (func(), error) {
+	logger := klog.FromContext(ctx).WithValues("volumeID", r.ID)
+	st, err := p.Staged(r.Hash())
 	if err != nil {
-		logger.Error(err, "Cannot open staged filesystem to freeze it; copying unfrozen")
-		return func() {}
+		return nil, fmt.Errorf("volume %s: staging record: %w", r.ID, err)
+	}
+	if st == nil || r.AccessType != AccessMount {
+		return func() {}, nil
+	}
+	fd, err := unix.Open(st.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return func() {}, nil // nothing mounted there: no writer to pause
+	}
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: open staged filesystem %s to freeze it: %w", r.ID, st.Path, err)
 	}
 	// A staging record outlives its mount (a stage that failed before mounting, a
 	// node rebooted since): the path then lies on the host's filesystem, which must
@@ -49,20 +69,18 @@ func (p *Pool) freeze(ctx context.Context, r *Record) func() {
 	// image's own loop device is; one that is not mounted has no writer to pause.
 	if !p.onImageDevice(fd, p.ImagePath(r.Hash())) {
 		unix.Close(fd)
-		return func() {}
+		return func() {}, nil
 	}
 	volDir := p.VolumeDir(r.Hash())
 	data, _ := json.Marshal(freezeRecord{Path: st.Path})
 	if err := meta.WriteFile(volDir, frozenFile, data); err != nil {
 		unix.Close(fd)
-		logger.Error(err, "Cannot record the freeze; copying unfrozen")
-		return func() {}
+		return nil, fmt.Errorf("volume %s: record the freeze: %w", r.ID, err)
 	}
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiFreeze, 0); e != 0 {
 		unix.Close(fd)
 		p.clearFrozen(ctx, r.ID, volDir)
-		logger.Error(e, "Cannot freeze staged filesystem; copying unfrozen")
-		return func() {}
+		return nil, fmt.Errorf("volume %s: freeze staged filesystem %s: %w", r.ID, st.Path, e)
 	}
 	p.frozen.Add(1)
 	logger.V(4).Info("Filesystem frozen for a copy", "stagingPath", st.Path)
@@ -71,10 +89,11 @@ func (p *Pool) freeze(ctx context.Context, r *Record) func() {
 		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fiThaw, 0); e != 0 {
 			logger.Error(e, "Cannot thaw staged filesystem")
 		} else {
+			logger.V(4).Info("Filesystem thawed", "stagingPath", st.Path)
 			p.clearFrozen(ctx, r.ID, volDir)
 		}
 		unix.Close(fd)
-	}
+	}, nil
 }
 
 // clearFrozen removes the freeze record once the filesystem is thawed.
@@ -104,15 +123,12 @@ func (p *Pool) thawLeftovers(ctx context.Context) {
 	p.mu.Unlock()
 	for _, hash := range hashes {
 		volDir := p.VolumeDir(hash)
-		data, err := os.ReadFile(filepath.Join(volDir, frozenFile))
-		if errors.Is(err, os.ErrNotExist) {
+		var fr freezeRecord
+		found, err := readJSON(filepath.Join(volDir, frozenFile), &fr)
+		if !found {
 			continue
 		}
 		logger := klog.FromContext(ctx).WithValues("pool", p.cfg.Name, "volumeHash", hash)
-		var fr freezeRecord
-		if err == nil {
-			err = json.Unmarshal(data, &fr)
-		}
 		if err != nil {
 			logger.Error(err, "Unreadable freeze record left alone")
 			continue
@@ -144,6 +160,19 @@ func (p *Pool) thaw(path, image string) error {
 		return e
 	}
 	return nil
+}
+
+// readJSON decodes the JSON file at path into v; found is false when there is no
+// such file (and err nil), true otherwise.
+func readJSON(path string, v any) (found bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(data, v)
+	}
+	return true, err
 }
 
 // onImageDevice reports whether the open directory fd lies on the filesystem of the

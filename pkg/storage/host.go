@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -8,6 +9,7 @@ import (
 
 	"github.com/berth-csi/berth/pkg/mounter"
 	"github.com/berth-csi/berth/pkg/storage/loop"
+	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 )
 
 // Host is what the engine asks of the machine besides plain file work in its pools:
@@ -22,6 +24,20 @@ type Host struct {
 	// CanGrowMountedExt4 reports whether this process may resize a mounted ext4
 	// filesystem (the kernel checks CAP_SYS_RESOURCE for EXT4_IOC_RESIZE_FS).
 	CanGrowMountedExt4 func() bool
+	// Pods pauses the pods that write to directory volumes while a group snapshot
+	// captures them (grouppause.go).
+	Pods Pods
+}
+
+// Pods finds pods' cgroups and freezes them: package podfreeze.
+type Pods interface {
+	// Find returns the cgroup of the pod with this UID.
+	Find(podUID string) (cgroup string, err error)
+	// Freeze freezes the cgroup and waits until all its tasks are frozen, or ctx
+	// ends. wasFrozen: someone else froze it before, and it must not be thawed.
+	Freeze(ctx context.Context, cgroup string) (wasFrozen bool, err error)
+	// Thaw undoes Freeze.
+	Thaw(cgroup string) error
 }
 
 // Mounter is the mount table and what changes it: package mounter's functions.
@@ -69,7 +85,13 @@ type Loops interface {
 
 // RealHost is the machine itself.
 func RealHost() Host {
-	return Host{Mounts: realMounts{tools: mounter.NewTools()}, Loops: realLoops{}, Run: ExecCommand, CanGrowMountedExt4: hasCapSysResource}
+	return Host{Mounts: realMounts{tools: mounter.NewTools()}, Loops: realLoops{}, Run: ExecCommand,
+		CanGrowMountedExt4: hasCapSysResource, Pods: podfreeze.New(podfreeze.DefaultRoot)}
+}
+
+// Zero reports whether h is the zero Host, which stands for the machine itself.
+func (h Host) Zero() bool {
+	return h.Mounts == nil && h.Loops == nil && h.Run == nil && h.CanGrowMountedExt4 == nil && h.Pods == nil
 }
 
 // resolve returns the real machine for the zero Host, and h itself when it is
@@ -77,10 +99,10 @@ func RealHost() Host {
 // would let a fake run real mounts or commands unnoticed.
 func (h Host) resolve() (Host, error) {
 	switch {
-	case h.Mounts == nil && h.Loops == nil && h.Run == nil && h.CanGrowMountedExt4 == nil:
+	case h.Zero():
 		return RealHost(), nil
-	case h.Mounts == nil || h.Loops == nil || h.Run == nil || h.CanGrowMountedExt4 == nil:
-		return Host{}, fmt.Errorf("host: Mounts, Loops, Run and CanGrowMountedExt4 are all required: %w", ErrInvalid)
+	case h.Mounts == nil || h.Loops == nil || h.Run == nil || h.CanGrowMountedExt4 == nil || h.Pods == nil:
+		return Host{}, fmt.Errorf("host: Mounts, Loops, Run, CanGrowMountedExt4 and Pods are all required: %w", ErrInvalid)
 	}
 	return h, nil
 }

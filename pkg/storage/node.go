@@ -96,6 +96,7 @@ func (e *Engine) Node(cfg NodeConfig) (*Node, error) {
 	n := &Node{e: e, kubeletDir: real, nodeID: cfg.NodeID, grace: grace,
 		claims: map[string]*claim{}, orphans: map[string]orphan{}}
 	e.onServed = n.recoverPool
+	e.node = n
 	return n, nil
 }
 

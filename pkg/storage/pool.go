@@ -166,7 +166,7 @@ func (p *Pool) open(ctx context.Context) error {
 		p.setHealth(err, ReasonMountFailed)
 		return nil
 	}
-	for _, d := range []string{volumesDir, tmpDir, trashDir, snapshotsDir} {
+	for _, d := range []string{volumesDir, tmpDir, trashDir, snapshotsDir, groupsDir} {
 		if err := os.Mkdir(filepath.Join(p.cfg.Path, d), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("pool %s: %w", p.cfg.Name, err)
 		}
@@ -186,6 +186,10 @@ func (p *Pool) open(ctx context.Context) error {
 		}
 		if err != nil {
 			return err
+		}
+		if strings.HasPrefix(e.Name(), "g") {
+			// A group snapshot that never committed; it may have left pods paused.
+			p.resumeLeftovers(ctx, filepath.Join(p.cfg.Path, tmpDir, e.Name()))
 		}
 		logger.Info("Rolling back half-created volume", "entry", e.Name())
 		err = p.toTrash(filepath.Join(p.cfg.Path, tmpDir), e.Name())

@@ -177,13 +177,8 @@ func (e *Engine) DeleteVolume(ctx context.Context, id string) error {
 		return nil
 	}
 	p, hash, err := e.Resolve(id)
-	switch {
-	case errors.Is(err, ErrPoolNotConfigured):
-		return notServed("volume", id, err)
-	case errors.Is(err, ErrInvalid):
-		return err
-	case err != nil:
-		return nil // a harmless ID that is not Berth's: no such volume exists
+	if err != nil {
+		return unresolvedDelete("volume", id, err)
 	}
 	pubID := id
 	r, err := p.Get(hash)
@@ -205,15 +200,28 @@ func (e *Engine) DeleteVolume(ctx context.Context, id string) error {
 // name no snapshot here. The caller holds the ID's lock.
 func (e *Engine) DeleteSnapshot(ctx context.Context, id string) error {
 	p, hash, err := e.ResolveSnapshot(id)
-	switch {
-	case errors.Is(err, ErrPoolNotConfigured):
-		return notServed("snapshot", id, err)
-	case errors.Is(err, ErrInvalid):
-		return err
-	case err != nil:
-		return nil
+	if err != nil {
+		return unresolvedDelete("snapshot", id, err)
+	}
+	// A snapshot taken in a group snapshot goes with its group (the spec's
+	// INVALID_ARGUMENT "Snapshot is part of a group"), unless the group is gone.
+	if s, err := p.Snapshot(hash); err == nil && s.Group != "" && e.groupAlive(s.Group) {
+		return errorf(ErrInvalid, "snapshot %s is part of group snapshot %s and cannot be deleted alone: delete the group (DeleteVolumeGroupSnapshot)", id, s.Group)
 	}
 	return p.DeleteSnapshot(ctx, hash)
+}
+
+// unresolvedDelete answers a deletion whose ID did not resolve (err): a hostile ID
+// is refused, one of a pool this engine does not have is notServed, and a harmless
+// ID that is not Berth's is success (no such object exists).
+func unresolvedDelete(kind, id string, err error) error {
+	switch {
+	case errors.Is(err, ErrPoolNotConfigured):
+		return notServed(kind, id, err)
+	case errors.Is(err, ErrInvalid):
+		return err
+	}
+	return nil
 }
 
 // notServed is the answer to a deletion whose ID names a pool this engine does not

@@ -41,6 +41,9 @@ type Snapshot struct {
 	AccessType     string    `json:"accessType"`
 	FSType         string    `json:"fsType,omitempty"`
 	CreatedAt      time.Time `json:"createdAt"`
+	// Group is the ID of the group snapshot this snapshot was taken in (group.go),
+	// absent for a snapshot of its own. Such a snapshot is deleted with its group.
+	Group string `json:"group,omitempty"`
 	// Ready is false only in answers about a snapshot still being copied.
 	Ready bool `json:"-"`
 }
@@ -392,11 +395,8 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, hash string) error {
 		}
 		return nil
 	}
-	if to, ok := p.copyingFrom(SourceSnapshot, s.ID); ok {
-		return fmt.Errorf("delete snapshot %s: volume %s is being restored from it: %w", s.ID, to, ErrInUse)
-	}
-	if p.exporting(s.ID) {
-		return fmt.Errorf("delete snapshot %s: it is being sent to another node: %w", s.ID, ErrInUse)
+	if err := p.snapshotBusy(hash); err != nil {
+		return err
 	}
 	if err := p.toTrash(filepath.Join(p.cfg.Path, snapshotsDir), hash); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

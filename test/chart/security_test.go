@@ -38,8 +38,9 @@ func (p podSpec) mounts(c, path string) bool {
 
 // TestNodeRBACIsWhatTheSidecarsUse: the node's roles grant what the enabled sidecars
 // of their pinned versions call (their repositories' deploy/kubernetes/rbac*.yaml)
-// and nothing more: no PV update, no snapshot content creation or deletion, no group
-// snapshots, and nothing of a sidecar that is turned off.
+// and nothing more: no PV update, no snapshot content creation or deletion, group
+// snapshot contents updated only when group snapshots are on, and nothing of a
+// sidecar that is turned off.
 func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 	type grant struct{ group, resource, verb string }
 	never := []grant{
@@ -52,7 +53,8 @@ func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 		{"snapshot.storage.k8s.io", "volumesnapshotcontents", "delete"},
 		{"snapshot.storage.k8s.io", "volumegroupsnapshotcontents", "create"},
 		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "create"},
-		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "update"},
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "delete"},
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "get"},
 	}
 	provisioner := []grant{
 		{"", "persistentvolumes", "create"}, {"", "persistentvolumes", "delete"}, {"", "persistentvolumes", "patch"},
@@ -66,14 +68,21 @@ func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 		{"snapshot.storage.k8s.io", "volumesnapshotcontents", "update"},
 		{"snapshot.storage.k8s.io", "volumesnapshotcontents/status", "patch"},
 	}
+	groups := []grant{
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "watch"},
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "update"},
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", "patch"},
+	}
 	for _, tc := range []struct {
-		name                 string
-		values               string
-		resizer, snapshotter bool
+		name                         string
+		values                       string
+		resizer, snapshotter, groups bool
 	}{
-		{"defaults: resizer on, snapshotter off", "", true, false},
-		{"all sidecars", "sidecars: {snapshotter: {enabled: true}}\n", true, true},
-		{"provisioner alone", "sidecars: {resizer: {enabled: false}}\n", false, false},
+		{"defaults: resizer on, snapshotter off", "", true, false, false},
+		{"all sidecars", "sidecars: {snapshotter: {enabled: true}}\n", true, true, false},
+		{"group snapshots", "sidecars: {snapshotter: {enabled: true, groupSnapshots: true}}\n", true, true, true},
+		{"group snapshots without the snapshotter", "sidecars: {snapshotter: {groupSnapshots: true}}\n", true, false, false},
+		{"provisioner alone", "sidecars: {resizer: {enabled: false}}\n", false, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := render(t, tc.values)
@@ -90,6 +99,7 @@ func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 			check(cluster, provisioner, true)
 			check(cluster, resizer, tc.resizer)
 			check(cluster, snapshotter, tc.snapshotter)
+			check(cluster, groups, tc.groups)
 			check(ns, []grant{{"storage.k8s.io", "csistoragecapacities", "create"}, {"", "pods", "get"}}, true)
 			check(ns, []grant{{"apps", "daemonsets", "get"}, {"apps", "replicasets", "get"}}, false)
 			check(ns, []grant{{"coordination.k8s.io", "leases", "update"}}, tc.resizer)
@@ -203,5 +213,33 @@ func TestMountOptionCredentialsRefused(t *testing.T) {
 		} else if !strings.Contains(string(out), "mountOptions") {
 			t.Errorf("mountOptions [%s]: %s", opt, out)
 		}
+	}
+}
+
+// TestGroupSnapshotsMountHostCgroups: with group snapshots on (and the snapshotter),
+// and only then, the driver gets the host's cgroups and is told where they are: it
+// pauses the pods that write directory volumes for a group's instant.
+func TestGroupSnapshotsMountHostCgroups(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values string
+		want   bool
+	}{
+		{"defaults", "", false},
+		{"snapshotter alone", "sidecars: {snapshotter: {enabled: true}}\n", false},
+		{"group snapshots", "sidecars: {snapshotter: {enabled: true, groupSnapshots: true}}\n", true},
+		{"group snapshots without the snapshotter", "sidecars: {snapshotter: {groupSnapshots: true}}\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := render(t, tc.values)["DaemonSet/berth-node"]
+			hostCgroup := slices.ContainsFunc(ds.Spec.Template.Spec.Volumes, func(v volume) bool {
+				return v.HostPath != nil && v.HostPath.Path == "/sys/fs/cgroup"
+			})
+			mounted := ds.Spec.Template.Spec.mounts("berth", "/host/sys/fs/cgroup")
+			flag := slices.Contains(ds.args("berth"), "--cgroup-root=/host/sys/fs/cgroup")
+			if hostCgroup != tc.want || mounted != tc.want || flag != tc.want {
+				t.Errorf("host cgroups: volume %v, mounted %v, --cgroup-root %v; want all %v", hostCgroup, mounted, flag, tc.want)
+			}
+		})
 	}
 }

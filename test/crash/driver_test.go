@@ -50,6 +50,7 @@ type site struct {
 	kubelet string
 	sock    string
 	logPath string
+	args    []string // further driver flags
 }
 
 func newSite(t *testing.T, bin string) *site {
@@ -127,13 +128,14 @@ func (s *site) launch(t *testing.T) *proc {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== test: start %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(s.bin,
-		"--endpoint", "unix://"+s.sock,
+	args := append([]string{
+		"--endpoint", "unix://" + s.sock,
 		"--node-id", "crash-node",
 		"--config", s.config,
 		"--kubelet-dir", s.kubelet,
 		"--mode", "all",
-		"-v", "2")
+		"-v", "2"}, s.args...)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
