@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/orphans"
-	"github.com/go-logr/logr"
-	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,12 +48,12 @@ type world struct {
 	pools []orphans.Pool
 	now   time.Time
 	scan  *orphans.Scanner
-	logs  *logLines
+	logs  *testutil.LogLines
 }
 
 func newWorld(t *testing.T, pools []orphans.Pool, pvs ...runtime.Object) *world {
 	t.Helper()
-	w := &world{kube: fake.NewClientset(pvs...), pools: pools, now: t0, logs: &logLines{}}
+	w := &world{kube: fake.NewClientset(pvs...), pools: pools, now: t0, logs: &testutil.LogLines{}}
 	w.scan = orphans.New(orphans.Config{
 		Interval: 5 * time.Minute,
 		Lister:   orphans.KubeLister{PVs: w.kube.CoreV1().PersistentVolumes(), Driver: driver},
@@ -67,7 +65,7 @@ func newWorld(t *testing.T, pools []orphans.Pool, pvs ...runtime.Object) *world 
 
 // run scans once, logging into w.logs.
 func (w *world) run() error {
-	return w.scan.Scan(klog.NewContext(context.Background(), w.logs.logger()))
+	return w.scan.Scan(klog.NewContext(context.Background(), w.logs.Logger(0)))
 }
 
 // counts is the last successful scan's figure of each pool.
@@ -77,32 +75,6 @@ func counts(st orphans.Status) map[string]int {
 		out[p.Pool] = p.Orphans
 	}
 	return out
-}
-
-// logLines records log lines as "message key=value...".
-type logLines struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logLines) logger() logr.Logger {
-	return funcr.New(func(prefix, args string) {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		l.lines = append(l.lines, args)
-	}, funcr.Options{})
-}
-
-func (l *logLines) count(sub string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, s := range l.lines {
-		if strings.Contains(s, sub) {
-			n++
-		}
-	}
-	return n
 }
 
 // TestScanCounts: one scan of one served pool, and what it counts as an orphan.
@@ -140,7 +112,7 @@ func TestScanCounts(t *testing.T) {
 			if got := counts(st); len(got) != 1 || got["local"] != tc.want {
 				t.Errorf("figures %v, want local: %d", got, tc.want)
 			}
-			if n := w.logs.count(`"msg"="Orphaned volume`); n != tc.want {
+			if n := w.logs.Count(`"msg"="Orphaned volume`); n != tc.want {
 				t.Errorf("%d orphan log lines, want %d", n, tc.want)
 			}
 		})
@@ -190,7 +162,7 @@ func TestScanLateCommit(t *testing.T) {
 			t.Errorf("scan %d: %d orphans, want %d", i, got, s.want)
 		}
 	}
-	if n := w.logs.count("b1-local-late"); n != 1 {
+	if n := w.logs.Count("b1-local-late"); n != 1 {
 		t.Errorf("the late orphan logged %d times, want once", n)
 	}
 }
@@ -222,7 +194,7 @@ func TestScanListFailureKeepsStaleFigure(t *testing.T) {
 			t.Errorf("scan %d: status %+v, want the first scan's figure, stale", i, st)
 		}
 	}
-	if n := w.logs.count("Orphan scan cannot list PersistentVolumes"); n != 1 {
+	if n := w.logs.Count("Orphan scan cannot list PersistentVolumes"); n != 1 {
 		t.Errorf("failure logged %d times, want once per run of failures", n)
 	}
 	fail = false
@@ -233,7 +205,7 @@ func TestScanListFailureKeepsStaleFigure(t *testing.T) {
 	if st := w.scan.Status(); !st.OK || !st.LastSuccess.Equal(w.now) || counts(st)["local"] != 0 {
 		t.Errorf("after recovery: status %+v, want a fresh figure of 0", st)
 	}
-	if n := w.logs.count(`"failedScans"=3`); n != 1 {
+	if n := w.logs.Count(`"failedScans"=3`); n != 1 {
 		t.Errorf("recovery logged %d times with failedScans=3, want once", n)
 	}
 }

@@ -9,10 +9,10 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"github.com/go-logr/logr"
-	"github.com/go-logr/logr/funcr"
 	"k8s.io/klog/v2"
 )
 
@@ -203,27 +203,17 @@ func memberOf(t *testing.T, g *storage.GroupSnapshot, v *storage.Record) *storag
 
 // groupLog collects what the engine logs (up to V(4)) under a context, one line
 // per message with its key/value pairs, in order.
-type groupLog struct {
-	mu    sync.Mutex
-	lines []string
-}
+type groupLog struct{ testutil.LogLines }
 
 func (l *groupLog) ctx() context.Context {
-	logger := funcr.New(func(prefix, args string) {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		l.lines = append(l.lines, args)
-	}, funcr.Options{Verbosity: 4})
-	return klog.NewContext(context.Background(), logger)
+	return klog.NewContext(context.Background(), l.Logger(4))
 }
 
 // find returns the indexes of the lines with message msg that hold every one of
 // the values.
 func (l *groupLog) find(msg string, values ...string) []int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []int
-	for i, line := range l.lines {
+	for i, line := range l.Lines() {
 		if !strings.Contains(line, fmt.Sprintf("%q=%q", "msg", msg)) {
 			continue
 		}
@@ -236,10 +226,4 @@ func (l *groupLog) find(msg string, values ...string) []int {
 		}
 	}
 	return out
-}
-
-func (l *groupLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "\n")
 }
