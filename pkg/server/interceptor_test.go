@@ -6,49 +6,16 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/go-logr/logr"
-	"github.com/go-logr/logr/funcr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 )
-
-// logSink collects every line a funcr logger writes.
-type logSink struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (s *logSink) logger(verbosity int) logr.Logger {
-	return funcr.New(func(prefix, args string) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.lines = append(s.lines, args)
-	}, funcr.Options{Verbosity: verbosity})
-}
-
-func (s *logSink) all() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Join(s.lines, "\n")
-}
-
-func (s *logSink) count(substr string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, l := range s.lines {
-		if strings.Contains(l, substr) {
-			n++
-		}
-	}
-	return n
-}
 
 // intercept runs one call through UnaryInterceptor with the given logger.
 func intercept(logger logr.Logger, method string, req any, handler grpc.UnaryHandler) (any, error) {
@@ -106,9 +73,9 @@ func TestUnaryInterceptorErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var sink logSink
+			var sink testutil.LogLines
 			method := csi.Controller_CreateVolume_FullMethodName
-			resp, err := intercept(sink.logger(2), method, &csi.CreateVolumeRequest{Name: "pvc-1"}, tc.handler)
+			resp, err := intercept(sink.Logger(2), method, &csi.CreateVolumeRequest{Name: "pvc-1"}, tc.handler)
 			if got := status.Code(err); got != tc.wantCode {
 				t.Fatalf("code = %v, want %v (err %v)", got, tc.wantCode, err)
 			}
@@ -118,8 +85,8 @@ func TestUnaryInterceptorErrors(t *testing.T) {
 			if err != nil && resp != nil && !isNilResponse(resp) {
 				t.Errorf("response %v returned with error", resp)
 			}
-			if tc.wantLog != "" && sink.count(tc.wantLog) != 1 {
-				t.Errorf("log lacks %q:\n%s", tc.wantLog, sink.all())
+			if tc.wantLog != "" && sink.Count(tc.wantLog) != 1 {
+				t.Errorf("log lacks %q:\n%s", tc.wantLog, sink.String())
 			}
 		})
 	}
@@ -131,14 +98,14 @@ func isNilResponse(v any) bool {
 }
 
 func TestUnaryInterceptorPanicMessage(t *testing.T) {
-	var sink logSink
+	var sink testutil.LogLines
 	method := csi.Node_NodePublishVolume_FullMethodName
-	_, err := intercept(sink.logger(0), method, &csi.NodePublishVolumeRequest{},
+	_, err := intercept(sink.Logger(0), method, &csi.NodePublishVolumeRequest{},
 		func(context.Context, any) (any, error) { panic("boom") })
 	if want := "internal error: panic in " + method; status.Convert(err).Message() != want {
 		t.Errorf("message = %q, want %q", status.Convert(err).Message(), want)
 	}
-	if log := sink.all(); !strings.Contains(log, "boom") || !strings.Contains(log, "interceptor_test.go") {
+	if log := sink.String(); !strings.Contains(log, "boom") || !strings.Contains(log, "interceptor_test.go") {
 		t.Errorf("panic value or stack missing from the log:\n%s", log)
 	}
 }
@@ -146,20 +113,20 @@ func TestUnaryInterceptorPanicMessage(t *testing.T) {
 var requestIDRE = regexp.MustCompile(`"requestID"="([0-9a-f]+)"`)
 
 func TestUnaryInterceptorContextLogger(t *testing.T) {
-	var sink logSink
+	var sink testutil.LogLines
 	method := csi.Controller_DeleteVolume_FullMethodName
 	handler := func(ctx context.Context, _ any) (any, error) {
 		klog.FromContext(ctx).Info("Inside handler")
 		return &csi.DeleteVolumeResponse{}, nil
 	}
 	for range 2 {
-		if _, err := intercept(sink.logger(0), method, &csi.DeleteVolumeRequest{VolumeId: "vol-1"}, handler); err != nil {
+		if _, err := intercept(sink.Logger(0), method, &csi.DeleteVolumeRequest{VolumeId: "vol-1"}, handler); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	var ids []string
-	for _, line := range sink.lines {
+	for _, line := range sink.Lines() {
 		if !strings.Contains(line, "Inside handler") {
 			continue
 		}
@@ -178,16 +145,16 @@ func TestUnaryInterceptorContextLogger(t *testing.T) {
 }
 
 func TestUnaryInterceptorLogsSanitisedRequests(t *testing.T) {
-	var sink logSink
+	var sink testutil.LogLines
 	req := &csi.CreateVolumeRequest{Name: "pvc-1", Secrets: map[string]string{"password": "hunter2"}}
-	_, err := intercept(sink.logger(5), csi.Controller_CreateVolume_FullMethodName, req,
+	_, err := intercept(sink.Logger(5), csi.Controller_CreateVolume_FullMethodName, req,
 		func(context.Context, any) (any, error) {
 			return &csi.CreateVolumeResponse{Volume: &csi.Volume{VolumeId: "vol-1"}}, nil
 		})
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := sink.all()
+	log := sink.String()
 	if strings.Contains(log, "hunter2") {
 		t.Fatalf("secret reached the log:\n%s", log)
 	}
@@ -216,12 +183,12 @@ func TestUnaryInterceptorFrequentCallsLogAtV6(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var sink logSink
-			if _, err := intercept(sink.logger(tc.verbosity), tc.method, &csi.ProbeRequest{}, ok); err != nil {
+			var sink testutil.LogLines
+			if _, err := intercept(sink.Logger(tc.verbosity), tc.method, &csi.ProbeRequest{}, ok); err != nil {
 				t.Fatal(err)
 			}
-			if got := len(sink.lines); got != tc.wantLines {
-				t.Errorf("%d log lines, want %d:\n%s", got, tc.wantLines, sink.all())
+			if got := len(sink.Lines()); got != tc.wantLines {
+				t.Errorf("%d log lines, want %d:\n%s", got, tc.wantLines, sink.String())
 			}
 		})
 	}

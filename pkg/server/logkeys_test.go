@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -62,13 +63,13 @@ func TestLogKeys(t *testing.T) {
 // TestInterceptorLinesCarryVolume: the handler's own lines and the interceptor's
 // carry the request ID, the volume ID and the claim; the observer hears the final code.
 func TestInterceptorLinesCarryVolume(t *testing.T) {
-	var sink logSink
+	var sink testutil.LogLines
 	var gotMethod string
 	var gotCode codes.Code
 	icpt := UnaryInterceptor(Hooks{Volumes: fakeVolumes{}, Observe: func(m string, c codes.Code, _ time.Duration) {
 		gotMethod, gotCode = m, c
 	}})
-	ctx := klog.NewContext(context.Background(), sink.logger(5))
+	ctx := klog.NewContext(context.Background(), sink.Logger(5))
 	_, err := icpt(ctx, &csi.DeleteVolumeRequest{VolumeId: "b1-p-1"}, &grpc.UnaryServerInfo{FullMethod: csi.Controller_DeleteVolume_FullMethodName},
 		func(ctx context.Context, _ any) (any, error) {
 			klog.FromContext(ctx).V(2).Info("Volume deleted")
@@ -80,12 +81,11 @@ func TestInterceptorLinesCarryVolume(t *testing.T) {
 	if gotMethod != csi.Controller_DeleteVolume_FullMethodName || gotCode != codes.Aborted {
 		t.Errorf("observed %s %s, want DeleteVolume Aborted", gotMethod, gotCode)
 	}
-	sink.mu.Lock()
-	defer sink.mu.Unlock()
-	if len(sink.lines) < 3 {
-		t.Fatalf("want request, handler and failure lines, got %q", sink.lines)
+	lines := sink.Lines()
+	if len(lines) < 3 {
+		t.Fatalf("want request, handler and failure lines, got %q", lines)
 	}
-	for _, l := range sink.lines {
+	for _, l := range lines {
 		for _, want := range []string{`"requestID"`, `"volumeID"="b1-p-1"`, `"claimNamespace"="ns"`, `"claimName"="data"`} {
 			if !strings.Contains(l, want) {
 				t.Errorf("line %s lacks %s", l, want)
@@ -99,8 +99,8 @@ func TestInterceptorLinesCarryVolume(t *testing.T) {
 func TestObserverSeesInternalForNonStatus(t *testing.T) {
 	var gotCode codes.Code
 	icpt := UnaryInterceptor(Hooks{Observe: func(_ string, c codes.Code, _ time.Duration) { gotCode = c }})
-	var sink logSink
-	ctx := klog.NewContext(context.Background(), sink.logger(0))
+	var sink testutil.LogLines
+	ctx := klog.NewContext(context.Background(), sink.Logger(0))
 	_, _ = icpt(ctx, &csi.ProbeRequest{}, &grpc.UnaryServerInfo{FullMethod: csi.Identity_Probe_FullMethodName},
 		func(context.Context, any) (any, error) { return nil, context.Canceled })
 	if gotCode != codes.Internal {
