@@ -30,7 +30,8 @@ step "promtool check metrics and rules (make metrics-lint, the e2e Prometheus's 
 make -C "$root" metrics-lint PROMTOOL="$BERTH_CACHE/prometheus-$PROM_STACK_KEY/promtool" >"$logs/metrics-lint.log" 2>&1 ||
 	{ tail -30 "$logs/metrics-lint.log"; exit 1; }
 
-if [ "${BERTH_E2E_BERTH:-1}" = 1 ]; then
+berth=${BERTH_E2E_BERTH:-1} external=${BERTH_E2E_EXTERNAL:-1}
+if [ "$berth" = 1 ]; then
 	# TestUpgrade upgrades from the previous release: its chart and image, built from
 	# its own commit and cached in $BERTH_CACHE/previous-<commit> (warm: under a second).
 	# Under make e2e the test may not skip for want of them.
@@ -42,16 +43,47 @@ if [ "${BERTH_E2E_BERTH:-1}" = 1 ]; then
 		echo "WARNING: this clone lacks the previous release's commit (shallow?): TestUpgrade is skipped" >&2
 		export BERTH_E2E_UPGRADE=0
 	fi
-	step "Berth end-to-end tests (test/e2e)"
-	(cd "$root" && go test -count=1 -timeout 30m -v ./test/e2e 2>&1 | tee "$logs/berth.log" |
-		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' )
-	[ "${PIPESTATUS[0]}" = 0 ] || exit 1
+	# Built once, run twice (the tests find the tree relative to test/e2e).
+	(cd "$root" && go test -c -o "$logs/e2e.test" ./test/e2e)
 fi
 
-if [ "${BERTH_E2E_EXTERNAL:-1}" = 1 ]; then
+# berth_tests GROUP: test/e2e's tests of one group (helpers_test.go, "group"), their
+# progress on the terminal marked with the group's name, the whole log in _output/e2e.
+berth_tests() {
+	(cd "$root/test/e2e" && BERTH_E2E_GROUP=$1 "$logs/e2e.test" -test.v -test.count=1 \
+		-test.timeout=30m -test.parallel=16 2>&1) | tee "$logs/berth-$1.log" |
+		{ grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|panic)' || true; } | sed -u "s/^/[$1] /"
+	return "${PIPESTATUS[0]}"
+}
+
+if [ "$berth" = 1 ]; then
+	# First the tests that change what others see (the release's values, a node's
+	# plugin, kubelet or disk; orphans, capacity), one at a time, with nothing beside.
+	step "Berth end-to-end tests that run alone (test/e2e, group alone)"
+	berth_tests alone || exit 1
+fi
+
+# Then, all at once: test/e2e's tests that keep to their own namespace, and the
+# Kubernetes external storage suite, whose specs do as well.
+if [ "$external" = 1 ]; then
+	"$root/hack/k8s-tools/build.sh" ginkgo
+	ginkgo=$("$root/hack/k8s-tools/build.sh" ginkgo-path)
+	procs=${BERTH_E2E_PROCS:-4}
+fi
+suite="the Kubernetes external storage suite (External.Storage; no Disruptive/Serial/Slow/Feature but snapshots; ${procs:-4} processes)"
+case $berth$external in
+11) step "Berth's parallel group (test/e2e) beside $suite" ;;
+10) step "Berth's parallel group (test/e2e)" ;;
+01) step "${suite^}" ;;
+esac
+berth_pid= external_pid=
+if [ "$berth" = 1 ]; then
+	berth_tests parallel &
+	berth_pid=$!
+fi
+if [ "$external" = 1 ]; then
 	# The specs run in parallel (BERTH_E2E_PROCS ginkgo processes): each works in its
 	# own namespace with its own StorageClass; Serial and Disruptive ones are skipped.
-	procs=${BERTH_E2E_PROCS:-4}
 	# Feature-tagged specs are skipped, except the snapshot ones: VolumeSnapshotDataSource
 	# is GA, and the cluster has the snapshot CRDs and controller (cluster-up.sh).
 	labels='!/^Feature:/ || Feature:VolumeSnapshotDataSource'
@@ -62,17 +94,29 @@ if [ "${BERTH_E2E_EXTERNAL:-1}" = 1 ]; then
 	# pre-provisioned content carries no label, so no sidecar ever reads it and the
 	# VolumeSnapshot never becomes ready (a user importing a snapshot adds the label).
 	skip='Disruptive|Serial|Slow|Pre-provisioned Snapshot'
-	step "Kubernetes external storage suite (External.Storage; no Disruptive/Serial/Slow/Feature but snapshots; $procs processes)"
-	"$root/hack/k8s-tools/build.sh" ginkgo
-	ginkgo=$("$root/hack/k8s-tools/build.sh" ginkgo-path)
-	"$ginkgo" --procs="$procs" --no-color --timeout=60m \
-		--focus='External.Storage' \
-		--skip="$skip" --label-filter="$labels" \
-		--output-dir="$logs" --junit-report=external-junit.xml \
-		"$K8S_BIN/e2e.test" -- \
-		-kubeconfig "$KUBECONFIG_FILE" -storage.testdriver="$root/test/e2e/testdriver.yaml" \
-		-provider=skeleton -node-os-distro=debian -allowed-not-ready-nodes=0 \
-		2>&1 | tee "$logs/external.log" | tail -30
-	[ "${PIPESTATUS[0]}" = 0 ] || exit 1
+	(
+		rc=0
+		"$ginkgo" --procs="$procs" --no-color --timeout=60m \
+			--focus='External.Storage' \
+			--skip="$skip" --label-filter="$labels" \
+			--output-dir="$logs" --junit-report=external-junit.xml \
+			"$K8S_BIN/e2e.test" -- \
+			-kubeconfig "$KUBECONFIG_FILE" -storage.testdriver="$root/test/e2e/testdriver.yaml" \
+			-provider=skeleton -node-os-distro=debian -allowed-not-ready-nodes=0 \
+			>"$logs/external.log" 2>&1 || rc=$?
+		tail -30 "$logs/external.log" | sed 's/^/[external] /'
+		exit $rc
+	) &
+	external_pid=$!
 fi
+failed=0
+if [ -n "$berth_pid" ] && ! wait "$berth_pid"; then
+	echo "Berth's parallel group failed: $logs/berth-parallel.log" >&2
+	failed=1
+fi
+if [ -n "$external_pid" ] && ! wait "$external_pid"; then
+	echo "the external storage suite failed: $logs/external.log" >&2
+	failed=1
+fi
+[ "$failed" = 0 ] || exit 1
 finish "e2e passed"

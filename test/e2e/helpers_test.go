@@ -30,11 +30,42 @@ type cluster struct {
 	ns string
 }
 
-func setup(t *testing.T) *cluster {
+// group says how a test shares the cluster. make e2e runs the alone group first, one
+// test at a time, then the parallel group's tests all at once beside the Kubernetes
+// external storage suite (hack/e2e.sh); BERTH_E2E_GROUP=alone or parallel runs only
+// that group, unset runs both (the parallel ones after the others, as go test does).
+type group string
+
+const (
+	// alone: the test changes what other tests would see: the release's values, a
+	// node's plugin, kubelet or free space, or objects outside its namespace that other
+	// tests' volumes could be mistaken for (orphans, capacity).
+	alone group = "alone"
+	// parallel: the test touches only its own namespace, its own claims and their
+	// volumes, and tolerates a busy cluster.
+	parallel group = "parallel"
+)
+
+// inGroup skips t unless BERTH_E2E_GROUP selects g (or nothing), and lets a parallel
+// test run beside the others.
+func inGroup(t *testing.T, g group) {
+	t.Helper()
+	if sel := os.Getenv("BERTH_E2E_GROUP"); sel != "" && sel != string(g) {
+		t.Skipf("in the %s group; BERTH_E2E_GROUP=%s", g, sel)
+	}
+	if g == parallel {
+		t.Parallel()
+	}
+}
+
+// setup skips t without a cluster or outside the selected group, then gives it its
+// own namespace.
+func setup(t *testing.T, g group) *cluster {
 	t.Helper()
 	if os.Getenv("BERTH_E2E") != "1" {
 		t.Skip("end-to-end test: needs a cluster with Berth installed; run make e2e (sets BERTH_E2E=1)")
 	}
+	inGroup(t, g)
 	ns := fmt.Sprintf("e2e-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), time.Now().UnixNano()%100000)
 	if len(ns) > 60 {
 		ns = ns[len(ns)-60:]

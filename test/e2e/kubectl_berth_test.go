@@ -17,7 +17,7 @@ import (
 // Retain volume whose claim and PV were deleted) and `doctor --fix --yes` moves it
 // to the pool's trash, leaving the claim that a PV still names alone.
 func TestKubectlBerth(t *testing.T) {
-	c := setup(t)
+	c := setup(t, alone)
 	bin := filepath.Join(t.TempDir(), "kubectl-berth")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/kubectl-berth").CombinedOutput(); err != nil {
 		t.Fatalf("build kubectl-berth: %v\n%s", err, out)

@@ -21,7 +21,7 @@ import (
 const provisionerTimeout = 30 * time.Second
 
 func TestLongRestore(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	gib := 10
 	if s := os.Getenv("BERTH_E2E_LONG_RESTORE_GIB"); s != "" {
 		n, err := strconv.Atoi(s)

@@ -49,7 +49,7 @@ func TestMonitoring(t *testing.T) {
 		t.Skip("needs BERTH_HELM, the helm binary make e2e uses, to turn the chart's monitoring on")
 	}
 	installPrometheusStack(t)
-	c := setup(t)
+	c := setup(t, alone)
 	nodes := c.nodes()
 	c.withValues(helm, func(values map[string]any) {
 		m := mapAt(values, "metrics")

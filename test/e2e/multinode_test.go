@@ -19,7 +19,7 @@ import (
 // one claim and pod pinned to each node, each PV's node affinity names that node, and
 // the volume's data is on that node's disk and on no other.
 func TestPlacementPerNode(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	nodes := c.needNodes(2)
 	for i, n := range nodes {
 		name := fmt.Sprintf("c%d", i)
@@ -94,7 +94,7 @@ func (c *cluster) freeBytes(node, dir string) int64 {
 // than any node's free space stays Pending with the scheduler's reason; one that fits
 // on one node only lands there.
 func TestCapacityPerNode(t *testing.T) {
-	c := setup(t)
+	c := setup(t, alone)
 	nodes := c.needNodes(2)
 	// The provisioners publish every 15 s (hack/e2e-values.yaml); the disks change
 	// as other volumes come and go: allow 64 MiB.
@@ -196,7 +196,7 @@ func (c *cluster) untouched(what string, before map[string]progress) {
 // A node's plugin restarted, then a node's kubelet stopped: the other nodes' volumes
 // and pods are untouched, and the stopped node's pod kept its volume meanwhile.
 func TestNodeFailuresStayOnTheirNode(t *testing.T) {
-	c := setup(t)
+	c := setup(t, alone)
 	nodes := c.needNodes(3)
 	for i, n := range nodes {
 		c.apply(writerOn(fmt.Sprintf("w%d", i), n))
@@ -266,7 +266,7 @@ func TestNodeFailuresStayOnTheirNode(t *testing.T) {
 // on every node: a third pod with a volume pinned to a node that may hold two stays
 // Pending with the scheduler's reason.
 func TestMaxVolumesPerNode(t *testing.T) {
-	c := setup(t)
+	c := setup(t, alone)
 	helm := os.Getenv("BERTH_HELM")
 	if helm == "" {
 		t.Skip("needs BERTH_HELM, the helm binary make e2e uses, to change maxVolumesPerNode")

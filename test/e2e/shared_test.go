@@ -36,7 +36,7 @@ const (
 // writes (the delay is logged); node-local claims keep working beside the Deployment
 // and are deleted from the host when their claims go.
 func TestSharedPoolController(t *testing.T) {
-	c := setup(t)
+	c := setup(t, alone)
 	helm := os.Getenv("BERTH_HELM")
 	if helm == "" {
 		t.Skip("needs BERTH_HELM, the helm binary make e2e uses, to add a shared pool to the release")

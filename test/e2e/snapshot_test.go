@@ -62,9 +62,10 @@ func (c *cluster) digestOf(claim string) string {
 // reads the bytes of the moment it was taken, not those written to the source after.
 // Deleting the VolumeSnapshot removes the snapshot from the host.
 func TestSnapshotRestore(t *testing.T) {
+	inGroup(t, parallel)
 	for _, tc := range snapshotClasses {
 		t.Run(tc.class, func(t *testing.T) {
-			c := setup(t)
+			c := setup(t, parallel)
 			want := c.writeSource(tc.class, tc.size)
 			c.apply(`apiVersion: snapshot.storage.k8s.io/v1
 kind: VolumeSnapshot
@@ -116,9 +117,10 @@ spec:
 
 // A claim cloned from another reads the same bytes, and the two are independent.
 func TestClone(t *testing.T) {
+	inGroup(t, parallel)
 	for _, tc := range snapshotClasses {
 		t.Run(tc.class, func(t *testing.T) {
-			c := setup(t)
+			c := setup(t, parallel)
 			want := c.writeSource(tc.class, tc.size)
 			c.apply(claimFrom("clone", tc.class, tc.size, "PersistentVolumeClaim", "src"))
 			if got := c.digestOf("clone"); got != want {

@@ -39,7 +39,7 @@ done`
 // maxWriteGap, the lines written before intact, the same mount in the pod and on the
 // host; and the new driver then unpublishes and deletes what the old one made.
 func TestUpgrade(t *testing.T) {
-	c := setup(t)
+	c := setup(t, alone)
 	helm := os.Getenv("BERTH_HELM")
 	if helm == "" {
 		t.Skip("needs BERTH_HELM, the helm binary make e2e uses, to install the previous release")

@@ -13,7 +13,7 @@ import (
 
 // A claim written by one pod is read, byte for byte, by the next pod on the same claim.
 func TestDataOutlivesPod(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	c.apply(pvc("data", "berth", "64Mi", "Filesystem"))
 	c.apply(podOn("writer", "data", "head -c 4194304 /dev/urandom > /data/blob && sync && md5sum /data/blob | cut -d' ' -f1", "Never"))
 	c.waitPhase("writer", "Succeeded", 2*time.Minute)
@@ -31,7 +31,7 @@ func TestDataOutlivesPod(t *testing.T) {
 
 // A container killed with SIGKILL is restarted by the kubelet and finds its data.
 func TestContainerKilledKeepsData(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	c.apply(pvc("data", "berth", "64Mi", "Filesystem"))
 	c.apply(podOn("app", "data", "echo start >> /data/starts; sleep 3600", "Always"))
 	c.waitReady("app", 2*time.Minute)
@@ -54,7 +54,7 @@ func TestContainerKilledKeepsData(t *testing.T) {
 // The node plugin pod deleted and recreated by its DaemonSet while a volume is in use:
 // the volume stays mounted and writable, and new publishes work.
 func TestNodePluginRestart(t *testing.T) {
-	c := setup(t)
+	c := setup(t, alone)
 	c.apply(pvc("data", "berth", "64Mi", "Filesystem"))
 	c.apply(podOn("app", "data", "while true; do date >> /data/log; sleep 0.2; done", "Always"))
 	c.waitReady("app", 2*time.Minute)
@@ -84,7 +84,7 @@ func TestNodePluginRestart(t *testing.T) {
 
 // Expansion of an xfs image volume, online, seen by the pod.
 func TestExpandXFSImage(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	c.apply(pvc("data", "berth-xfs", "300Mi", "Filesystem"))
 	c.apply(podOn("app", "data", "sleep 3600", "Never"))
 	c.waitReady("app", 2*time.Minute)
@@ -107,7 +107,7 @@ func TestExpandXFSImage(t *testing.T) {
 // A raw block volume from an image pool: bytes written to the device are read back by
 // another pod.
 func TestRawBlock(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	c.apply(pvc("blk", "berth-xfs", "64Mi", "Block"))
 	blockPod := func(name, script string) string {
 		return `apiVersion: v1
@@ -138,7 +138,7 @@ spec:
 
 // A CSI ephemeral inline volume: created with the pod, gone with it.
 func TestEphemeralInline(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	c.apply(`apiVersion: v1
 kind: Pod
 metadata: {name: eph}
@@ -163,12 +163,13 @@ spec:
 
 // reclaimPolicy Delete removes the data from the host; Retain keeps it.
 func TestReclaimPolicies(t *testing.T) {
+	inGroup(t, parallel)
 	for _, tc := range []struct {
 		class    string
 		wantKept bool
 	}{{"berth", false}, {"berth-retain", true}} {
 		t.Run(tc.class, func(t *testing.T) {
-			c := setup(t)
+			c := setup(t, parallel)
 			c.apply(pvc("data", tc.class, "64Mi", "Filesystem"))
 			c.apply(podOn("w", "data", "echo keep-me > /data/f && sync", "Never"))
 			c.waitPhase("w", "Succeeded", 2*time.Minute)
@@ -207,7 +208,7 @@ func TestReclaimPolicies(t *testing.T) {
 // An existing host directory adopted as a static PV (docs/adopting-host-directories.md):
 // the pod sees the host's file, and the host sees the pod's.
 func TestAdoptedHostDirectory(t *testing.T) {
-	c := setup(t)
+	c := setup(t, parallel)
 	root := envOr("BERTH_E2E_ADOPT_ROOT", "/var/lib/berth-adopt")
 	dir := filepath.Join(root, c.ns)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
