@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -246,4 +247,66 @@ func (c *cluster) placement() {
 // bulkTimeout allows 6 s per pod, at least 10 minutes.
 func bulkTimeout(n int) time.Duration {
 	return max(10*time.Minute, time.Duration(n)*6*time.Second)
+}
+
+// phases logs where the namespace's pods spent their time from creation to Running,
+// from the pods' own timestamps (whole seconds): created → PodScheduled (the
+// scheduler; for a WaitForFirstConsumer claim, provisioning and binding too),
+// scheduled → PodReadyToStartContainers (the kubelet: volumes mounted, sandbox made),
+// then → the container started. Each as median, p90 and max over the pods.
+func (c *cluster) phases() {
+	c.t.Helper()
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				CreationTimestamp time.Time `json:"creationTimestamp"`
+			} `json:"metadata"`
+			Status struct {
+				Conditions []struct {
+					Type               string    `json:"type"`
+					LastTransitionTime time.Time `json:"lastTransitionTime"`
+				} `json:"conditions"`
+				ContainerStatuses []struct {
+					State struct {
+						Running *struct {
+							StartedAt time.Time `json:"startedAt"`
+						} `json:"running"`
+					} `json:"state"`
+				} `json:"containerStatuses"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	out, err := c.try("get", "pods", "-o", "json")
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &list)
+	}
+	if err != nil {
+		c.t.Logf("phases: %v", err)
+		return
+	}
+	var sched, kubelet, start []time.Duration
+	for _, p := range list.Items {
+		cond := map[string]time.Time{}
+		for _, k := range p.Status.Conditions {
+			cond[k.Type] = k.LastTransitionTime
+		}
+		s, okS := cond["PodScheduled"]
+		r, okR := cond["PodReadyToStartContainers"]
+		if !okS || !okR || len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].State.Running == nil {
+			continue
+		}
+		sched = append(sched, s.Sub(p.Metadata.CreationTimestamp))
+		kubelet = append(kubelet, r.Sub(s))
+		start = append(start, p.Status.ContainerStatuses[0].State.Running.StartedAt.Sub(r))
+	}
+	if len(sched) == 0 {
+		c.t.Logf("phases: no pod with all its timestamps")
+		return
+	}
+	for _, ph := range []struct {
+		name string
+		d    []time.Duration
+	}{{"created to scheduled", sched}, {"scheduled to sandbox ready", kubelet}, {"sandbox ready to started", start}} {
+		c.t.Logf("phase %s over %d pods: median %v, p90 %v, max %v", ph.name, len(ph.d), median(ph.d), pct(ph.d, 0.9), maxOf(ph.d))
+	}
 }

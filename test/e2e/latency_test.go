@@ -54,7 +54,7 @@ func benchSubjectRun(t *testing.T, s benchSubject, serial, n int, figs figures) 
 	if s.name == "local-path" {
 		ensureLocalPath(t)
 	}
-	c := setup(t)
+	c := setup(t, alone)
 	poolBefore := berthVolumes()
 
 	d := c.serialRuns(s, serial)
@@ -70,6 +70,7 @@ func benchSubjectRun(t *testing.T, s benchSubject, serial, n int, figs figures) 
 	c.create(b.String())
 	all := c.runningTimes(start, n, bulkTimeout(n))
 	c.placement()
+	c.phases()
 	figs.add(t, fmt.Sprintf("run%d-all-running-%s", n, s.name), maxOf(all))
 	figs.add(t, fmt.Sprintf("run%d-median-%s", n, s.name), median(all))
 	figs.add(t, fmt.Sprintf("run%d-p90-%s", n, s.name), pct(all, 0.9))
