@@ -126,10 +126,48 @@ func (e *Engine) Provision(ctx context.Context, p *Pool, req ProvisionRequest) (
 		Claim:             req.Claim,
 	})
 	if err != nil {
-		return nil, err
+		return nil, p.sourceElsewhere(req, err)
 	}
 	klog.FromContext(ctx).V(4).Info("Volume provisioned", "volumeID", r.ID, "fsType", r.FSType)
 	return r, nil
+}
+
+// sourceElsewhere turns a create's ErrNotFound for its content source into
+// ErrUnreachable when the request came with topology requirements and the pool is
+// node-local: each node's pool of that name holds only the snapshots and volumes made
+// on that node, so another node may hold the source. The CO may then try another node
+// (external-provisioner reschedules the claim's pod on ResourceExhausted); without
+// topology requirements, or in a shared pool, the source does not exist and err stays
+// what it was. A source whose ID is not Berth's stays ErrNotFound.
+func (p *Pool) sourceElsewhere(req ProvisionRequest, err error) error {
+	if !errors.Is(err, ErrNotFound) || req.Source == nil || len(req.Requisite) == 0 || p.Shared() {
+		return err
+	}
+	var poolOfID string
+	switch req.Source.Kind {
+	case SourceSnapshot:
+		id, perr := ParseSnapshotID(req.Source.ID)
+		if perr != nil {
+			return err
+		}
+		poolOfID = id.Pool
+	case SourceVolume:
+		id, perr := ParseVolumeID(req.Source.ID)
+		if perr != nil {
+			return err
+		}
+		poolOfID = id.Pool
+	}
+	if poolOfID != p.cfg.Name {
+		return err
+	}
+	if _, serr := p.sourceOf(req.Source); !errors.Is(serr, ErrNotFound) {
+		return err
+	}
+	return errorf(ErrUnreachable, "%s %s is not in pool %s on node %s: a node-local pool keeps its "+
+		"snapshots and volumes on the node that made them, so another node may hold it "+
+		"(restoring or cloning across nodes is not supported): schedule the claim's pod on that node",
+		req.Source.Kind, req.Source.ID, p.cfg.Name, req.Node)
 }
 
 // fsTypeFor picks the filesystem a new volume is formatted with. A kind whose

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage"
 )
 
@@ -360,6 +362,51 @@ func TestImageSizeNearTheMaximum(t *testing.T) {
 			checkErr(t, err, storage.ErrOutOfRange)
 			if got, _ := p.Get(r.Hash()); got.CapacityBytes != mib {
 				t.Fatalf("capacity after a refused expansion: %d, want %d", got.CapacityBytes, mib)
+			}
+		})
+	}
+}
+
+// TestProvisionSourceOnAnotherNode: a restore or clone whose source this node's
+// node-local pool lacks is ErrUnreachable when the request names topologies (another
+// node's pool of that name may hold it, and the CO may try that node), ErrNotFound
+// without topologies, for an ID that is not Berth's, or in a shared pool.
+func TestProvisionSourceOnAnotherNode(t *testing.T) {
+	testutil.RequireRoot(t)
+	here := []map[string]string{{storage.TopologyKey: thisNode}}
+	base := t.TempDir()
+	shared := filepath.Join(base, "shared")
+	testutil.MountTmpfs(t, shared, 16*mib)
+	e := startEngine(t, dirPool(base, "default"),
+		storage.PoolConfig{Name: "shared", Path: shared, Kind: storage.KindShared})
+	tests := []struct {
+		name, pool, kind, id string
+		requisite            []map[string]string
+		wantErr              error
+	}{
+		{"snapshot, topology", "default", storage.SourceSnapshot, storage.SnapshotID("default", "elsewhere"), here, storage.ErrUnreachable},
+		{"volume, topology", "default", storage.SourceVolume, storage.VolumeID("default", "elsewhere"), here, storage.ErrUnreachable},
+		{"snapshot, no topology", "default", storage.SourceSnapshot, storage.SnapshotID("default", "elsewhere"), nil, storage.ErrNotFound},
+		{"not Berth's ID, topology", "default", storage.SourceSnapshot, "snap-0001", here, storage.ErrNotFound},
+		{"shared pool, topology", "shared", storage.SourceSnapshot, storage.SnapshotID("shared", "elsewhere"), here, storage.ErrNotFound},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := e.Pool(tc.pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := provisionReq(fmt.Sprintf("restored-%d", i))
+			req.Parameters = map[string]string{storage.ParamPool: tc.pool}
+			req.Requisite = tc.requisite
+			req.Source = &storage.Source{Kind: tc.kind, ID: tc.id}
+			_, err = e.Provision(context.Background(), p, req)
+			checkErr(t, err, tc.wantErr)
+			if errors.Is(tc.wantErr, storage.ErrUnreachable) && (err == nil || !strings.Contains(err.Error(), "another node may hold it")) {
+				t.Fatalf("error %v does not say another node may hold the source", err)
+			}
+			if len(e.AllVolumes()) != 0 {
+				t.Fatal("a refused request left a volume")
 			}
 		})
 	}
