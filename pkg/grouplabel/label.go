@@ -1,0 +1,280 @@
+// Package grouplabel labels Berth's VolumeGroupSnapshotContents for the node that
+// holds their volumes, so that the csi-snapshotter sidecar of that node takes them.
+//
+// csi-snapshotter v8.7.0 with --node-deployment watches VolumeGroupSnapshotContents
+// only through an informer filtered on snapshot.storage.kubernetes.io/managed-by=
+// <its NODE_NAME> (cmd/csi-snapshotter/main.go), and the snapshot-controller, which
+// labels VolumeSnapshotContents so from their PV's node affinity when run with
+// --enable-distributed-snapshotting, creates VolumeGroupSnapshotContents without
+// the label. Each node's labeller labels the contents whose member volumes are all
+// on its node, and no other: docs/design.md, "Group snapshots".
+package grouplabel
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/berth-csi/berth/pkg/orphans"
+	"github.com/berth-csi/berth/pkg/storage"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/klog/v2"
+)
+
+// ManagedByLabel is the label csi-snapshotter's node-filtered informer selects on
+// (utils.VolumeSnapshotContentManagedByLabel in external-snapshotter v8.7.0); its
+// value is the node's name, the sidecar's NODE_NAME.
+const ManagedByLabel = "snapshot.storage.kubernetes.io/managed-by"
+
+// ContentResource is the VolumeGroupSnapshotContents' resource, at the version the
+// v8.7.0 sidecar reads (groupsnapshot.storage.k8s.io/v1).
+var ContentResource = schema.GroupVersionResource{
+	Group: "groupsnapshot.storage.k8s.io", Version: "v1", Resource: "volumegroupsnapshotcontents",
+}
+
+// RefusedReason is the reason of the Warning event on a VolumeGroupSnapshot whose
+// volumes are not all on one node.
+const RefusedReason = "GroupSnapshotAcrossNodes"
+
+// EventCreator creates events: client-go's EventInterface is one (a fake's in
+// tests), and NewEventClient's.
+type EventCreator interface {
+	Create(ctx context.Context, ev *corev1.Event, opts metav1.CreateOptions) (*corev1.Event, error)
+}
+
+// Labeller labels the VolumeGroupSnapshotContents of Driver whose member volumes'
+// PersistentVolumes all have Node in their node affinity (Berth's topology key).
+type Labeller struct {
+	Contents dynamic.ResourceInterface
+	PVs      orphans.PVLister
+	// Events returns the event client of a namespace.
+	Events   func(namespace string) EventCreator
+	Driver   string
+	Node     string
+	PageSize int64 // 0: orphans.DefaultPageSize
+
+	// settled: contents decided for good (another node's, refused): their
+	// PersistentVolumes are not listed again at each update of theirs.
+	settled map[types.UID]struct{}
+}
+
+// Outcome is what Sync did with a content.
+type Outcome int
+
+const (
+	// Ignored: not Berth's, already labelled, being deleted, pre-provisioned.
+	Ignored Outcome = iota
+	// Labelled for this node.
+	Labelled
+	// OtherNode: its volumes are all on another node (or none on any).
+	OtherNode
+	// Refused: its volumes are on several nodes; left unlabelled.
+	Refused
+)
+
+func (o Outcome) String() string {
+	return [...]string{"ignored", "labelled", "otherNode", "refused"}[o]
+}
+
+// Sync labels one content if it is this node's. An error (the PersistentVolumes
+// not listed, the patch failed) is worth retrying; a decision is not.
+func (l *Labeller) Sync(ctx context.Context, c *unstructured.Unstructured) (Outcome, error) {
+	driver, _, _ := unstructured.NestedString(c.Object, "spec", "driver")
+	handles, _, _ := unstructured.NestedStringSlice(c.Object, "spec", "source", "volumeHandles")
+	if driver != l.Driver || c.GetLabels()[ManagedByLabel] != "" || c.GetDeletionTimestamp() != nil || len(handles) == 0 {
+		return Ignored, nil
+	}
+	if _, ok := l.settled[c.GetUID()]; ok {
+		return Ignored, nil
+	}
+	logger := klog.FromContext(ctx).WithValues("volumeGroupSnapshotContent", c.GetName())
+	nodes, err := l.nodesOf(ctx, handles)
+	if err != nil {
+		return Ignored, err
+	}
+	slices.Sort(handles)
+	distinct := map[string]bool{}
+	for _, h := range handles {
+		distinct[nodes[h]] = true
+	}
+	if len(distinct) > 1 {
+		l.settle(c)
+		// Told once, by the node of the first volume (in byte order, the group's
+		// home) that has one.
+		if reporter(handles, nodes) != l.Node {
+			return Refused, nil
+		}
+		msg := describe(handles, nodes)
+		logger.Info("Refused to label a group snapshot whose volumes are on several nodes; it stays pending", "volumes", msg)
+		l.warn(ctx, c, msg)
+		return Refused, nil
+	}
+	if !distinct[l.Node] {
+		l.settle(c)
+		logger.V(4).Info("Group snapshot not of this node", "node", nodes[handles[0]])
+		return OtherNode, nil
+	}
+	if err := l.label(ctx, c); err != nil {
+		return Ignored, err
+	}
+	logger.V(2).Info("Group snapshot labelled for this node's csi-snapshotter", "node", l.Node, "volumes", len(handles))
+	return Labelled, nil
+}
+
+func (l *Labeller) settle(c *unstructured.Unstructured) {
+	if l.settled == nil {
+		l.settled = map[types.UID]struct{}{}
+	}
+	l.settled[c.GetUID()] = struct{}{}
+}
+
+// Forget drops what was decided of a content that has gone.
+func (l *Labeller) Forget(uid types.UID) { delete(l.settled, uid) }
+
+// label sets the label by a merge patch that carries the resourceVersion read, so
+// a content changed meanwhile (labelled by someone else) is not overwritten: the
+// patch fails with Conflict and the content is read again.
+func (l *Labeller) label(ctx context.Context, c *unstructured.Unstructured) error {
+	meta := map[string]any{"labels": map[string]string{ManagedByLabel: l.Node}}
+	if rv := c.GetResourceVersion(); rv != "" {
+		meta["resourceVersion"] = rv
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": meta})
+	if err != nil {
+		return err
+	}
+	if _, err := l.Contents.Patch(ctx, c.GetName(), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("label VolumeGroupSnapshotContent %s: %w", c.GetName(), err)
+	}
+	return nil
+}
+
+// nodesOf maps each handle to the node of its PersistentVolume ("" when it has
+// none, or no PersistentVolume names it), listing them page by page: the API has
+// no field selector on spec.csi.volumeHandle.
+func (l *Labeller) nodesOf(ctx context.Context, handles []string) (map[string]string, error) {
+	pageSize := l.PageSize
+	if pageSize <= 0 {
+		pageSize = orphans.DefaultPageSize
+	}
+	out := make(map[string]string, len(handles))
+	for _, h := range handles {
+		out[h] = ""
+	}
+	left := len(handles)
+	opts := metav1.ListOptions{Limit: pageSize}
+	for left > 0 {
+		page, err := l.PVs.List(ctx, opts)
+		if err != nil {
+			return nil, fmt.Errorf("list PersistentVolumes: %w", err)
+		}
+		for i := range page.Items {
+			pv := &page.Items[i]
+			h, ok := orphans.HandleOf(pv, l.Driver)
+			if n, want := out[h]; !ok || !want || n != "" {
+				continue
+			}
+			if n := NodeOf(pv); n != "" {
+				out[h] = n
+				left--
+			}
+		}
+		if page.Continue == "" {
+			break
+		}
+		opts.Continue = page.Continue
+	}
+	return out, nil
+}
+
+// NodeOf is the node a PersistentVolume of Berth is accessible from: the one value
+// of Berth's topology key that every term of its required node affinity names. A
+// volume of a shared pool, which has none, has no node ("").
+func NodeOf(pv *corev1.PersistentVolume) string {
+	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
+		return ""
+	}
+	node := ""
+	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
+		found := ""
+		for _, e := range term.MatchExpressions {
+			if e.Key == storage.TopologyKey && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) == 1 {
+				found = e.Values[0]
+			}
+		}
+		if found == "" || (node != "" && found != node) {
+			return ""
+		}
+		node = found
+	}
+	return node
+}
+
+// reporter is the node of the first handle that has one.
+func reporter(sorted []string, nodes map[string]string) string {
+	for _, h := range sorted {
+		if n := nodes[h]; n != "" {
+			return n
+		}
+	}
+	return ""
+}
+
+func describe(sorted []string, nodes map[string]string) string {
+	parts := make([]string, len(sorted))
+	for i, h := range sorted {
+		n := nodes[h]
+		if n == "" {
+			n = "no node"
+		}
+		parts[i] = h + " on " + n
+	}
+	return strings.Join(parts, ", ")
+}
+
+// warn posts a Warning event on the VolumeGroupSnapshot the content was made for
+// (where `kubectl describe` shows it to whoever asked), or on the content when it
+// names none. Its name is fixed by the content, so a second report is AlreadyExists.
+func (l *Labeller) warn(ctx context.Context, c *unstructured.Unstructured, volumes string) {
+	if l.Events == nil {
+		return
+	}
+	ref := corev1.ObjectReference{
+		APIVersion: ContentResource.GroupVersion().String(), Kind: "VolumeGroupSnapshotContent",
+		Name: c.GetName(), UID: c.GetUID(), ResourceVersion: c.GetResourceVersion(),
+	}
+	ns := metav1.NamespaceDefault
+	vgs, _, _ := unstructured.NestedStringMap(c.Object, "spec", "volumeGroupSnapshotRef")
+	if vgs["namespace"] != "" && vgs["name"] != "" {
+		ref = corev1.ObjectReference{
+			APIVersion: ContentResource.GroupVersion().String(), Kind: "VolumeGroupSnapshot",
+			Namespace: vgs["namespace"], Name: vgs["name"], UID: types.UID(vgs["uid"]),
+		}
+		ns = vgs["namespace"]
+	}
+	now := metav1.NewTime(time.Now())
+	ev := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: c.GetName() + ".berth-across-nodes", Namespace: ns},
+		InvolvedObject: ref,
+		Reason:         RefusedReason,
+		Message: fmt.Sprintf("Berth takes a group snapshot on one node; the volumes of %s are on several (%s). "+
+			"It stays pending: delete it and group volumes of one node.", c.GetName(), volumes),
+		Type:           corev1.EventTypeWarning,
+		Source:         corev1.EventSource{Component: "berth-group-labeller", Host: l.Node},
+		FirstTimestamp: now,
+		LastTimestamp:  now,
+		Count:          1,
+	}
+	if _, err := l.Events(ns).Create(ctx, ev, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		klog.FromContext(ctx).Error(err, "Cannot post the event of a refused group snapshot", "volumeGroupSnapshotContent", c.GetName())
+	}
+}

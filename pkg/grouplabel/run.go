@@ -1,0 +1,130 @@
+package grouplabel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/klog/v2"
+)
+
+// Timing of Run: a listing at least every Resync (a watch ends then, and the
+// contents still unlabelled are listed again), RetryAfter after a content whose
+// Sync failed, and Backoff after a listing or watch that failed.
+type Timing struct {
+	Resync     time.Duration
+	RetryAfter time.Duration
+	Backoff    time.Duration
+}
+
+// DefaultTiming: a content that could not be labelled is tried again 10 s later.
+var DefaultTiming = Timing{Resync: 10 * time.Minute, RetryAfter: 10 * time.Second, Backoff: 10 * time.Second}
+
+// unlabelled selects the contents nobody has labelled: the others are of no
+// concern here, and a labelled content leaves the watch.
+func unlabelled() string {
+	req, err := labels.NewRequirement(ManagedByLabel, selection.DoesNotExist, nil)
+	if err != nil {
+		panic(err) // a constant key
+	}
+	return labels.NewSelector().Add(*req).String()
+}
+
+// Run lists the unlabelled VolumeGroupSnapshotContents and watches them until ctx
+// ends, syncing each. A list and a watch rather than an informer: the labeller
+// keeps nothing but what it settled, and the label selector leaves it the contents
+// not yet taken, a handful at any time.
+func (l *Labeller) Run(ctx context.Context, t Timing) error {
+	logger := klog.FromContext(ctx)
+	logger.Info("Labelling group snapshot contents for this node's csi-snapshotter", "node", l.Node, "driverName", l.Driver, "label", ManagedByLabel)
+	failing := false
+	for {
+		err := l.listAndWatch(ctx, t)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			failing = false
+			continue
+		}
+		if !failing {
+			logger.Error(err, "Cannot watch group snapshot contents; trying again", "backoff", t.Backoff)
+		}
+		failing = true
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(t.Backoff):
+		}
+	}
+}
+
+// listAndWatch lists, syncs every content, and watches from the listing's version
+// until the resync, a retry due, or the watch ends; nil asks for a new listing.
+func (l *Labeller) listAndWatch(ctx context.Context, t Timing) error {
+	sel := unlabelled()
+	list, err := l.Contents.List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return fmt.Errorf("list VolumeGroupSnapshotContents: %w", err)
+	}
+	until := t.Resync
+	for i := range list.Items {
+		if !l.sync(ctx, &list.Items[i]) {
+			until = t.RetryAfter
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, until)
+	defer cancel()
+	w, err := l.Contents.Watch(wctx, metav1.ListOptions{LabelSelector: sel, ResourceVersion: list.GetResourceVersion()})
+	if err != nil {
+		if wctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("watch VolumeGroupSnapshotContents: %w", err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-wctx.Done():
+			return nil
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return nil
+			}
+			switch ev.Type {
+			case watch.Added, watch.Modified:
+				if c, ok := ev.Object.(*unstructured.Unstructured); ok && !l.sync(ctx, c) {
+					// Listed again soon, which retries it.
+					return nil
+				}
+			case watch.Deleted:
+				if c, ok := ev.Object.(*unstructured.Unstructured); ok {
+					l.Forget(c.GetUID())
+				}
+			case watch.Error:
+				err := apierrors.FromObject(ev.Object)
+				if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+					return nil
+				}
+				return fmt.Errorf("watch VolumeGroupSnapshotContents: %w", err)
+			}
+		}
+	}
+}
+
+// sync syncs c and reports whether that is done (false: try again).
+func (l *Labeller) sync(ctx context.Context, c *unstructured.Unstructured) bool {
+	_, err := l.Sync(ctx, c)
+	if err == nil || errors.Is(err, context.Canceled) {
+		return true
+	}
+	klog.FromContext(ctx).Error(err, "Cannot label a group snapshot content; trying again", "volumeGroupSnapshotContent", c.GetName())
+	return false
+}
