@@ -62,83 +62,109 @@ type Labeller struct {
 	Node     string
 	PageSize int64 // 0: orphans.DefaultPageSize
 
-	// settled: contents decided for good (another node's, refused): their
-	// PersistentVolumes are not listed again at each update of theirs.
-	settled map[types.UID]struct{}
+	// decided: what each content's volumes said (their PersistentVolumes are
+	// listed once per content, not at each update of it).
+	decided map[types.UID]decision
+}
+
+// decision: the node that labels a content (its volumes' node; for volumes on
+// several nodes the node of the first that has one, in byte order, the group's
+// home; "" when none has a node) and whether its volumes are on several nodes.
+type decision struct {
+	owner   string
+	refused bool
 }
 
 // Outcome is what Sync did with a content.
 type Outcome int
 
 const (
-	// Ignored: not Berth's, already labelled, being deleted, pre-provisioned.
+	// Ignored: not Berth's, already labelled, pre-provisioned, or decided before.
 	Ignored Outcome = iota
 	// Labelled for this node.
 	Labelled
-	// OtherNode: its volumes are all on another node (or none on any).
+	// OtherNode: another node labels it (or none, for volumes of no node).
 	OtherNode
 	// Refused: its volumes are on several nodes; left unlabelled.
 	Refused
+	// Released: a refused content being deleted, labelled for this node so that
+	// its csi-snapshotter removes the finalizer the snapshot-controller put on it.
+	Released
 )
 
 func (o Outcome) String() string {
-	return [...]string{"ignored", "labelled", "otherNode", "refused"}[o]
+	return [...]string{"ignored", "labelled", "otherNode", "refused", "released"}[o]
 }
 
 // Sync labels one content if it is this node's. An error (the PersistentVolumes
 // not listed, the patch failed) is worth retrying; a decision is not.
+//
+// A content is this node's when its volumes are all here. One whose volumes are on
+// several nodes is refused (one Warning event, from its owner) and stays pending,
+// but once deleted its owner labels it too: the snapshot-controller gave it a
+// finalizer that only a csi-snapshotter removes, and no sidecar has seen it, so
+// nothing of it was made and the sidecar just lets it go.
 func (l *Labeller) Sync(ctx context.Context, c *unstructured.Unstructured) (Outcome, error) {
 	driver, _, _ := unstructured.NestedString(c.Object, "spec", "driver")
 	handles, _, _ := unstructured.NestedStringSlice(c.Object, "spec", "source", "volumeHandles")
-	if driver != l.Driver || c.GetLabels()[ManagedByLabel] != "" || c.GetDeletionTimestamp() != nil || len(handles) == 0 {
-		return Ignored, nil
-	}
-	if _, ok := l.settled[c.GetUID()]; ok {
+	if driver != l.Driver || c.GetLabels()[ManagedByLabel] != "" || len(handles) == 0 {
 		return Ignored, nil
 	}
 	logger := klog.FromContext(ctx).WithValues("volumeGroupSnapshotContent", c.GetName())
-	nodes, err := l.nodesOf(ctx, handles)
-	if err != nil {
-		return Ignored, err
+	deleting := c.GetDeletionTimestamp() != nil
+	d, seen := l.decided[c.GetUID()]
+	if !seen {
+		nodes, err := l.nodesOf(ctx, handles)
+		if err != nil {
+			return Ignored, err
+		}
+		slices.Sort(handles)
+		distinct := map[string]bool{}
+		for _, h := range handles {
+			distinct[nodes[h]] = true
+		}
+		d = decision{owner: reporter(handles, nodes), refused: len(distinct) > 1}
+		if l.decided == nil {
+			l.decided = map[types.UID]decision{}
+		}
+		l.decided[c.GetUID()] = d
+		if d.refused && d.owner == l.Node && !deleting {
+			msg := describe(handles, nodes)
+			logger.Info("Refused to label a group snapshot whose volumes are on several nodes; it stays pending", "volumes", msg)
+			l.warn(ctx, c, msg)
+		}
 	}
-	slices.Sort(handles)
-	distinct := map[string]bool{}
-	for _, h := range handles {
-		distinct[nodes[h]] = true
-	}
-	if len(distinct) > 1 {
-		l.settle(c)
-		// Told once, by the node of the first volume (in byte order, the group's
-		// home) that has one.
-		if reporter(handles, nodes) != l.Node {
+	switch {
+	case d.owner != l.Node:
+		if !seen {
+			logger.V(4).Info("Group snapshot not of this node", "owner", d.owner)
+			return OtherNode, nil
+		}
+		return Ignored, nil
+	case d.refused && !deleting:
+		if !seen {
 			return Refused, nil
 		}
-		msg := describe(handles, nodes)
-		logger.Info("Refused to label a group snapshot whose volumes are on several nodes; it stays pending", "volumes", msg)
-		l.warn(ctx, c, msg)
-		return Refused, nil
-	}
-	if !distinct[l.Node] {
-		l.settle(c)
-		logger.V(4).Info("Group snapshot not of this node", "node", nodes[handles[0]])
-		return OtherNode, nil
+		return Ignored, nil
 	}
 	if err := l.label(ctx, c); err != nil {
+		if apierrors.IsConflict(err) {
+			// Changed meanwhile: the watch brings the new version.
+			logger.V(4).Info("Group snapshot changed before it was labelled")
+			return Ignored, nil
+		}
 		return Ignored, err
+	}
+	if d.refused {
+		logger.V(2).Info("Labelled a refused group snapshot being deleted, for this node's csi-snapshotter to let it go", "node", l.Node)
+		return Released, nil
 	}
 	logger.V(2).Info("Group snapshot labelled for this node's csi-snapshotter", "node", l.Node, "volumes", len(handles))
 	return Labelled, nil
 }
 
-func (l *Labeller) settle(c *unstructured.Unstructured) {
-	if l.settled == nil {
-		l.settled = map[types.UID]struct{}{}
-	}
-	l.settled[c.GetUID()] = struct{}{}
-}
-
 // Forget drops what was decided of a content that has gone.
-func (l *Labeller) Forget(uid types.UID) { delete(l.settled, uid) }
+func (l *Labeller) Forget(uid types.UID) { delete(l.decided, uid) }
 
 // label sets the label by a merge patch that carries the resourceVersion read, so
 // a content changed meanwhile (labelled by someone else) is not overwritten: the

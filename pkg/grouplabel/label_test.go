@@ -158,11 +158,11 @@ func TestSync(t *testing.T) {
 		{name: "a volume of node-b", content: content("c1", driver, "b1-img-b1"),
 			wantA: OtherNode, wantB: Labelled, wantLabel: "node-b"},
 		{name: "volumes on two nodes", content: content("c1", driver, "b1-img-b1", "b1-img-a1"),
-			wantA: Refused, wantB: Refused, wantEventBy: "node-a"},
+			wantA: Refused, wantB: OtherNode, wantEventBy: "node-a"},
 		{name: "a volume of no node beside node-b's", content: content("c1", driver, "b1-img-b1", "b1-shared-s1"),
-			wantA: Refused, wantB: Refused, wantEventBy: "node-b"},
+			wantA: OtherNode, wantB: Refused, wantEventBy: "node-b"},
 		{name: "a volume with no PersistentVolume beside node-a's", content: content("c1", driver, "b1-img-a1", "b1-img-gone"),
-			wantA: Refused, wantB: Refused, wantEventBy: "node-a"},
+			wantA: Refused, wantB: OtherNode, wantEventBy: "node-a"},
 		{name: "volumes of no node", content: content("c1", driver, "b1-shared-s1"),
 			wantA: OtherNode, wantB: OtherNode},
 		{name: "another driver's content", content: content("c1", "other.csi.io", "b1-img-x"),
@@ -172,9 +172,11 @@ func TestSync(t *testing.T) {
 		{name: "already labelled", content: content("c1", driver, "b1-img-a1"),
 			setup: func(c *unstructured.Unstructured) { c.SetLabels(map[string]string{ManagedByLabel: "node-b"}) },
 			wantA: Ignored, wantB: Ignored, wantLabel: "node-b"},
+		// Never labelled, so never taken: the node's sidecar lets it go.
 		{name: "being deleted", content: content("c1", driver, "b1-img-a1"),
-			setup: func(c *unstructured.Unstructured) { now := metav1.Now(); c.SetDeletionTimestamp(&now) },
-			wantA: Ignored, wantB: Ignored},
+			setup: deleting, wantA: Labelled, wantB: OtherNode, wantLabel: "node-a"},
+		{name: "on two nodes, being deleted", content: content("c1", driver, "b1-img-b1", "b1-img-a1"),
+			setup: deleting, wantA: Released, wantB: OtherNode, wantLabel: "node-a"},
 		{name: "pre-provisioned (no volume handles)", content: content("c1", driver),
 			wantA: Ignored, wantB: Ignored},
 	}
@@ -203,7 +205,7 @@ func TestSync(t *testing.T) {
 				t.Errorf("label %q, want %q", got, tc.wantLabel)
 			}
 			wantPatches := 0
-			if tc.wantA == Labelled || tc.wantB == Labelled {
+			if tc.wantA == Labelled || tc.wantA == Released || tc.wantB == Labelled {
 				wantPatches = 1
 			}
 			if got := f.patches(); got != wantPatches {
@@ -225,6 +227,38 @@ func TestSync(t *testing.T) {
 				t.Errorf("event %+v", ev)
 			}
 		})
+	}
+}
+
+func deleting(c *unstructured.Unstructured) {
+	now := metav1.Now()
+	c.SetDeletionTimestamp(&now)
+	c.SetFinalizers([]string{"groupsnapshot.storage.kubernetes.io/volumegroupsnapshotcontent-bound-protection"})
+}
+
+// TestRefusedThenDeleted: a content refused when made, deleted later, is labelled
+// by its owner then (the decision kept: no second listing, no second event).
+func TestRefusedThenDeleted(t *testing.T) {
+	f := newFixture(t, volumes(), content("c1", driver, "b1-img-b1", "b1-img-a1"))
+	_, ctx := ktesting.NewTestContext(t)
+	for node, want := range map[string]Outcome{"node-a": Refused, "node-b": OtherNode} {
+		if got, err := f.labels[node].Sync(ctx, f.get(t, "c1")); err != nil || got != want {
+			t.Fatalf("%s: %s, %v; want %s", node, got, err, want)
+		}
+	}
+	lists := len(f.kube.Actions())
+	c := f.get(t, "c1")
+	deleting(c)
+	for node, want := range map[string]Outcome{"node-a": Released, "node-b": Ignored} {
+		if got, err := f.labels[node].Sync(ctx, c.DeepCopy()); err != nil || got != want {
+			t.Fatalf("deleted, %s: %s, %v; want %s", node, got, err, want)
+		}
+	}
+	if got := f.get(t, "c1").GetLabels()[ManagedByLabel]; got != "node-a" {
+		t.Errorf("label %q, want node-a", got)
+	}
+	if n := len(f.kube.Actions()); n != lists {
+		t.Errorf("%d more calls for PersistentVolumes or events after the decision", n-lists)
 	}
 }
 
