@@ -39,8 +39,8 @@ func unlabelled() string {
 
 // Run lists the unlabelled VolumeGroupSnapshotContents and watches them until ctx
 // ends, syncing each. A list and a watch rather than an informer: the labeller
-// keeps nothing but what it settled, and the label selector leaves it the contents
-// not yet taken, a handful at any time.
+// keeps nothing but what it decided of each content, and the label selector leaves
+// it the contents not yet taken, a handful at any time.
 func (l *Labeller) Run(ctx context.Context, t Timing) error {
 	logger := klog.FromContext(ctx)
 	logger.Info("Labelling group snapshot contents for this node's csi-snapshotter", "node", l.Node, "driverName", l.Driver, "label", ManagedByLabel)
