@@ -79,6 +79,7 @@ func GroupLabeller(ctx context.Context, args []string) error {
 	}
 	l := &grouplabel.Labeller{
 		Contents: dyn.Resource(grouplabel.ContentResource),
+		Members:  dyn.Resource(grouplabel.MemberResource),
 		PVs:      pvs,
 		Events:   events,
 		Driver:   *driver,

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/berth-csi/berth/pkg/orphans"
@@ -52,20 +53,37 @@ type EventCreator interface {
 }
 
 // Labeller labels the VolumeGroupSnapshotContents of Driver whose member volumes'
-// PersistentVolumes all have Node in their node affinity (Berth's topology key).
+// PersistentVolumes all have Node in their node affinity (Berth's topology key),
+// and the VolumeSnapshotContents of their members that the snapshot-controller
+// makes once the group is taken (member.go).
 type Labeller struct {
 	Contents dynamic.ResourceInterface
-	PVs      orphans.PVLister
+	// Members: the VolumeSnapshotContents, of which it labels a group's members.
+	Members dynamic.ResourceInterface
+	PVs     orphans.PVLister
 	// Events returns the event client of a namespace.
 	Events   func(namespace string) EventCreator
 	Driver   string
 	Node     string
 	PageSize int64 // 0: orphans.DefaultPageSize
 
+	mu sync.Mutex // Sync and SyncMember run from two watches
 	// decided: what each content's volumes said (their PersistentVolumes are
 	// listed once per content, not at each update of it).
 	decided map[types.UID]decision
+	// seen: the nodes of volumes found lately, so that a group's members, made
+	// just after it, need no listing of their own.
+	seen map[string]seenNode
 }
+
+type seenNode struct {
+	node string
+	at   time.Time
+}
+
+// seenFor is how long a volume's node found in a listing is used without another.
+// A volume never changes node; the bound keeps the map small.
+const seenFor = 10 * time.Minute
 
 // decision: the node that labels a content (its volumes' node; for volumes on
 // several nodes the node of the first that has one, in byte order, the group's
@@ -105,6 +123,8 @@ func (o Outcome) String() string {
 // finalizer that only a csi-snapshotter removes, and no sidecar has seen it, so
 // nothing of it was made and the sidecar just lets it go.
 func (l *Labeller) Sync(ctx context.Context, c *unstructured.Unstructured) (Outcome, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	driver, _, _ := unstructured.NestedString(c.Object, "spec", "driver")
 	handles, _, _ := unstructured.NestedStringSlice(c.Object, "spec", "source", "volumeHandles")
 	if driver != l.Driver || c.GetLabels()[ManagedByLabel] != "" || len(handles) == 0 {
@@ -147,7 +167,7 @@ func (l *Labeller) Sync(ctx context.Context, c *unstructured.Unstructured) (Outc
 		}
 		return Ignored, nil
 	}
-	if err := l.label(ctx, c); err != nil {
+	if err := l.label(ctx, c, l.Contents); err != nil {
 		if apierrors.IsConflict(err) {
 			// Changed meanwhile: the watch brings the new version.
 			logger.V(4).Info("Group snapshot changed before it was labelled")
@@ -164,12 +184,16 @@ func (l *Labeller) Sync(ctx context.Context, c *unstructured.Unstructured) (Outc
 }
 
 // Forget drops what was decided of a content that has gone.
-func (l *Labeller) Forget(uid types.UID) { delete(l.decided, uid) }
+func (l *Labeller) Forget(uid types.UID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.decided, uid)
+}
 
 // label sets the label by a merge patch that carries the resourceVersion read, so
 // a content changed meanwhile (labelled by someone else) is not overwritten: the
 // patch fails with Conflict and the content is read again.
-func (l *Labeller) label(ctx context.Context, c *unstructured.Unstructured) error {
+func (l *Labeller) label(ctx context.Context, c *unstructured.Unstructured, r dynamic.ResourceInterface) error {
 	meta := map[string]any{"labels": map[string]string{ManagedByLabel: l.Node}}
 	if rv := c.GetResourceVersion(); rv != "" {
 		meta["resourceVersion"] = rv
@@ -178,8 +202,8 @@ func (l *Labeller) label(ctx context.Context, c *unstructured.Unstructured) erro
 	if err != nil {
 		return err
 	}
-	if _, err := l.Contents.Patch(ctx, c.GetName(), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return fmt.Errorf("label VolumeGroupSnapshotContent %s: %w", c.GetName(), err)
+	if _, err := r.Patch(ctx, c.GetName(), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("label %s %s: %w", c.GetKind(), c.GetName(), err)
 	}
 	return nil
 }
@@ -192,11 +216,23 @@ func (l *Labeller) nodesOf(ctx context.Context, handles []string) (map[string]st
 	if pageSize <= 0 {
 		pageSize = orphans.DefaultPageSize
 	}
-	out := make(map[string]string, len(handles))
-	for _, h := range handles {
-		out[h] = ""
+	now := time.Now()
+	for h, e := range l.seen {
+		if now.Sub(e.at) > seenFor {
+			delete(l.seen, h)
+		}
 	}
-	left := len(handles)
+	if l.seen == nil {
+		l.seen = map[string]seenNode{}
+	}
+	out := make(map[string]string, len(handles))
+	left := 0
+	for _, h := range handles {
+		out[h] = l.seen[h].node
+		if out[h] == "" {
+			left++
+		}
+	}
 	opts := metav1.ListOptions{Limit: pageSize}
 	for left > 0 {
 		page, err := l.PVs.List(ctx, opts)
@@ -211,6 +247,7 @@ func (l *Labeller) nodesOf(ctx context.Context, handles []string) (map[string]st
 			}
 			if n := NodeOf(pv); n != "" {
 				out[h] = n
+				l.seen[h] = seenNode{node: n, at: now}
 				left--
 			}
 		}

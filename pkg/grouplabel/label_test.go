@@ -39,6 +39,28 @@ func pv(name, drv, handle, node string) *corev1.PersistentVolume {
 	return p
 }
 
+// member is the VolumeSnapshotContent of a group's member as the
+// snapshot-controller creates it (group: with the group's handle annotation).
+func member(name, drv, handle string, group bool) *unstructured.Unstructured {
+	c := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "snapshot.storage.k8s.io/v1",
+		"kind":       "VolumeSnapshotContent",
+		"metadata":   map[string]any{"name": name, "uid": "uid-" + name},
+		"spec": map[string]any{
+			"driver":         drv,
+			"deletionPolicy": "Delete",
+			"source":         map[string]any{"volumeHandle": handle},
+			"volumeSnapshotRef": map[string]any{
+				"kind": "VolumeSnapshot", "namespace": "app", "name": "snapshot-" + name,
+			},
+		},
+	}}
+	if group {
+		c.SetAnnotations(map[string]string{GroupHandleAnnotation: "g1-img-0123"})
+	}
+	return c
+}
+
 // content is a VolumeGroupSnapshotContent as the snapshot-controller creates it.
 func content(name, drv string, handles ...string) *unstructured.Unstructured {
 	hs := make([]any, len(handles))
@@ -75,12 +97,16 @@ func newFixture(t *testing.T, pvs []runtime.Object, contents ...*unstructured.Un
 		objs[i] = c
 	}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{ContentResource: "VolumeGroupSnapshotContentList"}, objs...)
+		map[schema.GroupVersionResource]string{
+			ContentResource: "VolumeGroupSnapshotContentList",
+			MemberResource:  "VolumeSnapshotContentList",
+		}, objs...)
 	kube := fake.NewClientset(pvs...)
 	f := &fixture{dyn: dyn, kube: kube, labels: map[string]*Labeller{}}
 	for _, node := range []string{"node-a", "node-b"} {
 		f.labels[node] = &Labeller{
 			Contents: dyn.Resource(ContentResource),
+			Members:  dyn.Resource(MemberResource),
 			PVs:      kube.CoreV1().PersistentVolumes(),
 			Events:   func(ns string) EventCreator { return kube.CoreV1().Events(ns) },
 			Driver:   driver,
@@ -93,7 +119,12 @@ func newFixture(t *testing.T, pvs []runtime.Object, contents ...*unstructured.Un
 
 func (f *fixture) get(t *testing.T, name string) *unstructured.Unstructured {
 	t.Helper()
-	c, err := f.dyn.Resource(ContentResource).Get(context.Background(), name, metav1.GetOptions{})
+	return f.getOf(t, ContentResource, name)
+}
+
+func (f *fixture) getOf(t *testing.T, r schema.GroupVersionResource, name string) *unstructured.Unstructured {
+	t.Helper()
+	c, err := f.dyn.Resource(r).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,6 +293,63 @@ func TestRefusedThenDeleted(t *testing.T) {
 	}
 }
 
+// TestSyncMember: a group's member content is labelled by the node of its
+// volume; a snapshot of its own (the snapshot-controller's to label), another
+// driver's, or a labelled one is left alone.
+func TestSyncMember(t *testing.T) {
+	tests := []struct {
+		name         string
+		member       *unstructured.Unstructured
+		wantA, wantB Outcome
+		wantLabel    string
+	}{
+		{"member on node-a", member("m1", driver, "b1-img-a1", true), Labelled, OtherNode, "node-a"},
+		{"member on node-b", member("m1", driver, "b1-img-b1", true), OtherNode, Labelled, "node-b"},
+		{"member of no node", member("m1", driver, "b1-shared-s1", true), OtherNode, OtherNode, ""},
+		{"a snapshot of its own", member("m1", driver, "b1-img-a1", false), Ignored, Ignored, ""},
+		{"another driver's member", member("m1", "other.csi.io", "b1-img-x", true), Ignored, Ignored, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, volumes(), tc.member)
+			_, ctx := ktesting.NewTestContext(t)
+			made := f.getOf(t, MemberResource, "m1")
+			for node, want := range map[string]Outcome{"node-a": tc.wantA, "node-b": tc.wantB} {
+				if got, err := f.labels[node].SyncMember(ctx, made.DeepCopy()); err != nil || got != want {
+					t.Errorf("%s: %s, %v; want %s", node, got, err, want)
+				}
+				if got, err := f.labels[node].SyncMember(ctx, f.getOf(t, MemberResource, "m1")); err != nil || got != Ignored {
+					t.Errorf("%s again: %s, %v; want ignored", node, got, err)
+				}
+			}
+			if got := f.getOf(t, MemberResource, "m1").GetLabels()[ManagedByLabel]; got != tc.wantLabel {
+				t.Errorf("label %q, want %q", got, tc.wantLabel)
+			}
+		})
+	}
+}
+
+// TestMembersAfterTheGroup: the members' volumes were found for their group: the
+// members need no listing of the PersistentVolumes.
+func TestMembersAfterTheGroup(t *testing.T) {
+	f := newFixture(t, volumes(), content("c1", driver, "b1-img-a1", "b1-img-a2"),
+		member("m1", driver, "b1-img-a1", true), member("m2", driver, "b1-img-a2", true))
+	_, ctx := ktesting.NewTestContext(t)
+	l := f.labels["node-a"]
+	if got, err := l.Sync(ctx, f.get(t, "c1")); err != nil || got != Labelled {
+		t.Fatalf("Sync: %s, %v", got, err)
+	}
+	calls := len(f.kube.Actions())
+	for _, m := range []string{"m1", "m2"} {
+		if got, err := l.SyncMember(ctx, f.getOf(t, MemberResource, m)); err != nil || got != Labelled {
+			t.Fatalf("SyncMember %s: %s, %v", m, got, err)
+		}
+	}
+	if n := len(f.kube.Actions()) - calls; n != 0 {
+		t.Errorf("%d calls for PersistentVolumes for the members", n)
+	}
+}
+
 // TestSyncAfterFailure: a listing of PersistentVolumes that fails labels nothing
 // and settles nothing; the next Sync labels.
 func TestSyncAfterFailure(t *testing.T) {
@@ -371,7 +459,7 @@ func TestRun(t *testing.T) {
 	waitLabel("c0", "node-b")
 	// Both watching (the fake's watch does not replay from the listing's version).
 	deadline := time.Now().Add(10 * time.Second)
-	for f.watches() < 2 {
+	for f.watches() < 4 {
 		if time.Now().After(deadline) {
 			t.Fatal("no watches")
 		}
@@ -382,4 +470,15 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLabel("c1", "node-a")
+	// Its members, made once it is taken.
+	if _, err := f.dyn.Resource(MemberResource).Create(ctx, member("m1", driver, "b1-img-a1", true), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for f.getOf(t, MemberResource, "m1").GetLabels()[ManagedByLabel] != "node-a" {
+		if time.Now().After(deadline) {
+			t.Fatal("member m1 not labelled node-a")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

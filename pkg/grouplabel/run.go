@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/klog/v2"
 )
 
@@ -37,57 +39,70 @@ func unlabelled() string {
 	return labels.NewSelector().Add(*req).String()
 }
 
-// Run lists the unlabelled VolumeGroupSnapshotContents and watches them until ctx
-// ends, syncing each. A list and a watch rather than an informer: the labeller
-// keeps nothing but what it decided of each content, and the label selector leaves
-// it the contents not yet taken, a handful at any time.
+// Run lists the unlabelled VolumeGroupSnapshotContents and VolumeSnapshotContents
+// and watches them until ctx ends, syncing each (Sync, SyncMember). A list and a
+// watch rather than an informer: the labeller keeps nothing but what it decided of
+// each content, and the label selector leaves it the contents not yet taken, a
+// handful at any time.
 func (l *Labeller) Run(ctx context.Context, t Timing) error {
+	klog.FromContext(ctx).Info("Labelling group snapshot contents for this node's csi-snapshotter",
+		"node", l.Node, "driverName", l.Driver, "label", ManagedByLabel)
+	var wg sync.WaitGroup
+	wg.Go(func() { l.watchLoop(ctx, t, "VolumeGroupSnapshotContents", l.Contents, l.Sync) })
+	wg.Go(func() { l.watchLoop(ctx, t, "VolumeSnapshotContents", l.Members, l.SyncMember) })
+	wg.Wait()
+	return nil
+}
+
+type syncFunc func(context.Context, *unstructured.Unstructured) (Outcome, error)
+
+// watchLoop lists and watches what of r is unlabelled until ctx ends.
+func (l *Labeller) watchLoop(ctx context.Context, t Timing, what string, r dynamic.ResourceInterface, syncOne syncFunc) {
 	logger := klog.FromContext(ctx)
-	logger.Info("Labelling group snapshot contents for this node's csi-snapshotter", "node", l.Node, "driverName", l.Driver, "label", ManagedByLabel)
 	failing := false
 	for {
-		err := l.listAndWatch(ctx, t)
+		err := l.listAndWatch(ctx, t, what, r, syncOne)
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		if err == nil {
 			failing = false
 			continue
 		}
 		if !failing {
-			logger.Error(err, "Cannot watch group snapshot contents; trying again", "backoff", t.Backoff)
+			logger.Error(err, "Cannot watch "+what+"; trying again", "backoff", t.Backoff)
 		}
 		failing = true
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(t.Backoff):
 		}
 	}
 }
 
-// listAndWatch lists, syncs every content, and watches from the listing's version
+// listAndWatch lists, syncs every object, and watches from the listing's version
 // until the resync, a retry due, or the watch ends; nil asks for a new listing.
-func (l *Labeller) listAndWatch(ctx context.Context, t Timing) error {
+func (l *Labeller) listAndWatch(ctx context.Context, t Timing, what string, r dynamic.ResourceInterface, syncOne syncFunc) error {
 	sel := unlabelled()
-	list, err := l.Contents.List(ctx, metav1.ListOptions{LabelSelector: sel})
+	list, err := r.List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
-		return fmt.Errorf("list VolumeGroupSnapshotContents: %w", err)
+		return fmt.Errorf("list %s: %w", what, err)
 	}
 	until := t.Resync
 	for i := range list.Items {
-		if !l.sync(ctx, &list.Items[i]) {
+		if !done(ctx, syncOne, &list.Items[i]) {
 			until = t.RetryAfter
 		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, until)
 	defer cancel()
-	w, err := l.Contents.Watch(wctx, metav1.ListOptions{LabelSelector: sel, ResourceVersion: list.GetResourceVersion()})
+	w, err := r.Watch(wctx, metav1.ListOptions{LabelSelector: sel, ResourceVersion: list.GetResourceVersion()})
 	if err != nil {
 		if wctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("watch VolumeGroupSnapshotContents: %w", err)
+		return fmt.Errorf("watch %s: %w", what, err)
 	}
 	defer w.Stop()
 	for {
@@ -100,7 +115,7 @@ func (l *Labeller) listAndWatch(ctx context.Context, t Timing) error {
 			}
 			switch ev.Type {
 			case watch.Added, watch.Modified:
-				if c, ok := ev.Object.(*unstructured.Unstructured); ok && !l.sync(ctx, c) {
+				if c, ok := ev.Object.(*unstructured.Unstructured); ok && !done(ctx, syncOne, c) {
 					// Listed again soon, which retries it.
 					return nil
 				}
@@ -113,18 +128,18 @@ func (l *Labeller) listAndWatch(ctx context.Context, t Timing) error {
 				if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 					return nil
 				}
-				return fmt.Errorf("watch VolumeGroupSnapshotContents: %w", err)
+				return fmt.Errorf("watch %s: %w", what, err)
 			}
 		}
 	}
 }
 
-// sync syncs c and reports whether that is done (false: try again).
-func (l *Labeller) sync(ctx context.Context, c *unstructured.Unstructured) bool {
-	_, err := l.Sync(ctx, c)
+// done syncs c and reports whether that is done (false: try again).
+func done(ctx context.Context, syncOne syncFunc, c *unstructured.Unstructured) bool {
+	_, err := syncOne(ctx, c)
 	if err == nil || errors.Is(err, context.Canceled) {
 		return true
 	}
-	klog.FromContext(ctx).Error(err, "Cannot label a group snapshot content; trying again", "volumeGroupSnapshotContent", c.GetName())
+	klog.FromContext(ctx).Error(err, "Cannot label a content; trying again", "kind", c.GetKind(), "name", c.GetName())
 	return false
 }
