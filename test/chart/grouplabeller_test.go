@@ -50,6 +50,8 @@ func TestGroupLabeller(t *testing.T) {
 				{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "list"},
 				{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "watch"},
 				{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", "patch"},
+				{"snapshot.storage.k8s.io", "volumesnapshotcontents", "watch"},
+				{"snapshot.storage.k8s.io", "volumesnapshotcontents", "patch"},
 				{"", "persistentvolumes", "list"},
 				{"", "events", "create"},
 			} {
