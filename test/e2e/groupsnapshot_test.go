@@ -121,7 +121,8 @@ deletionPolicy: Delete
 
 // TestGroupSnapshot: with the chart's group snapshots on, a VolumeGroupSnapshot of
 // two claims on one node is labelled for that node by its group-labeller, taken by
-// its csi-snapshotter, and made of members restorable as claims; each group taken
+// its csi-snapshotter, and made of members restorable as claims (their contents
+// labelled for the node too); each group taken
 // while a pod counts across the two volumes (a then b) holds the pair at one
 // instant (a == b or a == b+1). Deleted, the group takes its members with it.
 // Claims on two nodes are refused: the group stays pending, with the labeller's
@@ -174,6 +175,19 @@ func (c *cluster) groupsUnderWrites(groupClass, node, class, size string) {
 			members = c.groupMembers(vgs)
 			return len(members) == 2 && members["a"] != "" && members["b"] != ""
 		})
+		// Their contents labelled for the node too, or deleting the group would
+		// leave them.
+		for _, snap := range members {
+			c.waitFor("the content of member "+snap+" labelled for "+node, time.Minute, func() bool {
+				vsc, _ := c.try("get", "volumesnapshot", snap, "-o", "jsonpath={.status.boundVolumeSnapshotContentName}")
+				if vsc == "" {
+					return false
+				}
+				label, _ := c.tryNS("", "get", "volumesnapshotcontent", vsc, "-o",
+					`jsonpath={.metadata.labels.snapshot\.storage\.kubernetes\.io/managed-by}`)
+				return label == node
+			})
+		}
 
 		ra, rb := fmt.Sprintf("ra%d", i), fmt.Sprintf("rb%d", i)
 		c.apply(claimFrom(ra, class, size, "VolumeSnapshot", members["a"]) + "---\n" +
