@@ -91,6 +91,7 @@ const seenFor = 10 * time.Minute
 type decision struct {
 	owner   string
 	refused bool
+	member  bool // a member's VolumeSnapshotContent (SyncMember)
 }
 
 // Outcome is what Sync did with a content.
@@ -143,7 +144,7 @@ func (l *Labeller) Sync(ctx context.Context, c *unstructured.Unstructured) (Outc
 		for _, h := range handles {
 			distinct[nodes[h]] = true
 		}
-		d = decision{owner: reporter(handles, nodes), refused: len(distinct) > 1}
+		d = decision{owner: ownerOf(handles, nodes), refused: len(distinct) > 1}
 		if l.decided == nil {
 			l.decided = map[types.UID]decision{}
 		}
@@ -188,6 +189,18 @@ func (l *Labeller) Forget(uid types.UID) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.decided, uid)
+}
+
+// keepOnly forgets the decisions on contents (members: VolumeSnapshotContents) that
+// a new listing no longer shows: gone, or labelled, while no watch ran.
+func (l *Labeller) keepOnly(members bool, listed map[types.UID]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for uid, d := range l.decided {
+		if d.member == members && !listed[uid] {
+			delete(l.decided, uid)
+		}
+	}
 }
 
 // label sets the label by a merge patch that carries the resourceVersion read, so
@@ -282,8 +295,8 @@ func NodeOf(pv *corev1.PersistentVolume) string {
 	return node
 }
 
-// reporter is the node of the first handle that has one.
-func reporter(sorted []string, nodes map[string]string) string {
+// ownerOf is the node of the first handle that has one.
+func ownerOf(sorted []string, nodes map[string]string) string {
 	for _, h := range sorted {
 		if n := nodes[h]; n != "" {
 			return n

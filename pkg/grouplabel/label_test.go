@@ -482,3 +482,24 @@ func TestRun(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestKeepOnly: a listing forgets the decisions on contents of its kind that it no
+// longer shows, and no other.
+func TestKeepOnly(t *testing.T) {
+	f := newFixture(t, volumes(), content("c1", driver, "b1-img-b1"), member("m1", driver, "b1-img-b1", true))
+	_, ctx := ktesting.NewTestContext(t)
+	l := f.labels["node-a"]
+	if got, err := l.Sync(ctx, f.get(t, "c1")); err != nil || got != OtherNode {
+		t.Fatalf("Sync: %s, %v", got, err)
+	}
+	if got, err := l.SyncMember(ctx, f.getOf(t, MemberResource, "m1")); err != nil || got != OtherNode {
+		t.Fatalf("SyncMember: %s, %v", got, err)
+	}
+	l.keepOnly(false, map[types.UID]bool{})
+	if _, ok := l.decided["uid-c1"]; ok {
+		t.Error("the group content's decision outlived a listing without it")
+	}
+	if _, ok := l.decided["uid-m1"]; !ok {
+		t.Error("a listing of group contents forgot a member's decision")
+	}
+}

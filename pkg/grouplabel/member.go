@@ -46,7 +46,7 @@ func (l *Labeller) SyncMember(ctx context.Context, c *unstructured.Unstructured)
 		if err != nil {
 			return Ignored, err
 		}
-		d = decision{owner: nodes[handle]}
+		d = decision{owner: nodes[handle], member: true}
 		if l.decided == nil {
 			l.decided = map[types.UID]decision{}
 		}

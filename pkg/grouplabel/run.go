@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/klog/v2"
@@ -48,8 +49,8 @@ func (l *Labeller) Run(ctx context.Context, t Timing) error {
 	klog.FromContext(ctx).Info("Labelling group snapshot contents for this node's csi-snapshotter",
 		"node", l.Node, "driverName", l.Driver, "label", ManagedByLabel)
 	var wg sync.WaitGroup
-	wg.Go(func() { l.watchLoop(ctx, t, "VolumeGroupSnapshotContents", l.Contents, l.Sync) })
-	wg.Go(func() { l.watchLoop(ctx, t, "VolumeSnapshotContents", l.Members, l.SyncMember) })
+	wg.Go(func() { l.watchLoop(ctx, t, "VolumeGroupSnapshotContents", false, l.Contents, l.Sync) })
+	wg.Go(func() { l.watchLoop(ctx, t, "VolumeSnapshotContents", true, l.Members, l.SyncMember) })
 	wg.Wait()
 	return nil
 }
@@ -57,11 +58,11 @@ func (l *Labeller) Run(ctx context.Context, t Timing) error {
 type syncFunc func(context.Context, *unstructured.Unstructured) (Outcome, error)
 
 // watchLoop lists and watches what of r is unlabelled until ctx ends.
-func (l *Labeller) watchLoop(ctx context.Context, t Timing, what string, r dynamic.ResourceInterface, syncOne syncFunc) {
+func (l *Labeller) watchLoop(ctx context.Context, t Timing, what string, members bool, r dynamic.ResourceInterface, syncOne syncFunc) {
 	logger := klog.FromContext(ctx)
 	failing := false
 	for {
-		err := l.listAndWatch(ctx, t, what, r, syncOne)
+		err := l.listAndWatch(ctx, t, what, members, r, syncOne)
 		if ctx.Err() != nil {
 			return
 		}
@@ -83,18 +84,21 @@ func (l *Labeller) watchLoop(ctx context.Context, t Timing, what string, r dynam
 
 // listAndWatch lists, syncs every object, and watches from the listing's version
 // until the resync, a retry due, or the watch ends; nil asks for a new listing.
-func (l *Labeller) listAndWatch(ctx context.Context, t Timing, what string, r dynamic.ResourceInterface, syncOne syncFunc) error {
+func (l *Labeller) listAndWatch(ctx context.Context, t Timing, what string, members bool, r dynamic.ResourceInterface, syncOne syncFunc) error {
 	sel := unlabelled()
 	list, err := r.List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
 		return fmt.Errorf("list %s: %w", what, err)
 	}
 	until := t.Resync
+	listed := make(map[types.UID]bool, len(list.Items))
 	for i := range list.Items {
+		listed[list.Items[i].GetUID()] = true
 		if !done(ctx, syncOne, &list.Items[i]) {
 			until = t.RetryAfter
 		}
 	}
+	l.keepOnly(members, listed)
 	wctx, cancel := context.WithTimeout(ctx, until)
 	defer cancel()
 	w, err := r.Watch(wctx, metav1.ListOptions{LabelSelector: sel, ResourceVersion: list.GetResourceVersion()})
