@@ -122,11 +122,10 @@ deletionPolicy: Delete
 // TestGroupSnapshot: with the chart's group snapshots on, a VolumeGroupSnapshot of
 // two claims on one node is labelled for that node by its group-labeller, taken by
 // its csi-snapshotter, and made of members restorable as claims (their contents
-// labelled for the node too); each group taken
-// while a pod counts across the two volumes (a then b) holds the pair at one
-// instant (a == b or a == b+1). Deleted, the group takes its members with it.
-// Claims on two nodes are refused: the group stays pending, with the labeller's
-// event, and can be deleted.
+// labelled for the node too); each group taken while a pod counts across the two
+// volumes (a then b) holds the pair at one instant (a == b or a == b+1). Deleted,
+// the group takes its members with it. Claims on two nodes are refused: the group
+// stays pending, with the labeller's event, and can be deleted.
 func TestGroupSnapshot(t *testing.T) {
 	helm := os.Getenv("BERTH_HELM")
 	if helm == "" {
