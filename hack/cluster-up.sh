@@ -280,9 +280,19 @@ step "Snapshot CRDs and the snapshot-controller (external-snapshotter $SNAPSHOTT
 moddir() { (cd "$here/k8s-tools/sidecars" && go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'); }
 snap_client=$(moddir "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION")
 snap_main=$(moddir "github.com/kubernetes-csi/external-snapshotter/v8@$SNAPSHOTTER_VERSION")
-for f in "$snap_client"/config/crd/snapshot.storage.k8s.io_*.yaml; do kc apply --server-side -f "$f" >/dev/null; done
+# The group snapshot CRDs too (groupsnapshot.storage.k8s.io, v1 served): the
+# snapshot-controller turns VolumeGroupSnapshots on by itself (CSIVolumeGroupSnapshot
+# is GA, on by default, no flag) only when it can list them at start, so they must be
+# established before it runs. Berth's sidecars take groups only with the chart's
+# sidecars.snapshotter.groupSnapshots, which the tests that need it turn on.
+for f in "$snap_client"/config/crd/snapshot.storage.k8s.io_*.yaml \
+	"$snap_client"/config/crd/groupsnapshot.storage.k8s.io_*.yaml; do
+	kc apply --server-side -f "$f" >/dev/null
+done
 kc wait --for=condition=Established --timeout=60s crd/volumesnapshots.snapshot.storage.k8s.io \
-	crd/volumesnapshotcontents.snapshot.storage.k8s.io crd/volumesnapshotclasses.snapshot.storage.k8s.io >/dev/null
+	crd/volumesnapshotcontents.snapshot.storage.k8s.io crd/volumesnapshotclasses.snapshot.storage.k8s.io \
+	crd/volumegroupsnapshots.groupsnapshot.storage.k8s.io crd/volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io \
+	crd/volumegroupsnapshotclasses.groupsnapshot.storage.k8s.io >/dev/null
 kc apply -f "$snap_main/deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml" >/dev/null
 sed "s/@VERSION@/$SNAPSHOTTER_VERSION/g" "$here/snapshot-controller.yaml" | kc apply -f - >/dev/null
 kc -n kube-system rollout status deploy/snapshot-controller --timeout=120s >/dev/null

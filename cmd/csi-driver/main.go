@@ -23,6 +23,10 @@ func main() {
 		pvLister(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == driver.GroupLabellerCommand {
+		groupLabeller(os.Args[2:])
+		return
+	}
 	opts, err := driver.ParseFlags(os.Args[0], os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "csi-driver: %v\n", err)
@@ -64,6 +68,20 @@ func pvLister(args []string) {
 	defer stop()
 	if err := driver.PVLister(ctx, args); err != nil {
 		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.PVListerCommand, err)
+		klog.Flush()
+		stop()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+// groupLabeller runs `csi-driver group-labeller` until SIGTERM or SIGINT; any
+// failure (an invalid flag, no in-cluster configuration) exits 1.
+func groupLabeller(args []string) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := driver.GroupLabeller(ctx, args); err != nil {
+		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.GroupLabellerCommand, err)
 		klog.Flush()
 		stop()
 		os.Exit(1)
