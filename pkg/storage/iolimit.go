@@ -55,18 +55,24 @@ func parseIOParam(key, value string) (uint64, error) {
 	return n, nil
 }
 
-// checkIOParam validates an I/O limit for a volume of pool p: its value, and that
-// the pool's storage lies on a block device (ErrUnsupported naming pool and kind).
-func checkIOParam(p *Pool, key, value string) error {
-	if _, err := parseIOParam(key, value); err != nil {
-		return err
-	}
+// checkIOParam validates the value of an I/O limit (the pool's device was checked
+// with its mutable parameters, MutableParams).
+func checkIOParam(_ *Pool, key, value string) error {
+	_, err := parseIOParam(key, value)
+	return err
+}
+
+// noIODevice says why the pool's volumes cannot have I/O limits: its kind has none,
+// or its storage lies on no block device (a tmpfs, an overlay). A pool whose path
+// cannot be looked at now (not served yet) is not refused here: its modifications
+// fail as it does.
+func (p *Pool) noIODevice() error {
 	b, ok := p.backend.(ioBackend)
 	if !ok {
-		return errorf(ErrUnsupported, "mutable parameter %q cannot be honoured by pool %s of kind %s", key, p.cfg.Name, p.kind)
+		return fmt.Errorf("pool kind %s throttles no device", p.kind)
 	}
-	if err := b.checkIODevice(p); err != nil {
-		return errorf(ErrUnsupported, "mutable parameter %q cannot be honoured by pool %s of kind %s: %v", key, p.cfg.Name, p.kind, err)
+	if err := b.checkIODevice(p); errors.Is(err, iothrottle.ErrNoDevice) {
+		return err
 	}
 	return nil
 }
@@ -108,13 +114,7 @@ func namesIO(params map[string]string) bool {
 }
 
 // poolDevice is the block device a dir or quota pool's filesystem lies on.
-func poolDevice(p *Pool) (iothrottle.Device, error) {
-	dev, err := iothrottle.DeviceOf(p.cfg.Path)
-	if errors.Is(err, iothrottle.ErrNoDevice) {
-		return dev, fmt.Errorf("its path %s %w", p.cfg.Path, err)
-	}
-	return dev, err
-}
+func poolDevice(p *Pool) (iothrottle.Device, error) { return iothrottle.DeviceOf(p.cfg.Path) }
 
 // The dir kind (and quota, which embeds its checks below): the pool's device.
 

@@ -232,31 +232,37 @@ func TestIOLimitsReachLaterContainers(t *testing.T) {
 
 // TestIOLimitsRefused: bad values are ErrInvalid naming key and value; a pool whose
 // storage lies on no block device (a tmpfs) refuses I/O limits with ErrUnsupported,
-// naming the pool and its kind; nothing is recorded.
+// naming the pool and its kind. Nothing is created.
 func TestIOLimitsRefused(t *testing.T) {
-	s := newGroupSite(t, storage.Host{}, tmpfsPool(t))
 	ctx := context.Background()
-	p := s.pool("default")
-	for _, tc := range []struct {
-		key, value string
-		want       error
-	}{
-		{storage.ParamReadBytesPerSecond, "fast", storage.ErrInvalid},
-		{storage.ParamWriteBytesPerSecond, "-1Mi", storage.ErrInvalid},
-		{storage.ParamReadIOPS, "1.5", storage.ErrInvalid},
-		{storage.ParamWriteIOPS, "1Mi", storage.ErrInvalid},
-		{storage.ParamReadBytesPerSecond, "10Mi", storage.ErrUnsupported},
+	create := func(s *groupSite, key, value string) error {
+		_, err := s.e.Provision(ctx, s.pool("default"), storage.ProvisionRequest{Name: "pvc-refused", RequiredBytes: mib,
+			Capabilities: []storage.Capability{mountCap("")}, MutableParameters: map[string]string{key: value}})
+		return err
+	}
+	onDevice := newGroupSite(t, storage.Host{}, loopPool(t, testutil.XFSPlain, storage.KindDir))
+	for _, tc := range []struct{ key, value string }{
+		{storage.ParamReadBytesPerSecond, "fast"},
+		{storage.ParamWriteBytesPerSecond, "-1Mi"},
+		{storage.ParamReadIOPS, "1.5"},
+		{storage.ParamWriteIOPS, "1Mi"},
 	} {
-		_, err := s.e.Provision(ctx, p, storage.ProvisionRequest{Name: "pvc-refused", RequiredBytes: mib,
-			Capabilities: []storage.Capability{mountCap("")}, MutableParameters: map[string]string{tc.key: tc.value}})
-		if !errors.Is(err, tc.want) {
-			t.Errorf("%s=%s: %v, want %v", tc.key, tc.value, err, tc.want)
-			continue
+		err := create(onDevice, tc.key, tc.value)
+		if !errors.Is(err, storage.ErrInvalid) || !strings.Contains(err.Error(), tc.key) || !strings.Contains(err.Error(), tc.value) {
+			t.Errorf("%s=%s: %v, want ErrInvalid naming key and value", tc.key, tc.value, err)
 		}
-		if msg := err.Error(); !strings.Contains(msg, tc.key) ||
-			tc.want == storage.ErrInvalid && !strings.Contains(msg, tc.value) ||
-			tc.want == storage.ErrUnsupported && !strings.Contains(msg, "pool default of kind dir") {
-			t.Errorf("%s=%s: %q does not say what is refused", tc.key, tc.value, msg)
+	}
+	tmpfs := newGroupSite(t, storage.Host{}, tmpfsPool(t))
+	err := create(tmpfs, storage.ParamReadBytesPerSecond, "10Mi")
+	if !errors.Is(err, storage.ErrUnsupported) || !strings.Contains(err.Error(), "pool default of kind dir") || !strings.Contains(err.Error(), "tmpfs") {
+		t.Errorf("I/O limit on a tmpfs pool: %v, want ErrUnsupported naming pool, kind and filesystem", err)
+	}
+	if got := tmpfs.pool("default").MutableParams(); len(got) != 0 {
+		t.Errorf("a dir pool on a tmpfs has mutable parameters %v", got)
+	}
+	for _, s := range []*groupSite{onDevice, tmpfs} {
+		if vols, err := s.e.VolumesFrom(""); err != nil || len(vols) != 0 {
+			t.Errorf("refused creates left %d volumes", len(vols))
 		}
 	}
 }

@@ -47,11 +47,17 @@ func (r *Record) param(key string) (string, bool) {
 
 // MutableParams lists the mutable parameters the pool's kind honours (none: the pool
 // cannot serve ModifyVolume).
+// The I/O limits are left out on a pool whose storage lies on no block device.
 func (p *Pool) MutableParams() []string {
-	if m, ok := p.backend.(mutableBackend); ok {
-		return m.MutableParams()
+	m, ok := p.backend.(mutableBackend)
+	if !ok {
+		return nil
 	}
-	return nil
+	own := m.MutableParams()
+	if p.noIODevice() != nil {
+		own = slices.DeleteFunc(slices.Clone(own), func(k string) bool { return slices.Contains(ioParams, k) })
+	}
+	return own
 }
 
 // Modifiable reports whether any pool of the engine has mutable parameters: only then
@@ -93,8 +99,12 @@ func (p *Pool) CheckMutable(params map[string]string) error {
 		if len(own) > 0 {
 			has = strings.Join(own, ", ")
 		}
-		return errorf(ErrUnsupported, "mutable parameter %s cannot be honoured by pool %s of kind %s (its mutable parameters: %s)",
-			strings.Join(unsupported, ", "), p.cfg.Name, p.kind, has)
+		why := ""
+		if err := p.noIODevice(); err != nil && slices.ContainsFunc(slices.Collect(maps.Keys(params)), func(k string) bool { return slices.Contains(ioParams, k) }) {
+			why = "; I/O limits need a block device: " + err.Error()
+		}
+		return errorf(ErrUnsupported, "mutable parameter %s cannot be honoured by pool %s of kind %s (its mutable parameters: %s%s)",
+			strings.Join(unsupported, ", "), p.cfg.Name, p.kind, has, why)
 	}
 	m, _ := p.backend.(mutableBackend)
 	for _, k := range slices.Sorted(maps.Keys(params)) {
