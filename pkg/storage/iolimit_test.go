@@ -266,3 +266,52 @@ func TestIOLimitsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestIOLimitsPublishNeedsPodCgroup: a volume with limits published for a pod whose
+// cgroup cannot be found fails (ErrPrecondition) and stays mounted; the retry, once
+// the cgroup exists, finds the mount and writes the limits.
+func TestIOLimitsPublishNeedsPodCgroup(t *testing.T) {
+	s := newThrottledSite(t, loopPool(t, testutil.XFSPlain, storage.KindDir))
+	ctx := context.Background()
+	r, err := s.pool("default").Create(ctx, storage.CreateRequest{
+		Name: "pvc-early", RequiredBytes: 16 * mib, AccessType: storage.AccessMount,
+		MutableParameters: map[string]string{storage.ParamReadIOPS: "100"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const uid = "0b9a8c7d-6e5f-4a3b-9c2d-1e0f9a8b7c6d"
+	target := s.targetFor(uid, "pv-early")
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	req := storage.PublishRequest{VolumeID: r.ID, TargetPath: target, Capability: mountCap("")}
+	t.Cleanup(func() {
+		if err := s.n.Unpublish(ctx, r.ID, target); err != nil {
+			t.Errorf("unpublish: %v", err)
+		}
+	})
+	if err := s.n.Publish(ctx, req); !errors.Is(err, storage.ErrPrecondition) {
+		t.Fatalf("publish for a pod without cgroup: %v, want ErrPrecondition", err)
+	}
+	if len(s.e.Publications(r.ID)) != 1 {
+		t.Fatalf("the refused publish left publications %v, want its mount kept", s.e.Publications(r.ID))
+	}
+	container := s.cg.Pod(t, uid)
+	if err := s.n.Publish(ctx, req); err != nil {
+		t.Fatalf("retried publish: %v", err)
+	}
+	dev, err := iothrottle.DeviceOf(s.pool("default").Config().Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := []string{filepath.Dir(container)}
+	if !s.cg.V2 {
+		dirs = append(dirs, container)
+	}
+	for _, dir := range dirs {
+		if got, err := s.th.Get(dir, dev); err != nil || got != (iothrottle.Limits{ReadIOPS: 100}) {
+			t.Errorf("limits of %s after the retry: %+v (%v), want readIOPS 100", dir, got, err)
+		}
+	}
+}

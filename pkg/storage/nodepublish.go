@@ -43,9 +43,12 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 		return err
 	}
 	defer src.close()
+	// bound: the volume is mounted at the target; an error after that (I/O limits
+	// not written) keeps the mount for kubelet's retry, and undoes nothing.
+	bound := false
 	if src.ephemeral {
 		defer func() {
-			if err != nil {
+			if err != nil && !bound {
 				n.dropEphemeral(ctx, req.VolumeID)
 			}
 		}()
@@ -74,7 +77,7 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 		}
 		if taken {
 			defer func() {
-				if err != nil {
+				if err != nil && !bound {
 					n.releaseNew(ctx, src.pool, src.record)
 				}
 			}()
@@ -93,6 +96,7 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 	if err := bind(src.bindPath(), target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
 		return fmt.Errorf("bind mount %s at %s: %w", id, target, err)
 	}
+	bound = true
 	n.e.AddPublication(id, pub)
 	klog.FromContext(ctx).V(4).Info("Bind mounted", "volumeID", id, "targetPath", target, "source", src.Path, "readOnly", readOnly)
 	// Limits that cannot be written fail the publish, mount kept: kubelet retries it
