@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -62,8 +61,10 @@ parameters:
 	c.waitRate("reader", "above 1 MiB/s once the limit is lifted", func(r float64) bool { return r > 2*ioLimitBytes })
 }
 
-// resizerNode is the node of the csi-resizer that holds the driver's lease: the
-// lease names its pod (its identity), else a node.
+// resizerNode is the node of the csi-resizer that holds the driver's lease. The
+// sidecar's identity is its hostname (csi-lib-utils' leader election, with every
+// character but [a-zA-Z0-9-] made "-"): its pod's name, or its node's hostname on
+// the host network.
 func (c *cluster) resizerNode() string {
 	c.t.Helper()
 	var holder string
@@ -72,14 +73,31 @@ func (c *cluster) resizerNode() string {
 		holder = strings.TrimSpace(holder)
 		return holder != ""
 	})
-	if node, err := c.tryNS(driverNS, "get", "pod", holder, "-o", "jsonpath={.spec.nodeName}"); err == nil && node != "" {
-		return node
+	out := c.kubectlNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=node", "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}`)
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		pod, node, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		hostname := c.kubectlNS("", "get", "node", node, "-o", `jsonpath={.metadata.labels.kubernetes\.io/hostname}`)
+		for _, id := range []string{pod, node, hostname} {
+			if id != "" && leaderIdentity(id) == holder {
+				return node
+			}
+		}
 	}
-	if slices.Contains(c.nodes(), holder) {
-		return holder
-	}
-	c.t.Fatalf("lease %s is held by %q, neither a pod of %s nor a node", resizerLease, holder, driverNS)
+	c.t.Fatalf("lease %s is held by %q, which is no node plugin pod's name, node or hostname:\n%s", resizerLease, holder, out)
 	return ""
+}
+
+// leaderIdentity is what csi-lib-utils' leader election makes of an identity.
+func leaderIdentity(id string) string {
+	id = regexp.MustCompile(`[^a-zA-Z0-9-]`).ReplaceAllString(id, "-")
+	if strings.HasSuffix(id, "-") {
+		id += "X"
+	}
+	return id
 }
 
 // setClass sets the claim's VolumeAttributesClass and waits until the resizer has
