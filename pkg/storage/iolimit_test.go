@@ -181,9 +181,9 @@ func TestIOLimitsThrottlePods(t *testing.T) {
 	}
 }
 
-// TestIOLimitsReachLaterContainers: a container cgroup made after the publish (as
-// kubelet starts containers after mounting volumes) gets the pod's limits from
-// KeepIOLimits, and a restarted node writes them again.
+// TestIOLimitsReachLaterContainers: after a restart the node writes the limits
+// again (here lost meanwhile), and a container cgroup made after the publish (as
+// kubelet starts containers after mounting volumes) gets them from KeepIOLimits.
 func TestIOLimitsReachLaterContainers(t *testing.T) {
 	s := newThrottledSite(t, loopPool(t, testutil.XFSPlain, storage.KindDir))
 	ctx := context.Background()
@@ -201,33 +201,40 @@ func TestIOLimitsReachLaterContainers(t *testing.T) {
 	}
 	want := iothrottle.Limits{WriteBPS: 5 << 20}
 	s.limits(dev, want)
-	if s.cg.V2 {
-		t.Skip("on cgroup v2 the pod's io.max binds its containers already")
-	}
-	later := filepath.Join(s.pod, "later")
-	if err := os.Mkdir(later, 0o755); err != nil {
+
+	if err := s.th.Set(s.pod, dev, iothrottle.Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	// Written into the pod's cgroup alone, a limit does not bind this container.
-	if got, _ := s.th.Get(later, dev); !got.Zero() {
-		t.Fatalf("a new v1 cgroup inherited %+v", got)
-	}
+	s.restart()
 	kctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); s.n.KeepIOLimits(kctx) }()
 	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		got, err := s.th.Get(later, dev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got == want {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container made after the publish holds %+v, want %+v", got, want)
+	waitLimits := func(dir string) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			got, err := s.th.Get(dir, dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s holds %+v, want %+v", dir, got, want)
+			}
 		}
 	}
+	waitLimits(s.pod)
+	if s.cg.V2 {
+		return // the pod's io.max binds its containers already
+	}
+	waitLimits(s.container)
+	later := filepath.Join(s.pod, "later")
+	if err := os.Mkdir(later, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	waitLimits(later)
 }
 
 // TestIOLimitsRefused: bad values are ErrInvalid naming key and value; a pool whose
