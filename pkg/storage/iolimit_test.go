@@ -322,3 +322,37 @@ func TestIOLimitsPublishNeedsPodCgroup(t *testing.T) {
 		}
 	}
 }
+
+// TestIOLimitsStrictestOfPod: two volumes of one pool (one device) in one pod give
+// the pod the strictest limit of each field; unpublishing the stricter one leaves
+// the other's, and lifting that one removes the device's entry.
+func TestIOLimitsStrictestOfPod(t *testing.T) {
+	s := newThrottledSite(t, loopPool(t, testutil.XFSPlain, storage.KindDir))
+	ctx := context.Background()
+	create := func(name string, params map[string]string) *storage.Record {
+		r, err := s.pool("default").Create(ctx, storage.CreateRequest{
+			Name: name, RequiredBytes: 16 * mib, AccessType: storage.AccessMount, MutableParameters: params,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a := create("pvc-a", map[string]string{storage.ParamReadBytesPerSecond: "2Mi", storage.ParamWriteIOPS: "10"})
+	b := create("pvc-b", map[string]string{storage.ParamReadBytesPerSecond: "1Mi", storage.ParamWriteIOPS: "0"})
+	s.publish(a, throttledPod)
+	tb := s.publish(b, throttledPod)
+	dev, err := iothrottle.DeviceOf(s.pool("default").Config().Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.limits(dev, iothrottle.Limits{ReadBPS: 1 << 20, WriteIOPS: 10})
+	if err := s.n.Unpublish(ctx, b.ID, tb); err != nil {
+		t.Fatal(err)
+	}
+	s.limits(dev, iothrottle.Limits{ReadBPS: 2 << 20, WriteIOPS: 10})
+	if _, err := s.e.ModifyVolume(ctx, a.ID, map[string]string{storage.ParamReadBytesPerSecond: "0", storage.ParamWriteIOPS: "0"}); err != nil {
+		t.Fatal(err)
+	}
+	s.limits(dev, iothrottle.Limits{})
+}
