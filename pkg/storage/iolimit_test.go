@@ -107,7 +107,7 @@ func writeSynced(t *testing.T, path string, size int64) {
 // TestIOLimitsThrottlePods: a volume created with a read limit of 1 MiB/s, published
 // for a pod, has the limit written into the pod's cgroup for the device its data
 // goes through (the pool's device for dir and quota volumes, the loop device for an
-// image volume), and a process of the pod's container reading 3 MiB with O_DIRECT
+// image volume, its device file for a raw block one), and a process of the pod's container reading 3 MiB with O_DIRECT
 // takes at least about 2 s. A modification changes the limit live, one to "0"
 // removes it, and unpublishing removes it from the pod. In each kind with I/O
 // limits, on XFS and ext4.
@@ -115,11 +115,13 @@ func TestIOLimitsThrottlePods(t *testing.T) {
 	cases := []struct {
 		name, kind, fsType string
 		fs                 testutil.FS
+		block              bool // a raw block volume: the loop device is read
 	}{
 		{name: "quota on xfs", kind: storage.KindQuota, fs: testutil.XFSPrjQuota},
 		{name: "dir on xfs", kind: storage.KindDir, fs: testutil.XFSPlain},
 		{name: "dir on ext4", kind: storage.KindDir, fs: testutil.Ext4Plain},
 		{name: "image ext4 on xfs", kind: storage.KindImage, fs: testutil.XFSPlain, fsType: "ext4"},
+		{name: "image block", kind: storage.KindImage, fs: testutil.XFSPlain, block: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -128,8 +130,12 @@ func TestIOLimitsThrottlePods(t *testing.T) {
 			}
 			s := newThrottledSite(t, loopPool(t, tc.fs, tc.kind))
 			ctx := context.Background()
+			access := storage.AccessMount
+			if tc.block {
+				access = storage.AccessBlock
+			}
 			r, err := s.pool("default").Create(ctx, storage.CreateRequest{
-				Name: "pvc-throttled", RequiredBytes: 32 * mib, AccessType: storage.AccessMount, FSType: tc.fsType,
+				Name: "pvc-throttled", RequiredBytes: 32 * mib, AccessType: access, FSType: tc.fsType,
 				MutableParameters: map[string]string{storage.ParamReadBytesPerSecond: "1Mi", storage.ParamWriteIOPS: "0"},
 			})
 			if err != nil {
@@ -151,8 +157,11 @@ func TestIOLimitsThrottlePods(t *testing.T) {
 			}
 			s.limits(dev, iothrottle.Limits{ReadBPS: 1 << 20})
 
-			file := filepath.Join(target, "data")
-			writeSynced(t, file, 4*mib)
+			file := target // a block volume's device file
+			if !tc.block {
+				file = filepath.Join(target, "data")
+				writeSynced(t, file, 4*mib)
+			}
 			// A lower bound only: 3 MiB at 1 MiB/s, less what the throttle lets
 			// through at once.
 			if took := s.readDirect(file, 3*mib); took < 1800*time.Millisecond {
