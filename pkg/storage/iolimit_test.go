@@ -107,10 +107,10 @@ func writeSynced(t *testing.T, path string, size int64) {
 // TestIOLimitsThrottlePods: a volume created with a read limit of 1 MiB/s, published
 // for a pod, has the limit written into the pod's cgroup for the device its data
 // goes through (the pool's device for dir and quota volumes, the loop device for an
-// image volume, its device file for a raw block one), and a process of the pod's container reading 3 MiB with O_DIRECT
-// takes at least about 2 s. A modification changes the limit live, one to "0"
-// removes it, and unpublishing removes it from the pod. In each kind with I/O
-// limits, on XFS and ext4.
+// image volume), and a process of the pod's container reading 3 MiB with O_DIRECT
+// (from a file, or a raw block volume's device) takes at least about 2 s. A
+// modification changes the limit live, one to "0" removes it, and unpublishing
+// removes it from the pod. In each kind with I/O limits, on XFS and ext4.
 func TestIOLimitsThrottlePods(t *testing.T) {
 	cases := []struct {
 		name, kind, fsType string
