@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -91,15 +92,19 @@ func (n *Node) syncPodIO(ctx context.Context, uid string, ids []string, also ...
 	if len(want) == 0 {
 		return errors.Join(errs...)
 	}
+	limits := false
+	for _, l := range want {
+		limits = limits || !l.Zero()
+	}
 	dir, err := n.e.host.IO.Find(uid)
-	if errors.Is(err, podcgroup.ErrNoPod) && !slices.ContainsFunc(slices.Collect(maps.Values(want)), func(l iothrottle.Limits) bool { return !l.Zero() }) {
+	if errors.Is(err, podcgroup.ErrNoPod) && !limits {
 		return errors.Join(errs...) // the pod is gone: nothing to lift
 	}
 	if err != nil {
 		return errors.Join(append(errs, errorf(ErrPrecondition, "cannot set the I/O limits of pod %s: %v (is --cgroup-root the host's cgroup mount?)", uid, err))...)
 	}
 	for _, dev := range slices.SortedFunc(maps.Keys(want), func(a, b iothrottle.Device) int {
-		return int(a.Major)<<20 + int(a.Minor) - (int(b.Major)<<20 + int(b.Minor))
+		return cmp.Or(cmp.Compare(a.Major, b.Major), cmp.Compare(a.Minor, b.Minor))
 	}) {
 		if err := n.e.host.IO.Set(dir, dev, want[dev]); err != nil {
 			errs = append(errs, fmt.Errorf("set the I/O limits of pod %s for device %s: %w", uid, dev, err))
@@ -137,7 +142,7 @@ func (n *Node) unpublishIO(ctx context.Context, target string, dev iothrottle.De
 	}
 }
 
-// ModifyIO writes volume id's limits again into every pod that publishes it on
+// modifyIO writes volume id's limits again into every pod that publishes it on
 // this node, after a modification changed them (a limit lifted to 0 is removed).
 func (n *Node) modifyIO(ctx context.Context, id string) error {
 	_, dev, named, err := n.volumeIO(id)
