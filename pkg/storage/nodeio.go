@@ -70,9 +70,11 @@ func (n *Node) volumeIO(id string) (iothrottle.Limits, iothrottle.Device, bool, 
 	return l, dev, true, nil
 }
 
-// syncPodIO writes the limits of the pod's volumes into its cgroup, and lifts those
-// of the devices in also that none of its volumes limits any more.
-func (n *Node) syncPodIO(ctx context.Context, uid string, ids []string, also ...iothrottle.Device) error {
+// syncPodIO writes the limits of the pod's volumes (ids) into its cgroup, and lifts
+// those of the devices in also that none of its volumes limits any more. A volume
+// whose limits cannot be read fails the call when it is self (the one published or
+// modified), and is only logged otherwise: its own calls report it.
+func (n *Node) syncPodIO(ctx context.Context, uid string, ids []string, self string, also ...iothrottle.Device) error {
 	n.ioMu.Lock()
 	defer n.ioMu.Unlock()
 	want := map[iothrottle.Device]iothrottle.Limits{}
@@ -82,8 +84,10 @@ func (n *Node) syncPodIO(ctx context.Context, uid string, ids []string, also ...
 	var errs []error
 	for _, id := range ids {
 		l, dev, ok, err := n.volumeIO(id)
-		if err != nil {
+		if err != nil && id == self {
 			errs = append(errs, err)
+		} else if err != nil {
+			klog.FromContext(ctx).V(4).Info("Cannot read the I/O limits of a pod's volume", "podUID", uid, "volumeID", id, "err", err)
 		}
 		if ok {
 			want[dev] = want[dev].Strictest(l)
@@ -126,7 +130,7 @@ func (n *Node) publishIO(ctx context.Context, id, target string) error {
 		klog.FromContext(ctx).V(2).Info("Publish path is no pod's: its I/O limits are not applied", "volumeID", id, "targetPath", target)
 		return nil
 	}
-	return n.syncPodIO(ctx, uid, n.e.publishedInPods(n.kubeletDir)[uid])
+	return n.syncPodIO(ctx, uid, n.e.publishedInPods(n.kubeletDir)[uid], id)
 }
 
 // unpublishIO lifts volume id's limits from the pod target was for (keeping those
@@ -137,7 +141,7 @@ func (n *Node) unpublishIO(ctx context.Context, target string, dev iothrottle.De
 	if !ok {
 		return
 	}
-	if err := n.syncPodIO(ctx, uid, n.e.publishedInPods(n.kubeletDir)[uid], dev); err != nil {
+	if err := n.syncPodIO(ctx, uid, n.e.publishedInPods(n.kubeletDir)[uid], "", dev); err != nil {
 		klog.FromContext(ctx).Error(err, "Cannot lift the I/O limits of an unpublished volume from its pod", "podUID", uid, "targetPath", target)
 	}
 }
@@ -156,7 +160,7 @@ func (n *Node) modifyIO(ctx context.Context, id string) error {
 	var errs []error
 	for uid, ids := range pods {
 		if slices.Contains(ids, id) {
-			errs = append(errs, n.syncPodIO(ctx, uid, ids, dev))
+			errs = append(errs, n.syncPodIO(ctx, uid, ids, id, dev))
 		}
 	}
 	return errors.Join(errs...)
@@ -169,7 +173,7 @@ func (n *Node) KeepIOLimits(ctx context.Context) {
 	defer t.Stop()
 	for {
 		for uid, ids := range n.e.publishedInPods(n.kubeletDir) {
-			if err := n.syncPodIO(ctx, uid, ids); err != nil {
+			if err := n.syncPodIO(ctx, uid, ids, ""); err != nil {
 				klog.FromContext(ctx).V(4).Info("Cannot set a pod's I/O limits again", "podUID", uid, "err", err)
 			}
 		}
