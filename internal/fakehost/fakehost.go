@@ -23,6 +23,7 @@ import (
 	"sync"
 
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/iothrottle"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 )
@@ -51,7 +52,7 @@ func New(devDir string) *Host {
 
 // Host is the storage.Host to build an engine on (storage.NewWithHost).
 func (h *Host) Host() storage.Host {
-	return storage.Host{Mounts: mounts{h}, Loops: loops{h}, Run: h.run, CanGrowMountedExt4: h.canGrowExt4, Pods: noPods{}}
+	return storage.Host{Mounts: mounts{h}, Loops: loops{h}, Run: h.run, CanGrowMountedExt4: h.canGrowExt4, Pods: noPods{}, IO: noPods{}}
 }
 
 // noPods is the fake machine's cgroups: it runs no pod, so none can be found or
@@ -68,6 +69,10 @@ func (noPods) Freeze(context.Context, string) (bool, error) {
 }
 
 func (noPods) Thaw(string) error { return errors.New("the fake host has no cgroups to thaw") }
+
+func (noPods) Set(string, iothrottle.Device, iothrottle.Limits) error {
+	return errors.New("the fake host has no cgroups to throttle")
+}
 
 // Hooks run first in the fake's methods, outside its lock: a hook may block to hold a
 // call in progress, or return an error, which the call then returns having done

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,6 +22,8 @@ type Cgroups struct {
 	// Dir is where pods' cgroups are made (the hierarchy's directory).
 	Dir string
 	V2  bool
+
+	enable string // a v2 controller to enable down to the pods' cgroups ("+io")
 }
 
 // CgroupVersions are the hierarchies a test can freeze cgroups in on this machine.
@@ -63,13 +66,28 @@ func v2Mount() string {
 // write it) is skipped, saying why.
 func MakeCgroups(t testing.TB, version string) *Cgroups {
 	t.Helper()
+	return MakeCgroupsOf(t, version, "freezer", "")
+}
+
+// MakeCgroupsOf is MakeCgroups in the hierarchy of the v1 controller (v1), or (v2)
+// with the v2 controller v2Controller enabled down to the pods' cgroups ("" for
+// none): Root then holds a link named v1Controller to the v1 cgroup made. A
+// machine without that controller skips the test.
+func MakeCgroupsOf(t testing.TB, version, v1Controller, v2Controller string) *Cgroups {
+	t.Helper()
 	RequireRoot(t)
 	parent := v2Mount()
 	if version == "v1" {
-		parent = "/sys/fs/cgroup/freezer"
+		parent = "/sys/fs/cgroup/" + v1Controller
 	}
 	if _, err := os.Stat(filepath.Join(parent, "cgroup.procs")); parent == "" || err != nil {
-		t.Skipf("no cgroup %s hierarchy with a freezer on this machine", version)
+		t.Skipf("no cgroup %s hierarchy with a %s controller on this machine", version, v1Controller)
+	}
+	if version == "v2" && v2Controller != "" {
+		data, _ := os.ReadFile(filepath.Join(parent, "cgroup.subtree_control"))
+		if !slices.Contains(strings.Fields(string(data)), v2Controller) {
+			t.Skipf("the cgroup v2 hierarchy at %s does not enable the %s controller", parent, v2Controller)
+		}
 	}
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
@@ -79,9 +97,12 @@ func MakeCgroups(t testing.TB, version string) *Cgroups {
 	}
 	t.Cleanup(func() { removeCgroups(t, dir) })
 	c := &Cgroups{Root: dir, Dir: dir, V2: version == "v2"}
+	if c.V2 && v2Controller != "" {
+		c.enable = "+" + v2Controller
+	}
 	if !c.V2 {
 		c.Root = t.TempDir()
-		if err := os.Symlink(dir, filepath.Join(c.Root, "freezer")); err != nil {
+		if err := os.Symlink(dir, filepath.Join(c.Root, v1Controller)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -96,6 +117,13 @@ func (c *Cgroups) Pod(t testing.TB, uid string) string {
 	container := filepath.Join(c.Dir, "kubepods", "besteffort", "pod"+uid, "container")
 	if err := os.MkdirAll(container, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	if c.enable != "" {
+		for _, d := range []string{c.Dir, filepath.Join(c.Dir, "kubepods"), filepath.Join(c.Dir, "kubepods", "besteffort"), filepath.Dir(container)} {
+			if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte(c.enable), 0); err != nil {
+				t.Fatalf("enable %s in %s: %v", c.enable, d, err)
+			}
+		}
 	}
 	return container
 }

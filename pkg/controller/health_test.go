@@ -190,7 +190,7 @@ func TestControllerListVolumeHealthRequests(t *testing.T) {
 }
 
 func TestControllerGetCapabilities(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, dirPool(noDeviceDir(t), "default"))
 	resp, err := f.srv.ControllerGetCapabilities(context.Background(), &csi.ControllerGetCapabilitiesRequest{})
 	wantCode(t, err, codes.OK)
 	var got []csi.ControllerServiceCapability_RPC_Type
@@ -220,7 +220,7 @@ func TestControllerGetCapabilities(t *testing.T) {
 // TestControllerUnadvertisedRPCs checks that what is not advertised is not served
 // either: a CO that calls it anyway gets Unimplemented, not a half implementation.
 func TestControllerUnadvertisedRPCs(t *testing.T) {
-	f := newFixture(t)
+	f := newFixture(t, dirPool(noDeviceDir(t), "default"))
 	id := f.mustCreate(t, "pvc-unadvertised").GetVolumeId()
 	ctx := context.Background()
 	var s csi.ControllerServer = f.srv

@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -9,7 +10,9 @@ import (
 	"github.com/berth-csi/berth/pkg/controller"
 	"github.com/berth-csi/berth/pkg/locks"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/iothrottle"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -26,6 +29,33 @@ type fixture struct {
 // dirPool is a dir pool called name under base.
 func dirPool(base, name string) storage.PoolConfig {
 	return storage.PoolConfig{Name: name, Path: filepath.Join(base, name), Kind: storage.KindDir}
+}
+
+// noDeviceDir is a fresh directory on a filesystem with no block device (the tmpfs
+// at /dev/shm): a dir pool there cannot have I/O limits, so it has no mutable
+// parameter at all.
+func noDeviceDir(t testing.TB) string {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "berth-test-")
+	if err != nil {
+		t.Skipf("cannot make a directory in /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+// onDeviceDir is t.TempDir(), or skips the test when that lies on no block device.
+func onDeviceDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := iothrottle.DeviceOf(dir); err != nil {
+		t.Skipf("the test's directory lies on no block device: %v", err)
+	}
+	return dir
 }
 
 // newFixture starts an engine on pools (one dir pool "default" when none is given) and

@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"context"
+	"maps"
 	"testing"
 
 	"github.com/berth-csi/berth/pkg/storage"
@@ -9,13 +10,14 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// TestModifyVolumeAdvertised: MODIFY_VOLUME is advertised only when some pool's kind
-// has mutable parameters (a quota pool, served or not), and a driver without one
-// refuses ControllerModifyVolume as unimplemented and mutable_parameters at create.
+// TestModifyVolumeAdvertised: MODIFY_VOLUME is advertised only when some pool has
+// mutable parameters (a quota pool, served or not; a dir pool on a block device, for
+// I/O limits), and a driver without one (a dir pool on a tmpfs) refuses
+// ControllerModifyVolume as unimplemented and mutable_parameters at create.
 func TestModifyVolumeAdvertised(t *testing.T) {
-	dirOnly := newFixture(t)
+	dirOnly := newFixture(t, dirPool(noDeviceDir(t), "default"))
 	if dirOnly.hasCap(t, csi.ControllerServiceCapability_RPC_MODIFY_VOLUME) {
-		t.Fatal("MODIFY_VOLUME advertised by a driver of dir pools only")
+		t.Fatal("MODIFY_VOLUME advertised by a driver of a dir pool on a tmpfs only")
 	}
 	req := createReq("pvc-mutable", 1<<20)
 	req.MutableParameters = map[string]string{storage.ParamInodeLimit: "100"}
@@ -26,6 +28,56 @@ func TestModifyVolumeAdvertised(t *testing.T) {
 	if !withQuota.hasCap(t, csi.ControllerServiceCapability_RPC_MODIFY_VOLUME) {
 		t.Fatal("MODIFY_VOLUME not advertised by a driver with a quota pool")
 	}
+	onDevice := newFixture(t, dirPool(onDeviceDir(t), "default"))
+	if !onDevice.hasCap(t, csi.ControllerServiceCapability_RPC_MODIFY_VOLUME) {
+		t.Fatal("MODIFY_VOLUME not advertised by a driver with a dir pool on a block device")
+	}
+}
+
+// TestModifyVolumeIOLimits: the per-pod I/O limits at ControllerModifyVolume and at
+// CreateVolume: a bad value is InvalidArgument, so is a limit on a pool that lies on
+// no block device; good ones, "0" too, are recorded. (This controller has no node
+// side: that the limits reach the pods is storage's test, TestIOLimitsThrottlePods.)
+func TestModifyVolumeIOLimits(t *testing.T) {
+	f := newFixture(t, dirPool(onDeviceDir(t), "default"), dirPool(noDeviceDir(t), "shm"))
+	vol := f.create(t, "pvc-io", "default", 1<<20, nil)
+	tmpfsVol := f.create(t, "pvc-io-shm", "shm", 1<<20, nil)
+	tests := []struct {
+		name     string
+		req      *csi.ControllerModifyVolumeRequest
+		wantCode codes.Code
+	}{
+		{"byte rate not a quantity", &csi.ControllerModifyVolumeRequest{VolumeId: vol, MutableParameters: map[string]string{storage.ParamReadBytesPerSecond: "fast"}}, codes.InvalidArgument},
+		{"negative byte rate", &csi.ControllerModifyVolumeRequest{VolumeId: vol, MutableParameters: map[string]string{storage.ParamWriteBytesPerSecond: "-1"}}, codes.InvalidArgument},
+		{"IOPS with a suffix", &csi.ControllerModifyVolumeRequest{VolumeId: vol, MutableParameters: map[string]string{storage.ParamReadIOPS: "1k"}}, codes.InvalidArgument},
+		{"one bad key of two", &csi.ControllerModifyVolumeRequest{VolumeId: vol, MutableParameters: map[string]string{storage.ParamReadIOPS: "10", storage.ParamWriteIOPS: "x"}}, codes.InvalidArgument},
+		{"limit on a pool without block device", &csi.ControllerModifyVolumeRequest{VolumeId: tmpfsVol, MutableParameters: map[string]string{storage.ParamReadBytesPerSecond: "10Mi"}}, codes.InvalidArgument},
+		{"limits", &csi.ControllerModifyVolumeRequest{VolumeId: vol, MutableParameters: map[string]string{storage.ParamReadBytesPerSecond: "10Mi", storage.ParamWriteIOPS: "100"}}, codes.OK},
+		{"lifted", &csi.ControllerModifyVolumeRequest{VolumeId: vol, MutableParameters: map[string]string{storage.ParamReadBytesPerSecond: "0"}}, codes.OK},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := f.srv.ControllerModifyVolume(context.Background(), tc.req)
+			wantCode(t, err, tc.wantCode)
+		})
+	}
+	_, r, err := f.engine.Volume(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{storage.ParamReadBytesPerSecond: "0", storage.ParamWriteIOPS: "100"}
+	if !maps.Equal(r.MutableParameters, want) {
+		t.Fatalf("recorded mutable parameters %v, want %v", r.MutableParameters, want)
+	}
+
+	req := createReq("pvc-io-bad", 1<<20)
+	req.MutableParameters = map[string]string{storage.ParamReadBytesPerSecond: "10 Mi"}
+	_, err = f.srv.CreateVolume(context.Background(), req)
+	wantCode(t, err, codes.InvalidArgument)
+	req = createReq("pvc-io-good", 1<<20)
+	req.MutableParameters = map[string]string{storage.ParamReadBytesPerSecond: "10Mi"}
+	_, err = f.srv.CreateVolume(context.Background(), req)
+	wantCode(t, err, codes.OK)
 }
 
 // TestModifyVolumeRequests: every refusal of ControllerModifyVolume, on a driver with a

@@ -18,6 +18,7 @@ import (
 	"github.com/berth-csi/berth/pkg/registration"
 	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/iothrottle"
 	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 	"github.com/berth-csi/berth/pkg/version"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -47,6 +48,7 @@ func Run(ctx context.Context, o Options) error {
 	if host.Zero() && o.CgroupRoot != "" {
 		host = storage.RealHost()
 		host.Pods = podfreeze.New(o.CgroupRoot)
+		host.IO = iothrottle.New(o.CgroupRoot)
 	}
 	engine, err := storage.NewWithHost(o.Config, host)
 	if err != nil {
@@ -182,6 +184,9 @@ func Run(ctx context.Context, o Options) error {
 			return
 		}
 		ready.Store(true)
+		if nodeSrv != nil {
+			wg.Go(func() { nodeSrv.KeepIOLimits(ctx) })
+		}
 		if scan != nil {
 			// After reconciliation: the index then holds every committed volume.
 			wg.Go(func() { scan.Run(ctx) })

@@ -54,6 +54,10 @@ func New(cfg Config, engine *storage.Engine, l *locks.Set) (*Server, error) {
 // Recover rebuilds the engine's publication table from the mount table at start-up.
 func (s *Server) Recover(ctx context.Context) error { return s.node.Recover(ctx) }
 
+// KeepIOLimits writes the pods' per-volume I/O limits again and again until ctx
+// ends (storage/nodeio.go); run it after Recover.
+func (s *Server) KeepIOLimits(ctx context.Context) { s.node.KeepIOLimits(ctx) }
+
 var capabilities = []csi.NodeServiceCapability_RPC_Type{
 	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-csi/berth/pkg/mounter"
+	"github.com/berth-csi/berth/pkg/storage/iothrottle"
 	"github.com/berth-csi/berth/pkg/storage/loop"
 	"github.com/berth-csi/berth/pkg/storage/podfreeze"
 )
@@ -27,6 +28,18 @@ type Host struct {
 	// Pods pauses the pods that write to directory volumes while a group snapshot
 	// captures them (grouppause.go).
 	Pods Pods
+	// IO sets the per-pod I/O limits of the pods that publish volumes (nodeio.go).
+	IO IOThrottle
+}
+
+// IOThrottle finds pods' cgroups in the hierarchy that throttles I/O and sets their
+// limits for a device: package iothrottle.
+type IOThrottle interface {
+	// Find returns the cgroup of the pod with this UID (wrapping
+	// podcgroup.ErrNoPod when it has none).
+	Find(podUID string) (cgroup string, err error)
+	// Set makes l the pod's limits for dev; a zero field lifts that limit.
+	Set(cgroup string, dev iothrottle.Device, l iothrottle.Limits) error
 }
 
 // Pods finds pods' cgroups and freezes them: package podfreeze.
@@ -86,12 +99,12 @@ type Loops interface {
 // RealHost is the machine itself.
 func RealHost() Host {
 	return Host{Mounts: realMounts{tools: mounter.NewTools()}, Loops: realLoops{}, Run: ExecCommand,
-		CanGrowMountedExt4: hasCapSysResource, Pods: podfreeze.New(podfreeze.DefaultRoot)}
+		CanGrowMountedExt4: hasCapSysResource, Pods: podfreeze.New(podfreeze.DefaultRoot), IO: iothrottle.New(podfreeze.DefaultRoot)}
 }
 
 // Zero reports whether h is the zero Host, which stands for the machine itself.
 func (h Host) Zero() bool {
-	return h.Mounts == nil && h.Loops == nil && h.Run == nil && h.CanGrowMountedExt4 == nil && h.Pods == nil
+	return h.Mounts == nil && h.Loops == nil && h.Run == nil && h.CanGrowMountedExt4 == nil && h.Pods == nil && h.IO == nil
 }
 
 // resolve returns the real machine for the zero Host, and h itself when it is
@@ -101,8 +114,8 @@ func (h Host) resolve() (Host, error) {
 	switch {
 	case h.Zero():
 		return RealHost(), nil
-	case h.Mounts == nil || h.Loops == nil || h.Run == nil || h.CanGrowMountedExt4 == nil || h.Pods == nil:
-		return Host{}, fmt.Errorf("host: Mounts, Loops, Run, CanGrowMountedExt4 and Pods are all required: %w", ErrInvalid)
+	case h.Mounts == nil || h.Loops == nil || h.Run == nil || h.CanGrowMountedExt4 == nil || h.Pods == nil || h.IO == nil:
+		return Host{}, fmt.Errorf("host: Mounts, Loops, Run, CanGrowMountedExt4, Pods and IO are all required: %w", ErrInvalid)
 	}
 	return h, nil
 }

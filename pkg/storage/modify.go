@@ -21,14 +21,15 @@ import (
 
 // mutableParams are the mutable parameters some kind of Berth understands; each
 // kind that has any lists its own (mutableBackend.MutableParams).
-var mutableParams = []string{ParamInodeLimit}
+var mutableParams = append([]string{ParamInodeLimit}, ioParams...)
 
 // mutableBackend is a kind whose volumes have mutable parameters.
 type mutableBackend interface {
 	// MutableParams lists the parameters a volume of the kind may change.
 	MutableParams() []string
-	// CheckMutable refuses a value the kind cannot take for key (ErrInvalid).
-	CheckMutable(key, value string) error
+	// CheckMutable refuses a value the kind cannot take for key (ErrInvalid), or a
+	// key this pool of the kind cannot honour after all (ErrUnsupported).
+	CheckMutable(p *Pool, key, value string) error
 	// Modify applies the volume's parameters as r records them (mutable ones
 	// first). It must be idempotent: a retry after a crash finds it done.
 	Modify(ctx context.Context, p *Pool, r *Record, volDir string) error
@@ -46,11 +47,17 @@ func (r *Record) param(key string) (string, bool) {
 
 // MutableParams lists the mutable parameters the pool's kind honours (none: the pool
 // cannot serve ModifyVolume).
+// The I/O limits are left out on a pool whose storage lies on no block device.
 func (p *Pool) MutableParams() []string {
-	if m, ok := p.backend.(mutableBackend); ok {
-		return m.MutableParams()
+	m, ok := p.backend.(mutableBackend)
+	if !ok {
+		return nil
 	}
-	return nil
+	own := m.MutableParams()
+	if p.noIODevice() != nil {
+		own = slices.DeleteFunc(slices.Clone(own), func(k string) bool { return slices.Contains(ioParams, k) })
+	}
+	return own
 }
 
 // Modifiable reports whether any pool of the engine has mutable parameters: only then
@@ -92,12 +99,16 @@ func (p *Pool) CheckMutable(params map[string]string) error {
 		if len(own) > 0 {
 			has = strings.Join(own, ", ")
 		}
-		return errorf(ErrUnsupported, "mutable parameter %s cannot be honoured by pool %s of kind %s (its mutable parameters: %s)",
-			strings.Join(unsupported, ", "), p.cfg.Name, p.kind, has)
+		why := ""
+		if err := p.noIODevice(); err != nil && slices.ContainsFunc(slices.Collect(maps.Keys(params)), func(k string) bool { return slices.Contains(ioParams, k) }) {
+			why = "; I/O limits need a block device: " + err.Error()
+		}
+		return errorf(ErrUnsupported, "mutable parameter %s cannot be honoured by pool %s of kind %s (its mutable parameters: %s%s)",
+			strings.Join(unsupported, ", "), p.cfg.Name, p.kind, has, why)
 	}
 	m, _ := p.backend.(mutableBackend)
 	for _, k := range slices.Sorted(maps.Keys(params)) {
-		if err := m.CheckMutable(k, params[k]); err != nil {
+		if err := m.CheckMutable(p, k, params[k]); err != nil {
 			return err
 		}
 	}
@@ -118,6 +129,13 @@ func (e *Engine) ModifyVolume(ctx context.Context, id string, params map[string]
 	if errors.Is(err, ErrNotFound) && !p.Shared() {
 		// The same pool name on every node: the volume may be another node's.
 		return nil, fmt.Errorf("%w (the volumes of node-local pool %s are modified by the driver of the node that holds them)", err, p.cfg.Name)
+	}
+	if err == nil && e.node != nil && namesIO(params) {
+		// Recorded first: a failure here is retried by the CO, and every publish
+		// writes the recorded limits anyway.
+		if err := e.node.modifyIO(ctx, r.ID); err != nil {
+			return nil, fmt.Errorf("modify volume %s: set the I/O limits of the pods that publish it: %w", r.ID, err)
+		}
 	}
 	return r, err
 }

@@ -26,6 +26,8 @@ type Node struct {
 	claimMu sync.Mutex
 	claims  map[string]*claim // volume ID -> the single-node claim held (nodeclaim.go)
 	orphans map[string]orphan // volume ID -> another node's claim found without its lock
+
+	ioMu sync.Mutex // one pod's I/O limits are written at a time (nodeio.go)
 }
 
 // NodeConfig is what the node side of the engine needs to know of its node.

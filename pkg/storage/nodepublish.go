@@ -43,9 +43,12 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 		return err
 	}
 	defer src.close()
+	// bound: the volume is mounted at the target; an error after that (I/O limits
+	// not written) keeps the mount for kubelet's retry, and undoes nothing.
+	bound := false
 	if src.ephemeral {
 		defer func() {
-			if err != nil {
+			if err != nil && !bound {
 				n.dropEphemeral(ctx, req.VolumeID)
 			}
 		}()
@@ -57,6 +60,9 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 	pub := Publication{TargetPath: target, ReadOnly: readOnly, SingleWriter: c.Mode.SingleWriter(),
 		Flags: flags &^ (unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV), Mode: c.Mode}
 	if done, err := n.published(id, src.Path, pub); done || err != nil {
+		if err == nil {
+			err = n.publishIO(ctx, id, target) // a retry writes them again
+		}
 		return err
 	}
 	for _, pub := range n.e.Publications(id) {
@@ -71,7 +77,7 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 		}
 		if taken {
 			defer func() {
-				if err != nil {
+				if err != nil && !bound {
 					n.releaseNew(ctx, src.pool, src.record)
 				}
 			}()
@@ -90,9 +96,12 @@ func (n *Node) Publish(ctx context.Context, req PublishRequest) (err error) {
 	if err := bind(src.bindPath(), target, mounter.Options{ReadOnly: readOnly, Flags: flags}); err != nil {
 		return fmt.Errorf("bind mount %s at %s: %w", id, target, err)
 	}
+	bound = true
 	n.e.AddPublication(id, pub)
 	klog.FromContext(ctx).V(4).Info("Bind mounted", "volumeID", id, "targetPath", target, "source", src.Path, "readOnly", readOnly)
-	return nil
+	// Limits that cannot be written fail the publish, mount kept: kubelet retries it
+	// and the retry finds the mount and writes them.
+	return n.publishIO(ctx, id, target)
 }
 
 // publishSource is what a publish mounts, with what it took to find it.
@@ -213,10 +222,14 @@ func (n *Node) Unpublish(ctx context.Context, volumeID, target string) error {
 	if err := n.ownsTarget(volumeID, target); err != nil {
 		return err
 	}
+	_, dev, limited, _ := n.volumeIO(volumeID) // the device, while the volume is still there
 	if err := n.unmountAll(target); err != nil {
 		return fmt.Errorf("unmount %s: %w", target, err)
 	}
 	n.e.RemovePublication(volumeID, target)
+	if limited {
+		n.unpublishIO(ctx, target, dev)
+	}
 	if err := removeTarget(target); err != nil {
 		return fmt.Errorf("remove target %s: %w", target, err)
 	}

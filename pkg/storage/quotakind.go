@@ -64,11 +64,16 @@ func parseInodeLimit(v string) (uint64, error) {
 	return n, nil
 }
 
-// MutableParams: the inode limit may change after creation.
-func (quotaBackend) MutableParams() []string { return []string{ParamInodeLimit} }
+// MutableParams: the inode limit and the per-pod I/O limits may change after
+// creation.
+func (quotaBackend) MutableParams() []string { return append([]string{ParamInodeLimit}, ioParams...) }
 
-// CheckMutable refuses an inode limit that is not a positive integer.
-func (quotaBackend) CheckMutable(key, value string) error {
+// CheckMutable refuses an inode limit that is not a positive integer, or a bad I/O
+// limit.
+func (quotaBackend) CheckMutable(p *Pool, key, value string) error {
+	if key != ParamInodeLimit {
+		return checkIOParam(p, key, value)
+	}
 	_, err := parseInodeLimit(value)
 	return err
 }

@@ -216,19 +216,22 @@ func TestMountOptionCredentialsRefused(t *testing.T) {
 	}
 }
 
-// TestGroupSnapshotsMountHostCgroups: with group snapshots on (and the snapshotter),
-// and only then, the driver gets the host's cgroups and is told where they are: it
-// pauses the pods that write directory volumes for a group's instant.
+// TestGroupSnapshotsMountHostCgroups: with per-pod I/O limits on (the default) or
+// group snapshots on (and the snapshotter), and only then, the driver gets the
+// host's cgroups and is told where they are: it writes the pods' I/O limits there,
+// and pauses the pods that write directory volumes for a group's instant.
 func TestGroupSnapshotsMountHostCgroups(t *testing.T) {
+	const noIO = "ioLimits: {enabled: false}\n"
 	for _, tc := range []struct {
 		name   string
 		values string
 		want   bool
 	}{
-		{"defaults", "", false},
-		{"snapshotter alone", "sidecars: {snapshotter: {enabled: true}}\n", false},
-		{"group snapshots", "sidecars: {snapshotter: {enabled: true, groupSnapshots: true}}\n", true},
-		{"group snapshots without the snapshotter", "sidecars: {snapshotter: {groupSnapshots: true}}\n", false},
+		{"defaults", "", true},
+		{"I/O limits off", noIO, false},
+		{"snapshotter alone", noIO + "sidecars: {snapshotter: {enabled: true}}\n", false},
+		{"group snapshots", noIO + "sidecars: {snapshotter: {enabled: true, groupSnapshots: true}}\n", true},
+		{"group snapshots without the snapshotter", noIO + "sidecars: {snapshotter: {groupSnapshots: true}}\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ds := render(t, tc.values)["DaemonSet/berth-node"]

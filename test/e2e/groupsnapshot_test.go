@@ -131,17 +131,17 @@ func TestGroupSnapshot(t *testing.T) {
 	if helm == "" {
 		t.Skip("needs BERTH_HELM, the helm binary make e2e uses, to turn the chart's group snapshots on")
 	}
-	c := setup(t)
+	c := setup(t, alone)
 	node := c.groupNode()
 	class := c.withGroupSnapshots(helm, node)
 	for _, tc := range groupClasses {
 		t.Run(tc.class, func(t *testing.T) {
-			cs := setup(t)
+			cs := setup(t, alone)
 			cs.groupsUnderWrites(class, node, tc.class, tc.size)
 		})
 	}
 	t.Run("across nodes", func(t *testing.T) {
-		cs := setup(t)
+		cs := setup(t, alone)
 		nodes := cs.needNodes(2)
 		cs.groupAcrossNodes(class, node, nodes[0])
 	})

@@ -8,9 +8,12 @@
 //     false), so PUBLISH_UNPUBLISH_VOLUME is not advertised.
 //   - ControllerExpandVolume: expansion is node-only (docs/design.md, "Expansion"), so
 //     the controller does not advertise EXPAND_VOLUME; NodeExpandVolume specs run.
-//   - ModifyVolume: advertised only by a driver with a pool whose kind has mutable
-//     parameters (quota: inodeLimit), so its specs run in the quota cases alone, where
-//     the kernel enforces project quotas (make quota-vm otherwise).
+//   - ModifyVolume: advertised only by a driver with a pool that has mutable
+//     parameters (quota: inodeLimit; dir, quota and image on a block device: the
+//     per-pod I/O limits), so its specs run in the image cases, the dir cases whose
+//     temporary directory lies on a block device (not a tmpfs), and the quota cases
+//     where the kernel enforces project quotas (make quota-vm otherwise); never in the
+//     shared case.
 //   - Group snapshots: the GroupController service is advertised only where a
 //     group can be taken (a pool whose filesystem has reflinks), so its specs run in
 //     the XFS cases (dir-xfs-reflink; quota-xfs where the kernel has quotas) and in
@@ -97,6 +100,10 @@ func runOn(t *testing.T, host storage.Host, pools []storage.PoolConfig, tune fun
 	config.StagingPath = filepath.Join(kubelet, "pods", "staging")
 	config.TestVolumeSize = 64 << 20
 	config.TestVolumeParameters = map[string]string{"pool": pools[0].Name}
+	if pools[0].Kind != storage.KindShared {
+		// Specs run only where MODIFY_VOLUME is advertised (above).
+		config.TestVolumeMutableParameters = map[string]string{storage.ParamReadBytesPerSecond: "10Mi"}
+	}
 	config.IDGen = idGen{pool: pools[0].Name}
 	config.IdempotentCount = 3
 	if tune != nil {
@@ -164,7 +171,7 @@ func quotaCase(t *testing.T, fs testutil.FS) {
 	mnt := testutil.MountFS(t, fs, 1<<30)
 	run(t, []storage.PoolConfig{{Name: "q", Path: filepath.Join(mnt, "pool"), Kind: storage.KindQuota}}, func(c *sanity.TestConfig) {
 		c.TestVolumeExpandSize = 96 << 20
-		c.TestVolumeMutableParameters = map[string]string{storage.ParamInodeLimit: "1000"}
+		c.TestVolumeMutableParameters = map[string]string{storage.ParamInodeLimit: "1000", storage.ParamReadBytesPerSecond: "10Mi"}
 	})
 }
 

@@ -10,8 +10,8 @@
 //
 // Both hierarchies kubelet uses are served: cgroup v2 (cgroup.freeze, cgroup.events)
 // when the root holds cgroup.controllers, else the v1 freezer controller mounted at
-// <root>/freezer (freezer.state). Pods are found by UID under either cgroup driver:
-// pod<uid> (cgroupfs) or <parent>-pod<uid with _ for ->.slice (systemd).
+// <root>/freezer (freezer.state). Pods are found by UID under either cgroup driver
+// (package podcgroup).
 package podfreeze
 
 import (
@@ -20,25 +20,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
+
+	"github.com/berth-csi/berth/pkg/storage/podcgroup"
 )
 
 // DefaultRoot is where hosts mount their cgroup filesystems.
-const DefaultRoot = "/sys/fs/cgroup"
-
-// maxDepth bounds the search for a pod's cgroup below the hierarchy's root: kubelet
-// puts pods at most three levels down (kubepods, the QoS class, the pod), below its
-// --cgroup-root, which may itself be a few levels deep.
-const maxDepth = 8
+const DefaultRoot = podcgroup.DefaultRoot
 
 // ErrNoPod is wrapped by Find's error when no cgroup of the pod exists.
-var ErrNoPod = errors.New("no cgroup for this pod")
-
-// uidPattern is what a pod UID may be: a UUID, or the 32 hex digits of a static
-// pod's config hash. Nothing else reaches a path.
-var uidPattern = regexp.MustCompile(`^[0-9a-f]([0-9a-f-]{0,62}[0-9a-f])?$`)
+var ErrNoPod = podcgroup.ErrNoPod
 
 // Freezer freezes pods' cgroups under one cgroup mount root.
 type Freezer struct{ root string }
@@ -49,20 +41,11 @@ func New(root string) *Freezer { return &Freezer{root: root} }
 
 // hierarchy is the directory of the freezer's hierarchy and whether it is v2.
 func (f *Freezer) hierarchy() (string, bool, error) {
-	if _, err := os.Stat(filepath.Join(f.root, "cgroup.controllers")); err == nil {
-		return filepath.Clean(f.root), true, nil
-	}
-	dir, err := filepath.EvalSymlinks(filepath.Join(f.root, "freezer"))
-	if err == nil {
-		if _, err = os.Stat(filepath.Join(dir, "cgroup.procs")); err == nil {
-			return dir, false, nil
-		}
-	}
-	return "", false, fmt.Errorf("no cgroup freezer under %s: neither a cgroup v2 hierarchy (cgroup.controllers) nor a v1 freezer hierarchy (freezer/)", f.root)
+	return podcgroup.Hierarchy(f.root, "freezer")
 }
 
 // ValidUID reports whether uid can be a pod's UID.
-func ValidUID(uid string) bool { return uidPattern.MatchString(uid) }
+func ValidUID(uid string) bool { return podcgroup.ValidUID(uid) }
 
 // Find returns the cgroup directory of the pod with this UID; an error wrapping
 // ErrNoPod when there is none (the pod is gone, or kubelet's cgroups lie elsewhere).
@@ -74,44 +57,7 @@ func (f *Freezer) Find(uid string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cgroupfs, systemd := "pod"+uid, "-pod"+strings.ReplaceAll(uid, "-", "_")+".slice"
-	var found []string
-	var walk func(dir string, depth int) error
-	walk = func(dir string, depth int) error {
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			if depth > 0 && errors.Is(err, os.ErrNotExist) {
-				return nil // a cgroup removed while the search ran
-			}
-			return err
-		}
-		for _, e := range entries {
-			if !e.IsDir() {
-				continue
-			}
-			name := e.Name()
-			if name == cgroupfs || strings.HasSuffix(name, systemd) {
-				found = append(found, filepath.Join(dir, name))
-				continue // its containers are below it
-			}
-			if depth+1 < maxDepth {
-				if err := walk(filepath.Join(dir, name), depth+1); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}
-	if err := walk(top, 0); err != nil {
-		return "", fmt.Errorf("search the cgroups of pod %s: %w", uid, err)
-	}
-	switch len(found) {
-	case 0:
-		return "", fmt.Errorf("searched %s: %w", top, ErrNoPod)
-	case 1:
-		return found[0], nil
-	}
-	return "", fmt.Errorf("pod %s has %d cgroups under %s (%s): cannot tell which holds its processes", uid, len(found), top, strings.Join(found, ", "))
+	return podcgroup.Find(top, uid)
 }
 
 // inside checks that dir is a cgroup below the hierarchy's root, so a path read
@@ -121,11 +67,7 @@ func (f *Freezer) inside(dir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	rel, err := filepath.Rel(top, filepath.Clean(dir))
-	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") || !filepath.IsAbs(dir) {
-		return false, fmt.Errorf("%s is not a cgroup below %s", dir, top)
-	}
-	return v2, nil
+	return v2, podcgroup.Below(top, dir)
 }
 
 // pollStart and pollMax pace the wait for a cgroup to report frozen.
