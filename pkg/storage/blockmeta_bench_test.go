@@ -33,7 +33,8 @@ func BenchmarkChangedBlocks(b *testing.B) {
 	testutil.RequireRoot(b)
 	size := int64(testutil.EnvInt(b, "BERTH_BENCH_CBT_MIB", 1024, 16)) << 20
 	rounds := testutil.EnvInt(b, "BERTH_BENCH_CBT_ROUNDS", 5, 1)
-	mnt := testutil.MountFS(b, testutil.XFSPlain, 2*size+1<<30)
+	// Sparse: about size is used; each snapshot reserves size against the free space.
+	mnt := testutil.MountFS(b, testutil.XFSPlain, 3*size+1<<30)
 	loopFile := filepath.Join(filepath.Dir(mnt), "xfs.img")
 	// Overcommit: the snapshots share the volume's blocks, but each reserves its size.
 	e := startEngine(b, storage.PoolConfig{Name: "default", Path: filepath.Join(mnt, "pool"), Kind: storage.KindImage, Overcommit: true})
