@@ -90,12 +90,13 @@ func BenchmarkChangedBlocks(b *testing.B) {
 	files := []string{snapFile(base), snapFile(target)}
 	cold := func() { dropCache(b, append(slices.Clone(files), loopFile)...) }
 
-	var tDelta, tRead []time.Duration
+	var tDelta, tRead, cpuDelta []time.Duration
 	var listed int64
 	b.ResetTimer()
 	for range b.N {
 		for range rounds {
 			cold()
+			cpu0 := cpuTime(b)
 			start := time.Now()
 			m, err := e.ChangedBlocks(context.Background(), base.ID, target.ID, 0)
 			if err != nil {
@@ -107,6 +108,7 @@ func BenchmarkChangedBlocks(b *testing.B) {
 			}
 			m.Close()
 			tDelta = append(tDelta, time.Since(start))
+			cpuDelta = append(cpuDelta, cpuTime(b)-cpu0)
 			b.StopTimer()
 			cold()
 			start = time.Now()
@@ -124,10 +126,20 @@ func BenchmarkChangedBlocks(b *testing.B) {
 	b.ReportMetric(float64(d.Microseconds()), "delta-µs")
 	b.ReportMetric(float64(rd.Microseconds()), "read-both-µs")
 	fmt.Printf("figure: cbt-delta-time %.4f s\n", d.Seconds())
+	fmt.Printf("figure: cbt-delta-cpu %.4f s\n", median(cpuDelta).Seconds())
 	fmt.Printf("figure: cbt-read-both-time %.3f s\n", rd.Seconds())
 	fmt.Printf("figure: cbt-delta-over-read-both %.4f x\n", d.Seconds()/rd.Seconds())
 	b.Logf("%d MiB image, %d of %d blocks changed, %d listed; delta median %v, read both median %v (%d rounds)",
 		size>>20, len(written), nBlocks, listed, d, rd, len(tDelta))
+}
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // dropCache writes back and drops the page cache of files.
