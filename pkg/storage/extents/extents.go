@@ -99,10 +99,7 @@ func allocated(ctx context.Context, src source, start, size int64, emit func(Ran
 // Past base's end base reads as zeros (a volume expanded between the two).
 func Changed(ctx context.Context, base, target *os.File, start, size int64, emit func(Range) error) (Stats, error) {
 	mb, mt := newMapper(int(base.Fd()), alignDown(start), size), newMapper(int(target.Fd()), alignDown(start), size)
-	pb, pt := newPrefetch(mb), newPrefetch(mt)
-	st, err := changed(ctx, pb, pt, base, target, start, size, emit)
-	pb.close()
-	pt.close()
+	st, err := changed(ctx, mb, mt, base, target, start, size, emit)
 	st.Calls = mb.calls + mt.calls
 	return st, err
 }

@@ -128,7 +128,7 @@ func (m *mapper) fill() error {
 	if n > batch {
 		return fmt.Errorf("FIEMAP at %d: %d extents mapped for %d asked", m.pos, n, batch)
 	}
-	m.exts = m.exts[:0:0]
+	m.exts = m.exts[:0]
 	for i := range n {
 		b := m.buf[headerSize+i*extentSize:]
 		e := Extent{
@@ -147,72 +147,4 @@ func (m *mapper) fill() error {
 	}
 	m.pos = m.exts[len(m.exts)-1].end()
 	return nil
-}
-
-// prefetch maps a file in a goroutine of its own, a batch ahead of the reader: a
-// delta maps two files, and FIEMAP's time is the kernel's (on XFS a refcount lookup
-// per extent, to report sharing), so the two walks run side by side on two CPUs.
-type prefetch struct {
-	batches chan fetched
-	stop    chan struct{}
-	cur     []Extent
-	err     error
-	done    bool
-	m       *mapper
-}
-
-type fetched struct {
-	exts []Extent
-	err  error
-}
-
-func newPrefetch(m *mapper) *prefetch {
-	p := &prefetch{batches: make(chan fetched, 2), stop: make(chan struct{}), m: m}
-	go p.run()
-	return p
-}
-
-func (p *prefetch) run() {
-	defer close(p.batches)
-	for !p.m.done && p.m.pos < p.m.end {
-		err := p.m.fill()
-		f := fetched{exts: p.m.exts, err: err}
-		p.m.exts = nil // the next fill appends to a new slice: this one is handed over
-		select {
-		case p.batches <- f:
-		case <-p.stop:
-			return
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (p *prefetch) next() (Extent, bool, error) {
-	for len(p.cur) == 0 {
-		if p.done {
-			return Extent{}, false, p.err
-		}
-		f, ok := <-p.batches
-		if !ok {
-			p.done = true
-			continue
-		}
-		if f.err != nil {
-			p.done, p.err = true, f.err
-			continue
-		}
-		p.cur = f.exts
-	}
-	e := p.cur[0]
-	p.cur = p.cur[1:]
-	return e, true, nil
-}
-
-// close stops the goroutine (a walk that ends early) and waits for it.
-func (p *prefetch) close() {
-	close(p.stop)
-	for range p.batches {
-	}
 }
