@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // fakeMetadata streams two messages for any snapshot; "bug" returns a plain error,
@@ -99,5 +103,48 @@ func TestStreamingService(t *testing.T) {
 	}
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("GetMetadataDelta of a server without it: code %v, want Unimplemented", status.Code(err))
+	}
+}
+
+// recvStream is a server stream whose one request is req, read by RecvMsg.
+type recvStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	req proto.Message
+}
+
+func (s *recvStream) Context() context.Context { return s.ctx }
+
+func (s *recvStream) RecvMsg(m any) error {
+	proto.Merge(m.(proto.Message), s.req)
+	return nil
+}
+
+// TestStreamInterceptorLogsSanitisedRequests: the request a stream reads is logged
+// without its secrets, and its snapshot IDs become keys of every line logged under
+// the call.
+func TestStreamInterceptorLogsSanitisedRequests(t *testing.T) {
+	var sink testutil.LogLines
+	req := &csi.GetMetadataDeltaRequest{BaseSnapshotId: "s1-a", TargetSnapshotId: "s1-b", Secrets: map[string]string{"password": "hunter2"}}
+	ss := &recvStream{ctx: logr.NewContext(context.Background(), sink.Logger(5)), req: req}
+	info := &grpc.StreamServerInfo{FullMethod: csi.SnapshotMetadata_GetMetadataDelta_FullMethodName, IsServerStream: true}
+	err := StreamInterceptor()(nil, ss, info, func(_ any, stream grpc.ServerStream) error {
+		if err := stream.RecvMsg(&csi.GetMetadataDeltaRequest{}); err != nil {
+			return err
+		}
+		logr.FromContextOrDiscard(stream.Context()).Info("Handler ran")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := sink.String()
+	if strings.Contains(log, "hunter2") {
+		t.Fatalf("secret reached the log:\n%s", log)
+	}
+	for _, want := range []string{`"msg"="Request"`, strippedValue, `"msg"="Handler ran"`, `"targetSnapshotID"="s1-b"`, `"msg"="Response streamed"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %s:\n%s", want, log)
+		}
 	}
 }
