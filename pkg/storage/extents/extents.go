@@ -92,9 +92,10 @@ func allocated(ctx context.Context, src source, start, size int64, emit func(Ran
 //     reports the blocks written since a snapshot: finding out would cost
 //     reading both images there, more than the caller's reading the target's
 //     block once.
-//   - data at the same physical address whose extent's address does not name
-//     its bytes alone (compressed, inline, not aligned, not yet allocated) is
-//     read in both files and compared block by block.
+//   - data in extents whose address does not name the bytes at each offset
+//     (compressed, inline, not aligned, not yet allocated) is read in both
+//     files and compared block by block where both report the same address (the
+//     same encoded extent), and reported where they do not.
 //
 // Past base's end base reads as zeros (a volume expanded between the two).
 func Changed(ctx context.Context, base, target *os.File, start, size int64, emit func(Range) error) (Stats, error) {
@@ -128,11 +129,13 @@ func changed(ctx context.Context, base, target source, rb, rt io.ReaderAt, start
 		switch {
 		case !dataB && !dataT:
 			st.ZeroBytes += end - pos
-		case dataB && dataT && eb.Physical+(pos-eb.Logical) == et.Physical+(pos-et.Logical):
-			if !eb.opaque() && !et.opaque() {
-				st.SharedBytes += end - pos
-				break
-			}
+		case dataB && dataT && !eb.opaque() && !et.opaque() && eb.Physical+(pos-eb.Logical) == et.Physical+(pos-et.Logical):
+			st.SharedBytes += end - pos
+		case dataB && dataT && (eb.opaque() || et.opaque()) && eb.Physical == et.Physical:
+			// One encoded (compressed), inline or not yet placed extent: its address
+			// names the whole extent, not the bytes at pos (btrfs gives a compressed
+			// extent's start for every part of a file that refers into it), so the
+			// same address says only that the bytes may be the same.
 			if buf == nil {
 				buf = make([]byte, 2*compareChunk)
 			}

@@ -92,6 +92,20 @@ func TestChangedComparesOpaqueExtents(t *testing.T) {
 	if st.ComparedBytes != size {
 		t.Errorf("compared %d bytes, want %d", st.ComparedBytes, size)
 	}
+
+	// A compressed extent's address is its start whatever the offset: the target
+	// refers into the same extent from another logical start (the block before
+	// was rewritten), and is compared, not reported.
+	base = list{ext(0, 1000*k4, size, extEncoded)}
+	target = list{ext(0, 50*k4, k4, 0), ext(k4, 1000*k4, size-k4, extEncoded)}
+	tg = append([]byte(nil), b...)
+	tg[0]++
+	got, _ = collect(t, func(emit func(Range) error) (Stats, error) {
+		return changed(context.Background(), &base, &target, bytes.NewReader(b), bytes.NewReader(tg), 0, size, emit)
+	})
+	if want := []Range{{0, k4}}; !slices.Equal(got, want) {
+		t.Errorf("partial reference: got %v, want %v", got, want)
+	}
 }
 
 // TestAllocatedFromExtents: unwritten extents are not data; ranges merge and are cut
