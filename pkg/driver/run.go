@@ -89,6 +89,10 @@ func Run(ctx context.Context, o Options) error {
 		// cannot take one hears why; advertised only where one can be taken.
 		srv.SetGroupController(controller.NewGroup(engine, l))
 		ident.SetGroupSnapshots(func() bool { return ready.Load() && engine.GroupSnapshotsServed() })
+		// Changed-block tracking likewise: served with the controller, advertised
+		// where an image pool with reflinks can answer a delta.
+		srv.SetSnapshotMetadata(controller.NewMetadata(engine))
+		ident.SetSnapshotMetadata(func() bool { return ready.Load() && engine.BlockMetadataServed() })
 	}
 	srv.GateUntil(ready.Load)
 	hooks := server.Hooks{Volumes: engine}

@@ -16,6 +16,7 @@ type Server struct {
 	controller bool
 	ready      func() bool
 	groups     func() bool // nil: no group snapshots
+	metadata   func() bool // nil: no SnapshotMetadata service
 }
 
 // New returns an identity server for driver name; ready reports start-up completion;
@@ -29,6 +30,11 @@ func New(name string, controller bool, ready func() bool) *Server {
 // can be taken here. Asked at every call: whether a pool can take them is known
 // once start-up has probed its filesystem.
 func (s *Server) SetGroupSnapshots(served func() bool) { s.groups = served }
+
+// SetSnapshotMetadata makes GetPluginCapabilities advertise the SnapshotMetadata
+// service (changed-block tracking) whenever served reports that some pool can
+// answer it, asked at every call like SetGroupSnapshots.
+func (s *Server) SetSnapshotMetadata(served func() bool) { s.metadata = served }
 
 func (s *Server) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
 	return &csi.GetPluginInfoResponse{Name: s.name, VendorVersion: version.Get()}, nil
@@ -46,6 +52,9 @@ func (s *Server) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 		caps = append([]*csi.PluginCapability{svc(csi.PluginCapability_Service_CONTROLLER_SERVICE)}, caps...)
 		if s.groups != nil && s.groups() {
 			caps = append(caps, svc(csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE))
+		}
+		if s.metadata != nil && s.metadata() {
+			caps = append(caps, svc(csi.PluginCapability_Service_SNAPSHOT_METADATA_SERVICE))
 		}
 	}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil

@@ -39,6 +39,8 @@ func logKeys(req any, vols Volumes) []any {
 	case *csi.CreateSnapshotRequest:
 		volumeID = r.GetSourceVolumeId()
 		kv = append(kv, "snapshotName", r.GetName())
+	case *csi.GetMetadataDeltaRequest:
+		kv = append(kv, "baseSnapshotID", r.GetBaseSnapshotId(), "targetSnapshotID", r.GetTargetSnapshotId())
 	case interface{ GetVolumeId() string }:
 		volumeID = r.GetVolumeId()
 	}

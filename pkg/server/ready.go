@@ -25,6 +25,18 @@ func readyGate(ready func() bool) grpc.UnaryServerInterceptor {
 		if ready == nil || ready() || strings.HasPrefix(info.FullMethod, identityPrefix) {
 			return handler(ctx, req)
 		}
-		return nil, status.Error(codes.Unavailable, "start-up reconciliation is not finished: the driver does not know its volumes and mounts yet; retry")
+		return nil, errNotReady
 	}
 }
+
+// readyGateStream is readyGate for the streaming calls (SnapshotMetadata).
+func readyGateStream(ready func() bool) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if ready == nil || ready() || strings.HasPrefix(info.FullMethod, identityPrefix) {
+			return handler(srv, ss)
+		}
+		return errNotReady
+	}
+}
+
+var errNotReady = status.Error(codes.Unavailable, "start-up reconciliation is not finished: the driver does not know its volumes and mounts yet; retry")

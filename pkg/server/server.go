@@ -22,6 +22,7 @@ type Server struct {
 	identity   csi.IdentityServer
 	controller csi.ControllerServer
 	group      csi.GroupControllerServer
+	metadata   csi.SnapshotMetadataServer
 	node       csi.NodeServer
 
 	stopTimeout time.Duration
@@ -45,6 +46,10 @@ func New(identity csi.IdentityServer, controller csi.ControllerServer, node csi.
 // calls then fail with codes.Unimplemented); call it before Serve.
 func (s *Server) SetGroupController(g csi.GroupControllerServer) { s.group = g }
 
+// SetSnapshotMetadata adds the SnapshotMetadata service, server-streaming (nil: not
+// registered, its calls then fail with codes.Unimplemented); call it before Serve.
+func (s *Server) SetSnapshotMetadata(m csi.SnapshotMetadataServer) { s.metadata = m }
+
 // SetHooks sets what the interceptor tells (metrics) and asks (log keys); call it
 // before Serve.
 func (s *Server) SetHooks(h Hooks) { s.hooks = h }
@@ -62,6 +67,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 
 	srv := grpc.NewServer(
 		grpc.ChainUnaryInterceptor(UnaryInterceptor(s.hooks), readyGate(s.ready)),
+		grpc.ChainStreamInterceptor(StreamInterceptor(s.hooks), readyGateStream(s.ready)),
 		// Calls run on long-lived workers, one per P, rather than on a new
 		// goroutine each whose small stack every call grows and copies: 15-25 µs
 		// of the 200 an empty call takes on the bench machine (docs/benchmarks.md).
@@ -75,6 +81,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	if s.group != nil {
 		csi.RegisterGroupControllerServer(srv, s.group)
+	}
+	if s.metadata != nil {
+		csi.RegisterSnapshotMetadataServer(srv, s.metadata)
 	}
 	if s.node != nil {
 		csi.RegisterNodeServer(srv, s.node)
