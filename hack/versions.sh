@@ -6,9 +6,6 @@ PROVISIONER_VERSION=v6.4.0
 RESIZER_VERSION=v2.3.0
 SNAPSHOTTER_VERSION=v8.7.0
 SIDECARS_KEY=p${PROVISIONER_VERSION}-r${RESIZER_VERSION}-s${SNAPSHOTTER_VERSION}
-# The external-snapshot-metadata sidecar (changed-block tracking), a build and cache
-# entry of its own (hack/k8s-tools/snapshot-metadata); not deployed by the chart yet.
-SNAPSHOT_METADATA_VERSION=v1.0.0
 PAUSE_KEY=3.10.2-1
 # rancher/local-path-provisioner, the comparison in docs/benchmarks.md (make e2e-bench).
 LOCAL_PATH_VERSION=v0.0.30

@@ -4,10 +4,6 @@
 #   $BERTH_CACHE/k8s-<version>/     kube-apiserver kube-controller-manager kube-scheduler
 #                                   kubelet kubectl e2e.test agnhost
 #   $BERTH_CACHE/sidecars-<key>/    csi-provisioner csi-resizer csi-snapshotter snapshot-controller
-#   $BERTH_CACHE/snapshot-metadata-<version>/   csi-snapshot-metadata (the external-snapshot-
-#                                   metadata sidecar), crds/ (its SnapshotMetadataService CRD),
-#                                   rbac/ (upstream's cluster roles); not deployed yet, so not
-#                                   part of all: build.sh snapshot-metadata
 #   $BERTH_CACHE/pause-<key>/       pause
 #   $BERTH_CACHE/tools/helm-<version>
 #   $BERTH_CACHE/tools/ginkgo-<version>   the CLI that runs e2e.test in parallel, at the
@@ -15,8 +11,7 @@
 #   $BERTH_CACHE/tools/local-path-provisioner-<version>   rancher's, for make e2e-bench
 #   $BERTH_CACHE/prometheus-<key>/  prometheus promtool operator prometheus-config-reloader
 #                                   crds/ (the operator's CRDs), for the e2e monitoring stack
-# Usage: build.sh [kubernetes|sidecars|snapshot-metadata|pause|helm|ginkgo|local-path|prometheus|all]
-#        (default all)
+# Usage: build.sh [kubernetes|sidecars|pause|helm|ginkgo|local-path|prometheus|all]   (default all)
 #        build.sh ginkgo-path      prints where the ginkgo CLI is (or will be)
 # A target is built only when its stamp file is missing; each is built into a temporary
 # directory and renamed into place, so an interrupted build leaves nothing half-made.
@@ -35,14 +30,14 @@ if [ "${1:-}" = ginkgo-path ]; then echo "$BERTH_CACHE/tools/ginkgo-$(ginkgo_ver
 
 step() { echo "[$(date +%T)] $*"; }
 
-# One build at a time (a second caller waits, then finds the stamps). local-path,
-# prometheus and snapshot-metadata alone have a lock of their own each: a few minutes' build need not wait
+# One build at a time (a second caller waits, then finds the stamps). local-path and
+# prometheus alone have a lock of their own each: a few minutes' build need not wait
 # behind a cold Kubernetes build (30-40 min) holding the shared lock. An `all` building
 # one of them at the same time only repeats the work: each build goes to a temporary
 # directory of its own, renamed into place.
 mkdir -p "$BERTH_CACHE"
 case "${1:-all}" in
-local-path | prometheus | snapshot-metadata) exec 9>"$BERTH_CACHE/.build-$1.lock" ;;
+local-path | prometheus) exec 9>"$BERTH_CACHE/.build-$1.lock" ;;
 *) exec 9>"$BERTH_CACHE/.build.lock" ;;
 esac
 flock 9
@@ -74,29 +69,6 @@ build_sidecars() {
 		github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller)
 	touch "$tmp/.done"; rm -rf "$sidecars_dir"; mv "$tmp" "$sidecars_dir"
 	step "sidecars ready"
-}
-
-# The external-snapshot-metadata sidecar, from its own module (snapshot-metadata/): the
-# sidecar pins the k8s.io modules to v0.35.0, which would move the other sidecars'
-# dependencies in one build list. Its client module (the CRD's clientset) is not
-# served by the module proxy; snapshot-metadata/client is its source at the v1.0.0
-# commit. Cold: 6.5 min here (2 shared cores, 2.8 min of CPU, module downloads
-# included), 51 MB.
-snapmeta_dir=$BERTH_CACHE/snapshot-metadata-$SNAPSHOT_METADATA_VERSION
-build_snapshot_metadata() {
-	[ -f "$snapmeta_dir/.done" ] && return 0
-	step "building external-snapshot-metadata $SNAPSHOT_METADATA_VERSION into $snapmeta_dir"
-	local tmp="$snapmeta_dir.tmp.$$" mod=github.com/kubernetes-csi/external-snapshot-metadata src
-	rm -rf "$tmp"; mkdir -p "$tmp/crds" "$tmp/rbac"
-	(cd "$here/snapshot-metadata" && go build -ldflags "$ldflags -X main.version=$SNAPSHOT_METADATA_VERSION" \
-		-o "$tmp/" "$mod/cmd/csi-snapshot-metadata")
-	src=$(cd "$here/snapshot-metadata" && go mod download -json "$mod@$SNAPSHOT_METADATA_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-	[ -n "$src" ] || { echo "build.sh: $mod@$SNAPSHOT_METADATA_VERSION not in the module cache" >&2; return 1; }
-	cp "$here"/snapshot-metadata/client/config/crd/*.yaml "$tmp/crds/"
-	cp "$src"/deploy/snapshot-metadata-cluster-role.yaml "$src"/deploy/snapshot-metadata-client-cluster-role.yaml "$tmp/rbac/"
-	chmod u+w "$tmp"/crds/*.yaml "$tmp"/rbac/*.yaml
-	touch "$tmp/.done"; rm -rf "$snapmeta_dir"; mv "$tmp" "$snapmeta_dir"
-	step "external-snapshot-metadata ready"
 }
 
 build_pause() {
@@ -179,12 +151,11 @@ build_prometheus() {
 case "${1:-all}" in
 kubernetes) build_kubernetes ;;
 sidecars) build_sidecars ;;
-snapshot-metadata) build_snapshot_metadata ;;
 pause) build_pause ;;
 helm) build_helm ;;
 ginkgo) build_ginkgo ;;
 local-path) build_local_path ;;
 prometheus) build_prometheus ;;
 all) build_pause; build_helm; build_ginkgo; build_local_path; build_prometheus; build_sidecars; build_kubernetes ;;
-*) echo "usage: $0 [kubernetes|sidecars|snapshot-metadata|pause|helm|ginkgo|local-path|prometheus|all]" >&2; exit 2 ;;
+*) echo "usage: $0 [kubernetes|sidecars|pause|helm|ginkgo|local-path|prometheus|all]" >&2; exit 2 ;;
 esac
