@@ -285,6 +285,10 @@ snap_main=$(moddir "github.com/kubernetes-csi/external-snapshotter/v8@$SNAPSHOTT
 # is GA, on by default, no flag) only when it can list them at start, so they must be
 # established before it runs. Berth's sidecars take groups only with the chart's
 # sidecars.snapshotter.groupSnapshots, which the tests that need it turn on.
+# A cluster brought up before the group CRDs were applied has a snapshot-controller
+# that gave groups up at its start: it is restarted once they are there.
+had_groups=1
+kc get crd volumegroupsnapshots.groupsnapshot.storage.k8s.io >/dev/null 2>&1 || had_groups=0
 for f in "$snap_client"/config/crd/snapshot.storage.k8s.io_*.yaml \
 	"$snap_client"/config/crd/groupsnapshot.storage.k8s.io_*.yaml; do
 	kc apply --server-side -f "$f" >/dev/null
@@ -294,6 +298,9 @@ kc wait --for=condition=Established --timeout=60s crd/volumesnapshots.snapshot.s
 	crd/volumegroupsnapshots.groupsnapshot.storage.k8s.io crd/volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io \
 	crd/volumegroupsnapshotclasses.groupsnapshot.storage.k8s.io >/dev/null
 kc apply -f "$snap_main/deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml" >/dev/null
+if [ "$had_groups" = 0 ] && kc -n kube-system get deploy/snapshot-controller >/dev/null 2>&1; then
+	kc -n kube-system rollout restart deploy/snapshot-controller >/dev/null
+fi
 sed "s/@VERSION@/$SNAPSHOTTER_VERSION/g" "$here/snapshot-controller.yaml" | kc apply -f - >/dev/null
 kc -n kube-system rollout status deploy/snapshot-controller --timeout=120s >/dev/null
 
