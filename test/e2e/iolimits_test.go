@@ -116,29 +116,24 @@ func (c *cluster) setClass(claim, class string) {
 	})
 }
 
-// ddCopied matches the summary busybox and coreutils dd print: "N bytes (...)
-// copied, S seconds" (coreutils: "S s").
-var ddCopied = regexp.MustCompile(`(\d+) bytes .*copied, ([0-9.]+) s`)
-
-// readRate reads ioReadBytes of the pod's file with O_DIRECT and returns the rate
-// dd reports, in bytes per second.
+// readRate reads ioReadBytes of the pod's file with O_DIRECT and returns the rate, in
+// bytes per second, timed inside the pod by /proc/uptime (10 ms steps) around dd:
+// busybox's dd prints no bytes-and-seconds summary.
 func (c *cluster) readRate(pod string) float64 {
 	c.t.Helper()
 	out := c.kubectl("exec", pod, "--", "sh", "-c",
-		fmt.Sprintf("dd if=/data/f of=/dev/null bs=64k count=%d iflag=direct 2>&1", ioReadBytes/(64<<10)))
-	m := ddCopied.FindStringSubmatch(out)
-	if m == nil {
-		c.t.Fatalf("dd printed no summary: %q", out)
+		fmt.Sprintf("read a _ </proc/uptime; dd if=/data/f of=/dev/null bs=64k count=%d iflag=direct 2>/dev/null || exit 1; read b _ </proc/uptime; echo $a $b",
+			ioReadBytes/(64<<10)))
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		c.t.Fatalf("read timing: %q", out)
 	}
-	n, _ := strconv.ParseFloat(m[1], 64)
-	secs, _ := strconv.ParseFloat(m[2], 64)
-	if n != ioReadBytes {
-		c.t.Fatalf("dd read %v bytes, want %d: %q", n, ioReadBytes, out)
+	start, err1 := strconv.ParseFloat(f[0], 64)
+	end, err2 := strconv.ParseFloat(f[1], 64)
+	if err1 != nil || err2 != nil || end < start {
+		c.t.Fatalf("read timing: %q", out)
 	}
-	if secs <= 0 {
-		return n / 1e-6
-	}
-	return n / secs
+	return float64(ioReadBytes) / max(end-start, 0.01)
 }
 
 // waitRate measures the pod's read rate until ok holds for it.
