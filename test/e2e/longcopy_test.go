@@ -21,9 +21,9 @@ import (
 const provisionerTimeout = 30 * time.Second
 
 func TestLongRestore(t *testing.T) {
-	// Alone: its 30 GiB on this machine's disk change the capacity the scheduler scores
-	// nodes by, so pods of the external suite's snapshot specs, run beside it, landed
-	// on another node than their snapshot's (docs/e2e.md).
+	// Alone: its 10 GiB volume and restore on this machine's disk change the capacity
+	// the scheduler scores nodes by, so pods of the external suite's snapshot specs, run
+	// beside it, landed on another node than their snapshot's (docs/e2e.md).
 	c := setup(t, alone)
 	gib := 10
 	if s := os.Getenv("BERTH_E2E_LONG_RESTORE_GIB"); s != "" {
