@@ -308,13 +308,13 @@ func (c *cluster) deleteGroup(vgs string, members map[string]string) {
 	}
 }
 
-// groupAcrossNodes: claims x on node and y on other in one group: the content
+// groupAcrossNodes: claims cx on node and cy on other (not "y": YAML reads it as true) in one group: the content
 // stays unlabelled, the VolumeGroupSnapshot pending with the labeller's event, and
 // deleting it removes the content (its owner labels it for the sidecar to let go).
 func (c *cluster) groupAcrossNodes(groupClass, node, other string) {
 	t := c.t
-	c.apply(groupedClaim("x", "split", "berth", "16Mi") + "---\n" + groupedClaim("y", "split", "berth", "16Mi"))
-	c.apply(podOnNode("px", node, "x", "sleep 3600", "Never") + "---\n" + podOnNode("py", other, "y", "sleep 3600", "Never"))
+	c.apply(groupedClaim("cx", "split", "berth", "16Mi") + "---\n" + groupedClaim("cy", "split", "berth", "16Mi"))
+	c.apply(podOnNode("px", node, "cx", "sleep 3600", "Never") + "---\n" + podOnNode("py", other, "cy", "sleep 3600", "Never"))
 	c.waitReady("px", 2*time.Minute)
 	c.waitReady("py", 2*time.Minute)
 	c.apply(volumeGroupSnapshot("split", groupClass, "split"))
@@ -337,5 +337,5 @@ func (c *cluster) groupAcrossNodes(groupClass, node, other string) {
 	}
 	c.deleteGroup("split", nil)
 	c.kubectl("delete", "pod", "px", "py", "--wait=true")
-	c.kubectl("delete", "pvc", "x", "y", "--wait=true", "--timeout=2m")
+	c.kubectl("delete", "pvc", "cx", "cy", "--wait=true", "--timeout=2m")
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,9 @@ const (
 	// onThisNode selects thisNode's pods (the node plugin's, say).
 	onThisNode = "--field-selector=spec.nodeName=" + thisNode
 )
+
+// nsUnsafe matches what a namespace name may not hold.
+var nsUnsafe = regexp.MustCompile(`[^a-z0-9-]`)
 
 // cluster gives a test its own namespace, removed (with its claims) at cleanup.
 type cluster struct {
@@ -66,7 +70,9 @@ func setup(t *testing.T, g group) *cluster {
 		t.Skip("end-to-end test: needs a cluster with Berth installed; run make e2e (sets BERTH_E2E=1)")
 	}
 	inGroup(t, g)
-	ns := fmt.Sprintf("e2e-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), time.Now().UnixNano()%100000)
+	// A DNS label: subtests' names may hold "/" and "_".
+	name := nsUnsafe.ReplaceAllString(strings.ToLower(t.Name()), "-")
+	ns := fmt.Sprintf("e2e-%s-%d", name, time.Now().UnixNano()%100000)
 	if len(ns) > 60 {
 		ns = ns[len(ns)-60:]
 		ns = "e" + strings.TrimLeft(ns, "-")
