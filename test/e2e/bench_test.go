@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -117,6 +119,40 @@ func ensureLocalPath(t *testing.T) {
 func (c *cluster) create(manifest string) {
 	c.t.Helper()
 	c.fromManifest("create", manifest)
+}
+
+// bulkCreators is how many kubectl processes create the 200 pods' objects at once.
+// One kubectl creates one object after the other (a few hundred ms each on a busy
+// API server), which spread the "at once" over a minute, and twice as long for a
+// subject with a claim per pod as for emptyDir: the harness, not the subject.
+const bulkCreators = 8
+
+// createAtOnce creates the objects (each a manifest of one pod and what it needs) in
+// the namespace with workers kubectl processes at a time, each taking every
+// workers-th one, so that creation ends at about the same time for every subject.
+func (c *cluster) createAtOnce(objs []string, workers int) {
+	c.t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, workers)
+	for w := range workers {
+		var b strings.Builder
+		for i := w; i < len(objs); i += workers {
+			b.WriteString(objs[i] + "---\n")
+		}
+		wg.Go(func() {
+			cmd := exec.Command(kubectlPath(), "-n", c.ns, "create", "-f", "-")
+			cmd.Stdin = strings.NewReader(b.String())
+			if out, err := cmd.CombinedOutput(); err != nil {
+				errs[w] = fmt.Errorf("kubectl create (creator %d): %v\n%s", w, err, out)
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			c.t.Fatal(err)
+		}
+	}
 }
 
 // pvsOfClass counts the PVs of a StorageClass, -1 when kubectl fails.
@@ -285,7 +321,14 @@ func (c *cluster) phases() {
 		return
 	}
 	var sched, kubelet, start []time.Duration
+	var first, last time.Time
 	for _, p := range list.Items {
+		if ct := p.Metadata.CreationTimestamp; first.IsZero() || ct.Before(first) {
+			first = ct
+		}
+		if ct := p.Metadata.CreationTimestamp; ct.After(last) {
+			last = ct
+		}
 		cond := map[string]time.Time{}
 		for _, k := range p.Status.Conditions {
 			cond[k.Type] = k.LastTransitionTime
@@ -303,6 +346,7 @@ func (c *cluster) phases() {
 		c.t.Logf("phases: no pod with all its timestamps")
 		return
 	}
+	c.t.Logf("pods created from first to last in %v", last.Sub(first))
 	for _, ph := range []struct {
 		name string
 		d    []time.Duration

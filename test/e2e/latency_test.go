@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -62,12 +61,13 @@ func benchSubjectRun(t *testing.T, s benchSubject, serial, n int, figs figures) 
 	figs.add(t, fmt.Sprintf("serial%d-median-%s", serial, s.name), median(d))
 	c.deleteAll(s, poolBefore, bulkTimeout(serial)) // not measured: a clean start for the run
 
-	var b strings.Builder
+	objs := make([]string, n)
 	for i := range n {
-		b.WriteString(benchObjects(s, fmt.Sprintf("c%d", i)) + "---\n")
+		objs[i] = benchObjects(s, fmt.Sprintf("c%d", i))
 	}
 	start := time.Now()
-	c.create(b.String())
+	c.createAtOnce(objs, bulkCreators)
+	t.Logf("%s: %d pods' objects created in %v by %d kubectl processes", s.name, n, time.Since(start).Round(10*time.Millisecond), bulkCreators)
 	all := c.runningTimes(start, n, bulkTimeout(n))
 	c.placement()
 	c.phases()
