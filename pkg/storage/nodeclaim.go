@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -310,7 +311,17 @@ func lockHolder(dir string) (*os.File, bool, error) {
 	if _, err := os.Lstat(dir); err != nil {
 		return nil, false, err // never create holder.lock where no volume is
 	}
-	f, err := os.OpenFile(filepath.Join(dir, holderLock), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	// Two hosts of a shared pool creating it at once: over FUSE (GlusterFS) the loser
+	// of the create gets EEXIST, although it asked no O_EXCL (the kernel looked the
+	// name up, found nothing and sent a create); the file is there now, so open again.
+	var f *os.File
+	var err error
+	for range 3 {
+		f, err = os.OpenFile(filepath.Join(dir, holderLock), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, false, err
 	}
