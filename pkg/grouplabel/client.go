@@ -2,17 +2,15 @@ package grouplabel
 
 import (
 	"context"
-	"fmt"
 
+	"github.com/berth-csi/berth/pkg/corev1rest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 )
 
 // eventClient creates core/v1 Events with a REST client that knows those types
-// alone, as the pv-lister's PersistentVolume client does (orphans.NewPVClient):
+// alone (corev1rest), as the pv-lister's PersistentVolume client does:
 // client-go's clientset would triple the driver binary.
 type eventClient struct {
 	rest      *rest.RESTClient
@@ -22,20 +20,9 @@ type eventClient struct {
 // NewEventClients returns the event client of each namespace, through the API
 // server that cfg reaches.
 func NewEventClients(cfg *rest.Config) (func(namespace string) EventCreator, error) {
-	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	metav1.AddToGroupVersion(scheme, corev1.SchemeGroupVersion)
-	c := rest.CopyConfig(cfg)
-	c.APIPath = "/api"
-	c.GroupVersion = &corev1.SchemeGroupVersion
-	c.ContentType = runtime.ContentTypeProtobuf
-	c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
-	rc, err := rest.RESTClientFor(c)
+	rc, _, err := corev1rest.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("API client: %w", err)
+		return nil, err
 	}
 	return func(ns string) EventCreator { return &eventClient{rest: rc, namespace: ns} }, nil
 }
