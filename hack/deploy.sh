@@ -9,8 +9,10 @@ source "$here/versions.sh"
 helm=$BERTH_CACHE/tools/helm-$HELM_VERSION
 [ -x "$helm" ] || "$here/k8s-tools/build.sh" helm
 render() {
-	echo "# Rendered from charts/berth by hack/deploy.sh (helm template, default values). Do not edit."
-	"$helm" template berth "$root/charts/berth" --namespace kube-system --skip-tests --kube-version "${K8S_VERSION#v}"
+	echo "# Rendered from charts/berth by hack/deploy.sh (helm template, default values but"
+	echo "# transfer.enabled=false: helm template cannot keep the transfer channel's CA). Do not edit."
+	"$helm" template berth "$root/charts/berth" --namespace kube-system --skip-tests --kube-version "${K8S_VERSION#v}" \
+		--set transfer.enabled=false
 }
 "$helm" lint --strict "$root/charts/berth" --kube-version "${K8S_VERSION#v}" >/dev/null
 if [ "${1:-}" = --verify ]; then

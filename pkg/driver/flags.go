@@ -63,6 +63,14 @@ type Options struct {
 	OrphanScanInterval time.Duration
 	PVListerEndpoint   string
 
+	// TransferAddress is where this node's plugin serves its volumes and
+	// snapshots to the other nodes' (host:port; "": nowhere), with a
+	// certificate minted from the CA in TransferCADir; TransferRateLimit bounds
+	// what it sends, in bytes a second (0: no bound).
+	TransferAddress   string
+	TransferCADir     string
+	TransferRateLimit int64
+
 	// Host is what the engine reaches the machine through; the zero value is the
 	// machine itself. Tests set a fake (internal/fakehost); no flag does.
 	Host storage.Host
@@ -105,6 +113,10 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	var pvLister string
 	fs.StringVar(&pvLister, "pv-lister-endpoint", DefaultPVListerEndpoint, "socket of the pv-lister (csi-driver pv-lister) that the orphan scan asks for the PersistentVolumes")
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", podfreeze.DefaultRoot, "where the host's cgroup filesystems are mounted: group snapshots pause the pods that write directory volumes through their cgroups")
+	fs.StringVar(&o.TransferAddress, "transfer-address", "", "serve this node's volumes and snapshots to the other nodes' plugins (the transfer channel, mutual TLS) on host:port, e.g. the node's IP (empty: off; node and all modes)")
+	fs.StringVar(&o.TransferCADir, "transfer-ca-dir", DefaultTransferCADir, "directory holding the cluster's transfer CA (ca.crt, ca.key), from which this node mints its transfer certificate")
+	var transferRate string
+	fs.StringVar(&transferRate, "transfer-rate-limit", "0", "bytes a second all transfers from this node may send together, a quantity such as 100Mi (0: no bound)")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -143,6 +155,9 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	}
 	if o.PVListerEndpoint, err = server.ParseEndpoint(pvLister); err != nil {
 		return o, fmt.Errorf("--pv-lister-endpoint: %w", err)
+	}
+	if err := o.checkTransfer(transferRate); err != nil {
+		return o, err
 	}
 	if o.MetricsAddress != "" {
 		if err := metrics.CheckAddress(o.MetricsAddress); err != nil {

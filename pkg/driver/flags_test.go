@@ -126,6 +126,21 @@ func TestParseFlags(t *testing.T) {
 		{name: "orphan scan too often", args: []string{"--orphan-scan-interval", "30s"}, wantErr: "--orphan-scan-interval"},
 		{name: "orphan scan too rare", args: []string{"--orphan-scan-interval", "25h"}, wantErr: "--orphan-scan-interval"},
 		{name: "pv-lister over tcp", args: []string{"--pv-lister-endpoint", "tcp://127.0.0.1:1"}, wantErr: "--pv-lister-endpoint"},
+		{name: "transfer channel off by default", args: []string{"--node-id", "n1"}, check: func(t *testing.T, o Options) {
+			if o.TransferAddress != "" || o.TransferCADir != DefaultTransferCADir || o.TransferRateLimit != 0 {
+				t.Errorf("transfer %q %q %d by default", o.TransferAddress, o.TransferCADir, o.TransferRateLimit)
+			}
+		}},
+		{name: "transfer channel on", args: []string{"--transfer-address", "[10.1.2.3]:9813", "--transfer-ca-dir", "/ca", "--transfer-rate-limit", "100Mi"}, check: func(t *testing.T, o Options) {
+			if o.TransferAddress != "[10.1.2.3]:9813" || o.TransferCADir != "/ca" || o.TransferRateLimit != 100<<20 {
+				t.Errorf("transfer %q %q %d", o.TransferAddress, o.TransferCADir, o.TransferRateLimit)
+			}
+		}},
+		{name: "transfer address without host", args: []string{"--transfer-address", ":9813"}, wantErr: "--transfer-address"},
+		{name: "transfer address in controller mode", args: []string{"--mode", "controller", "--transfer-address", "10.1.2.3:9813"}, wantErr: "--transfer-address"},
+		{name: "transfer CA dir relative", args: []string{"--transfer-address", "10.1.2.3:9813", "--transfer-ca-dir", "ca"}, wantErr: "--transfer-ca-dir"},
+		{name: "transfer rate not a quantity", args: []string{"--transfer-rate-limit", "fast"}, wantErr: "--transfer-rate-limit"},
+		{name: "transfer rate negative", args: []string{"--transfer-rate-limit", "-1"}, wantErr: "--transfer-rate-limit"},
 		{name: "version", args: []string{"--version", "--mode", "bogus"}, check: func(t *testing.T, o Options) {
 			if !o.ShowVersion {
 				t.Error("--version not set")

@@ -70,6 +70,13 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("--kubelet-dir: %w", err)
 		}
 	}
+	tc, err := openTransfer(o, engine)
+	if err != nil {
+		return err
+	}
+	if tc != nil {
+		defer tc.lis.Close() // when Run fails before serving it; closing twice is harmless
+	}
 	lis, err := server.Listen(o.Endpoint)
 	if err != nil {
 		return err
@@ -105,6 +112,9 @@ func Run(ctx context.Context, o Options) error {
 		}
 		m = metrics.New(engine, o.NodeID)
 		hooks.Observe = m.Observe
+		if tc != nil {
+			m.AddTransfers(tc.srv.Transfers)
+		}
 	}
 	srv.SetHooks(hooks)
 	// The orphan scan only counts (berth_pool_orphan_volumes and a log line per
@@ -190,6 +200,15 @@ func Run(ctx context.Context, o Options) error {
 		ready.Store(true)
 		if nodeSrv != nil {
 			wg.Go(func() { nodeSrv.KeepIOLimits(ctx) })
+		}
+		if tc != nil {
+			// After reconciliation: a source is sent only once the engine knows it.
+			logger.Info("Serving the transfer channel", "address", tc.lis.Addr().String(), "rateLimit", o.TransferRateLimit)
+			wg.Go(func() {
+				if err := tc.serve(ctx); err != nil {
+					fail(fmt.Errorf("transfer channel: %w", err))
+				}
+			})
 		}
 		if scan != nil {
 			// After reconciliation: the index then holds every committed volume.

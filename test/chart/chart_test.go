@@ -376,7 +376,8 @@ func TestMetricsAddress(t *testing.T) {
 	off := render(t, sharedValues+"metrics:\n  enabled: false\n")
 	for _, key := range []string{"DaemonSet/berth-node", "Deployment/berth-controller"} {
 		c := off[key].container("berth")
-		if slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-address") }) || len(c.Ports) != 0 {
+		if slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-address") }) ||
+			slices.ContainsFunc(c.Ports, func(p port) bool { return p.Name == "metrics" }) {
 			t.Errorf("%s with metrics disabled: args %q ports %+v", key, c.Args, c.Ports)
 		}
 	}

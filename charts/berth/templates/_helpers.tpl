@@ -122,3 +122,8 @@ PersistentVolumes. */}}
 {{- $i := toString .Values.orphanScan.interval -}}
 {{- if and $i (ne $i "0") }}true{{ end -}}
 {{- end -}}
+
+{{- /* The Secret holding the transfer channel's CA: the user's, or the chart's. */ -}}
+{{- define "berth.transferSecret" -}}
+{{- .Values.transfer.existingSecret | default (printf "%s-transfer-ca" .Release.Name) -}}
+{{- end -}}
