@@ -113,7 +113,7 @@ func Run(ctx context.Context, o Options) error {
 		m = metrics.New(engine, o.NodeID)
 		hooks.Observe = m.Observe
 		if tc != nil {
-			m.AddTransfers(tc.srv.Transfers)
+			m.AddTransfers(tc.transfers)
 		}
 	}
 	srv.SetHooks(hooks)

@@ -2,10 +2,12 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 
+	"github.com/berth-csi/berth/pkg/locate"
 	"github.com/berth-csi/berth/pkg/metrics"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/transfer"
@@ -38,10 +40,12 @@ func (o *Options) checkTransfer(rate string) error {
 }
 
 // transferChannel is the node's transfer server, listening from start-up and
-// serving once the engine knows its volumes.
+// serving once the engine knows its volumes, and its client, through which the
+// engine pulls the sources other nodes hold.
 type transferChannel struct {
-	srv *transfer.Server
-	lis net.Listener
+	srv   *transfer.Server
+	lis   net.Listener
+	peers *remotePeers
 }
 
 // openTransfer mints the node's certificate and opens the address, so that a
@@ -63,7 +67,23 @@ func openTransfer(o Options, engine *storage.Engine) (*transferChannel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--transfer-address: %w", err)
 	}
-	return &transferChannel{srv: srv, lis: lis}, nil
+	_, port, _ := net.SplitHostPort(o.TransferAddress)
+	lister := locate.NewSocketLocator(o.PVListerEndpoint)
+	peers := &remotePeers{self: o.NodeID, port: port, iss: iss, pulls: map[*transfer.Progress]struct{}{},
+		where: func(ctx context.Context, id string) (storage.Peer, error) {
+			w, err := lister.Locate(ctx, id)
+			if errors.Is(err, locate.ErrNotFound) {
+				return storage.Peer{}, fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+			}
+			return storage.Peer{Node: w.Node, Address: w.Address}, err
+		}}
+	engine.SetRemote(peers)
+	return &transferChannel{srv: srv, lis: lis, peers: peers}, nil
 }
 
 func (t *transferChannel) serve(ctx context.Context) error { return t.srv.Serve(ctx, t.lis) }
+
+// transfers lists the running transfers, both ways.
+func (t *transferChannel) transfers() []transfer.Status {
+	return append(t.srv.Transfers(), t.peers.transfers()...)
+}

@@ -65,6 +65,7 @@ type Pool struct {
 	bg    *sync.WaitGroup // the engine's background goroutines
 
 	copies  map[string]*volumeCopy // volumes whose content is copied in the background, by hash (under mu)
+	remote  Remote                 // other nodes' pools, for sources this node lacks (remote.go); nil: none
 	exports map[string]int         // volumes and snapshots being read by Exports, by ID (under mu; transfersource.go)
 
 	snaps   snapshotState

@@ -140,7 +140,8 @@ func (e *Engine) Provision(ctx context.Context, p *Pool, req ProvisionRequest) (
 // topology requirements, or in a shared pool, the source does not exist and err stays
 // what it was. A source whose ID is not Berth's stays ErrNotFound.
 func (p *Pool) sourceElsewhere(req ProvisionRequest, err error) error {
-	if !errors.Is(err, ErrNotFound) || req.Source == nil || len(req.Requisite) == 0 || p.Shared() {
+	var located nowhere
+	if !errors.Is(err, ErrNotFound) || req.Source == nil || len(req.Requisite) == 0 || p.Shared() || errors.As(err, &located) {
 		return err
 	}
 	var poolOfID string
@@ -166,7 +167,7 @@ func (p *Pool) sourceElsewhere(req ProvisionRequest, err error) error {
 	}
 	return errorf(ErrUnreachable, "%s %s is not in pool %s on node %s: a node-local pool keeps its "+
 		"snapshots and volumes on the node that made them, so another node may hold it "+
-		"(restoring or cloning across nodes is not supported): schedule the claim's pod on that node",
+		"(pulling it from there needs the transfer channel and a dir or image pool): schedule the claim's pod on that node",
 		req.Source.Kind, req.Source.ID, p.cfg.Name, req.Node)
 }
 

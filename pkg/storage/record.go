@@ -46,6 +46,10 @@ type Record struct {
 	// Claim is the PersistentVolumeClaim the volume was created for, when the
 	// provisioner passed it (--extra-create-metadata); absent in older records.
 	Claim *Claim `json:"claim,omitempty"`
+
+	// pullFrom is the node a volume being created pulls its content source
+	// from (remote.go); zero when the source is in the pool. Never recorded.
+	pullFrom Peer
 }
 
 // Claim names a PersistentVolumeClaim.

@@ -115,6 +115,9 @@ func (p *Pool) checkSource(req *CreateRequest, size int64) error {
 // copy (on another host of a shared pool) fails it, as for a snapshot (copyData).
 // progress, when not nil, is told the bytes copied so far.
 func (p *Pool) fill(ctx context.Context, r *Record, volDir string, progress func(int64)) error {
+	if r.pullFrom.Node != "" {
+		return p.pull(ctx, r, volDir, progress)
+	}
 	src, err := p.sourceOf(r.ContentSource)
 	if err != nil {
 		return err

@@ -135,8 +135,11 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 	if err := p.damagedVolume(hash); err != nil {
 		return nil, fmt.Errorf("create volume %s: %w", id, err)
 	}
+	var pullFrom Peer
 	if err := p.checkSource(&req, size); err != nil {
-		return nil, fmt.Errorf("create volume %s: %w", id, err)
+		if pullFrom, err = p.locateSource(ctx, &req, err); err != nil {
+			return nil, fmt.Errorf("create volume %s: %w", id, err)
+		}
 	}
 	if err := p.reserve(size); err != nil {
 		return nil, fmt.Errorf("create volume %s of %d bytes: %w", id, size, err)
@@ -146,9 +149,9 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		Version: recordVersion, ID: id, Name: req.Name, Pool: p.cfg.Name, CapacityBytes: size,
 		AccessType: req.AccessType, FSType: req.FSType, Parameters: req.Parameters,
 		MutableParameters: req.MutableParameters, ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
-		Claim: req.Claim,
+		Claim: req.Claim, pullFrom: pullFrom,
 	}).Clone()
-	if r.ContentSource != nil && !p.copyIsFast() {
+	if r.ContentSource != nil && (!p.copyIsFast() || pullFrom.Node != "") {
 		unlock = nil
 		return p.copyInBackground(ctx, r, size, l)
 	}

@@ -1,0 +1,134 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/klog/v2"
+)
+
+// Remote reaches the volumes and snapshots that the other nodes' pools of the same
+// name hold (the driver's transfer channel between node plugins): a restore or
+// clone in a node-local pool whose source this node lacks pulls it from the node
+// that has it. The engine knows nothing of how.
+type Remote interface {
+	// Locate names the node holding src, and its address; ErrNotFound when no
+	// node does (or only this one, which lacks it).
+	Locate(ctx context.Context, src *Source) (Peer, error)
+	// Fetch copies src from peer into dest, which must not exist: the directory
+	// tree (a directory kind's data) or the image file, as the source holds it,
+	// refusing more than maxBytes. progress, when not nil, is told the bytes
+	// received so far. ErrNotFound when the source is gone.
+	Fetch(ctx context.Context, src *Source, peer Peer, dest string, maxBytes int64, progress func(int64)) (*Fetched, error)
+}
+
+// Peer is another node's plugin.
+type Peer struct {
+	Node, Address string
+}
+
+// Fetched is what a Fetch received: a tree or an image, and the source's
+// capacity, access type and filesystem (an image's).
+type Fetched struct {
+	Tree       bool
+	SizeBytes  int64
+	AccessType string
+	FSType     string
+}
+
+// SetRemote lets node-local pools pull restore and clone sources from other
+// nodes through r. Call it before Start.
+func (e *Engine) SetRemote(r Remote) {
+	for _, p := range e.pools {
+		p.remote = r
+	}
+}
+
+// nowhere marks a source that no node holds: it stays ErrNotFound, never
+// "try another node".
+type nowhere struct{ err error }
+
+func (n nowhere) Error() string { return n.err.Error() }
+func (n nowhere) Unwrap() error { return n.err }
+
+// locateSource is checkSource for a source this pool lacks (err, ErrNotFound):
+// in a node-local pool with a Remote, another node may hold it. It returns the
+// node to pull from, or an error: ErrNotFound (wrapped in nowhere) when no node
+// holds it; err itself when the pool cannot pull (shared, quota, no Remote) or the
+// lookup failed, so that Provision can still send the claim to the source's node.
+func (p *Pool) locateSource(ctx context.Context, req *CreateRequest, err error) (Peer, error) {
+	if p.remote == nil || p.Shared() || !errors.Is(err, ErrNotFound) || !p.ownsSourceID(req.Source) {
+		return Peer{}, err
+	}
+	if p.kind == KindQuota {
+		// A tree pulled beside the volume's data would not be charged to its
+		// project; the copy is not made rather than made unaccounted.
+		return Peer{}, err
+	}
+	peer, lerr := p.remote.Locate(ctx, req.Source)
+	switch {
+	case lerr == nil:
+		return peer, nil
+	case errors.Is(lerr, ErrNotFound):
+		return Peer{}, nowhere{fmt.Errorf("%s %s: no node holds it: %w", req.Source.Kind, req.Source.ID, lerr)}
+	default:
+		klog.FromContext(ctx).Error(lerr, "Cannot find which node holds the content source", "source", req.Source.ID)
+		return Peer{}, err
+	}
+}
+
+// ownsSourceID tells whether src is of Berth's ID format and names this pool.
+func (p *Pool) ownsSourceID(src *Source) bool {
+	var pool string
+	switch src.Kind {
+	case SourceSnapshot:
+		id, err := ParseSnapshotID(src.ID)
+		if err != nil {
+			return false
+		}
+		pool = id.Pool
+	case SourceVolume:
+		id, err := ParseVolumeID(src.ID)
+		if err != nil {
+			return false
+		}
+		pool = id.Pool
+	}
+	return pool == p.cfg.Name
+}
+
+// pull fills a new volume's directory (under tmp/) with its source fetched from
+// another node: the kind's empty data directory or sparse image is replaced by
+// the source's, which must be of this pool's kind and the volume's access type,
+// no larger than its capacity; an image is then grown to the capacity.
+func (p *Pool) pull(ctx context.Context, r *Record, volDir string, progress func(int64)) error {
+	name, isDir := p.backend.Data()
+	dst := filepath.Join(volDir, name)
+	if err := os.Remove(dst); err != nil {
+		return err
+	}
+	got, err := p.remote.Fetch(ctx, r.ContentSource, r.pullFrom, dst, r.CapacityBytes, progress)
+	if err != nil {
+		return fmt.Errorf("pull from node %s: %w", r.pullFrom.Node, err)
+	}
+	src := r.ContentSource.Kind + " " + r.ContentSource.ID + " on node " + r.pullFrom.Node
+	switch {
+	case got.Tree != isDir:
+		return fmt.Errorf("%s is not of pool %s's kind %s: %w", src, p.cfg.Name, p.kind, ErrInvalid)
+	case got.AccessType != r.AccessType:
+		return fmt.Errorf("%s is a %s volume, not %s: %w", src, got.AccessType, r.AccessType, ErrInvalid)
+	case !isDir && got.FSType != r.FSType:
+		return fmt.Errorf("%s holds a %q filesystem, not %q: %w", src, got.FSType, r.FSType, ErrInvalid)
+	case got.SizeBytes > r.CapacityBytes:
+		return fmt.Errorf("%s holds %d bytes, more than the %d requested: %w", src, got.SizeBytes, r.CapacityBytes, ErrOutOfRange)
+	}
+	if !isDir {
+		if err := os.Truncate(dst, r.CapacityBytes); err != nil {
+			return err
+		}
+	}
+	return syncFS(volDir)
+}
