@@ -59,7 +59,8 @@ type Options struct {
 
 	// OrphanScanInterval is how often the orphan scan counts the volumes no
 	// PersistentVolume names (0: never); PVListerEndpoint is the socket of the
-	// pv-lister it asks for the PersistentVolumes.
+	// pv-lister it asks for the PersistentVolumes, which also answers where a
+	// volume or snapshot lives (locate.NewSocketLocator), for copies between nodes.
 	OrphanScanInterval time.Duration
 	PVListerEndpoint   string
 
@@ -111,7 +112,7 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.DurationVar(&o.PoolRetry, "pool-retry-interval", storage.DefaultPoolRetry, "how often a pool that cannot be served is tried again")
 	fs.DurationVar(&o.OrphanScanInterval, "orphan-scan-interval", 0, "how often to count the volumes no PersistentVolume names (berth_pool_orphan_volumes), 1m to 24h; 0: never")
 	var pvLister string
-	fs.StringVar(&pvLister, "pv-lister-endpoint", DefaultPVListerEndpoint, "socket of the pv-lister (csi-driver pv-lister) that the orphan scan asks for the PersistentVolumes")
+	fs.StringVar(&pvLister, "pv-lister-endpoint", DefaultPVListerEndpoint, "socket of the pv-lister (csi-driver pv-lister) that the orphan scan asks for the PersistentVolumes, and copies between nodes where a volume or snapshot lives")
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", podfreeze.DefaultRoot, "where the host's cgroup filesystems are mounted: group snapshots pause the pods that write directory volumes through their cgroups")
 	fs.StringVar(&o.TransferAddress, "transfer-address", "", "serve this node's volumes and snapshots to the other nodes' plugins (the transfer channel, mutual TLS) on host:port, e.g. the node's IP (empty: off; node and all modes)")
 	fs.StringVar(&o.TransferCADir, "transfer-ca-dir", DefaultTransferCADir, "directory holding the cluster's transfer CA (ca.crt, ca.key), from which this node mints its transfer certificate")

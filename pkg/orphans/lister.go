@@ -48,13 +48,21 @@ type listerResponse struct {
 	VolumeHandles []string `json:"volumeHandles"`
 }
 
-// ServeLister answers GET /volume-handles on lis with l's listing until ctx ends;
-// a listing that fails answers 502 with its error. One listing runs at a time: a
-// request meanwhile waits for it.
+// ServeLister answers GET /volume-handles on lis with l's listing until ctx ends
+// (ServeVolumeHandles).
 func ServeLister(ctx context.Context, lis net.Listener, l Lister) error {
+	mux := http.NewServeMux()
+	ServeVolumeHandles(ctx, mux, l)
+	klog.FromContext(ctx).Info("Serving PersistentVolume listings", "address", lis.Addr().String())
+	return healthz.ServeHTTP(ctx, lis, mux, 0)
+}
+
+// ServeVolumeHandles adds GET /volume-handles to mux, answered with l's listing; a
+// listing that fails answers 502 with its error. One listing runs at a time: a
+// request meanwhile waits for it. ctx is the server's, for its logger.
+func ServeVolumeHandles(ctx context.Context, mux *http.ServeMux, l Lister) {
 	var mu sync.Mutex
 	failing := false
-	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+listerPath, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -81,8 +89,6 @@ func ServeLister(ctx context.Context, lis net.Listener, l Lister) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(resp)
 	})
-	klog.FromContext(ctx).Info("Serving PersistentVolume listings", "address", lis.Addr().String())
-	return healthz.ServeHTTP(ctx, lis, mux, 0)
 }
 
 // SocketLister asks a pv-lister over its unix socket.

@@ -9,9 +9,10 @@ import (
 // TestOrphanScan: by default the node plugin scans for orphans every 5m, asking the
 // pv-lister container, which runs unprivileged as nobody with the API token and
 // shares only its socket's directory with the driver; the node's ServiceAccount may
-// list PersistentVolumes for it. An empty or "0" interval removes the flag, the
-// container, its volume and that rule. The controller of shared pools does not
-// scan: the node plugins count the shared pools they serve.
+// list PersistentVolumes for it. An empty or "0" interval removes the flag, and,
+// with the transfer channel off too, the container, its volume and that rule
+// (TestPVListerRuns: the channel alone runs them). The controller of shared pools
+// does not scan: the node plugins count the shared pools they serve.
 func TestOrphanScan(t *testing.T) {
 	const endpoint = "--pv-lister-endpoint=unix:///pv-lister/pv-lister.sock"
 	listOnly := func(rules []rule) bool {
@@ -60,7 +61,7 @@ func TestOrphanScan(t *testing.T) {
 	}
 
 	for _, off := range []string{`""`, `"0"`, `0`} {
-		objs := render(t, "orphanScan: {interval: "+off+"}\n")
+		objs := render(t, "orphanScan: {interval: "+off+"}\ntransfer: {enabled: false}\n")
 		ds := objs["DaemonSet/berth-node"]
 		if args := ds.args("berth"); slices.ContainsFunc(args, func(a string) bool {
 			return strings.HasPrefix(a, "--orphan-scan") || strings.HasPrefix(a, "--pv-lister")

@@ -40,7 +40,10 @@ func (p podSpec) mounts(c, path string) bool {
 // of their pinned versions call (their repositories' deploy/kubernetes/rbac*.yaml)
 // and nothing more: no PV update, no snapshot content creation or deletion, group
 // snapshot contents updated only when group snapshots are on, and nothing of a
-// sidecar that is turned off.
+// sidecar that is turned off. The pv-lister's rules (TestOrphanScan,
+// TestPVListerRuns) lie within the provisioner's: with the transfer channel on, as
+// in every case here, it lists PersistentVolumes and VolumeSnapshotContents and
+// gets Nodes, and none of its rules grants more.
 func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 	type grant struct{ group, resource, verb string }
 	never := []grant{
@@ -61,6 +64,9 @@ func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 		{"", "persistentvolumeclaims", "update"}, {"", "events", "create"}, {"", "nodes", "get"},
 		{"storage.k8s.io", "storageclasses", "watch"}, {"storage.k8s.io", "csinodes", "watch"},
 		{"snapshot.storage.k8s.io", "volumesnapshots", "update"}, {"snapshot.storage.k8s.io", "volumesnapshotcontents", "get"},
+	}
+	pvLister := []grant{
+		{"", "persistentvolumes", "list"}, {"", "nodes", "get"}, {"snapshot.storage.k8s.io", "volumesnapshotcontents", "list"},
 	}
 	resizer := []grant{{"", "persistentvolumeclaims/status", "patch"}, {"", "pods", "watch"}}
 	snapshotter := []grant{
@@ -97,6 +103,7 @@ func TestNodeRBACIsWhatTheSidecarsUse(t *testing.T) {
 			}
 			check(cluster, never, false)
 			check(cluster, provisioner, true)
+			check(cluster, pvLister, true)
 			check(cluster, resizer, tc.resizer)
 			check(cluster, snapshotter, tc.snapshotter)
 			check(cluster, groups, tc.groups)

@@ -123,6 +123,14 @@ PersistentVolumes. */}}
 {{- if and $i (ne $i "0") }}true{{ end -}}
 {{- end -}}
 
+{{/* "true" when the node pods run the pv-lister container: for the orphan scan
+(berth.orphanScan), and for the transfer channel, whose copies between nodes ask it
+where a volume or snapshot lives (GET /locate). The driver is then given its
+socket (--pv-lister-endpoint). */}}
+{{- define "berth.pvLister" -}}
+{{- if or (include "berth.orphanScan" .) .Values.transfer.enabled }}true{{ end -}}
+{{- end -}}
+
 {{- /* The Secret holding the transfer channel's CA: the user's, or the chart's. */ -}}
 {{- define "berth.transferSecret" -}}
 {{- .Values.transfer.existingSecret | default (printf "%s-transfer-ca" .Release.Name) -}}
