@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,9 +17,12 @@ import (
 	"github.com/berth-csi/berth/internal/fakehost"
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/driver"
+	"github.com/berth-csi/berth/pkg/locate"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/transfer"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // The node plugin serves its volumes on --transfer-address once ready: a peer
@@ -126,5 +132,130 @@ func TestTransferChannelWithoutCA(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "--transfer-ca-dir") || !strings.Contains(err.Error(), "ca.crt") {
 		t.Fatalf("Run without a CA: %v", err)
+	}
+}
+
+// fixedLocator answers where each known ID lives.
+type fixedLocator map[string]locate.Where
+
+func (f fixedLocator) Locate(_ context.Context, id string) (locate.Where, error) {
+	if w, ok := f[id]; ok {
+		return w, nil
+	}
+	return locate.Where{}, fmt.Errorf("no PersistentVolume names %s: %w", id, locate.ErrNotFound)
+}
+
+// servePVLister serves l's GET /locate on a unix socket until the test ends, as
+// the pv-lister container does.
+func servePVLister(t *testing.T, l locate.Locator) string {
+	t.Helper()
+	sock := filepath.Join(testutil.ShortTempDir(t), "pv-lister.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mux := http.NewServeMux()
+	locate.ServeLocate(ctx, mux, l)
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { cancel(); srv.Close() })
+	return sock
+}
+
+// Two node plugins, each with its own dir pool of the same name and the
+// channel on its own address (127.0.0.1 and 127.0.0.2, one port, as the chart
+// gives every node): a volume and a snapshot of node n1 are cloned and
+// restored on n2, whose plugin pulls them from n1's; a source no node holds is
+// NotFound, as the spec says for a missing content source.
+func TestCrossNodeRestoreThroughTheChannel(t *testing.T) {
+	testutil.RequireRoot(t)
+	caDir := t.TempDir()
+	testutil.WriteCA(t, caDir, "berth transfer CA", true)
+	port := strconv.Itoa(testutil.FreePort(t))
+	where := fixedLocator{}
+	lister := servePVLister(t, where)
+	start := func(node, ip string) (csi.ControllerClient, string) {
+		base := t.TempDir()
+		testutil.MkdirAll(t, filepath.Join(base, "kubelet", "pods"))
+		conn := startDriver(t, driver.Options{
+			Endpoint: filepath.Join(testutil.ShortTempDir(t), "csi.sock"), NodeID: node, DriverName: "berth.csi.io",
+			Mode: driver.ModeAll, KubeletDir: filepath.Join(base, "kubelet"), Host: fakehost.New(t.TempDir()).Host(),
+			Config:    storage.Config{Pools: []storage.PoolConfig{{Name: "local", Path: filepath.Join(base, "local"), Kind: storage.KindDir}}},
+			PoolRetry: time.Hour, TransferAddress: net.JoinHostPort(ip, port), TransferCADir: caDir, PVListerEndpoint: lister,
+		})
+		waitProbe(t, csi.NewIdentityClient(conn))
+		return csi.NewControllerClient(conn), filepath.Join(base, "local")
+	}
+	n1, pool1 := start("n1", "127.0.0.1")
+	n2, pool2 := start("n2", "127.0.0.2")
+	ctx := context.Background()
+	mount := []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}
+	topo := func(node string) *csi.TopologyRequirement {
+		seg := []*csi.Topology{{Segments: map[string]string{storage.TopologyKey: node}}}
+		return &csi.TopologyRequirement{Requisite: seg, Preferred: seg}
+	}
+	vol, err := n1.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-src", VolumeCapabilities: mount,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: topo("n1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcID := vol.GetVolume().GetVolumeId()
+	data, err := filepath.Glob(filepath.Join(pool1, "volumes", "*", "data"))
+	if err != nil || len(data) != 1 {
+		t.Fatalf("the source's data directory: %v %v", data, err)
+	}
+	sum := testutil.WriteRandom(t, filepath.Join(data[0], "blob"), 3<<20)
+	snap, err := n1.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: srcID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapID := snap.GetSnapshot().GetSnapshotId()
+	where[srcID] = locate.Where{Node: "n1", Address: "127.0.0.1"}
+	where[snapID] = locate.Where{Node: "n1", Address: "127.0.0.1"}
+
+	for _, tc := range []struct {
+		name string
+		src  *csi.VolumeContentSource
+	}{
+		{"clone", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: srcID}}}},
+		{"restore", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := &csi.CreateVolumeRequest{Name: "pvc-" + tc.name, VolumeCapabilities: mount, VolumeContentSource: tc.src,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: topo("n2")}
+			var got *csi.CreateVolumeResponse
+			deadline := time.Now().Add(testWait)
+			for {
+				got, err = n2.CreateVolume(ctx, req)
+				if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(50 * time.Millisecond) // the provisioner retries an Aborted create
+			}
+			if err != nil {
+				t.Fatalf("CreateVolume on n2: %v", err)
+			}
+			if seg := got.GetVolume().GetAccessibleTopology(); len(seg) != 1 || seg[0].GetSegments()[storage.TopologyKey] != "n2" {
+				t.Errorf("accessible topology %v, want n2", seg)
+			}
+			pid, err := storage.ParseVolumeID(got.GetVolume().GetVolumeId())
+			if err != nil {
+				t.Fatal(err)
+			}
+			blob := filepath.Join(pool2, "volumes", pid.Hash, "data", "blob")
+			if s := testutil.SHA256File(t, blob); s != sum {
+				t.Errorf("%s on n2: hash %s, want %s", tc.name, s, sum)
+			}
+		})
+	}
+
+	_, err = n2.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-gone", VolumeCapabilities: mount,
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{
+			SnapshotId: storage.SnapshotID("local", "gone")}}},
+		AccessibilityRequirements: topo("n2")})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("a source no node holds: %v, want NotFound", err)
 	}
 }
