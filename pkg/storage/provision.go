@@ -167,7 +167,7 @@ func (p *Pool) sourceElsewhere(req ProvisionRequest, err error) error {
 	}
 	return errorf(ErrUnreachable, "%s %s is not in pool %s on node %s: a node-local pool keeps its "+
 		"snapshots and volumes on the node that made them, so another node may hold it "+
-		"(pulling it from there needs the transfer channel and a dir or image pool): schedule the claim's pod on that node",
+		"(pulling it from there needs the transfer channel and the pv-lister): schedule the claim's pod on that node",
 		req.Source.Kind, req.Source.ID, p.cfg.Name, req.Node)
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/berth-csi/berth/pkg/storage/quota"
 	"k8s.io/klog/v2"
 )
 
@@ -40,7 +41,7 @@ type Fetched struct {
 }
 
 // SetRemote lets node-local pools pull restore and clone sources from other
-// nodes through r. Call it before Start.
+// nodes through r. Call it before Start, or at least before the first create.
 func (e *Engine) SetRemote(r Remote) {
 	for _, p := range e.pools {
 		p.remote = r
@@ -61,11 +62,6 @@ func (n nowhere) Unwrap() error { return n.err }
 // lookup failed, so that Provision can still send the claim to the source's node.
 func (p *Pool) locateSource(ctx context.Context, req *CreateRequest, err error) (Peer, error) {
 	if p.remote == nil || p.Shared() || !errors.Is(err, ErrNotFound) || !p.ownsSourceID(req.Source) {
-		return Peer{}, err
-	}
-	if p.kind == KindQuota {
-		// A tree pulled beside the volume's data would not be charged to its
-		// project; the copy is not made rather than made unaccounted.
 		return Peer{}, err
 	}
 	peer, lerr := p.remote.Locate(ctx, req.Source)
@@ -100,19 +96,50 @@ func (p *Pool) ownsSourceID(src *Source) bool {
 	return pool == p.cfg.Name
 }
 
+// pullDir is where a quota volume's pull is made, inside the entry under tmp/: a
+// directory of the volume's project that passes it on, so that every entry the
+// pull creates is charged to the volume from the start.
+const pullDir = ".pull"
+
 // pull fills a new volume's directory (under tmp/) with its source fetched from
 // another node: the kind's empty data directory or sparse image is replaced by
 // the source's, which must be of this pool's kind and the volume's access type,
-// no larger than its capacity; an image is then grown to the capacity.
+// no larger than its capacity; an image is then grown to the capacity. A quota
+// volume's tree is made under a directory of its project (pullDir), then moved
+// into place: the quota holds it to its capacity while it is written, and the
+// project scan has nothing to repair.
 func (p *Pool) pull(ctx context.Context, r *Record, volDir string, progress func(int64)) error {
 	name, isDir := p.backend.Data()
 	dst := filepath.Join(volDir, name)
-	if err := os.Remove(dst); err != nil {
+	into := dst
+	if r.ProjectID != 0 {
+		holder := filepath.Join(volDir, pullDir)
+		if err := os.Mkdir(holder, 0o700); err != nil {
+			return err
+		}
+		if err := quota.SetProject(holder, r.ProjectID); err != nil {
+			return err
+		}
+		into = filepath.Join(holder, name)
+	} else if err := os.Remove(dst); err != nil {
 		return err
 	}
-	got, err := p.remote.Fetch(ctx, r.ContentSource, r.pullFrom, dst, r.CapacityBytes, progress)
+	got, err := p.remote.Fetch(ctx, r.ContentSource, r.pullFrom, into, r.CapacityBytes, progress)
 	if err != nil {
 		return fmt.Errorf("pull from node %s: %w", r.pullFrom.Node, err)
+	}
+	if into != dst {
+		// The kind's empty data directory gives way to the pulled one, of the
+		// same project; the holder is empty after.
+		if err := os.Remove(dst); err != nil {
+			return err
+		}
+		if err := os.Rename(into, dst); err != nil {
+			return err
+		}
+		if err := os.Remove(filepath.Dir(into)); err != nil {
+			return err
+		}
 	}
 	src := r.ContentSource.Kind + " " + r.ContentSource.ID + " on node " + r.pullFrom.Node
 	switch {

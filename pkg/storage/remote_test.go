@@ -7,52 +7,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/berth-csi/berth/internal/testengine"
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 )
-
-// fakeRemote serves sources from directories of this machine, as other nodes
-// would through the transfer channel.
-type fakeRemote struct {
-	mu      sync.Mutex
-	dirs    map[string]string // source ID -> its data directory
-	got     storage.Fetched   // what Fetch reports (Tree, access type...)
-	lookErr error             // Locate's answer for IDs it does not know (nil: ErrNotFound)
-	fetched []storage.Peer
-}
-
-func (f *fakeRemote) Locate(_ context.Context, src *storage.Source) (storage.Peer, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, ok := f.dirs[src.ID]; ok {
-		return storage.Peer{Node: "node-b", Address: "10.0.0.2"}, nil
-	}
-	if f.lookErr != nil {
-		return storage.Peer{}, f.lookErr
-	}
-	return storage.Peer{}, fmt.Errorf("no PersistentVolume names %s: %w", src.ID, storage.ErrNotFound)
-}
-
-func (f *fakeRemote) Fetch(ctx context.Context, src *storage.Source, peer storage.Peer, dest string, maxBytes int64, progress func(int64)) (*storage.Fetched, error) {
-	f.mu.Lock()
-	dir, got := f.dirs[src.ID], f.got
-	f.fetched = append(f.fetched, peer)
-	f.mu.Unlock()
-	if _, err := os.Lstat(dest); err == nil {
-		return nil, fmt.Errorf("%s exists", dest)
-	}
-	if err := os.CopyFS(dest, os.DirFS(dir)); err != nil {
-		return nil, err
-	}
-	progress(1)
-	return &got, nil
-}
 
 // startRemoteEngine starts an engine on one dir pool "default" with r as its Remote.
 func startRemoteEngine(t *testing.T, r storage.Remote) (*storage.Engine, *storage.Pool, string) {
@@ -95,8 +58,9 @@ func TestProvisionPullsSourceFromAnotherNode(t *testing.T) {
 	testutil.MkdirAll(t, filepath.Join(src, "sub"))
 	testutil.WriteFile(t, filepath.Join(src, "sub", "f"), "from node-b")
 	snap, vol := storage.SnapshotID("default", "snap-b"), storage.VolumeID("default", "vol-b")
-	r := &fakeRemote{dirs: map[string]string{snap: src, vol: src},
-		got: storage.Fetched{Tree: true, SizeBytes: mib, AccessType: storage.AccessMount}}
+	r := testengine.NewDirRemote(mib)
+	r.Add(snap, src)
+	r.Add(vol, src)
 	e, p, poolPath := startRemoteEngine(t, r)
 
 	for i, source := range []*storage.Source{{Kind: storage.SourceSnapshot, ID: snap}, {Kind: storage.SourceVolume, ID: vol}} {
@@ -115,13 +79,13 @@ func TestProvisionPullsSourceFromAnotherNode(t *testing.T) {
 			t.Errorf("the record names the peer, or cannot be read (%v): %s", err, b)
 		}
 		// Asked again: the same volume, not another pull.
-		before := len(r.fetched)
-		if again, err := e.Provision(context.Background(), p, req); err != nil || again.ID != rec.ID || len(r.fetched) != before {
-			t.Errorf("retry: %v, %d more fetches", err, len(r.fetched)-before)
+		before := len(r.Fetched())
+		if again, err := e.Provision(context.Background(), p, req); err != nil || again.ID != rec.ID || len(r.Fetched()) != before {
+			t.Errorf("retry: %v, %d more fetches", err, len(r.Fetched())-before)
 		}
 	}
-	if len(r.fetched) != 2 || r.fetched[0].Node != "node-b" {
-		t.Errorf("fetches: %+v", r.fetched)
+	if f := r.Fetched(); len(f) != 2 || f[0].Node != "node-b" {
+		t.Errorf("fetches: %+v", f)
 	}
 
 	t.Run("no node holds it", func(t *testing.T) {
@@ -134,19 +98,15 @@ func TestProvisionPullsSourceFromAnotherNode(t *testing.T) {
 		}
 	})
 	t.Run("lookup failed", func(t *testing.T) {
-		r.mu.Lock()
-		r.lookErr = errors.New("pv-lister: connection refused")
-		r.mu.Unlock()
-		defer func() { r.mu.Lock(); r.lookErr = nil; r.mu.Unlock() }()
+		r.FailLookups(errors.New("pv-lister: connection refused"))
+		defer r.FailLookups(nil)
 		req := provisionReq("unknown")
 		req.Requisite, req.Source = here, &storage.Source{Kind: storage.SourceSnapshot, ID: storage.SnapshotID("default", "unknown")}
 		_, err := e.Provision(context.Background(), p, req)
 		checkErr(t, err, storage.ErrUnreachable)
 	})
 	t.Run("an image into a dir pool", func(t *testing.T) {
-		r.mu.Lock()
-		r.got.Tree = false
-		r.mu.Unlock()
+		r.Report(storage.Fetched{Tree: false, SizeBytes: mib, AccessType: storage.AccessMount})
 		req := provisionReq("wrong-kind")
 		req.Requisite, req.Source = here, &storage.Source{Kind: storage.SourceSnapshot, ID: snap}
 		_, err := provisionDone(t, e, p, req)
