@@ -18,6 +18,16 @@ type DirRemote struct {
 	got     storage.Fetched   // what Fetch reports
 	lookErr error             // Locate's answer for unknown IDs (nil: ErrNotFound)
 	fetched []storage.Peer
+	hold    chan struct{} // Fetch waits until it is closed (nil: no wait)
+}
+
+// Hold makes the next Fetches wait until the returned func is called.
+func (f *DirRemote) Hold() (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := make(chan struct{})
+	f.hold = h
+	return sync.OnceFunc(func() { close(h) })
 }
 
 // NewDirRemote serves no source yet; Fetch reports a mount-volume tree of got's size.
@@ -70,9 +80,12 @@ func (f *DirRemote) Locate(_ context.Context, src *storage.Source) (storage.Peer
 // Fetch implements storage.Remote: a copy of the source's directory at dest.
 func (f *DirRemote) Fetch(_ context.Context, src *storage.Source, peer storage.Peer, dest string, _ int64, progress func(int64)) (*storage.Fetched, error) {
 	f.mu.Lock()
-	dir, got := f.dirs[src.ID], f.got
+	dir, got, hold := f.dirs[src.ID], f.got, f.hold
 	f.fetched = append(f.fetched, peer)
 	f.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	if _, err := os.Lstat(dest); err == nil {
 		return nil, fmt.Errorf("%s exists", dest)
 	}

@@ -30,6 +30,10 @@ type volumeCopy struct {
 
 // inProgress is the answer to a request while the copy runs.
 func (c *volumeCopy) inProgress() error {
+	if c.rec.pullFrom.Node != "" {
+		return errorf(ErrInProgress, "volume %s is being created: pulling %s %s from node %s in the background, %d bytes received in %s; retry",
+			c.rec.ID, c.rec.ContentSource.Kind, c.rec.ContentSource.ID, c.rec.pullFrom.Node, c.copied.Load(), time.Since(c.started).Round(time.Second))
+	}
 	return errorf(ErrInProgress, "volume %s is being created: copying %s %s in the background, %d bytes copied in %s; retry",
 		c.rec.ID, c.rec.ContentSource.Kind, c.rec.ContentSource.ID, c.copied.Load(), time.Since(c.started).Round(time.Second))
 }

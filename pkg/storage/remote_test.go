@@ -66,6 +66,14 @@ func TestProvisionPullsSourceFromAnotherNode(t *testing.T) {
 	for i, source := range []*storage.Source{{Kind: storage.SourceSnapshot, ID: snap}, {Kind: storage.SourceVolume, ID: vol}} {
 		req := provisionReq(fmt.Sprintf("pulled-%d", i))
 		req.Requisite, req.Source = here, source
+		// While the pull runs, the answer says what it waits for (the claim's events).
+		release := r.Hold()
+		_, err := e.Provision(ctxWithin(time.Second), p, req)
+		checkErr(t, err, storage.ErrInProgress)
+		if want := "pulling " + source.Kind + " " + source.ID + " from node node-b"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("answer during the pull: %v, want it to say %q", err, want)
+		}
+		release()
 		rec, err := provisionDone(t, e, p, req)
 		if err != nil {
 			t.Fatalf("%s: %v", source.Kind, err)
@@ -118,4 +126,12 @@ func TestProvisionPullsSourceFromAnotherNode(t *testing.T) {
 			t.Errorf("left in tmp: %v", ents)
 		}
 	})
+}
+
+// ctxWithin is a context that ends after d (the caller's deadline a copy's
+// answer waits half of).
+func ctxWithin(d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	time.AfterFunc(d, cancel)
+	return ctx
 }
