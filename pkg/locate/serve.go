@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/berth-csi/berth/pkg/server"
 	"golang.org/x/sync/singleflight"
 	"k8s.io/klog/v2"
 )
@@ -92,14 +92,8 @@ type SocketLocator struct {
 
 // NewSocketLocator returns a Locator asking the pv-lister at socket path.
 func NewSocketLocator(path string) *SocketLocator {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		MaxIdleConns:    maxLocating,
-		IdleConnTimeout: time.Minute,
-	}
+	tr := server.UnixTransport(path)
+	tr.MaxIdleConns, tr.IdleConnTimeout = maxLocating, time.Minute
 	return &SocketLocator{client: &http.Client{Transport: tr}}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/berth-csi/berth/pkg/healthz"
+	"github.com/berth-csi/berth/pkg/server"
 	"k8s.io/klog/v2"
 )
 
@@ -98,13 +99,8 @@ type SocketLister struct {
 
 // NewSocketLister returns a Lister asking the pv-lister at socket path.
 func NewSocketLister(path string) *SocketLister {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		DisableKeepAlives: true, // one request per scan
-	}
+	tr := server.UnixTransport(path)
+	tr.DisableKeepAlives = true // one request per scan
 	return &SocketLister{client: &http.Client{Transport: tr}}
 }
 

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -171,4 +173,16 @@ func (l *unixListener) Close() error {
 		}
 	})
 	return err
+}
+
+// UnixTransport is an HTTP transport whose every connection dials the unix
+// socket at path, whatever the URL's host: for the HTTP servers of the node
+// pod's containers (the pv-lister).
+func UnixTransport(path string) *http.Transport {
+	return &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}
 }

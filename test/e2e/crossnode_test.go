@@ -72,17 +72,7 @@ func TestCrossNodeRestoreAndClone(t *testing.T) {
 		t.Fatalf("the source's listing lacks the link or the xattrs:\n%s", want)
 	}
 
-	c.apply(`apiVersion: snapshot.storage.k8s.io/v1
-kind: VolumeSnapshot
-metadata: {name: snap}
-spec:
-  volumeSnapshotClassName: berth
-  source: {persistentVolumeClaimName: src}
-`)
-	c.waitFor("VolumeSnapshot readyToUse", 5*time.Minute, func() bool {
-		out, _ := c.try("get", "volumesnapshot", "snap", "-o", "jsonpath={.status.readyToUse}")
-		return out == "true"
-	})
+	c.snapshot("snap", "src", 5*time.Minute)
 
 	start := time.Now()
 	c.apply(claimFrom("restored", "berth", size, "VolumeSnapshot", "snap") + "---\n" +

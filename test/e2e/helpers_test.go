@@ -230,11 +230,17 @@ func quote(s string) string {
 // volumes/<hash>/data), from the volume ID b1-<pool>-<hash>.
 func (c *cluster) hostPathOf(claim, poolPath string) string {
 	c.t.Helper()
-	pv := c.jsonpath("pvc/"+claim, "{.spec.volumeName}")
-	handle := c.kubectl("get", "pv", pv, "-o", "jsonpath={.spec.csi.volumeHandle}")
+	handle := c.volumeHandle(claim)
 	i := strings.LastIndex(handle, "-")
 	if !strings.HasPrefix(handle, "b1-") || i < 0 {
 		c.t.Fatalf("volume handle %q is not a Berth ID", handle)
 	}
 	return filepath.Join(poolPath, "volumes", handle[i+1:])
+}
+
+// volumeHandle is the volume ID of claim's PersistentVolume.
+func (c *cluster) volumeHandle(claim string) string {
+	c.t.Helper()
+	pv := c.jsonpath("pvc/"+claim, "{.spec.volumeName}")
+	return c.kubectl("get", "pv", pv, "-o", "jsonpath={.spec.csi.volumeHandle}")
 }

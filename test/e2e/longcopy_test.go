@@ -46,17 +46,7 @@ func TestLongRestore(t *testing.T) {
 	c.apply(podOn("writer", "src", fmt.Sprintf("dd if=/dev/zero of=/data/blob bs=16M count=%d && echo marker > /data/marker && sync", gib*64), "Never"))
 	c.waitPhase("writer", "Succeeded", 10*time.Minute)
 	c.kubectl("delete", "pod", "writer", "--wait=true")
-	c.apply(`apiVersion: snapshot.storage.k8s.io/v1
-kind: VolumeSnapshot
-metadata: {name: snap}
-spec:
-  volumeSnapshotClassName: berth
-  source: {persistentVolumeClaimName: src}
-`)
-	c.waitFor("VolumeSnapshot readyToUse", 15*time.Minute, func() bool {
-		out, _ := c.try("get", "volumesnapshot", "snap", "-o", "jsonpath={.status.readyToUse}")
-		return out == "true"
-	})
+	c.snapshot("snap", "src", 15*time.Minute)
 
 	start := time.Now()
 	c.apply(claimFrom("restored", "berth", size, "VolumeSnapshot", "snap"))

@@ -67,17 +67,7 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Run(tc.class, func(t *testing.T) {
 			c := setup(t, parallel)
 			want := c.writeSource(tc.class, tc.size)
-			c.apply(`apiVersion: snapshot.storage.k8s.io/v1
-kind: VolumeSnapshot
-metadata: {name: snap}
-spec:
-  volumeSnapshotClassName: berth
-  source: {persistentVolumeClaimName: src}
-`)
-			c.waitFor("VolumeSnapshot readyToUse", 3*time.Minute, func() bool {
-				out, _ := c.try("get", "volumesnapshot", "snap", "-o", "jsonpath={.status.readyToUse}")
-				return out == "true"
-			})
+			c.snapshot("snap", "src", 3*time.Minute)
 			content := c.jsonpath("volumesnapshot/snap", "{.status.boundVolumeSnapshotContentName}")
 			handle := c.kubectlNS("", "get", "volumesnapshotcontent", content, "-o", "jsonpath={.status.snapshotHandle}")
 			dir := snapshotHostPath(t, handle, tc.pool)
@@ -144,4 +134,21 @@ func snapshotHostPath(t *testing.T, handle, poolPath string) string {
 		t.Fatalf("snapshot handle %q is not a Berth snapshot ID", handle)
 	}
 	return filepath.Join(poolPath, "snapshots", handle[i+1:])
+}
+
+// snapshot takes the VolumeSnapshot name of claim with the berth class and waits
+// until it is ready to use.
+func (c *cluster) snapshot(name, claim string, timeout time.Duration) {
+	c.t.Helper()
+	c.apply(fmt.Sprintf(`apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: %s}
+spec:
+  volumeSnapshotClassName: berth
+  source: {persistentVolumeClaimName: %s}
+`, name, claim))
+	c.waitFor("VolumeSnapshot "+name+" readyToUse", timeout, func() bool {
+		out, _ := c.try("get", "volumesnapshot", name, "-o", "jsonpath={.status.readyToUse}")
+		return out == "true"
+	})
 }

@@ -42,8 +42,7 @@ dd if=/dev/urandom of=sparse bs=4096 count=1 seek=10000 2>/dev/null
 sync`
 	c.apply(pvc("tx", "berth", "128Mi", "Filesystem") + "---\n" + podOnNode("writer", src, "tx", script, "Never"))
 	c.waitPhase("writer", "Succeeded", 3*time.Minute)
-	pv := c.jsonpath("pvc/tx", "{.spec.volumeName}")
-	id := c.kubectl("get", "pv", pv, "-o", "jsonpath={.spec.csi.volumeHandle}")
+	id := c.volumeHandle("tx")
 	onNode := filepath.Join(c.hostPathOf("tx", defaultPool), "data")
 	want, err := c.nodeRun(src, "sha256sum", filepath.Join(onNode, "big"))
 	if err != nil {
@@ -167,8 +166,7 @@ for d in 0 1 2 3 4 5 6 7 8 9; do mkdir d$d; for f in $(seq 100); do head -c 6553
 sync`
 	c.apply(pvc("tx", "berth", "400Mi", "Filesystem") + "---\n" + podOnNode("writer", src, "tx", script, "Never"))
 	c.waitPhase("writer", "Succeeded", 10*time.Minute)
-	pv := c.jsonpath("pvc/tx", "{.spec.volumeName}")
-	id := c.kubectl("get", "pv", pv, "-o", "jsonpath={.spec.csi.volumeHandle}")
+	id := c.volumeHandle("tx")
 	onNode := filepath.Join(c.hostPathOf("tx", defaultPool), "data")
 	du, err := c.nodeRun(src, "du", "-sb", onNode)
 	if err != nil {
