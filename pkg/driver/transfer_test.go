@@ -168,12 +168,14 @@ func servePVLister(t *testing.T, l locate.Locator) string {
 // gives every node): a volume and a snapshot of node n1 are cloned and
 // restored on n2, whose plugin pulls them from n1's; a source no node holds is
 // NotFound, as the spec says for a missing content source.
-func TestCrossNodeRestoreThroughTheChannel(t *testing.T) {
+// twoNodes starts node plugins n1 (127.0.0.1) and n2 (127.0.0.2), each with a pool
+// "local" of kind, the channel on one port and a pv-lister answering from where.
+func twoNodes(t *testing.T, kind string, where fixedLocator) (n1, n2 csi.ControllerClient, pool1, pool2 string) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	caDir := t.TempDir()
 	testutil.WriteCA(t, caDir, "berth transfer CA", true)
 	port := strconv.Itoa(testutil.FreePort(t))
-	where := fixedLocator{}
 	lister := servePVLister(t, where)
 	start := func(node, ip string) (csi.ControllerClient, string) {
 		base := t.TempDir()
@@ -181,21 +183,44 @@ func TestCrossNodeRestoreThroughTheChannel(t *testing.T) {
 		conn := startDriver(t, driver.Options{
 			Endpoint: filepath.Join(testutil.ShortTempDir(t), "csi.sock"), NodeID: node, DriverName: "berth.csi.io",
 			Mode: driver.ModeAll, KubeletDir: filepath.Join(base, "kubelet"), Host: fakehost.New(t.TempDir()).Host(),
-			Config:    storage.Config{Pools: []storage.PoolConfig{{Name: "local", Path: filepath.Join(base, "local"), Kind: storage.KindDir}}},
+			Config:    storage.Config{Pools: []storage.PoolConfig{{Name: "local", Path: filepath.Join(base, "local"), Kind: kind}}},
 			PoolRetry: time.Hour, TransferAddress: net.JoinHostPort(ip, port), TransferCADir: caDir, PVListerEndpoint: lister,
 		})
 		waitProbe(t, csi.NewIdentityClient(conn))
 		return csi.NewControllerClient(conn), filepath.Join(base, "local")
 	}
-	n1, pool1 := start("n1", "127.0.0.1")
-	n2, pool2 := start("n2", "127.0.0.2")
-	ctx := context.Background()
-	mount := []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}
-	topo := func(node string) *csi.TopologyRequirement {
-		seg := []*csi.Topology{{Segments: map[string]string{storage.TopologyKey: node}}}
-		return &csi.TopologyRequirement{Requisite: seg, Preferred: seg}
+	n1, pool1 = start("n1", "127.0.0.1")
+	n2, pool2 = start("n2", "127.0.0.2")
+	return n1, n2, pool1, pool2
+}
+
+var mountRWO = []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}
+
+func onNode(node string) *csi.TopologyRequirement {
+	seg := []*csi.Topology{{Segments: map[string]string{storage.TopologyKey: node}}}
+	return &csi.TopologyRequirement{Requisite: seg, Preferred: seg}
+}
+
+// createDone calls CreateVolume until it is not Aborted (a copy under way), as
+// the provisioner does.
+func createDone(t *testing.T, c csi.ControllerClient, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	t.Helper()
+	deadline := time.Now().Add(testWait)
+	for {
+		got, err := c.CreateVolume(context.Background(), req)
+		if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
+			return got, err
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func TestCrossNodeRestoreThroughTheChannel(t *testing.T) {
+	where := fixedLocator{}
+	n1, n2, pool1, pool2 := twoNodes(t, storage.KindDir, where)
+	ctx := context.Background()
+	mount, topo := mountRWO, onNode
 	vol, err := n1.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-src", VolumeCapabilities: mount,
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: topo("n1")})
 	if err != nil {
@@ -225,15 +250,7 @@ func TestCrossNodeRestoreThroughTheChannel(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			req := &csi.CreateVolumeRequest{Name: "pvc-" + tc.name, VolumeCapabilities: mount, VolumeContentSource: tc.src,
 				CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: topo("n2")}
-			var got *csi.CreateVolumeResponse
-			deadline := time.Now().Add(testWait)
-			for {
-				got, err = n2.CreateVolume(ctx, req)
-				if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond) // the provisioner retries an Aborted create
-			}
+			got, err := createDone(t, n2, req)
 			if err != nil {
 				t.Fatalf("CreateVolume on n2: %v", err)
 			}
@@ -257,5 +274,74 @@ func TestCrossNodeRestoreThroughTheChannel(t *testing.T) {
 		AccessibilityRequirements: topo("n2")})
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("a source no node holds: %v, want NotFound", err)
+	}
+}
+
+// An image volume of n1 with an ext4 filesystem is cloned on n2 by a request
+// that names no filesystem (a class without fsType): the pulled image, sparse,
+// grown to the new capacity, and recorded as ext4, the source's; asked again,
+// the same volume.
+func TestCrossNodeCloneOfAnImage(t *testing.T) {
+	where := fixedLocator{}
+	n1, n2, pool1, pool2 := twoNodes(t, storage.KindImage, where)
+	vol, err := n1.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "pvc-src", VolumeCapabilities: mountRWO,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: onNode("n1"),
+		Parameters: map[string]string{storage.ParamFSType: "ext4"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcID := vol.GetVolume().GetVolumeId()
+	where[srcID] = locate.Where{Node: "n1", Address: "127.0.0.1"}
+	images, err := filepath.Glob(filepath.Join(pool1, "volumes", "*", storage.ImageFile))
+	if err != nil || len(images) != 1 {
+		t.Fatalf("the source's image: %v %v", images, err)
+	}
+	f, err := os.OpenFile(images[0], os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := []byte("written at 4 MiB into the image")
+	if _, err := f.WriteAt(payload, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	req := &csi.CreateVolumeRequest{Name: "pvc-clone", VolumeCapabilities: mountRWO, AccessibilityRequirements: onNode("n2"),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20},
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: srcID}}}}
+	got, err := createDone(t, n2, req)
+	if err != nil {
+		t.Fatalf("CreateVolume on n2: %v", err)
+	}
+	if fs := got.GetVolume().GetVolumeContext()[storage.ParamFSType]; fs != "" && fs != "ext4" {
+		t.Errorf("volume context fsType %q, want the source's ext4", fs)
+	}
+	pid, err := storage.ParseVolumeID(got.GetVolume().GetVolumeId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(pool2, "volumes", pid.Hash)
+	rec, err := os.ReadFile(filepath.Join(dir, "record.json"))
+	if err != nil || !strings.Contains(string(rec), `"fsType": "ext4"`) {
+		t.Errorf("record of the clone (%v): %s", err, rec)
+	}
+	img := filepath.Join(dir, storage.ImageFile)
+	st := testutil.Lstat(t, img)
+	if st.Size != 16<<20 || st.Blocks*512 > 1<<20 {
+		t.Errorf("pulled image: %d bytes, %d allocated; want 16 MiB, sparse", st.Size, st.Blocks*512)
+	}
+	b := make([]byte, len(payload))
+	if fh, err := os.Open(img); err != nil {
+		t.Fatal(err)
+	} else {
+		_, err = fh.ReadAt(b, 4<<20)
+		fh.Close()
+		if err != nil || string(b) != string(payload) {
+			t.Errorf("bytes at 4 MiB: %q (%v)", b, err)
+		}
+	}
+	if again, err := n2.CreateVolume(context.Background(), req); err != nil || again.GetVolume().GetVolumeId() != got.GetVolume().GetVolumeId() {
+		t.Errorf("asked again: %v", err)
 	}
 }

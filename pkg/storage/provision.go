@@ -190,9 +190,15 @@ func (p *Pool) fsTypeFor(access string, req *ProvisionRequest) (string, error) {
 	}
 	if fsType == "" && req.Source != nil {
 		// A copy holds its source's filesystem: that is the volume's, not the
-		// default. A source that cannot be copied here, Create reports.
-		if src, err := p.sourceOf(req.Source); err == nil {
+		// default. A source that cannot be copied here, Create reports; one
+		// another node may hold leaves it open, to be the pulled image's
+		// (remote.go).
+		src, err := p.sourceOf(req.Source)
+		switch {
+		case err == nil:
 			fsType = src.fsType
+		case errors.Is(err, ErrNotFound) && p.remote != nil && !p.Shared():
+			return "", nil
 		}
 	}
 	if fsType == "" {

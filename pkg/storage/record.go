@@ -48,8 +48,11 @@ type Record struct {
 	Claim *Claim `json:"claim,omitempty"`
 
 	// pullFrom is the node a volume being created pulls its content source
-	// from (remote.go); zero when the source is in the pool. Never recorded.
-	pullFrom Peer
+	// from (remote.go); zero when the source is in the pool. fsTypeOpen: the
+	// request named no filesystem, so the pulled image's is the volume's.
+	// Neither is recorded.
+	pullFrom   Peer
+	fsTypeOpen bool
 }
 
 // Claim names a PersistentVolumeClaim.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/berth-csi/berth/pkg/storage/quota"
 	"k8s.io/klog/v2"
@@ -147,15 +148,18 @@ func (p *Pool) pull(ctx context.Context, r *Record, volDir string, progress func
 		return fmt.Errorf("%s is not of pool %s's kind %s: %w", src, p.cfg.Name, p.kind, ErrInvalid)
 	case got.AccessType != r.AccessType:
 		return fmt.Errorf("%s is a %s volume, not %s: %w", src, got.AccessType, r.AccessType, ErrInvalid)
-	case !isDir && got.FSType != r.FSType:
+	case !isDir && got.FSType != r.FSType && !(r.fsTypeOpen && slices.Contains(p.backend.Filesystems(), got.FSType)):
 		return fmt.Errorf("%s holds a %q filesystem, not %q: %w", src, got.FSType, r.FSType, ErrInvalid)
 	case got.SizeBytes > r.CapacityBytes:
 		return fmt.Errorf("%s holds %d bytes, more than the %d requested: %w", src, got.SizeBytes, r.CapacityBytes, ErrOutOfRange)
 	}
 	if !isDir {
+		r.FSType = got.FSType // the same, or the source's where none was asked
 		if err := os.Truncate(dst, r.CapacityBytes); err != nil {
 			return err
 		}
 	}
+	// What the pull needed is not the volume's: the index holds what the record says.
+	r.pullFrom, r.fsTypeOpen = Peer{}, false
 	return syncFS(volDir)
 }

@@ -54,8 +54,11 @@ func (req *CreateRequest) matches(r *Record) bool {
 	fits := r.CapacityBytes >= req.RequiredBytes && (req.LimitBytes == 0 || r.CapacityBytes <= req.LimitBytes)
 	sameSource := (r.ContentSource == nil) == (req.Source == nil) &&
 		(r.ContentSource == nil || *r.ContentSource == *req.Source)
+	// No filesystem asked of a copy: its source's, whichever that was (a source
+	// pulled from another node is known only once it is here).
+	sameFS := r.FSType == req.FSType || (req.FSType == "" && req.Source != nil && req.AccessType == AccessMount)
 	return r.Name == req.Name && fits && sameSource && r.AccessType == req.AccessType &&
-		r.FSType == req.FSType && r.Ephemeral == req.Ephemeral && maps.Equal(r.Parameters, req.Parameters) &&
+		sameFS && r.Ephemeral == req.Ephemeral && maps.Equal(r.Parameters, req.Parameters) &&
 		maps.Equal(r.MutableParameters, req.MutableParameters)
 }
 
@@ -149,7 +152,7 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		Version: recordVersion, ID: id, Name: req.Name, Pool: p.cfg.Name, CapacityBytes: size,
 		AccessType: req.AccessType, FSType: req.FSType, Parameters: req.Parameters,
 		MutableParameters: req.MutableParameters, ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
-		Claim: req.Claim, pullFrom: pullFrom,
+		Claim: req.Claim, pullFrom: pullFrom, fsTypeOpen: pullFrom.Node != "" && req.FSType == "" && req.AccessType == AccessMount,
 	}).Clone()
 	if r.ContentSource != nil && (!p.copyIsFast() || pullFrom.Node != "") {
 		unlock = nil
