@@ -81,7 +81,10 @@ func (c *cluster) resizerNode() string {
 			continue
 		}
 		hostname := c.kubectlNS("", "get", "node", node, "-o", `jsonpath={.metadata.labels.kubernetes\.io/hostname}`)
-		for _, id := range []string{pod, node, hostname} {
+		// On the host network a pod's hostname is its machine's, which the node's
+		// name and label need not be (this machine's node is "localhost").
+		uts, _ := c.nodeRun(node, "hostname")
+		for _, id := range []string{pod, node, hostname, strings.TrimSpace(uts)} {
 			if id != "" && leaderIdentity(id) == holder {
 				return node
 			}
