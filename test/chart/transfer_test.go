@@ -3,6 +3,7 @@ package chart
 import (
 	"encoding/base64"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -97,5 +98,35 @@ func TestTransferChannelValues(t *testing.T) {
 	if slices.ContainsFunc(ds.args("berth"), func(a string) bool { return strings.HasPrefix(a, "--transfer") }) ||
 		slices.ContainsFunc(ds.Spec.Template.Spec.Volumes, func(v volume) bool { return v.Name == "transfer-ca" }) {
 		t.Errorf("channel off: args %q", ds.args("berth"))
+	}
+}
+
+// Off the host network the channel would listen on the pod's IP while the other
+// nodes dial the node's InternalIP: the chart refuses it, naming both values, and
+// renders with the channel turned off.
+func TestTransferNeedsHostNetwork(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, kube := helm(t, root)
+	for _, tc := range []struct {
+		values string
+		fails  bool
+	}{
+		{"hostNetwork: false\n", true},
+		{"hostNetwork: false\ntransfer: {enabled: false}\n", false},
+	} {
+		values := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(values, []byte(tc.values), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bin, "template", "berth", filepath.Join(root, "charts", "berth"), "--kube-version", kube, "-f", values).CombinedOutput()
+		switch {
+		case tc.fails && (err == nil || !strings.Contains(string(out), "transfer.enabled needs hostNetwork: true")):
+			t.Errorf("%q: %v\n%s", tc.values, err, out)
+		case !tc.fails && err != nil:
+			t.Errorf("%q: %v\n%s", tc.values, err, out)
+		}
 	}
 }
