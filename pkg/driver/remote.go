@@ -22,8 +22,7 @@ type remotePeers struct {
 	iss   *transfer.Issuer
 	where func(ctx context.Context, id string) (storage.Peer, error)
 
-	mu    sync.Mutex
-	pulls map[*transfer.Progress]struct{} // running, for the metrics
+	pulls transfer.Running // for the metrics
 }
 
 // pullProgressInterval is how often a pull's progress reaches the engine (the
@@ -52,8 +51,8 @@ func (r *remotePeers) Fetch(ctx context.Context, src *storage.Source, peer stora
 		return nil, err
 	}
 	prog := &transfer.Progress{}
-	r.track(prog, true)
-	defer r.track(prog, false)
+	r.pulls.Track(prog, true)
+	defer r.pulls.Track(prog, false)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	if progress != nil {
@@ -99,25 +98,4 @@ func pullError(err error) error {
 		// starts again.
 		return fmt.Errorf("%w: %w", storage.ErrNotReady, err)
 	}
-}
-
-func (r *remotePeers) track(p *transfer.Progress, on bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if on {
-		r.pulls[p] = struct{}{}
-	} else {
-		delete(r.pulls, p)
-	}
-}
-
-// transfers lists the running pulls.
-func (r *remotePeers) transfers() []transfer.Status {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]transfer.Status, 0, len(r.pulls))
-	for p := range r.pulls {
-		out = append(out, p.Status())
-	}
-	return out
 }

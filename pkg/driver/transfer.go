@@ -69,7 +69,7 @@ func openTransfer(o Options, engine *storage.Engine) (*transferChannel, error) {
 	}
 	_, port, _ := net.SplitHostPort(o.TransferAddress)
 	lister := locate.NewSocketLocator(o.PVListerEndpoint)
-	peers := &remotePeers{self: o.NodeID, port: port, iss: iss, pulls: map[*transfer.Progress]struct{}{},
+	peers := &remotePeers{self: o.NodeID, port: port, iss: iss,
 		where: func(ctx context.Context, id string) (storage.Peer, error) {
 			w, err := lister.Locate(ctx, id)
 			if errors.Is(err, locate.ErrNotFound) {
@@ -85,5 +85,5 @@ func (t *transferChannel) serve(ctx context.Context) error { return t.srv.Serve(
 
 // transfers lists the running transfers, both ways.
 func (t *transferChannel) transfers() []transfer.Status {
-	return append(t.srv.Transfers(), t.peers.transfers()...)
+	return append(t.srv.Transfers(), t.peers.pulls.Status()...)
 }

@@ -144,22 +144,7 @@ func (p *Pool) sourceElsewhere(req ProvisionRequest, err error) error {
 	if !errors.Is(err, ErrNotFound) || req.Source == nil || len(req.Requisite) == 0 || p.Shared() || errors.As(err, &located) {
 		return err
 	}
-	var poolOfID string
-	switch req.Source.Kind {
-	case SourceSnapshot:
-		id, perr := ParseSnapshotID(req.Source.ID)
-		if perr != nil {
-			return err
-		}
-		poolOfID = id.Pool
-	case SourceVolume:
-		id, perr := ParseVolumeID(req.Source.ID)
-		if perr != nil {
-			return err
-		}
-		poolOfID = id.Pool
-	}
-	if poolOfID != p.cfg.Name {
+	if !p.ownsSourceID(req.Source) {
 		return err
 	}
 	if _, serr := p.sourceOf(req.Source); !errors.Is(serr, ErrNotFound) {

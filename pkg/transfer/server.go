@@ -59,8 +59,7 @@ type Server struct {
 	limiter *Limiter
 	slots   chan struct{}
 
-	mu     sync.Mutex
-	active map[*Progress]struct{}
+	active Running
 }
 
 // NewServer checks o and returns a Server.
@@ -85,7 +84,7 @@ func NewServer(o ServerOptions) (*Server, error) {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
 	return &Server{o: o, tls: cfg, limiter: NewLimiter(o.RateLimit, o.Clock),
-		slots: make(chan struct{}, o.MaxTransfers), active: make(map[*Progress]struct{})}, nil
+		slots: make(chan struct{}, o.MaxTransfers)}, nil
 }
 
 // Listen opens the TCP listener a Server serves on: addr is host:port with the
@@ -127,15 +126,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 }
 
 // Transfers returns the progress of the transfers running now.
-func (s *Server) Transfers() []Status {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]Status, 0, len(s.active))
-	for p := range s.active {
-		out = append(out, p.Status())
-	}
-	return out
-}
+func (s *Server) Transfers() []Status { return s.active.Status() }
 
 // handle serves one connection: handshake, request, source, records.
 func (s *Server) handle(ctx context.Context, raw net.Conn) {
@@ -191,8 +182,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		w.limiters = append(w.limiters, NewLimiter(req.RateLimit, s.o.Clock))
 	}
 	prog := &Progress{ID: req.ID, Peer: raw.RemoteAddr().String(), Sending: true, Started: time.Now()}
-	s.track(prog, true)
-	defer s.track(prog, false)
+	s.active.Track(prog, true)
+	defer s.active.Track(prog, false)
 	err = s.send(klog.NewContext(ctx, logger), fw, req, prog)
 	var ne net.Error
 	switch {
@@ -221,16 +212,6 @@ func (s *Server) refuse(fw *frameWriter, err error) {
 	var e enc
 	if fw.frame(fError, encodeError(&e, err)) == nil {
 		_ = fw.flush()
-	}
-}
-
-func (s *Server) track(p *Progress, on bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if on {
-		s.active[p] = struct{}{}
-	} else {
-		delete(s.active, p)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -139,4 +140,36 @@ type Status struct {
 func (p *Progress) Status() Status {
 	return Status{ID: p.ID, Peer: p.Peer, Sending: p.Sending, Started: p.Started, Bytes: p.Bytes.Load(),
 		Total: p.Total.Load(), Entries: p.Entries.Load(), Resumed: p.Resumed.Load(), Resumes: p.Resumes.Load()}
+}
+
+// Running is the set of transfers under way on one side, for status and metrics
+// (the server's sends, a client's pulls). The zero value is ready to use.
+type Running struct {
+	mu sync.Mutex
+	m  map[*Progress]struct{}
+}
+
+// Track adds p while on, removes it after.
+func (r *Running) Track(p *Progress, on bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !on {
+		delete(r.m, p)
+		return
+	}
+	if r.m == nil {
+		r.m = map[*Progress]struct{}{}
+	}
+	r.m[p] = struct{}{}
+}
+
+// Status lists the progress of those under way now.
+func (r *Running) Status() []Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Status, 0, len(r.m))
+	for p := range r.m {
+		out = append(out, p.Status())
+	}
+	return out
 }
