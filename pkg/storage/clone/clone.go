@@ -111,6 +111,10 @@ type Options struct {
 	// files inherit), instead of creating it. Its mode, owner, xattrs and
 	// times are still set from the source root.
 	Into bool
+	// Base, when set, is the root of an earlier copy of the same tree on the
+	// destination's filesystem: unchanged regular files are hard-linked from it
+	// rather than copied (base.go). Only Tree uses it.
+	Base string
 }
 
 // Stats counts what a copy did. On error the counts cover what was done
@@ -141,6 +145,9 @@ type Stats struct {
 	BytesCloned int64
 	// BytesCopied is the data actually copied (holes excluded).
 	BytesCopied int64
+	// FilesLinked counts the regular files hard-linked from Options.Base, and
+	// BytesLinked their size; Files counts them too.
+	FilesLinked, BytesLinked int64
 	// Reflinked is true when at least one file was cloned with FICLONE and
 	// none had its data copied.
 	Reflinked bool
@@ -184,7 +191,7 @@ type counter struct {
 
 func (c *counter) progress() {
 	if c.o.Progress != nil {
-		c.o.Progress(c.BytesCloned + c.BytesCopied)
+		c.o.Progress(c.BytesCloned + c.BytesCopied + c.BytesLinked)
 	}
 }
 

@@ -51,6 +51,7 @@ type tree struct {
 	// not each look up its path again; -1 when none.
 	from    int
 	fromDir *linkDir
+	base    base // Options.Base (base.go)
 }
 
 // Tree copies the directory srcDir to dstParent/dstName, which it creates,
@@ -90,7 +91,8 @@ func Tree(ctx context.Context, srcDir, dstParent, dstName string, o Options) (St
 }
 
 func newTree(ctx context.Context, o Options) *tree {
-	return &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link), from: -1, mountFd: -1}
+	return &tree{counter: counter{o: o}, ctx: ctx, links: make(map[inodeKey]*link), from: -1, mountFd: -1,
+		base: base{root: -1, dir: -1, dirGen: -1}}
 }
 
 // close releases the fds run leaves open for links.
@@ -101,6 +103,7 @@ func (t *tree) close() {
 		}
 	}
 	t.from, t.mountFd = -1, -1
+	t.base.close()
 }
 
 func (t *tree) run(srcDir, dstParent, dstName string) error {
@@ -124,6 +127,9 @@ func (t *tree) run(srcDir, dstParent, dstName string) error {
 		if err := unix.Mkdirat(t.dstParent, dstName, 0o700); err != nil {
 			return fmt.Errorf("create destination: %w", err)
 		}
+	}
+	if err := t.openBase(); err != nil {
+		return err
 	}
 	t.src = safefs.NewWalker(srcRoot, srcDir)
 	defer t.src.Close()
@@ -190,6 +196,7 @@ func (t *tree) enterLevel(st unix.Stat_t, name string) {
 	}
 	t.dstCosts = append(t.dstCosts, prev+16+int64(len(name)))
 	t.dirCache = nil
+	t.base.levelChanged()
 	t.Dirs++
 }
 
@@ -238,6 +245,7 @@ func (t *tree) leave() error {
 	t.dstNames = t.dstNames[:len(t.dstNames)-1]
 	t.dstCosts = t.dstCosts[:len(t.dstCosts)-1]
 	t.dirCache = nil
+	t.base.levelChanged()
 	return nil
 }
 
@@ -339,6 +347,9 @@ func (t *tree) enter(name string) error {
 // regular copies the regular file name (pfd is an O_PATH fd on it, st its
 // stat), or links it to the copy of another name of the same inode.
 func (t *tree) regular(pfd int, st *unix.Stat_t, name string) error {
+	if linked, err := t.linkBase(pfd, st, name); err != nil || linked {
+		return err
+	}
 	record, err := false, error(nil)
 	if st.Nlink > 1 {
 		if l := t.links[inodeKey{st.Dev, st.Ino}]; l != nil {
