@@ -38,12 +38,18 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if req.GetSourceVolumeId() == "" {
 		return nil, required("source_volume_id")
 	}
-	if own := slices.Sorted(maps.Keys(ownParams(req.GetParameters()))); len(own) > 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "unknown snapshot parameter %q (snapshots take none)", own[0])
+	params := ownParams(req.GetParameters())
+	backupPool, backup := params[ParamBackupPool]
+	delete(params, ParamBackupPool)
+	if own := slices.Sorted(maps.Keys(params)); len(own) > 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "unknown snapshot parameter %q (snapshots take only %s)", own[0], ParamBackupPool)
 	}
 	p, hash, err := s.engine.Resolve(req.GetSourceVolumeId())
 	if err != nil {
 		return nil, csierr.Status(err)
+	}
+	if backup {
+		return s.createBackup(ctx, req, backupPool, p, hash)
 	}
 	id := storage.SnapshotID(p.Name(), req.GetName())
 	// The snapshot's name and its source volume: no delete of the source meanwhile.
@@ -57,6 +63,31 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, csierr.Status(err)
 	}
 	klog.FromContext(ctx).V(2).Info("Snapshot created", "snapshotID", snap.ID, "sourceVolumeID", snap.SourceVolumeID, "readyToUse", snap.Ready)
+	return &csi.CreateSnapshotResponse{Snapshot: toCSI(snap)}, nil
+}
+
+// ParamBackupPool, a VolumeSnapshotClass parameter, names the shared pool a
+// snapshot is kept in as a backup (storage/backup.go).
+const ParamBackupPool = "backupPool"
+
+// createBackup is CreateSnapshot with backupPool: the snapshot is made in that
+// shared pool, ready once its copy there is durable.
+func (s *Server) createBackup(ctx context.Context, req *csi.CreateSnapshotRequest, pool string, src *storage.Pool, hash string) (*csi.CreateSnapshotResponse, error) {
+	b, err := s.engine.Pool(pool)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "parameter %s: %v", ParamBackupPool, err)
+	}
+	id := storage.SnapshotID(b.Name(), req.GetName())
+	unlock, err := s.lock(id, req.GetSourceVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	snap, err := b.CreateBackup(ctx, req.GetName(), src, hash)
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	klog.FromContext(ctx).V(2).Info("Backup created", "snapshotID", snap.ID, "sourceVolumeID", snap.SourceVolumeID, "readyToUse", snap.Ready)
 	return &csi.CreateSnapshotResponse{Snapshot: toCSI(snap)}, nil
 }
 

@@ -76,6 +76,7 @@ func NewWithHost(cfg Config, host Host) (*Engine, error) {
 		p := newPool(pc, projects, usage, host)
 		e.pools = append(e.pools, p)
 		e.byNm[pc.Name] = p
+		p.sibling = func(name string) *Pool { return e.byNm[name] }
 	}
 	return e, nil
 }

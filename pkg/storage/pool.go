@@ -64,9 +64,10 @@ type Pool struct {
 	bgCtx context.Context // the engine's lifetime: background copies stop with it
 	bg    *sync.WaitGroup // the engine's background goroutines
 
-	copies  map[string]*volumeCopy // volumes whose content is copied in the background, by hash (under mu)
-	remote  Remote                 // other nodes' pools, for sources this node lacks (remote.go); nil: none
-	exports map[string]int         // volumes and snapshots being read by Exports, by ID (under mu; transfersource.go)
+	copies  map[string]*volumeCopy  // volumes whose content is copied in the background, by hash (under mu)
+	remote  Remote                  // other nodes' pools, for sources this node lacks (remote.go); nil: none
+	sibling func(name string) *Pool // the engine's pool of that name, nil when none (restores from backups)
+	exports map[string]int          // volumes and snapshots being read by Exports, by ID (under mu; transfersource.go)
 
 	snaps   snapshotState
 	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)

@@ -33,6 +33,8 @@ type copySource struct {
 	// reread reads its record again, for the check that it outlived the copy.
 	what, entry string
 	reread      func() error
+	// chunks: a chunked image backup (from is its directory: backupimage.go).
+	chunks bool
 }
 
 // sourceOf resolves a create request's content source inside this pool. A snapshot
@@ -47,7 +49,7 @@ func (p *Pool) sourceOf(src *Source) (*copySource, error) {
 			return nil, fmt.Errorf("snapshot %s is not in Berth's ID format: %w", src.ID, ErrNotFound)
 		}
 		if pid.Pool != p.cfg.Name {
-			return nil, fmt.Errorf("snapshot %s is in pool %s, not %s: restore within its pool: %w", src.ID, pid.Pool, p.cfg.Name, ErrInvalid)
+			return p.sharedSnapshotSource(src, pid)
 		}
 		s, err := p.Snapshot(pid.Hash)
 		if err != nil {
@@ -152,6 +154,12 @@ func (p *Pool) fillFrom(ctx context.Context, src *copySource, r *Record, volDir 
 	dst := filepath.Join(volDir, name)
 	if err := os.Remove(dst); err != nil {
 		return err
+	}
+	if src.chunks {
+		if err := restoreChunks(ctx, src.from, dst, progress); err != nil {
+			return err
+		}
+		return os.Truncate(dst, r.CapacityBytes)
 	}
 	if src.vol != nil {
 		thaw := p.freeze(ctx, src.vol)

@@ -44,6 +44,9 @@ type Snapshot struct {
 	// Group is the ID of the group snapshot this snapshot was taken in (group.go),
 	// absent for a snapshot of its own. Such a snapshot is deleted with its group.
 	Group string `json:"group,omitempty"`
+	// Backup is set for a backup: a snapshot of a shared pool whose source volume
+	// is of another pool (backup.go). Absent for every other snapshot.
+	Backup *BackupInfo `json:"backup,omitempty"`
 	// Ready is false only in answers about a snapshot still being copied.
 	Ready bool `json:"-"`
 }
@@ -189,35 +192,11 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	}
 	id := SnapshotID(p.cfg.Name, name)
 	hash := id[len(id)-hashLen:]
-	p.refreshSnapshot(hash)
-	p.snaps.mu.Lock()
-	s, committed := p.snaps.snaps[hash]
-	b, inProgress := p.snaps.building[hash]
-	p.snaps.mu.Unlock()
 	// A snapshot outlives its source: a repeated request is answered from the
 	// snapshot's record, also once the source volume is gone.
 	ofSource := func(volumeID string) bool { return volumeID[len(volumeID)-hashLen:] == source }
-	switch {
-	case committed && ofSource(s.SourceVolumeID):
-		c := *s
-		return &c, nil
-	case committed:
-		return nil, fmt.Errorf("snapshot %q exists for volume %s: %w", name, s.SourceVolumeID, ErrExists)
-	case inProgress && !ofSource(b.snap.SourceVolumeID):
-		return nil, fmt.Errorf("snapshot %q is being made of volume %s: %w", name, b.snap.SourceVolumeID, ErrExists)
-	case inProgress:
-		select {
-		case <-b.done:
-			// Finished with an error (success commits it): report it and let a
-			// retry start over.
-			p.snaps.mu.Lock()
-			delete(p.snaps.building, hash)
-			p.snaps.mu.Unlock()
-			return nil, b.err
-		default:
-			c := *b.snap
-			return &c, nil
-		}
+	if s, err := p.existingSnapshot(name, hash, ofSource); s != nil || err != nil {
+		return s, err
 	}
 	if err := p.damagedSnapshot(hash); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", id, err)
@@ -252,7 +231,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	}
 	// The copy outlives the request but not the engine: Start's context ends it.
 	bctx, cancel := context.WithCancel(klog.NewContext(p.bgCtx, klog.FromContext(ctx)))
-	b = &build{snap: snap, cancel: cancel, done: make(chan struct{})}
+	b := &build{snap: snap, cancel: cancel, done: make(chan struct{})}
 	p.snaps.mu.Lock()
 	p.snaps.building[hash] = b
 	p.snaps.mu.Unlock()
@@ -276,6 +255,41 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	return &c, nil
 }
 
+// existingSnapshot answers a repeated CreateSnapshot of name (hash): the committed
+// snapshot, or its progress while it is being made, when ofSource accepts its
+// source volume ID; ErrExists when it does not; the error of a background build
+// that failed, once (a retry then starts over). Nil, nil when there is none.
+func (p *Pool) existingSnapshot(name, hash string, ofSource func(volumeID string) bool) (*Snapshot, error) {
+	p.refreshSnapshot(hash)
+	p.snaps.mu.Lock()
+	s, committed := p.snaps.snaps[hash]
+	b, inProgress := p.snaps.building[hash]
+	p.snaps.mu.Unlock()
+	switch {
+	case committed && ofSource(s.SourceVolumeID):
+		c := *s
+		return &c, nil
+	case committed:
+		return nil, fmt.Errorf("snapshot %q exists for volume %s: %w", name, s.SourceVolumeID, ErrExists)
+	case inProgress && !ofSource(b.snap.SourceVolumeID):
+		return nil, fmt.Errorf("snapshot %q is being made of volume %s: %w", name, b.snap.SourceVolumeID, ErrExists)
+	case inProgress:
+		select {
+		case <-b.done:
+			// Finished with an error (success commits it): report it and let a
+			// retry start over.
+			p.snaps.mu.Lock()
+			delete(p.snaps.building, hash)
+			p.snaps.mu.Unlock()
+			return nil, b.err
+		default:
+			c := *b.snap
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
 // buildSnapshot copies the source under tmp/ and commits it by rename.
 func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err error) {
 	tmpParent := filepath.Join(p.cfg.Path, tmpDir)
@@ -294,15 +308,22 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 	if err := p.copyData(ctx, src, dir); err != nil {
 		return p.noSpace(stepCopy, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
 	}
+	return p.commitSnapshot(ctx, s, dir)
+}
+
+// commitSnapshot writes snapshot s's record into dir, its complete copy under tmp/,
+// renames it into snapshots/ and makes that durable, then indexes it. The caller
+// removes dir on error.
+func (p *Pool) commitSnapshot(ctx context.Context, s *Snapshot, dir string) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
 	if err := meta.WriteNew(filepath.Join(dir, recordFile), data); err != nil {
-		return p.noSpace(stepRecord, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
+		return p.noSpace(stepRecord, fmt.Errorf("snapshot %s of %s: %w", s.ID, s.SourceVolumeID, err))
 	}
 	if err := meta.SyncDir(dir); err != nil {
-		return p.noSpace(stepRecord, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
+		return p.noSpace(stepRecord, fmt.Errorf("snapshot %s of %s: %w", s.ID, s.SourceVolumeID, err))
 	}
 	final := filepath.Join(p.cfg.Path, snapshotsDir, s.Hash())
 	if err := renameNoReplace(dir, final); err != nil {
@@ -322,7 +343,7 @@ func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err
 	p.mu.Lock()
 	p.inflight -= s.SizeBytes // still allocated, now as a committed snapshot
 	p.mu.Unlock()
-	klog.FromContext(ctx).V(4).Info("Snapshot committed", "snapshotID", s.ID, "sourceVolumeID", src.ID)
+	klog.FromContext(ctx).V(4).Info("Snapshot committed", "snapshotID", s.ID, "sourceVolumeID", s.SourceVolumeID)
 	return nil
 }
 

@@ -154,7 +154,7 @@ func (p *Pool) Create(ctx context.Context, req CreateRequest) (*Record, error) {
 		MutableParameters: req.MutableParameters, ContentSource: req.Source, Ephemeral: req.Ephemeral, CreatedAt: time.Now().UTC(),
 		Claim: req.Claim, pullFrom: pullFrom, fsTypeOpen: pullFrom.Node != "" && req.FSType == "" && req.AccessType == AccessMount,
 	}).Clone()
-	if r.ContentSource != nil && (!p.copyIsFast() || pullFrom.Node != "") {
+	if r.ContentSource != nil && (!p.copyIsFast() || pullFrom.Node != "" || p.fromSharedPool(r.ContentSource)) {
 		unlock = nil
 		return p.copyInBackground(ctx, r, size, l)
 	}
