@@ -1,7 +1,8 @@
 // Package kubectlberth is `kubectl berth`, the kubectl plugin that shows Berth's
 // pools and volumes and what needs an operator (pools.go, volumes.go, doctor.go,
-// fix.go). It reads the API objects and the driver pods' metrics through the API
-// server (fetch.go, metrics.go), so it needs nothing but a kubeconfig.
+// fix.go), and rebuilds a claim whose node is lost from its backup (recover.go).
+// It reads the API objects and the driver pods' metrics through the API server
+// (fetch.go, metrics.go), so it needs nothing but a kubeconfig.
 package kubectlberth
 
 import (
@@ -41,6 +42,8 @@ type Options struct {
 	Namespace  func() (string, error)
 	// Interval is the pause between doctor's two reads of the metrics.
 	Interval time.Duration
+	// Poll is the pause between recover's reads while it waits for a claim.
+	Poll time.Duration
 }
 
 // NewCommand is the root command, `kubectl berth`, with the kubeconfig's usual
@@ -67,7 +70,7 @@ func newRoot(o *Options) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "kubectl-berth",
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl berth"},
-		Short:         "Berth's pools and volumes, and what needs an operator",
+		Short:         "Berth's pools and volumes, what needs an operator, and recovering a claim whose node is lost",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -75,7 +78,7 @@ func newRoot(o *Options) *cobra.Command {
 	flags.StringVar(&o.DriverName, "driver", "berth.csi.io", "the CSI driver name (the chart's driverName)")
 	flags.StringVar(&o.DriverNamespace, "driver-namespace", "", "namespace of the driver's pods (default: found in every namespace by their label app.kubernetes.io/name=berth)")
 	flags.StringVarP(&o.Output, "output", "o", "", "output format: json or yaml (default: a table)")
-	root.AddCommand(newPoolsCommand(o), newVolumesCommand(o), newDoctorCommand(o))
+	root.AddCommand(newPoolsCommand(o), newVolumesCommand(o), newDoctorCommand(o), newRecoverCommand(o))
 	return root
 }
 
