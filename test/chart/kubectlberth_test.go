@@ -6,15 +6,26 @@ import "testing"
 // kubectl berth reads (PVs, pods, snapshot contents; pods/proxy in the release
 // namespace) and pods/exec only with allowFix; subjects get both bindings.
 func TestKubectlBerthRBAC(t *testing.T) {
+	recoverRules := []rule{
+		{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"delete"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"delete"}},
+		{APIGroups: []string{""}, Resources: []string{"persistentvolumes"}, Verbs: []string{"patch"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
+		{APIGroups: []string{"snapshot.storage.k8s.io"}, Resources: []string{"volumesnapshots"}, Verbs: []string{"list"}},
+		{APIGroups: []string{"snapshot.storage.k8s.io"}, Resources: []string{"volumesnapshotclasses"}, Verbs: []string{"get"}},
+	}
 	if objs := render(t, ""); len(objs["ClusterRole/berth-kubectl-berth"].Rules) != 0 || len(objs["Role/berth-kubectl-berth"].Rules) != 0 {
 		t.Error("kubectl berth roles rendered with the default values")
 	}
 	for _, tc := range []struct {
 		name, values string
 		exec, bound  bool
+		recover      bool
 	}{
-		{"read only", "kubectlBerth: {rbac: {create: true}}\n", false, false},
-		{"with fix and subjects", "kubectlBerth: {rbac: {create: true, allowFix: true, subjects: [{kind: Group, name: storage-admins, apiGroup: rbac.authorization.k8s.io}]}}\n", true, true},
+		{"read only", "kubectlBerth: {rbac: {create: true}}\n", false, false, false},
+		{"with fix and subjects", "kubectlBerth: {rbac: {create: true, allowFix: true, subjects: [{kind: Group, name: storage-admins, apiGroup: rbac.authorization.k8s.io}]}}\n", true, true, false},
+		{"with recover", "kubectlBerth: {rbac: {create: true, allowRecover: true}}\n", false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := render(t, tc.values)
@@ -38,9 +49,14 @@ func TestKubectlBerthRBAC(t *testing.T) {
 			}
 			for _, r := range append(append([]rule{}, cluster...), ns...) {
 				for _, v := range r.Verbs {
-					if v != "get" && v != "list" && !(v == "create" && r.Resources[0] == "pods/exec") {
+					if v != "get" && v != "list" && !(v == "create" && r.Resources[0] == "pods/exec") && !grants(recoverRules, r.APIGroups[0], r.Resources[0], v) {
 						t.Errorf("rule %+v grants %s", r, v)
 					}
+				}
+			}
+			for _, g := range recoverRules {
+				if grants(cluster, g.APIGroups[0], g.Resources[0], g.Verbs[0]) != tc.recover {
+					t.Errorf("%s on %s granted: %v, want %v", g.Verbs[0], g.Resources[0], !tc.recover, tc.recover)
 				}
 			}
 			_, crb := objs["ClusterRoleBinding/berth-kubectl-berth"]
