@@ -11,6 +11,7 @@ import (
 
 	"github.com/berth-csi/berth/pkg/grouplabel"
 	"github.com/berth-csi/berth/pkg/orphans"
+	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/version"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
@@ -37,6 +38,8 @@ func GroupLabeller(ctx context.Context, args []string) error {
 	driver := fs.String("driver-name", "berth.csi.io", "CSI driver name: the contents whose spec.driver it is are labelled")
 	pageSize := fs.Int64("page-size", orphans.DefaultPageSize, "PersistentVolumes per List request, 1 to 10000")
 	format := fs.String("logging-format", "text", "log format: text or json")
+	shared := fs.String("shared-pools", "", "comma-separated shared pools this node serves: pre-provisioned VolumeSnapshotContents of their snapshots (restores of backups) are labelled for the first node that gets to them")
+	groups := fs.Bool("group-snapshots", true, "label VolumeGroupSnapshotContents (false: the cluster has no group snapshots; only pre-provisioned contents of --shared-pools are labelled)")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -59,6 +62,15 @@ func GroupLabeller(ctx context.Context, args []string) error {
 	case *format != "text" && *format != "json":
 		return fmt.Errorf("--logging-format %q: must be text or json", *format)
 	}
+	var sharedPools []string
+	if *shared != "" {
+		sharedPools = strings.Split(*shared, ",")
+		for _, p := range sharedPools {
+			if err := storage.ValidatePoolName(p); err != nil {
+				return fmt.Errorf("--shared-pools: %w", err)
+			}
+		}
+	}
 	setLoggingFormat(*format)
 	cfg, err := rest.InClusterConfig()
 	if err != nil {
@@ -78,13 +90,15 @@ func GroupLabeller(ctx context.Context, args []string) error {
 		return err
 	}
 	l := &grouplabel.Labeller{
-		Contents: dyn.Resource(grouplabel.ContentResource),
-		Members:  dyn.Resource(grouplabel.MemberResource),
-		PVs:      pvs,
-		Events:   events,
-		Driver:   *driver,
-		Node:     *node,
-		PageSize: *pageSize,
+		Contents:    dyn.Resource(grouplabel.ContentResource),
+		Members:     dyn.Resource(grouplabel.MemberResource),
+		PVs:         pvs,
+		Events:      events,
+		Driver:      *driver,
+		Node:        *node,
+		PageSize:    *pageSize,
+		SharedPools: sharedPools,
+		NoGroups:    !*groups,
 	}
 	klog.FromContext(ctx).Info("Starting the group-labeller", "version", version.Get())
 	return l.Run(ctx, grouplabel.DefaultTiming)

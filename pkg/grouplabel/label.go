@@ -66,6 +66,13 @@ type Labeller struct {
 	Driver   string
 	Node     string
 	PageSize int64 // 0: orphans.DefaultPageSize
+	// SharedPools are the shared pools this node serves: a pre-provisioned
+	// content of a snapshot in one of them is labelled for the first node that
+	// gets to it (static.go).
+	SharedPools []string
+	// NoGroups: the cluster has no group snapshots; only VolumeSnapshotContents
+	// are watched.
+	NoGroups bool
 
 	mu sync.Mutex // Sync and SyncMember run from two watches
 	// decided: what each content's volumes said (their PersistentVolumes are

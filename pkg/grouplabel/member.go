@@ -28,13 +28,21 @@ const GroupHandleAnnotation = "groupsnapshot.storage.k8s.io/volumeGroupSnapshotH
 // v8.7.0). It sets their status itself, so they are ready unseen, but it also gives
 // them the finalizer that only a csi-snapshotter removes: unlabelled, a member's
 // content would never go, and its VolumeSnapshot and group with it. Only group
-// members are labelled: a snapshot of its own is the snapshot-controller's to label
+// members are labelled, and pre-provisioned contents of a shared pool's snapshot
+// (static.go): a snapshot of its own is the snapshot-controller's to label
 // (--enable-distributed-snapshotting).
 func (l *Labeller) SyncMember(ctx context.Context, c *unstructured.Unstructured) (Outcome, error) {
 	driver, _, _ := unstructured.NestedString(c.Object, "spec", "driver")
 	handle, _, _ := unstructured.NestedString(c.Object, "spec", "source", "volumeHandle")
 	_, member := c.GetAnnotations()[GroupHandleAnnotation]
-	if driver != l.Driver || c.GetLabels()[ManagedByLabel] != "" || !member || handle == "" {
+	if driver != l.Driver || c.GetLabels()[ManagedByLabel] != "" {
+		return Ignored, nil
+	}
+	if !member {
+		out, _, err := l.syncStatic(ctx, c)
+		return out, err
+	}
+	if handle == "" {
 		return Ignored, nil
 	}
 	l.mu.Lock()

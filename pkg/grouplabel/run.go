@@ -49,7 +49,9 @@ func (l *Labeller) Run(ctx context.Context, t Timing) error {
 	klog.FromContext(ctx).Info("Labelling group snapshot contents for this node's csi-snapshotter",
 		"node", l.Node, "driverName", l.Driver, "label", ManagedByLabel)
 	var wg sync.WaitGroup
-	wg.Go(func() { l.watchLoop(ctx, t, "VolumeGroupSnapshotContents", false, l.Contents, l.Sync) })
+	if !l.NoGroups {
+		wg.Go(func() { l.watchLoop(ctx, t, "VolumeGroupSnapshotContents", false, l.Contents, l.Sync) })
+	}
 	wg.Go(func() { l.watchLoop(ctx, t, "VolumeSnapshotContents", true, l.Members, l.SyncMember) })
 	wg.Wait()
 	return nil
