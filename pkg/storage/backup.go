@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/berth-csi/berth/pkg/storage/clone"
+	"github.com/berth-csi/berth/pkg/storage/extents"
 	"github.com/berth-csi/berth/pkg/storage/safefs"
 	"k8s.io/klog/v2"
 )
@@ -46,6 +47,9 @@ type BackupInfo struct {
 	// WrittenBytes were copied to the shared pool, LinkedBytes linked from Base.
 	WrittenBytes int64 `json:"writtenBytes"`
 	LinkedBytes  int64 `json:"linkedBytes"`
+	// UnreadBytes of an image's chunks were linked without being read: their
+	// extents were shared with the previous backup's copy (backupbase.go).
+	UnreadBytes int64 `json:"unreadBytes,omitempty"`
 }
 
 // CreateBackup backs the volume srcHash of pool src up into this pool, a shared
@@ -198,9 +202,22 @@ func (p *Pool) buildBackup(ctx context.Context, s *Snapshot, src *Pool, rec *Rec
 		err = cerr
 		info.WrittenBytes, info.LinkedBytes = st.BytesCopied, st.BytesLinked
 	default:
+		var changed []bool
+		if prev != nil {
+			if base := src.backupBase(rec, prev.ID); base != nil {
+				var est extents.Stats
+				changed, est, err = changedChunks(ctx, base, pit.path, backupChunkSize)
+				base.Close()
+				if err != nil {
+					logger.Error(err, "Reading the whole image instead")
+					changed = nil
+				}
+				logger.V(4).Info("Compared with the previous backup's copy", "sharedBytes", est.SharedBytes, "changedBytes", est.WrittenBytes)
+			}
+		}
 		var st chunkStats
-		st, err = writeChunks(ctx, pit.path, dir, prevDir)
-		info.WrittenBytes, info.LinkedBytes = st.written, st.linked
+		st, err = writeChunks(ctx, pit.path, dir, prevDir, changed)
+		info.WrittenBytes, info.LinkedBytes, info.UnreadBytes = st.written, st.linked, st.unread
 	}
 	if err != nil {
 		return p.noSpace(stepCopy, fmt.Errorf("backup %s of %s: %w", s.ID, rec.ID, err))
@@ -213,8 +230,11 @@ func (p *Pool) buildBackup(ctx context.Context, s *Snapshot, src *Pool, rec *Rec
 	if err := p.commitSnapshot(ctx, &done, dir); err != nil {
 		return err
 	}
+	if info.Format == BackupChunks {
+		src.keepBase(ctx, rec, pit, done.ID)
+	}
 	logger.V(2).Info("Backup committed", "base", info.Base, "writtenBytes", info.WrittenBytes,
-		"linkedBytes", info.LinkedBytes, "duration", time.Since(start))
+		"linkedBytes", info.LinkedBytes, "unreadBytes", info.UnreadBytes, "duration", time.Since(start))
 	return nil
 }
 

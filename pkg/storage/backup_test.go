@@ -41,7 +41,7 @@ func newBackupNodes(t *testing.T, local func(dir string) storage.PoolConfig) bac
 	return backupNodes{a: start("a"), b: start("b"), sh: sh}
 }
 
-func pool(t *testing.T, e *storage.Engine, name string) *storage.Pool {
+func pool(t testing.TB, e *storage.Engine, name string) *storage.Pool {
 	t.Helper()
 	p, err := e.Pool(name)
 	if err != nil {
@@ -51,7 +51,7 @@ func pool(t *testing.T, e *storage.Engine, name string) *storage.Pool {
 }
 
 // backup takes backup name of volume r on e and waits until it is ready.
-func backup(t *testing.T, e *storage.Engine, name string, r *storage.Record) *storage.Snapshot {
+func backup(t testing.TB, e *storage.Engine, name string, r *storage.Record) *storage.Snapshot {
 	t.Helper()
 	src, hash, err := e.Resolve(r.ID)
 	if err != nil {
@@ -175,8 +175,20 @@ func sameInode(t *testing.T, a, b string) bool {
 // unchanged chunks linked from the previous backup, and restored on another node
 // byte for byte and sparse; a damaged chunk fails the restore, naming it.
 func TestBackupOfAnImageVolumeRestoredOnAnotherNode(t *testing.T) {
+	t.Run("reflink", func(t *testing.T) {
+		testImageBackup(t, true, func(t *testing.T, _ string) string { return testutil.MountFS(t, testutil.XFSPlain, 512<<20) })
+	})
+	t.Run("no-reflink", func(t *testing.T) {
+		testImageBackup(t, false, func(_ *testing.T, dir string) string { return dir })
+	})
+}
+
+// testImageBackup: with reflinks the second backup reads only the chunks written
+// since the first (their extents tell), without them it reads the image whole;
+// either way it writes only those.
+func testImageBackup(t *testing.T, reflink bool, local func(t *testing.T, dir string) string) {
 	n := newBackupNodes(t, func(dir string) storage.PoolConfig {
-		return storage.PoolConfig{Name: "img", Path: filepath.Join(dir, "img"), Kind: storage.KindImage}
+		return storage.PoolConfig{Name: "img", Path: filepath.Join(local(t, dir), "img"), Kind: storage.KindImage}
 	})
 	const size = 64 << 20
 	req := storage.CreateRequest{RequiredBytes: size, AccessType: storage.AccessBlock}
@@ -209,32 +221,50 @@ func TestBackupOfAnImageVolumeRestoredOnAnotherNode(t *testing.T) {
 	writeAt(8<<20+100, 4096) // one chunk changes
 	writeAt(60<<20, 4096)    // one is new
 	second := backup(t, n.a, "snap-2", r)
-	if second.Backup.Base != first.ID || second.Backup.LinkedBytes != 12<<20 || second.Backup.WrittenBytes != 8<<20 {
-		t.Errorf("second backup: %+v, want 12 MiB linked and 8 MiB written", *second.Backup)
+	unread := int64(0)
+	if reflink {
+		unread = 12 << 20
 	}
-	got, err := restore(t, n.b, "img", "pvc-img-restored", second.ID, req)
-	if err != nil {
-		t.Fatalf("restore on node b: %v", err)
+	if second.Backup.Base != first.ID || second.Backup.LinkedBytes != 12<<20 || second.Backup.WrittenBytes != 8<<20 || second.Backup.UnreadBytes != unread {
+		t.Errorf("second backup: %+v, want 12 MiB linked (%d of them unread) and 8 MiB written", *second.Backup, unread)
 	}
-	want, err := os.ReadFile(image)
-	if err != nil {
-		t.Fatal(err)
+	sameImage := func(name, id string) {
+		t.Helper()
+		got, err := restore(t, n.b, "img", name, id, req)
+		if err != nil {
+			t.Fatalf("restore of %s on node b: %v", id, err)
+		}
+		want, err := os.ReadFile(image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restored := pool(t, n.b, "img").ImagePath(got.Hash())
+		have, err := os.ReadFile(restored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(have, want) {
+			t.Errorf("the image restored from %s differs from the source", id)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(restored, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Blocks*512 > 24<<20 {
+			t.Errorf("restored image holds %d bytes, want about 20 MiB (it must stay sparse)", st.Blocks*512)
+		}
 	}
-	restored := pool(t, n.b, "img").ImagePath(got.Hash())
-	have, err := os.ReadFile(restored)
-	if err != nil {
-		t.Fatal(err)
+	sameImage("pvc-img-restored", second.ID)
+	// A third backup: based on the second (and, with reflinks, on its copy).
+	writeAt(40<<20, 4096)
+	third := backup(t, n.a, "snap-3", r)
+	if reflink {
+		unread = 16 << 20
 	}
-	if !bytes.Equal(have, want) {
-		t.Error("the restored image differs from the source")
+	if third.Backup.Base != second.ID || third.Backup.LinkedBytes != 16<<20 || third.Backup.WrittenBytes != 4<<20 || third.Backup.UnreadBytes != unread {
+		t.Errorf("third backup: %+v, want 16 MiB linked (%d of them unread) and 4 MiB written", *third.Backup, unread)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(restored, &st); err != nil {
-		t.Fatal(err)
-	}
-	if st.Blocks*512 > 24<<20 {
-		t.Errorf("restored image holds %d bytes, want about 20 MiB (it must stay sparse)", st.Blocks*512)
-	}
+	sameImage("pvc-img-restored-3", third.ID)
 
 	// A chunk damaged on the shared filesystem: the restore says which.
 	chunk := filepath.Join(n.sh, "snapshots", second.Hash(), "chunks", "0000000f")

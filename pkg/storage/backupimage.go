@@ -35,7 +35,7 @@ type chunkManifest struct {
 	SHA256    []string `json:"sha256"` // per chunk, "" for zeros
 }
 
-type chunkStats struct{ written, linked int64 }
+type chunkStats struct{ written, linked, unread int64 }
 
 func chunkName(i int) string { return fmt.Sprintf("%08x", i) }
 
@@ -57,8 +57,10 @@ func readManifest(dir string) (*chunkManifest, error) {
 // writeChunks cuts the image at path into dir's chunks/ and writes the manifest.
 // prevDir, when not empty, is the previous backup of the same volume: a chunk
 // whose hash its manifest has at the same index is linked from it rather than
-// written. The image is read whole, its holes skipped.
-func writeChunks(ctx context.Context, path, dir, prevDir string) (chunkStats, error) {
+// written. The image is read, its holes skipped, except the chunks that changed
+// (when not nil) says are unchanged since that backup: those are taken from it
+// unread.
+func writeChunks(ctx context.Context, path, dir, prevDir string, changed []bool) (chunkStats, error) {
 	var st chunkStats
 	f, err := os.Open(path)
 	if err != nil {
@@ -88,6 +90,20 @@ func writeChunks(ctx context.Context, path, dir, prevDir string) (chunkStats, er
 		}
 		off := int64(i) * backupChunkSize
 		n := min(backupChunkSize, size-off)
+		name := chunkName(i)
+		if prev != nil && changed != nil && i < len(changed) && !changed[i] && i < len(prev.SHA256) {
+			// Unchanged since the previous backup: its chunk, or zeros as there.
+			m.SHA256[i] = prev.SHA256[i]
+			if m.SHA256[i] == "" {
+				continue
+			}
+			if err := os.Link(filepath.Join(prevDir, chunksDir, name), filepath.Join(out, name)); err == nil {
+				st.linked += n
+				st.unread += n
+				continue
+			}
+			m.SHA256[i] = "" // its file is gone or full of links: read below
+		}
 		data, _, err := clone.NextData(int(f.Fd()), off, size)
 		if err != nil {
 			return st, fmt.Errorf("%s: find data: %w", path, err)
@@ -104,7 +120,6 @@ func writeChunks(ctx context.Context, path, dir, prevDir string) (chunkStats, er
 		}
 		sum := sha256.Sum256(chunk)
 		m.SHA256[i] = hex.EncodeToString(sum[:])
-		name := chunkName(i)
 		if prev != nil && i < len(prev.SHA256) && prev.SHA256[i] == m.SHA256[i] {
 			err := os.Link(filepath.Join(prevDir, chunksDir, name), filepath.Join(out, name))
 			if err == nil {

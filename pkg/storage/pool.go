@@ -67,6 +67,7 @@ type Pool struct {
 	copies  map[string]*volumeCopy  // volumes whose content is copied in the background, by hash (under mu)
 	remote  Remote                  // other nodes' pools, for sources this node lacks (remote.go); nil: none
 	sibling func(name string) *Pool // the engine's pool of that name, nil when none (restores from backups)
+	baseMu  sync.Mutex              // the image volumes' backup bases (backupbase.go)
 	exports map[string]int          // volumes and snapshots being read by Exports, by ID (under mu; transfersource.go)
 
 	snaps   snapshotState
