@@ -68,6 +68,9 @@ func (p *Pool) CreateBackup(ctx context.Context, name string, src *Pool, srcHash
 	if src == p {
 		return nil, errorf(ErrInvalid, "volume is in the backup pool %s itself: take a snapshot without backupPool", p.cfg.Name)
 	}
+	if src.Shared() {
+		return nil, errorf(ErrInvalid, "volume is in pool %s, a shared pool that every node reaches already: take a snapshot without backupPool", src.cfg.Name)
+	}
 	if err := p.usable(ctx); err != nil {
 		return nil, err
 	}
@@ -148,14 +151,21 @@ func (p *Pool) CreateBackup(ctx context.Context, name string, src *Pool, srcHash
 	return &c, nil
 }
 
-// hold counts a reader of volume id that is not an Export (a backup), which keeps
-// the volume from being deleted (Delete: exporting).
+// hold counts the backups of volume id being made, which keep it from being
+// deleted (Delete: backingUp).
 func (p *Pool) hold(id string, n int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.exports[id] += n; p.exports[id] <= 0 {
-		delete(p.exports, id)
+	if p.backups[id] += n; p.backups[id] <= 0 {
+		delete(p.backups, id)
 	}
+}
+
+// backingUp reports whether a backup of volume id is being made.
+func (p *Pool) backingUp(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backups[id] > 0
 }
 
 // buildBackup copies the point-in-time copy pit (made now when nil) of volume rec

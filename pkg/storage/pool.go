@@ -69,6 +69,7 @@ type Pool struct {
 	sibling func(name string) *Pool // the engine's pool of that name, nil when none (restores from backups)
 	baseMu  sync.Mutex              // the image volumes' backup bases (backupbase.go)
 	exports map[string]int          // volumes and snapshots being read by Exports, by ID (under mu; transfersource.go)
+	backups map[string]int          // volumes being backed up, by ID (under mu; backup.go)
 
 	snaps   snapshotState
 	reflink atomic.Bool // copies are reflinks (FICLONE works in this pool)
@@ -95,6 +96,7 @@ func newPool(cfg PoolConfig, projects *projectIDs, usage *usageWalks, host Host)
 		damaged:  map[string]damage{},
 		copies:   map[string]*volumeCopy{},
 		exports:  map[string]int{},
+		backups:  map[string]int{},
 		findings: map[string]projectFindings{},
 		observed: map[string]observed{},
 		purge:    make(chan struct{}, 1),

@@ -327,6 +327,9 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	if p.exporting(r.ID) {
 		return fmt.Errorf("delete volume %s: it is being sent to another node: %w", r.ID, ErrInUse)
 	}
+	if p.backingUp(r.ID) {
+		return fmt.Errorf("delete volume %s: a backup of it is being made: %w", r.ID, ErrInUse)
+	}
 	if err := p.backend.InUse(ctx, p, r, p.VolumeDir(hash)); err != nil {
 		return fmt.Errorf("delete volume %s: %w", r.ID, err)
 	}
