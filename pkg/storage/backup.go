@@ -179,19 +179,11 @@ func (p *Pool) buildBackup(ctx context.Context, s *Snapshot, src *Pool, rec *Rec
 		}
 	}
 	defer pit.remove(ctx)
-	tmpParent := filepath.Join(p.cfg.Path, tmpDir)
-	tmpName := "s" + s.Hash() + "." + randHex()
-	dir := filepath.Join(tmpParent, tmpName)
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	dir, rollback, err := p.snapshotEntry(ctx, s)
+	if err != nil {
 		return p.noSpace(stepBuild, fmt.Errorf("backup %s of %s: %w", s.ID, rec.ID, err))
 	}
-	defer func() {
-		if err != nil {
-			if rerr := safefs.RemoveTree(tmpParent, tmpName); rerr != nil {
-				logger.Error(rerr, "Cannot roll back half-built backup", "entry", tmpName)
-			}
-		}
-	}()
+	defer rollback(&err)
 	// The snapshot answered meanwhile is s: its backup details are filled in on
 	// a copy, committed.
 	info := *s.Backup
@@ -212,7 +204,7 @@ func (p *Pool) buildBackup(ctx context.Context, s *Snapshot, src *Pool, rec *Rec
 		err = cerr
 		info.WrittenBytes, info.LinkedBytes = st.BytesCopied, st.BytesLinked
 	default:
-		var changed []bool
+		var changed [][]extents.Range
 		if prev != nil {
 			if base := src.backupBase(rec, prev.ID); base != nil {
 				var est extents.Stats

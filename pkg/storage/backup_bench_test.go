@@ -58,15 +58,7 @@ func BenchmarkIncrementalBackup(b *testing.B) {
 	defer img.Close()
 	rng := rand.NewChaCha8([32]byte{2})
 	buf := make([]byte, 4<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		_, _ = rng.Read(buf)
-		if _, err := img.WriteAt(buf, off); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := img.Sync(); err != nil {
-		b.Fatal(err)
-	}
+	fillRandom(b, img, size, rng, buf)
 	timed := func(name string) (*storage.Snapshot, time.Duration) {
 		b.Helper()
 		dropCache(b, image, loopFile)

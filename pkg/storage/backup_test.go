@@ -159,6 +159,16 @@ func TestBackupOfADirectoryVolumeRestoredOnAnotherNode(t *testing.T) {
 	}
 }
 
+// checkBackup compares a backup's base and byte counts with want's.
+func checkBackup(t *testing.T, s *storage.Snapshot, base string, want storage.BackupInfo) {
+	t.Helper()
+	got := *s.Backup
+	if got.Base != base || got.LinkedBytes != want.LinkedBytes || got.WrittenBytes != want.WrittenBytes || got.UnreadBytes != want.UnreadBytes {
+		t.Errorf("backup %s: %+v; want based on %s, %d bytes linked (%d unread), %d written",
+			s.Name, got, base, want.LinkedBytes, want.UnreadBytes, want.WrittenBytes)
+	}
+}
+
 func sameInode(t *testing.T, a, b string) bool {
 	t.Helper()
 	var sa, sb unix.Stat_t
@@ -218,16 +228,19 @@ func testImageBackup(t *testing.T, reflink bool, local func(t *testing.T, dir st
 	if first.Backup.Format != storage.BackupChunks || first.Backup.WrittenBytes != 16<<20 {
 		t.Errorf("first backup: %+v, want 16 MiB of chunks written", *first.Backup)
 	}
-	writeAt(8<<20+100, 4096) // one chunk changes
-	writeAt(60<<20, 4096)    // one is new
+	// Chunk 2 changes in two blocks, chunk 15 (zeros) gets one.
+	writeAt(8<<20+100, 4096)
+	writeAt(60<<20, 4096)
 	second := backup(t, n.a, "snap-2", r)
-	unread := int64(0)
+	const mib, rec = int64(1 << 20), int64(4 + 4096) // a patch record: index and block
+	// Without reflinks the image is read whole, and the changed chunks written
+	// whole; with them, only chunk 2's two blocks are read, and written as a patch
+	// over a link of the first backup's chunk.
+	want := storage.BackupInfo{LinkedBytes: 12 * mib, WrittenBytes: 8 * mib}
 	if reflink {
-		unread = 12 << 20
+		want = storage.BackupInfo{LinkedBytes: 16 * mib, WrittenBytes: 2*rec + 4*mib, UnreadBytes: 16*mib - 8192}
 	}
-	if second.Backup.Base != first.ID || second.Backup.LinkedBytes != 12<<20 || second.Backup.WrittenBytes != 8<<20 || second.Backup.UnreadBytes != unread {
-		t.Errorf("second backup: %+v, want 12 MiB linked (%d of them unread) and 8 MiB written", *second.Backup, unread)
-	}
+	checkBackup(t, second, first.ID, want)
 	sameImage := func(name, id string) {
 		t.Helper()
 		got, err := restore(t, n.b, "img", name, id, req)
@@ -256,14 +269,17 @@ func testImageBackup(t *testing.T, reflink bool, local func(t *testing.T, dir st
 	}
 	sameImage("pvc-img-restored", second.ID)
 	// A third backup: based on the second (and, with reflinks, on its copy).
+	// Chunk 10 changes in one block, patched chunk 2 in one more (the patch
+	// merges them), chunk 3 in 512 (too many: written whole).
 	writeAt(40<<20, 4096)
+	writeAt(8<<20+64<<10, 4096)
+	writeAt(12<<20, 2<<20)
 	third := backup(t, n.a, "snap-3", r)
+	want = storage.BackupInfo{LinkedBytes: 8 * mib, WrittenBytes: 12 * mib}
 	if reflink {
-		unread = 16 << 20
+		want = storage.BackupInfo{LinkedBytes: 16 * mib, WrittenBytes: 4*rec + 4*mib, UnreadBytes: 16*mib - 8192}
 	}
-	if third.Backup.Base != second.ID || third.Backup.LinkedBytes != 16<<20 || third.Backup.WrittenBytes != 4<<20 || third.Backup.UnreadBytes != unread {
-		t.Errorf("third backup: %+v, want 16 MiB linked (%d of them unread) and 4 MiB written", *third.Backup, unread)
-	}
+	checkBackup(t, third, second.ID, want)
 	sameImage("pvc-img-restored-3", third.ID)
 
 	// A chunk damaged on the shared filesystem: the restore says which.
@@ -314,4 +330,74 @@ func TestBackupRefusals(t *testing.T) {
 	}})
 	_, err = restore(t, img, "img", "pvc-x", s.ID, storage.CreateRequest{RequiredBytes: 1 << 20, AccessType: storage.AccessMount, FSType: "ext4"})
 	checkErr(t, err, storage.ErrInvalid)
+}
+
+// A backup interrupted by the plugin's stop (its copies cancelled) or its death
+// (their tmp/ entries left behind, planted here) leaves nothing once the engine
+// starts again, and the same request then makes the backup whole.
+func TestBackupInterruptedByARestart(t *testing.T) {
+	base, sh := testutil.SharedDir(t)
+	pools := []storage.PoolConfig{
+		{Name: "local", Path: filepath.Join(base, "local"), Kind: storage.KindDir},
+		{Name: "sh", Path: sh, Kind: storage.KindShared},
+	}
+	start := func() (*storage.Engine, func()) {
+		t.Helper()
+		e, err := storage.New(storage.Config{Pools: pools})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		stop := func() { cancel(); e.Wait() }
+		t.Cleanup(stop)
+		return e, stop
+	}
+	e, stop := start()
+	r, err := pool(t, e, "local").Create(context.Background(), storage.CreateRequest{Name: "pvc", RequiredBytes: 1 << 30,
+		AccessType: storage.AccessMount, Parameters: map[string]string{"pool": "local"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(pool(t, e, "local").VolumeDir(r.Hash()), "data")
+	big := make([]byte, 256<<20)
+	_, _ = rand.Read(big)
+	if err := os.WriteFile(filepath.Join(data, "big"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	s, err := pool(t, e, "sh").CreateBackup(ctx, "b", pool(t, e, "local"), r.Hash())
+	if err != nil || s.Ready {
+		t.Fatalf("backup of 256 MiB without reflinks: %+v, %v; want it in progress", s, err)
+	}
+	stop()
+	// A plugin killed instead leaves its entries: a point-in-time copy in the
+	// volume's pool, a half-written backup in the shared one.
+	for _, d := range []string{
+		filepath.Join(base, "local", "tmp", "p"+r.Hash()+".0123456789abcdef", "data"),
+		filepath.Join(sh, "tmp", "s"+s.Hash()+".0123456789abcdef", "data"),
+	} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(d, "partial"), "half")
+	}
+
+	e, _ = start()
+	again := backup(t, e, "b", r)
+	if again.ID != s.ID {
+		t.Errorf("the retried backup is %s, want %s", again.ID, s.ID)
+	}
+	got, err := os.ReadFile(filepath.Join(sh, "snapshots", s.Hash(), "data", "big"))
+	if err != nil || !bytes.Equal(got, big) {
+		t.Errorf("the backup's copy of big differs (%v)", err)
+	}
+	for _, d := range []string{filepath.Join(base, "local", "tmp"), filepath.Join(sh, "tmp")} {
+		if left, _ := os.ReadDir(d); len(left) != 0 {
+			t.Errorf("%s holds %d entries after the backup, want none", d, len(left))
+		}
+	}
 }

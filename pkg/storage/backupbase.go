@@ -74,9 +74,10 @@ func (p *Pool) keepBase(ctx context.Context, r *Record, pit *pointInTime, id str
 	}
 }
 
-// changedChunks reports which chunks of target differ from base by their
-// extents: nil when that cannot be told (the next backup then reads them all).
-func changedChunks(ctx context.Context, base *os.File, target string, chunkSize int64) ([]bool, extents.Stats, error) {
+// changedChunks returns, per chunk of target, the ranges written since base (by
+// their extents; none for a chunk unchanged); nil when that cannot be told (the
+// next backup then reads them all).
+func changedChunks(ctx context.Context, base *os.File, target string, chunkSize int64) ([][]extents.Range, extents.Stats, error) {
 	t, err := os.Open(target)
 	if err != nil {
 		return nil, extents.Stats{}, err
@@ -87,10 +88,10 @@ func changedChunks(ctx context.Context, base *os.File, target string, chunkSize 
 		return nil, extents.Stats{}, err
 	}
 	size := info.Size()
-	changed := make([]bool, (size+chunkSize-1)/chunkSize)
+	changed := make([][]extents.Range, (size+chunkSize-1)/chunkSize)
 	st, err := extents.Changed(ctx, base, t, 0, size, func(r extents.Range) error {
 		for i := r.Offset / chunkSize; i*chunkSize < r.End() && i < int64(len(changed)); i++ {
-			changed[i] = true
+			changed[i] = append(changed[i], r)
 		}
 		return nil
 	})

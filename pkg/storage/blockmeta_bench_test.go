@@ -50,15 +50,7 @@ func BenchmarkChangedBlocks(b *testing.B) {
 	defer img.Close()
 	rng := rand.NewChaCha8([32]byte{1})
 	buf := make([]byte, 4<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		_, _ = rng.Read(buf)
-		if _, err := img.WriteAt(buf, off); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := img.Sync(); err != nil {
-		b.Fatal(err)
-	}
+	fillRandom(b, img, size, rng, buf)
 	base, err := p.CreateSnapshot(context.Background(), "base", r.Hash())
 	if err != nil {
 		b.Fatal(err)
@@ -131,6 +123,20 @@ func BenchmarkChangedBlocks(b *testing.B) {
 	fmt.Printf("figure: cbt-delta-over-read-both %.4f x\n", d.Seconds()/rd.Seconds())
 	b.Logf("%d MiB image, %d of %d blocks changed, %d listed; delta median %v, read both median %v (%d rounds)",
 		size>>20, len(written), nBlocks, listed, d, rd, len(tDelta))
+}
+
+// fillRandom writes size bytes from rng into img, len(buf) at a time, and syncs it.
+func fillRandom(b *testing.B, img *os.File, size int64, rng *rand.ChaCha8, buf []byte) {
+	b.Helper()
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		_, _ = rng.Read(buf)
+		if _, err := img.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := img.Sync(); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // cpuTime is the CPU time (user and system) this process has used.

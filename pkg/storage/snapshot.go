@@ -292,23 +292,34 @@ func (p *Pool) existingSnapshot(name, hash string, ofSource func(volumeID string
 
 // buildSnapshot copies the source under tmp/ and commits it by rename.
 func (p *Pool) buildSnapshot(ctx context.Context, s *Snapshot, src *Record) (err error) {
-	tmpParent := filepath.Join(p.cfg.Path, tmpDir)
-	tmpName := "s" + s.Hash() + "." + randHex()
-	dir := filepath.Join(tmpParent, tmpName)
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	dir, rollback, err := p.snapshotEntry(ctx, s)
+	if err != nil {
 		return p.noSpace(stepBuild, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
 	}
-	defer func() {
-		if err != nil {
-			if rerr := safefs.RemoveTree(tmpParent, tmpName); rerr != nil {
-				klog.FromContext(ctx).Error(rerr, "Cannot roll back half-built snapshot", "entry", tmpName)
-			}
-		}
-	}()
+	defer rollback(&err)
 	if err := p.copyData(ctx, src, dir); err != nil {
 		return p.noSpace(stepCopy, fmt.Errorf("snapshot %s of %s: %w", s.ID, src.ID, err))
 	}
 	return p.commitSnapshot(ctx, s, dir)
+}
+
+// snapshotEntry makes tmp/s<hash>.<random>, where snapshot s is built, and returns
+// it with its rollback, to be deferred: it removes the entry when *err is set.
+func (p *Pool) snapshotEntry(ctx context.Context, s *Snapshot) (string, func(*error), error) {
+	tmpParent := filepath.Join(p.cfg.Path, tmpDir)
+	tmpName := "s" + s.Hash() + "." + randHex()
+	dir := filepath.Join(tmpParent, tmpName)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	return dir, func(err *error) {
+		if *err == nil {
+			return
+		}
+		if rerr := safefs.RemoveTree(tmpParent, tmpName); rerr != nil {
+			klog.FromContext(ctx).Error(rerr, "Cannot roll back half-built snapshot", "snapshotID", s.ID, "entry", tmpName)
+		}
+	}, nil
 }
 
 // commitSnapshot writes snapshot s's record into dir, its complete copy under tmp/,
