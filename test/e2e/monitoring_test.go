@@ -96,8 +96,12 @@ func TestMonitoring(t *testing.T) {
 	})
 	scraped := time.Now() // the dashboard is drawn from here on
 	for _, n := range nodes {
-		if len(promQuery(t, fmt.Sprintf(`berth_pool_served{node=%q,pool="default"} == 1`, n))) != 1 {
-			t.Errorf("no berth_pool_served 1 for node %s's default pool", n)
+		// By node: a plugin pod replaced by the release's upgrade may still be
+		// scraped, or its last samples still fresh, beside its successor's.
+		q := fmt.Sprintf(`max by (node) (berth_pool_served{node=%q,pool="default"}) == 1`, n)
+		if _, err := waitQuery(q, 1, time.Minute); err != nil {
+			all, _ := tryPromQuery(fmt.Sprintf(`berth_pool_served{node=%q}`, n))
+			t.Errorf("no berth_pool_served 1 for node %s's default pool: %v; its series: %v", n, err, all)
 		}
 	}
 

@@ -318,6 +318,24 @@ func tryPromQuery(expr string) ([]sample, error) {
 }
 
 // promQuery is tryPromQuery, fatal on error.
+// waitQuery polls expr until it answers n samples, for d at most.
+func waitQuery(expr string, n int, d time.Duration) ([]sample, error) {
+	deadline := time.Now().Add(d)
+	for {
+		s, err := tryPromQuery(expr)
+		if err == nil && len(s) == n {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = fmt.Errorf("%d series after %v, want %d", len(s), d, n)
+			}
+			return s, err
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
 func promQuery(t *testing.T, expr string) []sample {
 	t.Helper()
 	s, err := tryPromQuery(expr)
