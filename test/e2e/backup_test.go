@@ -9,13 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
-
-	"github.com/berth-csi/berth/pkg/mounter"
 )
 
-// backupClass is the VolumeSnapshotClass of TestBackupAndRecoverAfterNodeLost:
+// backupClass is the VolumeSnapshotClass of TestSharedPool/backups:
 // its snapshots are backups kept in the cluster's shared pool.
 const backupClass = "berth-backup-e2e"
 
@@ -32,30 +29,23 @@ fi
 find . -type f ! -name sums -exec md5sum {} + > sums
 sync`
 
-// Backups to a shared pool and recovery after a node is lost: a claim on one node
-// is backed up twice with a VolumeSnapshotClass naming the cluster's GlusterFS pool
-// as backupPool (the second backup links what did not change); the node is then
-// stopped for good (kubelet, containerd, the plugin and the pods frozen), and
-// kubectl berth recover rebuilds the claim on another node from the latest backup,
-// keeping its name. The restored data is the backup's (the write after it is
-// lost, as the report says). A static VolumeSnapshotContent naming the backup's
-// handle, as Velero's CSI restore makes one, restores it on a third node.
-func TestBackupAndRecoverAfterNodeLost(t *testing.T) {
-	c := setup(t, alone)
-	helm := os.Getenv("BERTH_HELM")
-	if helm == "" {
-		t.Skip("needs BERTH_HELM, the helm binary make e2e uses, to add the shared pool to the release")
-	}
-	if m, err := mounter.At(clusterShared); err != nil || m == nil || m.FSType != "fuse.glusterfs" {
-		t.Skipf("needs the cluster's GlusterFS volume at %s (hack/cluster-up.sh with NODES>=3)", clusterShared)
-	}
+// backupAndRecoverAfterNodeLost (TestSharedPool/backups, on the release with the
+// cluster's GlusterFS pool): a claim on one node is backed up twice with a
+// VolumeSnapshotClass naming that pool as backupPool (the second backup links what
+// did not change); the node is then stopped for good (kubelet, containerd, the
+// plugin and the pods frozen), and kubectl berth recover rebuilds the claim on
+// another node from the latest backup, keeping its name. The restored data is the
+// backup's (the write after it is lost, as the report says). A static
+// VolumeSnapshotContent naming the backup's handle, as Velero's CSI restore makes
+// one, restores it on a third node.
+func backupAndRecoverAfterNodeLost(c *cluster) {
+	t := c.t
 	nodes := c.needNodes(3)
 	lost, target, velero := nodes[1], nodes[2], nodes[0]
 	bin := filepath.Join(t.TempDir(), "kubectl-berth")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/kubectl-berth").CombinedOutput(); err != nil {
 		t.Fatalf("build kubectl-berth: %v\n%s", err, out)
 	}
-	c.withSharedPool(helm, clusterShared)
 	c.apply(fmt.Sprintf(`apiVersion: snapshot.storage.k8s.io/v1
 kind: VolumeSnapshotClass
 metadata: {name: %s}
@@ -64,7 +54,7 @@ deletionPolicy: Delete
 parameters: {backupPool: %s}
 `, backupClass, sharedPoolName))
 	var oldPV string
-	// Runs before the release is rolled back (withSharedPool's cleanup), so that
+	// Runs before the release is rolled back (TestSharedPool's cleanup), so that
 	// the backups are deleted by plugins that still serve the shared pool.
 	t.Cleanup(func() { c.cleanBackups(oldPV) })
 
@@ -191,7 +181,7 @@ spec:
 	return handle
 }
 
-// cleanBackups deletes what TestBackupAndRecoverAfterNodeLost made outside its
+// cleanBackups deletes what TestSharedPool/backups made outside its
 // namespace's lifetime: its pods and claims, its snapshots (their backups on the
 // shared filesystem with them), the static content, the class, and the lost
 // node's volume (its PV, kept with Retain by the recovery, set back to Delete).

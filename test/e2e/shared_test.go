@@ -30,12 +30,10 @@ const (
 )
 
 // A shared pool on a real GlusterFS volume mounted on the host, and so on every node
-// (each node's /var/lib/berth-shared is a slave of this machine's): the chart adds the
-// controller Deployment, whose provisioner alone binds the shared class's claims
-// (Immediate); two pods on two nodes share a ReadWriteMany claim and see each other's
-// writes (the delay is logged); node-local claims keep working beside the Deployment
-// and are deleted from the host when their claims go.
-func TestSharedPoolController(t *testing.T) {
+// (each node's /var/lib/berth-shared is a slave of this machine's): the release is
+// upgraded once with the pool, for both subtests (an upgrade and its rollback cost
+// half a minute each), and rolled back after them.
+func TestSharedPool(t *testing.T) {
 	c := setup(t, alone)
 	helm := os.Getenv("BERTH_HELM")
 	if helm == "" {
@@ -55,7 +53,22 @@ func TestSharedPoolController(t *testing.T) {
 	}
 	t.Logf("shared pool at %s", sharedMount)
 	c.withSharedPool(helm, sharedMount)
+	t.Run("controller", func(t *testing.T) { sharedPoolController(setup(t, alone), sharedMount) })
+	t.Run("backups", func(t *testing.T) {
+		if sharedMount != clusterShared {
+			t.Skipf("needs the cluster's GlusterFS volume at %s (hack/cluster-up.sh with NODES>=3)", clusterShared)
+		}
+		backupAndRecoverAfterNodeLost(setup(t, alone))
+	})
+}
 
+// sharedPoolController: the chart adds the controller Deployment, whose provisioner
+// alone binds the shared class's claims (Immediate); two pods on two nodes share a
+// ReadWriteMany claim and see each other's writes (the delay is logged); node-local
+// claims keep working beside the Deployment and are deleted from the host when their
+// claims go.
+func sharedPoolController(c *cluster, sharedMount string) {
+	t := c.t
 	// The claim binds before any pod asks for it: the class binds Immediate, and only
 	// the central provisioner takes Immediate claims.
 	c.apply(strings.Replace(pvc("shared", sharedClass, "64Mi", "Filesystem"), "[ReadWriteOnce]", "[ReadWriteMany]", 1))
