@@ -144,10 +144,17 @@ spec:
   volumeSnapshotClassName: %s
   source: {volumeSnapshotContentName: %s}
 `, content, second, backupClass, c.ns, backupClass, content))
-	c.waitFor("the static VolumeSnapshot ready", 2*time.Minute, func() bool {
+	ready := func() bool {
 		s, _ := c.try("get", "volumesnapshot", "velero", "-o", "jsonpath={.status.readyToUse}")
 		return s == "true"
-	})
+	}
+	for deadline := time.Now().Add(3 * time.Minute); !ready(); time.Sleep(2 * time.Second) {
+		if time.Now().After(deadline) {
+			vsc, _ := c.tryNS("", "get", "volumesnapshotcontent", content, "-o", "yaml")
+			logs, _ := c.tryNS(driverNS, "logs", "-l", "app.kubernetes.io/component=node", "-c", "group-labeller", "--tail=20", "--prefix")
+			t.Fatalf("the static VolumeSnapshot is not ready after 3 minutes; its content:\n%s\ngroup-labellers:\n%s", vsc, logs)
+		}
+	}
 	c.apply(claimFrom("velero", "berth", "256Mi", "VolumeSnapshot", "velero") + "---\n" +
 		podOnNode("velero-reader", velero, "velero", checkRestored, "Never"))
 	c.waitPhase("velero-reader", "Succeeded", 3*time.Minute)
