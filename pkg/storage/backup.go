@@ -115,30 +115,11 @@ func (p *Pool) CreateBackup(ctx context.Context, name string, src *Pool, srcHash
 		}
 	}
 	snap.CreatedAt = time.Now().UTC()
-	bctx, cancel := context.WithCancel(klog.NewContext(p.bgCtx, klog.FromContext(ctx)))
-	b := &build{snap: snap, cancel: cancel, done: make(chan struct{})}
-	p.snaps.mu.Lock()
-	p.snaps.building[hash] = b
-	p.snaps.mu.Unlock()
 	src.hold(rec.ID, +1) // the source is not deleted while it is read
-	p.bg.Add(1)
-	go func() {
-		defer p.bg.Done()
-		defer close(b.done)
-		defer cancel()
-		defer l.unlock()
-		err := p.buildBackup(bctx, snap, src, rec, pit)
-		src.hold(rec.ID, -1)
-		if err != nil {
-			p.release(snap.SizeBytes)
-			b.err = err
-			klog.FromContext(bctx).Error(err, "Backup failed", "snapshotID", id, "sourceVolumeID", rec.ID)
-			return
-		}
-		p.snaps.mu.Lock()
-		delete(p.snaps.building, hash)
-		p.snaps.mu.Unlock()
-	}()
+	b := p.buildInBackground(ctx, snap, l, func(bctx context.Context) error {
+		defer src.hold(rec.ID, -1)
+		return p.buildBackup(bctx, snap, src, rec, pit)
+	})
 	t := time.NewTimer(boundedWait(ctx, copyWait))
 	defer t.Stop()
 	select {

@@ -230,6 +230,17 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 		return &c, nil
 	}
 	// The copy outlives the request but not the engine: Start's context ends it.
+	p.buildInBackground(ctx, snap, l, func(bctx context.Context) error { return p.buildSnapshot(bctx, snap, src) })
+	c := *snap
+	return &c, nil
+}
+
+// buildInBackground runs run, which commits snapshot snap, on the engine's
+// context (it outlives the request but not the engine), holding l and snap's
+// reservation until it ends: snap is in the building set meanwhile, and an error
+// is kept there for the next CreateSnapshot (existingSnapshot).
+func (p *Pool) buildInBackground(ctx context.Context, snap *Snapshot, l *fileLock, run func(context.Context) error) *build {
+	hash := snap.Hash()
 	bctx, cancel := context.WithCancel(klog.NewContext(p.bgCtx, klog.FromContext(ctx)))
 	b := &build{snap: snap, cancel: cancel, done: make(chan struct{})}
 	p.snaps.mu.Lock()
@@ -241,18 +252,17 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 		defer close(b.done)
 		defer cancel()
 		defer l.unlock()
-		if err := p.buildSnapshot(bctx, snap, src); err != nil {
+		if err := run(bctx); err != nil {
 			p.release(snap.SizeBytes)
 			b.err = err
-			klog.FromContext(ctx).Error(err, "Snapshot copy failed", "snapshotID", id)
+			klog.FromContext(bctx).Error(err, "Snapshot copy failed", "snapshotID", snap.ID, "sourceVolumeID", snap.SourceVolumeID)
 			return
 		}
 		p.snaps.mu.Lock()
 		delete(p.snaps.building, hash)
 		p.snaps.mu.Unlock()
 	}()
-	c := *snap
-	return &c, nil
+	return b
 }
 
 // existingSnapshot answers a repeated CreateSnapshot of name (hash): the committed
