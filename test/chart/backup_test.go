@@ -1,9 +1,6 @@
 package chart
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -34,18 +31,9 @@ func TestBackupSnapshotClass(t *testing.T) {
 		t.Errorf("group-labeller args %q, want it for the shared pool without group snapshots", args)
 	}
 
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, kube := helm(t, root)
 	for _, pool := range []string{"default", "nope", ""} {
-		values := filepath.Join(t.TempDir(), "values.yaml")
-		if err := os.WriteFile(values, []byte(backupValues+"backupSnapshotClass: {create: true, backupPool: \""+pool+"\"}\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		out, err := exec.Command(bin, "template", "berth", filepath.Join(root, "charts", "berth"), "--kube-version", kube, "-f", values).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "must name a pool of kind shared") {
+		out, err := tryTemplate(t, backupValues+"backupSnapshotClass: {create: true, backupPool: \""+pool+"\"}\n")
+		if err == nil || !strings.Contains(out, "must name a pool of kind shared") {
 			t.Errorf("backupPool %q: %v\n%s", pool, err, out)
 		}
 	}

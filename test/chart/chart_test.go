@@ -139,6 +139,23 @@ func helm(t *testing.T, root string) (bin, kube string) {
 	return bin, kube
 }
 
+// tryTemplate runs helm template over the chart with values and returns its
+// output, for the values the chart must refuse.
+func tryTemplate(t *testing.T, values string) (string, error) {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, kube := helm(t, root)
+	file := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(file, []byte(values), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "template", "berth", filepath.Join(root, "charts", "berth"), "--kube-version", kube, "-f", file).CombinedOutput()
+	return string(out), err
+}
+
 // render runs helm template over the chart with the given values file ("" for the
 // defaults) and returns the objects by kind/name.
 func render(t *testing.T, values string) map[string]object {

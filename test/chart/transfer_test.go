@@ -3,7 +3,6 @@ package chart
 import (
 	"encoding/base64"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -105,11 +104,6 @@ func TestTransferChannelValues(t *testing.T) {
 // nodes dial the node's InternalIP: the chart refuses it, naming both values, and
 // renders with the channel turned off.
 func TestTransferNeedsHostNetwork(t *testing.T) {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, kube := helm(t, root)
 	for _, tc := range []struct {
 		values string
 		fails  bool
@@ -117,13 +111,9 @@ func TestTransferNeedsHostNetwork(t *testing.T) {
 		{"hostNetwork: false\n", true},
 		{"hostNetwork: false\ntransfer: {enabled: false}\n", false},
 	} {
-		values := filepath.Join(t.TempDir(), "values.yaml")
-		if err := os.WriteFile(values, []byte(tc.values), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		out, err := exec.Command(bin, "template", "berth", filepath.Join(root, "charts", "berth"), "--kube-version", kube, "-f", values).CombinedOutput()
+		out, err := tryTemplate(t, tc.values)
 		switch {
-		case tc.fails && (err == nil || !strings.Contains(string(out), "transfer.enabled needs hostNetwork: true")):
+		case tc.fails && (err == nil || !strings.Contains(out, "transfer.enabled needs hostNetwork: true")):
 			t.Errorf("%q: %v\n%s", tc.values, err, out)
 		case !tc.fails && err != nil:
 			t.Errorf("%q: %v\n%s", tc.values, err, out)
