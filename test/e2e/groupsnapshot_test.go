@@ -134,13 +134,18 @@ func TestGroupSnapshot(t *testing.T) {
 	c := setup(t, alone)
 	node := c.groupNode()
 	class := c.withGroupSnapshots(helm, node)
+	// The subtests run at once, each in its namespace with claims and groups of its
+	// own (a group selects claims of its namespace); the release is rolled back after
+	// the last (the parent's cleanup).
 	for _, tc := range groupClasses {
 		t.Run(tc.class, func(t *testing.T) {
+			t.Parallel()
 			cs := setup(t, alone)
 			cs.groupsUnderWrites(class, node, tc.class, tc.size)
 		})
 	}
 	t.Run("across nodes", func(t *testing.T) {
+		t.Parallel()
 		cs := setup(t, alone)
 		nodes := cs.needNodes(2)
 		cs.groupAcrossNodes(class, node, nodes[0])
