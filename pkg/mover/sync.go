@@ -34,6 +34,27 @@ var (
 	ErrBadSpec       = errors.New("invalid spec")
 )
 
+// reasonOf is the CamelCase reason of a failure's kind, in status.reason.
+func reasonOf(kind error) string {
+	switch kind {
+	case ErrClaimNotFound:
+		return "ClaimNotFound"
+	case ErrNotBound:
+		return "ClaimNotBound"
+	case ErrNotOurs:
+		return "NotOurs"
+	case ErrSharedVolume:
+		return "SharedVolume"
+	case ErrBadTarget:
+		return "BadTarget"
+	case ErrPodNotOwned:
+		return "PodNotOwned"
+	case ErrConflict:
+		return "Conflict"
+	}
+	return "Invalid"
+}
+
 // failure is a reason for the move to fail (and roll back, before Switching), with
 // a message for the operator; errors.Is matches its kind. Any other error is the
 // API's, and is retried.
@@ -112,7 +133,7 @@ func (m *Mover) Sync(ctx context.Context, ns, name string) (time.Duration, error
 		switch {
 		case errors.As(err, &f) && !phase.forwardOnly() && mv.Status.Failure == "":
 			mv.Status = *before
-			mv.Status.Failure = f.msg
+			mv.Status.Failure, mv.Status.Reason = f.msg, reasonOf(f.kind)
 			mv.Status.Message = "Rolling back: " + f.msg
 			logger.Info("Move failed, rolling back", "phase", phase, "reason", f.msg)
 			m.event(ctx, mv, corev1.EventTypeWarning, "Failing", mv.Status.Message)
@@ -228,7 +249,7 @@ func (m *Mover) persist(ctx context.Context, mv *VolumeMove) error {
 func (m *Mover) event(ctx context.Context, mv *VolumeMove, typ, reason, msg string) {
 	now := metav1.Now()
 	ev := &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: mv.Name + ".", Namespace: mv.Namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", mv.Name, time.Now().UnixNano()), Namespace: mv.Namespace},
 		InvolvedObject: corev1.ObjectReference{APIVersion: Resource.GroupVersion().String(), Kind: Kind,
 			Namespace: mv.Namespace, Name: mv.Name, UID: mv.UID, ResourceVersion: mv.ResourceVersion},
 		Reason: reason, Message: truncate(msg, 1024), Type: typ,

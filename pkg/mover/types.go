@@ -77,6 +77,9 @@ type Status struct {
 	// Failure is why the move fails; set while a move that had not reached
 	// Switching rolls back, and kept when its phase becomes Failed.
 	Failure string `json:"failure,omitempty"`
+	// Reason is the failure's kind: ClaimNotFound, ClaimNotBound, NotOurs,
+	// SharedVolume, BadTarget, PodNotOwned, Conflict or Invalid.
+	Reason string `json:"reason,omitempty"`
 
 	SourceNode   string    `json:"sourceNode,omitempty"`
 	SourcePV     string    `json:"sourcePV,omitempty"`
