@@ -161,11 +161,17 @@ func (m *Mover) scale(ctx context.Context, ns string, o Owner, want func(cur int
 	case "StatefulSet":
 		c := m.Apps.StatefulSets(ns)
 		get = func() (*autoscaling, error) { return c.GetScale(ctx, o.Name, metav1.GetOptions{}) }
-		update = func(s *autoscaling) error { _, err := c.UpdateScale(ctx, o.Name, s, metav1.UpdateOptions{}); return err }
+		update = func(s *autoscaling) error {
+			_, err := c.UpdateScale(ctx, o.Name, s, metav1.UpdateOptions{})
+			return err
+		}
 	case "Deployment":
 		c := m.Apps.Deployments(ns)
 		get = func() (*autoscaling, error) { return c.GetScale(ctx, o.Name, metav1.GetOptions{}) }
-		update = func(s *autoscaling) error { _, err := c.UpdateScale(ctx, o.Name, s, metav1.UpdateOptions{}); return err }
+		update = func(s *autoscaling) error {
+			_, err := c.UpdateScale(ctx, o.Name, s, metav1.UpdateOptions{})
+			return err
+		}
 	default:
 		return fail(ErrBadSpec, "owner kind %q: only StatefulSet and Deployment", o.Kind)
 	}
