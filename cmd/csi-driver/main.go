@@ -27,6 +27,10 @@ func main() {
 		groupLabeller(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == driver.MoverCommand {
+		runMover(os.Args[2:])
+		return
+	}
 	opts, err := driver.ParseFlags(os.Args[0], os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "csi-driver: %v\n", err)
@@ -82,6 +86,20 @@ func groupLabeller(args []string) {
 	defer stop()
 	if err := driver.GroupLabeller(ctx, args); err != nil {
 		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.GroupLabellerCommand, err)
+		klog.Flush()
+		stop()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+// runMover runs `csi-driver mover` until SIGTERM or SIGINT; any failure (an
+// invalid flag, no in-cluster configuration) exits 1.
+func runMover(args []string) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := driver.Mover(ctx, args); err != nil {
+		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.MoverCommand, err)
 		klog.Flush()
 		stop()
 		os.Exit(1)

@@ -8,25 +8,20 @@ import (
 	"time"
 
 	"github.com/berth-csi/berth/pkg/orphans"
-	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 )
 
-type autoscaling = autoscalingv1.Scale
-
 // copying provisions the temporary claim, a clone of the claim on the target node,
 // while the claim's pods keep running, and waits until it is Bound. A long copy
 // keeps the provisioner retrying: there is no timeout here.
 func (m *Mover) copying(ctx context.Context, mv *VolumeMove) (string, error) {
 	st := &mv.Status
-	pvcs := m.Core.PersistentVolumeClaims(mv.Namespace)
-	tmp, err := pvcs.Get(ctx, st.TempClaim, metav1.GetOptions{})
+	tmp, err := m.Cluster.GetClaim(ctx, mv.Namespace, st.TempClaim)
 	if apierrors.IsNotFound(err) {
-		tmp, err = pvcs.Create(ctx, m.tempClaim(mv), metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
+		if err := m.Cluster.CreateClaim(ctx, m.tempClaim(mv)); err != nil && !apierrors.IsAlreadyExists(err) {
 			return "", fmt.Errorf("create temporary claim %s/%s: %w", mv.Namespace, st.TempClaim, err)
 		}
 		klog.FromContext(ctx).V(2).Info("Temporary claim created", "volumeMove", moveRef(mv), "tempClaim", st.TempClaim, "toNode", mv.Spec.ToNode)
@@ -41,7 +36,7 @@ func (m *Mover) copying(ctx context.Context, mv *VolumeMove) (string, error) {
 	if tmp.Status.Phase != corev1.ClaimBound || tmp.Spec.VolumeName == "" {
 		return m.copyWait(mv), nil
 	}
-	pv, err := m.Core.PersistentVolumes().Get(ctx, tmp.Spec.VolumeName, metav1.GetOptions{})
+	pv, err := m.Cluster.GetPV(ctx, tmp.Spec.VolumeName)
 	if err != nil {
 		return "", fmt.Errorf("read PersistentVolume %s of temporary claim %s: %w", tmp.Spec.VolumeName, st.TempClaim, err)
 	}
@@ -91,8 +86,7 @@ func (m *Mover) tempClaim(mv *VolumeMove) *corev1.PersistentVolumeClaim {
 
 // deleteTempClaim deletes the temporary claim if it is the move's.
 func (m *Mover) deleteTempClaim(ctx context.Context, mv *VolumeMove) error {
-	pvcs := m.Core.PersistentVolumeClaims(mv.Namespace)
-	tmp, err := pvcs.Get(ctx, mv.Status.TempClaim, metav1.GetOptions{})
+	tmp, err := m.Cluster.GetClaim(ctx, mv.Namespace, mv.Status.TempClaim)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -102,8 +96,7 @@ func (m *Mover) deleteTempClaim(ctx context.Context, mv *VolumeMove) error {
 	if tmp.Labels[LabelMove] != moveLabel(mv) || tmp.DeletionTimestamp != nil {
 		return nil
 	}
-	pre := metav1.Preconditions{UID: &tmp.UID}
-	if err := pvcs.Delete(ctx, tmp.Name, metav1.DeleteOptions{Preconditions: &pre}); err != nil && !apierrors.IsNotFound(err) {
+	if err := m.Cluster.DeleteClaim(ctx, mv.Namespace, tmp.Name, tmp.UID); err != nil {
 		return fmt.Errorf("delete temporary claim %s/%s: %w", mv.Namespace, tmp.Name, err)
 	}
 	klog.FromContext(ctx).V(2).Info("Temporary claim deleted", "volumeMove", moveRef(mv), "tempClaim", tmp.Name)
@@ -117,13 +110,13 @@ func (m *Mover) stopping(ctx context.Context, mv *VolumeMove) (string, error) {
 			return "", err
 		}
 	}
-	pods, err := m.Core.Pods(mv.Namespace).List(ctx, metav1.ListOptions{})
+	pods, err := m.Cluster.ListPods(ctx, mv.Namespace)
 	if err != nil {
 		return "", fmt.Errorf("list the pods of namespace %s: %w", mv.Namespace, err)
 	}
 	var holding []string
-	for i := range pods.Items {
-		p := &pods.Items[i]
+	for i := range pods {
+		p := &pods[i]
 		if !Holds(p, mv.Spec.Claim) {
 			continue
 		}
@@ -155,27 +148,7 @@ func (m *Mover) scaleBack(ctx context.Context, mv *VolumeMove) error {
 
 // scale sets an owner's replicas through its scale subresource, when want says so.
 func (m *Mover) scale(ctx context.Context, ns string, o Owner, want func(cur int32) (int32, bool)) error {
-	var get func() (*autoscaling, error)
-	var update func(*autoscaling) error
-	switch o.Kind {
-	case "StatefulSet":
-		c := m.Apps.StatefulSets(ns)
-		get = func() (*autoscaling, error) { return c.GetScale(ctx, o.Name, metav1.GetOptions{}) }
-		update = func(s *autoscaling) error {
-			_, err := c.UpdateScale(ctx, o.Name, s, metav1.UpdateOptions{})
-			return err
-		}
-	case "Deployment":
-		c := m.Apps.Deployments(ns)
-		get = func() (*autoscaling, error) { return c.GetScale(ctx, o.Name, metav1.GetOptions{}) }
-		update = func(s *autoscaling) error {
-			_, err := c.UpdateScale(ctx, o.Name, s, metav1.UpdateOptions{})
-			return err
-		}
-	default:
-		return fail(ErrBadSpec, "owner kind %q: only StatefulSet and Deployment", o.Kind)
-	}
-	s, err := get()
+	s, err := m.Cluster.GetScale(ctx, ns, o.Kind, o.Name)
 	if apierrors.IsNotFound(err) {
 		return nil // deleted meanwhile: nothing to stop or start
 	}
@@ -187,7 +160,7 @@ func (m *Mover) scale(ctx context.Context, ns string, o Owner, want func(cur int
 		return nil
 	}
 	s.Spec.Replicas = n
-	if err := update(s); err != nil {
+	if err := m.Cluster.UpdateScale(ctx, ns, o.Kind, s); err != nil {
 		return fmt.Errorf("scale %s to %d: %w", o, n, err)
 	}
 	klog.FromContext(ctx).V(2).Info("Owner scaled", "kind", o.Kind, "name", o.Name, "namespace", ns, "replicas", n)

@@ -22,7 +22,7 @@ func (m *Mover) pending(ctx context.Context, mv *VolumeMove) (string, error) {
 	if name == "" || to == "" {
 		return "", fail(ErrBadSpec, "spec.claim and spec.toNode are required")
 	}
-	pvc, err := m.Core.PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
+	pvc, err := m.Cluster.GetClaim(ctx, ns, name)
 	if apierrors.IsNotFound(err) {
 		return "", fail(ErrClaimNotFound, "claim %s not found", claim)
 	}
@@ -32,7 +32,7 @@ func (m *Mover) pending(ctx context.Context, mv *VolumeMove) (string, error) {
 	if pvc.Status.Phase != corev1.ClaimBound || pvc.Spec.VolumeName == "" {
 		return "", fail(ErrNotBound, "claim %s is not Bound (phase %s): there is no volume to move", claim, pvc.Status.Phase)
 	}
-	pv, err := m.Core.PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+	pv, err := m.Cluster.GetPV(ctx, pvc.Spec.VolumeName)
 	if err != nil {
 		return "", fmt.Errorf("read PersistentVolume %s of claim %s: %w", pvc.Spec.VolumeName, claim, err)
 	}
@@ -80,7 +80,7 @@ func (m *Mover) checkTarget(ctx context.Context, from, to string) error {
 	if to == from {
 		return fail(ErrBadTarget, "the claim is already on node %s", to)
 	}
-	n, err := m.Core.Nodes().Get(ctx, to, metav1.GetOptions{})
+	n, err := m.Cluster.GetNode(ctx, to)
 	if apierrors.IsNotFound(err) {
 		return fail(ErrBadTarget, "node %s not found", to)
 	}
@@ -90,7 +90,7 @@ func (m *Mover) checkTarget(ctx context.Context, from, to string) error {
 	if !NodeReady(n) {
 		return fail(ErrBadTarget, "node %s is not Ready", to)
 	}
-	csiNode, err := m.Storage.CSINodes().Get(ctx, to, metav1.GetOptions{})
+	csiNode, err := m.Cluster.GetCSINode(ctx, to)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("read CSINode %s: %w", to, err)
 	}
@@ -103,13 +103,13 @@ func (m *Mover) checkTarget(ctx context.Context, from, to string) error {
 // owners are the controllers of the pods that hold the claim, with their replicas
 // now; a pod that no StatefulSet or Deployment owns is a refusal.
 func (m *Mover) owners(ctx context.Context, ns, claim string) ([]Owner, error) {
-	pods, err := m.Core.Pods(ns).List(ctx, metav1.ListOptions{})
+	pods, err := m.Cluster.ListPods(ctx, ns)
 	if err != nil {
 		return nil, fmt.Errorf("list the pods of namespace %s: %w", ns, err)
 	}
 	var out []Owner
-	for i := range pods.Items {
-		p := &pods.Items[i]
+	for i := range pods {
+		p := &pods[i]
 		if !Holds(p, claim) {
 			continue
 		}
@@ -134,13 +134,13 @@ func (m *Mover) ownerOf(ctx context.Context, p *corev1.Pod) (Owner, error) {
 	apps := strings.HasPrefix(ref.APIVersion, "apps/")
 	switch {
 	case apps && ref.Kind == "StatefulSet":
-		s, err := m.Apps.StatefulSets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
+		s, err := m.Cluster.GetStatefulSet(ctx, ns, ref.Name)
 		if err != nil {
 			return Owner{}, fmt.Errorf("read StatefulSet %s/%s of pod %s: %w", ns, ref.Name, pod, err)
 		}
 		return Owner{Kind: "StatefulSet", Name: s.Name, Replicas: ptr.Deref(s.Spec.Replicas, 1)}, nil
 	case apps && ref.Kind == "ReplicaSet":
-		rs, err := m.Apps.ReplicaSets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
+		rs, err := m.Cluster.GetReplicaSet(ctx, ns, ref.Name)
 		if err != nil {
 			return Owner{}, fmt.Errorf("read ReplicaSet %s/%s of pod %s: %w", ns, ref.Name, pod, err)
 		}
@@ -148,7 +148,7 @@ func (m *Mover) ownerOf(ctx context.Context, p *corev1.Pod) (Owner, error) {
 		if dref == nil || dref.Kind != "Deployment" {
 			return Owner{}, fail(ErrPodNotOwned, "pod %s uses the claim and its ReplicaSet %s belongs to no Deployment: only the pods of StatefulSets and Deployments can be stopped and started elsewhere", pod, rs.Name)
 		}
-		d, err := m.Apps.Deployments(ns).Get(ctx, dref.Name, metav1.GetOptions{})
+		d, err := m.Cluster.GetDeployment(ctx, ns, dref.Name)
 		if err != nil {
 			return Owner{}, fmt.Errorf("read Deployment %s/%s of pod %s: %w", ns, dref.Name, pod, err)
 		}

@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 )
 
@@ -28,9 +27,7 @@ import (
 func (m *Mover) switching(ctx context.Context, mv *VolumeMove) (string, error) {
 	st := &mv.Status
 	ns, claim := mv.Namespace, mv.Namespace+"/"+mv.Spec.Claim
-	pvcs, pvs := m.Core.PersistentVolumeClaims(ns), m.Core.PersistentVolumes()
-
-	cur, err := pvcs.Get(ctx, mv.Spec.Claim, metav1.GetOptions{})
+	cur, err := m.Cluster.GetClaim(ctx, ns, mv.Spec.Claim)
 	switch {
 	case apierrors.IsNotFound(err):
 		cur = nil
@@ -51,7 +48,7 @@ func (m *Mover) switching(ctx context.Context, mv *VolumeMove) (string, error) {
 	}
 
 	if st.TargetPVRecord == nil {
-		tmp, err := pvs.Get(ctx, st.TargetPV, metav1.GetOptions{})
+		tmp, err := m.Cluster.GetPV(ctx, st.TargetPV)
 		if err != nil {
 			return "", fmt.Errorf("read temporary PersistentVolume %s: %w", st.TargetPV, err)
 		}
@@ -72,17 +69,16 @@ func (m *Mover) switching(ctx context.Context, mv *VolumeMove) (string, error) {
 	if err := m.deleteTempClaim(ctx, mv); err != nil {
 		return "", err
 	}
-	if _, err := pvcs.Get(ctx, st.TempClaim, metav1.GetOptions{}); err == nil {
+	if _, err := m.Cluster.GetClaim(ctx, ns, st.TempClaim); err == nil {
 		return fmt.Sprintf("Switching: waiting for temporary claim %s to be deleted", st.TempClaim), nil
 	} else if !apierrors.IsNotFound(err) {
 		return "", fmt.Errorf("read temporary claim %s/%s: %w", ns, st.TempClaim, err)
 	}
 
-	target, err := pvs.Get(ctx, st.TargetPV, metav1.GetOptions{})
+	target, err := m.Cluster.GetPV(ctx, st.TargetPV)
 	switch {
 	case apierrors.IsNotFound(err):
-		target, err = pvs.Create(ctx, m.targetPV(mv), metav1.CreateOptions{})
-		if err != nil {
+		if err := m.Cluster.CreatePV(ctx, m.targetPV(mv)); err != nil {
 			return "", fmt.Errorf("create PersistentVolume %s for claim %s: %w", st.TargetPV, claim, err)
 		}
 		klog.FromContext(ctx).V(2).Info("Target PersistentVolume created", "volumeMove", moveRef(mv), "pv", st.TargetPV, "resyncFrom", st.SourceVolume)
@@ -90,8 +86,7 @@ func (m *Mover) switching(ctx context.Context, mv *VolumeMove) (string, error) {
 		return "", fmt.Errorf("read PersistentVolume %s: %w", st.TargetPV, err)
 	case target.UID == st.TempPVUID:
 		if target.DeletionTimestamp == nil {
-			pre := metav1.Preconditions{UID: &target.UID}
-			if err := pvs.Delete(ctx, target.Name, metav1.DeleteOptions{Preconditions: &pre}); err != nil && !apierrors.IsNotFound(err) {
+			if err := m.Cluster.DeletePV(ctx, target.Name, target.UID); err != nil {
 				return "", fmt.Errorf("delete the object of temporary PersistentVolume %s: %w", target.Name, err)
 			}
 		}
@@ -103,18 +98,17 @@ func (m *Mover) switching(ctx context.Context, mv *VolumeMove) (string, error) {
 
 	if cur != nil && cur.UID == st.ClaimUID {
 		if cur.DeletionTimestamp == nil {
-			pre := metav1.Preconditions{UID: &cur.UID}
-			if err := pvcs.Delete(ctx, cur.Name, metav1.DeleteOptions{Preconditions: &pre}); err != nil && !apierrors.IsNotFound(err) {
+			if err := m.Cluster.DeleteClaim(ctx, ns, cur.Name, cur.UID); err != nil {
 				return "", fmt.Errorf("delete claim %s: %w", claim, err)
 			}
 			klog.FromContext(ctx).V(2).Info("Claim deleted, to be made again", "volumeMove", moveRef(mv), "claim", claim)
 		}
 		return fmt.Sprintf("Switching: waiting for claim %s to be deleted%s", claim, finalizers(cur.Finalizers)), nil
 	}
-	if _, err := pvcs.Create(ctx, m.newClaim(mv), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := m.Cluster.CreateClaim(ctx, m.newClaim(mv)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return "", fmt.Errorf("create claim %s on PersistentVolume %s: %w", claim, st.TargetPV, err)
 	}
-	klog.FromContext(ctx).V(2).Info("Claim made again", "volumeMove", moveRef(mv), "claim", claim, "pv", target.Name)
+	klog.FromContext(ctx).V(2).Info("Claim made again", "volumeMove", moveRef(mv), "claim", claim, "pv", st.TargetPV)
 	return fmt.Sprintf("Switching: waiting for claim %s to bind to PersistentVolume %s", claim, st.TargetPV), nil
 }
 
@@ -140,7 +134,7 @@ func (m *Mover) patchPV(ctx context.Context, name string, p map[string]any) erro
 	if err != nil {
 		return err
 	}
-	if _, err := m.Core.PersistentVolumes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if err := m.Cluster.PatchPV(ctx, name, patch); err != nil {
 		return fmt.Errorf("patch PersistentVolume %s with %s: %w", name, patch, err)
 	}
 	return nil
@@ -198,7 +192,7 @@ func (m *Mover) starting(ctx context.Context, mv *VolumeMove) (string, error) {
 	if policy == "" {
 		policy = corev1.PersistentVolumeReclaimDelete
 	}
-	target, err := m.Core.PersistentVolumes().Get(ctx, st.TargetPV, metav1.GetOptions{})
+	target, err := m.Cluster.GetPV(ctx, st.TargetPV)
 	if err != nil {
 		return "", fmt.Errorf("read PersistentVolume %s: %w", st.TargetPV, err)
 	}
@@ -211,13 +205,13 @@ func (m *Mover) starting(ctx context.Context, mv *VolumeMove) (string, error) {
 		return "", err
 	}
 	if waited(st.Owners) {
-		pods, err := m.Core.Pods(mv.Namespace).List(ctx, metav1.ListOptions{})
+		pods, err := m.Cluster.ListPods(ctx, mv.Namespace)
 		if err != nil {
 			return "", fmt.Errorf("list the pods of namespace %s: %w", mv.Namespace, err)
 		}
 		running, waiting := 0, []string{}
-		for i := range pods.Items {
-			p := &pods.Items[i]
+		for i := range pods {
+			p := &pods[i]
 			if !Holds(p, mv.Spec.Claim) {
 				continue
 			}
@@ -263,7 +257,7 @@ func podList(p []string) string {
 // no pod has staged the copy from yet (no owners: the first stage still resyncs).
 func (m *Mover) cleaning(ctx context.Context, mv *VolumeMove) (string, error) {
 	st := &mv.Status
-	src, err := m.Core.PersistentVolumes().Get(ctx, st.SourcePV, metav1.GetOptions{})
+	src, err := m.Cluster.GetPV(ctx, st.SourcePV)
 	done := fmt.Sprintf("Moved claim %s from node %s to node %s", mv.Spec.Claim, st.SourceNode, mv.Spec.ToNode)
 	if st.DowntimeSeconds != nil && waited(st.Owners) {
 		done += fmt.Sprintf(", %ds without its pods", *st.DowntimeSeconds)

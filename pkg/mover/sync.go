@@ -16,9 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
-	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
-	storagev1client "k8s.io/client-go/kubernetes/typed/storage/v1"
 	"k8s.io/klog/v2"
 )
 
@@ -73,9 +70,8 @@ func fail(kind error, format string, a ...any) error {
 // Mover advances VolumeMoves. Sync runs one move as far as it can go without
 // waiting; Run (run.go) calls it for every move, again while it waits.
 type Mover struct {
-	Core    corev1client.CoreV1Interface
-	Apps    appsv1client.AppsV1Interface
-	Storage storagev1client.StorageV1Interface
+	Cluster Cluster
+	// Dynamic reaches the VolumeMoves.
 	Dynamic dynamic.Interface
 	// Driver is the CSI driver name whose claims are moved.
 	Driver string
@@ -256,7 +252,7 @@ func (m *Mover) event(ctx context.Context, mv *VolumeMove, typ, reason, msg stri
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
 		Source: corev1.EventSource{Component: "berth-mover"},
 	}
-	if _, err := m.Core.Events(mv.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+	if err := m.Cluster.CreateEvent(ctx, ev); err != nil {
 		klog.FromContext(ctx).V(2).Info("Event not recorded", "volumeMove", mv.Namespace+"/"+mv.Name, "reason", reason, "err", err)
 	}
 }

@@ -204,7 +204,7 @@ func (w *world) scaleReactors(resource, kind string) {
 }
 
 func (w *world) mover() *Mover {
-	return &Mover{Core: w.kube.CoreV1(), Apps: w.kube.AppsV1(), Storage: w.kube.StorageV1(), Dynamic: w.dyn,
+	return &Mover{Cluster: clientset{w.kube}, Dynamic: w.dyn,
 		Driver: driver, Poll: time.Second, Now: func() time.Time { return w.clock }}
 }
 
