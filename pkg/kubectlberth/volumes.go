@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/berth-csi/berth/pkg/mover"
+
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -111,7 +113,7 @@ func volumeRows(f *Facts, namespace string) []VolumeRow {
 		}
 		id := pv.Spec.CSI.VolumeHandle
 		r := VolumeRow{PV: pv.Name, Namespace: ns, Claim: claim, Phase: string(pv.Status.Phase), VolumeID: id,
-			Node: pvNode(pv), Pool: poolOf(id)}
+			Node: mover.PVNode(pv), Pool: poolOf(id)}
 		if q, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok {
 			r.CapacityBytes = q.Value()
 		}
