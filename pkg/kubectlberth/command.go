@@ -78,7 +78,8 @@ func newRoot(o *Options) *cobra.Command {
 	flags.StringVar(&o.DriverName, "driver", "berth.csi.io", "the CSI driver name (the chart's driverName)")
 	flags.StringVar(&o.DriverNamespace, "driver-namespace", "", "namespace of the driver's pods (default: found in every namespace by their label app.kubernetes.io/name=berth)")
 	flags.StringVarP(&o.Output, "output", "o", "", "output format: json or yaml (default: a table)")
-	root.AddCommand(newPoolsCommand(o), newVolumesCommand(o), newDoctorCommand(o), newRecoverCommand(o))
+	root.AddCommand(newPoolsCommand(o), newVolumesCommand(o), newDoctorCommand(o), newRecoverCommand(o),
+		newMoveCommand(o), newEvacuateCommand(o))
 	return root
 }
 
@@ -110,4 +111,19 @@ func (o *Options) run(cmd *cobra.Command, f func(context.Context, *Clients) erro
 		return err
 	}
 	return f(cmd.Context(), c)
+}
+
+// runIn is run for a command on the namespace -n names (or the kubeconfig's
+// context), or on every namespace ("") with all.
+func (o *Options) runIn(cmd *cobra.Command, all bool, f func(context.Context, *Clients, string) error) error {
+	return o.run(cmd, func(ctx context.Context, c *Clients) error {
+		ns := ""
+		if !all {
+			var err error
+			if ns, err = o.Namespace(); err != nil {
+				return err
+			}
+		}
+		return f(ctx, c, ns)
+	})
 }

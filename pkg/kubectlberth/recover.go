@@ -102,11 +102,7 @@ is said: the writes after the backup. It refuses when the claim's node is Ready
 Run it again after an interruption: it finishes the job.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.run(cmd, func(ctx context.Context, c *Clients) error {
-				ns, err := o.Namespace()
-				if err != nil {
-					return err
-				}
+			return o.runIn(cmd, false, func(ctx context.Context, c *Clients, ns string) error {
 				return o.recover(ctx, c, ns, args[0], ro)
 			})
 		},

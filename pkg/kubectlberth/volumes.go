@@ -43,16 +43,7 @@ func newVolumesCommand(o *Options) *cobra.Command {
 		Short: "The driver's volumes: claim, node, pool, size, use, health, snapshots, copies in progress",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return o.run(cmd, func(ctx context.Context, c *Clients) error {
-				ns := ""
-				if !all {
-					var err error
-					if ns, err = o.Namespace(); err != nil {
-						return err
-					}
-				}
-				return o.volumes(ctx, c, ns)
-			})
+			return o.runIn(cmd, all, o.volumes)
 		},
 	}
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "every namespace's claims, and volumes of no claim")
