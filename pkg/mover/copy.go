@@ -47,8 +47,16 @@ func (m *Mover) copying(ctx context.Context, mv *VolumeMove) (string, error) {
 	if n := PVNode(pv); n != mv.Spec.ToNode {
 		return "", fail(ErrBadTarget, "temporary claim %s was provisioned on node %q, not %s", st.TempClaim, n, mv.Spec.ToNode)
 	}
-	// The owners again: replicas may have changed during a long copy, and a pod
-	// that nothing can restart may have come.
+	// The claim must still be the one copied, and the owners are read again:
+	// replicas may have changed during a long copy, a pod that nothing can restart
+	// may have come.
+	pvc, err := m.Cluster.GetClaim(ctx, mv.Namespace, mv.Spec.Claim)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("read claim %s/%s: %w", mv.Namespace, mv.Spec.Claim, err)
+	}
+	if err != nil || pvc.UID != st.ClaimUID || pvc.Spec.VolumeName != st.SourcePV || pvc.DeletionTimestamp != nil {
+		return "", fail(ErrClaimNotFound, "claim %s/%s was deleted or replaced during the copy", mv.Namespace, mv.Spec.Claim)
+	}
 	owners, err := m.owners(ctx, mv.Namespace, mv.Spec.Claim)
 	if err != nil {
 		return "", err
@@ -64,7 +72,8 @@ func (m *Mover) copying(ctx context.Context, mv *VolumeMove) (string, error) {
 func (m *Mover) copyWait(mv *VolumeMove) string {
 	since := ""
 	if mv.Status.StartedAt != nil {
-		since = fmt.Sprintf(" (for %s)", m.now().Sub(mv.Status.StartedAt.Time).Round(time.Second))
+		// In minutes: the message, written when it changes, is not rewritten at each poll.
+		since = fmt.Sprintf(" (for %s)", m.now().Sub(mv.Status.StartedAt.Time).Truncate(time.Minute))
 	}
 	return fmt.Sprintf("Copying: waiting for temporary claim %s, a clone of %s, to be provisioned on node %s%s",
 		mv.Status.TempClaim, mv.Spec.Claim, mv.Spec.ToNode, since)

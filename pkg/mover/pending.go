@@ -29,6 +29,9 @@ func (m *Mover) pending(ctx context.Context, mv *VolumeMove) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read claim %s: %w", claim, err)
 	}
+	if pvc.DeletionTimestamp != nil {
+		return "", fail(ErrClaimNotFound, "claim %s is being deleted", claim)
+	}
 	if pvc.Status.Phase != corev1.ClaimBound || pvc.Spec.VolumeName == "" {
 		return "", fail(ErrNotBound, "claim %s is not Bound (phase %s): there is no volume to move", claim, pvc.Status.Phase)
 	}
