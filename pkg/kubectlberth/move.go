@@ -183,6 +183,9 @@ func (o *Options) startMove(ctx context.Context, c *Clients, p movePlan) (*mover
 		return nil, err
 	}
 	created, err := r.Create(ctx, u, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("VolumeMove %s/%s is still being deleted (the mover removes its finalizer %s): run the command again", p.ns, p.claim, mover.Finalizer)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create VolumeMove %s/%s: %w (is the chart's mover installed? mover.enabled)", p.ns, p.claim, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -107,6 +108,9 @@ func (w *world) checkMoved(t *testing.T, name string) {
 	st := mv.Status
 	if st.Phase != PhaseSucceeded {
 		t.Fatalf("phase %s (%s), want Succeeded", st.Phase, st.Message)
+	}
+	if len(mv.Finalizers) != 0 {
+		t.Errorf("finalizers %v left on the finished move", mv.Finalizers)
 	}
 	for what, at := range map[string]*metav1.Time{"startedAt": st.StartedAt, "stoppedAt": st.StoppedAt,
 		"switchedAt": st.SwitchedAt, "runningAt": st.RunningAt, "finishedAt": st.FinishedAt} {
@@ -276,6 +280,41 @@ func TestRollback(t *testing.T) {
 	}
 }
 
+// TestCancel: deleting a VolumeMove before Switching rolls it back; the finalizer
+// goes once it is Failed.
+func TestCancel(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, "StatefulSet")
+	w.create(t, "data", "data", "node-b")
+	m := w.mover()
+	for w.move(t, "data").Status.Phase != PhaseStopping {
+		must(t, w.sync(m, "data"))
+		w.tick(t)
+	}
+	mv := w.move(t, "data")
+	if !slices.Contains(mv.Finalizers, Finalizer) {
+		t.Fatalf("finalizers %v, want %s", mv.Finalizers, Finalizer)
+	}
+	now := metav1.Now()
+	mv.DeletionTimestamp = &now
+	u, err := mv.ToUnstructured()
+	must(t, err)
+	must(t, w.dyn.Tracker().Update(Resource, u, ns))
+	must(t, w.sync(m, "data"))
+	mv = w.move(t, "data")
+	if mv.Status.Phase != PhaseFailed || mv.Status.Reason != "Cancelled" || len(mv.Finalizers) != 0 {
+		t.Errorf("phase %s, reason %s, finalizers %v: want Failed, Cancelled, none", mv.Status.Phase, mv.Status.Reason, mv.Finalizers)
+	}
+	if _, err := w.kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, mv.Status.TempClaim, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("temporary claim: %v, want it deleted", err)
+	}
+	sts, err := w.kube.AppsV1().StatefulSets(ns).Get(ctx, "web", metav1.GetOptions{})
+	must(t, err)
+	if *sts.Spec.Replicas != 1 {
+		t.Errorf("StatefulSet at %d replicas, want 1", *sts.Spec.Replicas)
+	}
+}
+
 // TestBusy: a second move that would stop the same StatefulSet waits for the first.
 func TestBusy(t *testing.T) {
 	w := newWorld(t, "StatefulSet", localPV("pv-logs", "b1-default-000000000000000000000000000000e5", "node-a", "logs", "uid-logs"),
@@ -289,5 +328,28 @@ func TestBusy(t *testing.T) {
 	must(t, w.sync(w.mover(), "logs"))
 	if st := w.move(t, "logs").Status; st.Phase != PhasePending && st.Phase != "" || st.Message == "" {
 		t.Errorf("second move: %+v, want it Pending, waiting for the first", st)
+	}
+}
+
+// TestRun: the list and watch loop hands a new move to a worker, which takes it
+// as far as it goes without the cluster's controllers (Copying), and stops with ctx.
+func TestRun(t *testing.T) {
+	w := newWorld(t, "StatefulSet")
+	m := w.mover()
+	m.Now = nil // the workers' clock; the test's is not theirs to read
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, 2, time.Minute) }()
+	w.create(t, "data", "data", "node-b")
+	deadline := time.Now().Add(10 * time.Second)
+	for w.move(t, "data").Status.Phase != PhaseCopying {
+		if time.Now().After(deadline) {
+			t.Fatalf("move not in Copying after 10s: %+v", w.move(t, "data").Status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package mover
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -103,8 +104,9 @@ func (m *Mover) listAndWatch(ctx context.Context, queue workqueue.TypedRateLimit
 	}
 }
 
+// enqueue queues a move unless it is finished (and its finalizer removed).
 func enqueue(queue workqueue.TypedRateLimitingInterface[string], u *unstructured.Unstructured) {
-	if p, _, _ := unstructured.NestedString(u.Object, "status", "phase"); Phase(p).Finished() {
+	if p, _, _ := unstructured.NestedString(u.Object, "status", "phase"); Phase(p).Finished() && !slices.Contains(u.GetFinalizers(), Finalizer) {
 		return
 	}
 	queue.Add(u.GetNamespace() + "/" + u.GetName())

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/klog/v2"
@@ -121,7 +124,18 @@ func (m *Mover) Sync(ctx context.Context, ns, name string) (time.Duration, error
 	logger := klog.FromContext(ctx).WithValues("volumeMove", ns+"/"+name, "claim", mv.Spec.Claim, "toNode", mv.Spec.ToNode)
 	for range 100 {
 		if mv.Status.Phase.Finished() {
-			return 0, nil
+			return 0, m.finalize(ctx, mv, false)
+		}
+		if err := m.finalize(ctx, mv, true); err != nil {
+			return 0, err
+		}
+		if mv.DeletionTimestamp != nil && !mv.Status.Phase.forwardOnly() && mv.Status.Failure == "" {
+			msg := "the VolumeMove was deleted: the move is cancelled"
+			mv.Status.Failure, mv.Status.Reason, mv.Status.Message = msg, "Cancelled", "Rolling back: "+msg
+			logger.Info("Move cancelled, rolling back", "phase", mv.Status.Phase)
+			if err := m.persist(ctx, mv); err != nil {
+				return 0, err
+			}
 		}
 		phase, before := mv.Status.Phase, statusOf(mv)
 		wait, err := m.step(ctx, mv)
@@ -221,6 +235,40 @@ func (m *Mover) rollback(ctx context.Context, mv *VolumeMove) (string, error) {
 	now := m.now()
 	st.Phase, st.FinishedAt, st.Message = PhaseFailed, &now, st.Failure
 	return "", nil
+}
+
+// Finalizer keeps a deleted VolumeMove until its move is finished: rolled back
+// (the deletion cancels a move before Switching) or, from Switching on, done.
+const Finalizer = "berth.csi.io/mover"
+
+// finalize adds the finalizer to an unfinished move (on, unless it is being
+// deleted) or removes it (off).
+func (m *Mover) finalize(ctx context.Context, mv *VolumeMove, on bool) error {
+	has := slices.Contains(mv.Finalizers, Finalizer)
+	if on == has || on && mv.DeletionTimestamp != nil {
+		return nil
+	}
+	fins := slices.DeleteFunc(slices.Clone(mv.Finalizers), func(f string) bool { return f == Finalizer })
+	if on {
+		fins = append(fins, Finalizer)
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": fins, "resourceVersion": mv.ResourceVersion}})
+	if err != nil {
+		return err
+	}
+	out, err := m.moves().Namespace(mv.Namespace).Patch(ctx, mv.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if apierrors.IsNotFound(err) && !on {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("set the finalizers of VolumeMove %s/%s to %v: %w", mv.Namespace, mv.Name, fins, err)
+	}
+	got, err := FromUnstructured(out)
+	if err != nil {
+		return err
+	}
+	*mv = *got
+	return nil
 }
 
 // persist writes the status, and takes the object written (its resourceVersion).
