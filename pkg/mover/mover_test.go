@@ -193,6 +193,10 @@ func TestRefusals(t *testing.T) {
 		{name: "target without the driver", claim: "data", to: "node-d", wantKind: ErrBadTarget, wantReason: "BadTarget"},
 		{name: "bare pod", claim: "data", to: "node-b", objs: []runtime.Object{pod("bare", "node-a", nil, "data")}, wantKind: ErrPodNotOwned, wantReason: "PodNotOwned"},
 		{name: "pod of a Job", claim: "data", to: "node-b", objs: []runtime.Object{pod("once-x", "node-a", job, "data")}, wantKind: ErrPodNotOwned, wantReason: "PodNotOwned"},
+		{name: "StatefulSet deleting its claims when scaled down", claim: "data", to: "node-b", objs: []runtime.Object{
+			&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns}, Spec: appsv1.StatefulSetSpec{
+				PersistentVolumeClaimRetentionPolicy: &appsv1.StatefulSetPersistentVolumeClaimRetentionPolicy{WhenScaled: appsv1.DeletePersistentVolumeClaimRetentionPolicyType}}},
+			pod("db-0", "node-a", ownerRef("StatefulSet", "db"), "data")}, wantKind: ErrScaleDeletes, wantReason: "ScaleDeletesClaim"},
 		{name: "ReplicaSet without Deployment", claim: "data", to: "node-b", objs: []runtime.Object{
 			&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "lone", Namespace: ns}}, pod("lone-x", "node-a", ownerRef("ReplicaSet", "lone"), "data")}, wantKind: ErrPodNotOwned, wantReason: "PodNotOwned"},
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/berth-csi/berth/pkg/orphans"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -140,6 +141,9 @@ func (m *Mover) ownerOf(ctx context.Context, p *corev1.Pod) (Owner, error) {
 		s, err := m.Cluster.GetStatefulSet(ctx, ns, ref.Name)
 		if err != nil {
 			return Owner{}, fmt.Errorf("read StatefulSet %s/%s of pod %s: %w", ns, ref.Name, pod, err)
+		}
+		if r := s.Spec.PersistentVolumeClaimRetentionPolicy; r != nil && r.WhenScaled == appsv1.DeletePersistentVolumeClaimRetentionPolicyType {
+			return Owner{}, fail(ErrScaleDeletes, "StatefulSet %s/%s deletes its claims when scaled down (persistentVolumeClaimRetentionPolicy.whenScaled: Delete): stopping it would delete the claim; set whenScaled to Retain for the move", ns, s.Name)
 		}
 		return Owner{Kind: "StatefulSet", Name: s.Name, Replicas: ptr.Deref(s.Spec.Replicas, 1)}, nil
 	case apps && ref.Kind == "ReplicaSet":

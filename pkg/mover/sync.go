@@ -32,6 +32,7 @@ var (
 	ErrPodNotOwned   = errors.New("pod not owned by a StatefulSet or a Deployment")
 	ErrConflict      = errors.New("object not the move's")
 	ErrBadSpec       = errors.New("invalid spec")
+	ErrScaleDeletes  = errors.New("owner deletes its claims when scaled down")
 )
 
 // reasonOf is the CamelCase reason of a failure's kind, in status.reason.
@@ -51,6 +52,8 @@ func reasonOf(kind error) string {
 		return "PodNotOwned"
 	case ErrConflict:
 		return "Conflict"
+	case ErrScaleDeletes:
+		return "ScaleDeletesClaim"
 	}
 	return "Invalid"
 }

@@ -78,7 +78,7 @@ type Status struct {
 	// Switching rolls back, and kept when its phase becomes Failed.
 	Failure string `json:"failure,omitempty"`
 	// Reason is the failure's kind: ClaimNotFound, ClaimNotBound, NotOurs,
-	// SharedVolume, BadTarget, PodNotOwned, Conflict, Invalid or Cancelled (the VolumeMove deleted before Switching).
+	// SharedVolume, BadTarget, PodNotOwned, ScaleDeletesClaim, Conflict, Invalid or Cancelled (the VolumeMove deleted before Switching).
 	Reason string `json:"reason,omitempty"`
 
 	SourceNode   string    `json:"sourceNode,omitempty"`
