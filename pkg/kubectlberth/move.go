@@ -92,12 +92,15 @@ The downtime is the pods' stop to their start on the new node.`,
 
 func (o *Options) move(ctx context.Context, c *Clients, ns, claim string, mo moveOptions) error {
 	moves, err := o.runMoves(ctx, c, []movePlan{{ns: ns, claim: claim, to: mo.to}}, 1, mo.wait, mo.timeout)
-	if err != nil {
+	if moves[0] == nil {
 		return err
 	}
 	r := reportOf(moves[0])
-	if err := o.writeMove(&r); err != nil {
-		return err
+	if werr := o.writeMove(&r); werr != nil {
+		return werr
+	}
+	if err != nil {
+		return err // a timeout: the report says where the move is
 	}
 	if r.Phase == mover.PhaseFailed {
 		return fmt.Errorf("%w: %s", ErrMoveFailed, r.Message)

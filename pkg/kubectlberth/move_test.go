@@ -216,6 +216,17 @@ func TestMoveExisting(t *testing.T) {
 	}
 }
 
+// TestMoveTimeout: on timeout the report says where the move is, and the error
+// says that it goes on.
+func TestMoveTimeout(t *testing.T) {
+	w := newMoveWorld(t)
+	w.script("team-a", "data", running(mover.PhaseCopying))
+	out, _, err := w.run(t, "", "move", "data", "--to", "node-b", "--poll", "1ms", "--timeout", "5ms")
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(out, "moving from node node-a to node node-b: Copying") {
+		t.Errorf("move: %v, want ErrTimeout; output:\n%s", err, out)
+	}
+}
+
 func TestMoveNoWait(t *testing.T) {
 	w := newMoveWorld(t)
 	out, _, err := w.run(t, "", "move", "data", "--to", "node-b", "--wait=false")
