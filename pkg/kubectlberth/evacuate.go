@@ -108,7 +108,7 @@ func (o *Options) evacuate(ctx context.Context, c *Clients, node string, eo evac
 		}
 		rep.Claims = append(rep.Claims, row)
 	}
-	moves, err := o.runMoves(ctx, c, plans, eo.parallel, eo.wait, eo.timeout)
+	moves, err := o.runMoves(ctx, c, plans, eo.parallel, eo.wait, true, eo.timeout)
 	for i, mv := range moves {
 		if mv == nil {
 			continue

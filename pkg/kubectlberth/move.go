@@ -91,7 +91,7 @@ The downtime is the pods' stop to their start on the new node.`,
 }
 
 func (o *Options) move(ctx context.Context, c *Clients, ns, claim string, mo moveOptions) error {
-	moves, err := o.runMoves(ctx, c, []movePlan{{ns: ns, claim: claim, to: mo.to}}, 1, mo.wait, mo.timeout)
+	moves, err := o.runMoves(ctx, c, []movePlan{{ns: ns, claim: claim, to: mo.to}}, 1, mo.wait, false, mo.timeout)
 	if moves[0] == nil {
 		return err
 	}
@@ -113,8 +113,9 @@ type movePlan struct{ ns, claim, to string }
 
 // runMoves makes the plans' moves, at most parallel at once, and with wait follows
 // them until all are finished or timeout, printing the phases to ErrOut. Without
-// wait it makes them all and returns.
-func (o *Options) runMoves(ctx context.Context, c *Clients, plans []movePlan, parallel int, wait bool, timeout time.Duration) ([]*mover.VolumeMove, error) {
+// wait it makes them all and returns. A plan refused (another move of its claim
+// runs) ends the run, unless keepGoing: its move is then reported Failed.
+func (o *Options) runMoves(ctx context.Context, c *Clients, plans []movePlan, parallel int, wait, keepGoing bool, timeout time.Duration) ([]*mover.VolumeMove, error) {
 	out := make([]*mover.VolumeMove, len(plans))
 	seen := make([]string, len(plans))
 	running := map[int]bool{}
@@ -122,10 +123,17 @@ func (o *Options) runMoves(ctx context.Context, c *Clients, plans []movePlan, pa
 	for next := 0; ; {
 		for next < len(plans) && (!wait || len(running) < parallel) {
 			mv, err := o.startMove(ctx, c, plans[next])
-			if err != nil {
+			var refused *recoverError
+			switch {
+			case keepGoing && errors.As(err, &refused):
+				p := plans[next]
+				out[next] = mover.New(p.ns, p.claim, p.claim, p.to)
+				out[next].Status = mover.Status{Phase: mover.PhaseFailed, Message: refused.msg}
+			case err != nil:
 				return out, err
+			default:
+				out[next], running[next] = mv, true
 			}
-			out[next], running[next] = mv, true
 			next++
 		}
 		if !wait {

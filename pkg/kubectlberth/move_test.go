@@ -29,13 +29,15 @@ type moveWorld struct {
 	*world
 	mu      sync.Mutex
 	scripts map[string][]mover.Status // namespace/name -> statuses to come
-	// maxRunning is the most unfinished moves there were when one was created.
+	// maxRunning is the most unfinished moves made by the command there were
+	// when it made one.
 	maxRunning int
+	created    map[string]bool
 }
 
 func newMoveWorld(t *testing.T, objs ...runtime.Object) *moveWorld {
 	t.Helper()
-	w := &moveWorld{world: newWorld(t, objs...), scripts: map[string][]mover.Status{}}
+	w := &moveWorld{world: newWorld(t, objs...), scripts: map[string][]mover.Status{}, created: map[string]bool{}}
 	w.dyn = dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{vscResource: "VolumeSnapshotContentList", mover.Resource: mover.ListKind})
 	w.dyn.PrependReactor("get", "volumemoves", func(a clienttesting.Action) (bool, runtime.Object, error) {
@@ -49,10 +51,11 @@ func newMoveWorld(t *testing.T, objs ...runtime.Object) *moveWorld {
 		}
 		running := 1
 		for _, u := range list.(*unstructured.UnstructuredList).Items {
-			if p, _, _ := unstructured.NestedString(u.Object, "status", "phase"); !mover.Phase(p).Finished() {
+			if p, _, _ := unstructured.NestedString(u.Object, "status", "phase"); !mover.Phase(p).Finished() && w.created[u.GetName()] {
 				running++
 			}
 		}
+		w.created[a.(clienttesting.CreateAction).GetObject().(*unstructured.Unstructured).GetName()] = true
 		w.maxRunning = max(w.maxRunning, running)
 		return false, nil, nil
 	})
@@ -337,17 +340,21 @@ func TestEvacuate(t *testing.T) {
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			w := evacuation(t)
-			for _, c := range []string{"big", "mid", "small"} {
+			// The small claim is being moved elsewhere already: reported, not waited for.
+			busy := mover.New("team-a", "small", "small", "node-c")
+			busy.Status = running(mover.PhaseCopying)
+			w.addMove(t, busy)
+			for _, c := range []string{"big", "mid"} {
 				st := succeeded(int64(len(c)))
 				st.Message = "Moved claim " + c
 				w.script("team-a", c, running(mover.PhaseCopying), running(mover.PhaseSwitching), st)
 			}
 			out, errOut, err := w.run(t, "", append([]string{"evacuate", "node-a", "--parallel", "2", "--poll", "0s"}, tc.args...)...)
-			if !errors.Is(err, ErrMoveFailed) || !strings.Contains(err.Error(), "team-a/huge") {
+			if !errors.Is(err, ErrMoveFailed) || !strings.Contains(err.Error(), "team-a/huge, team-a/small") {
 				t.Fatalf("evacuate: %v, want ErrMoveFailed naming the claim that stays\n%s", err, errOut)
 			}
 			golden(t, tc.golden, out)
-			want := map[string]string{"big": "node-b", "mid": "node-d", "small": "node-b"}
+			want := map[string]string{"big": "node-b", "mid": "node-d", "small": "node-c"}
 			for c, node := range want {
 				if mv := w.getMove(t, "team-a", c); mv.Spec.ToNode != node {
 					t.Errorf("claim %s moved to %s, want %s", c, mv.Spec.ToNode, node)
