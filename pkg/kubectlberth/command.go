@@ -1,6 +1,8 @@
 // Package kubectlberth is `kubectl berth`, the kubectl plugin that shows Berth's
 // pools and volumes and what needs an operator (pools.go, volumes.go, doctor.go,
-// fix.go), and rebuilds a claim whose node is lost from its backup (recover.go).
+// fix.go), rebuilds a claim whose node is lost from its backup (recover.go), and
+// moves claims between nodes (move.go, evacuate.go: VolumeMoves, which the chart's
+// mover runs).
 // It reads the API objects and the driver pods' metrics through the API server
 // (fetch.go, metrics.go), so it needs nothing but a kubeconfig.
 package kubectlberth
@@ -70,7 +72,7 @@ func newRoot(o *Options) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "kubectl-berth",
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl berth"},
-		Short:         "Berth's pools and volumes, what needs an operator, and recovering a claim whose node is lost",
+		Short:         "Berth's pools and volumes, what needs an operator, recovering a claim whose node is lost, moving claims between nodes",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
