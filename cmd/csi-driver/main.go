@@ -19,13 +19,11 @@ func main() {
 		trashOrphan(os.Args[2:])
 		return
 	}
-	if len(os.Args) > 1 && os.Args[1] == driver.PVListerCommand {
-		pvLister(os.Args[2:])
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == driver.GroupLabellerCommand {
-		groupLabeller(os.Args[2:])
-		return
+	if len(os.Args) > 1 {
+		if run, ok := services[os.Args[1]]; ok {
+			serve(os.Args[1], run, os.Args[2:])
+			return
+		}
 	}
 	opts, err := driver.ParseFlags(os.Args[0], os.Args[1:])
 	if err != nil {
@@ -61,27 +59,21 @@ func trashOrphan(args []string) {
 	}
 }
 
-// pvLister runs `csi-driver pv-lister` until SIGTERM or SIGINT; any failure (an
-// invalid flag, no in-cluster configuration, the socket taken) exits 1.
-func pvLister(args []string) {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := driver.PVLister(ctx, args); err != nil {
-		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.PVListerCommand, err)
-		klog.Flush()
-		stop()
-		os.Exit(1)
-	}
-	klog.Flush()
+// services are the subcommands that talk to the API until SIGTERM or SIGINT:
+// `csi-driver pv-lister`, `group-labeller` and `mover`.
+var services = map[string]func(context.Context, []string) error{
+	driver.PVListerCommand:      driver.PVLister,
+	driver.GroupLabellerCommand: driver.GroupLabeller,
+	driver.MoverCommand:         driver.Mover,
 }
 
-// groupLabeller runs `csi-driver group-labeller` until SIGTERM or SIGINT; any
-// failure (an invalid flag, no in-cluster configuration) exits 1.
-func groupLabeller(args []string) {
+// serve runs a service until SIGTERM or SIGINT; any failure (an invalid flag, no
+// in-cluster configuration, the pv-lister's socket taken) exits 1.
+func serve(name string, run func(context.Context, []string) error, args []string) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := driver.GroupLabeller(ctx, args); err != nil {
-		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", driver.GroupLabellerCommand, err)
+	if err := run(ctx, args); err != nil {
+		fmt.Fprintf(os.Stderr, "csi-driver %s: %v\n", name, err)
 		klog.Flush()
 		stop()
 		os.Exit(1)

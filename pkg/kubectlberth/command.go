@@ -1,6 +1,8 @@
 // Package kubectlberth is `kubectl berth`, the kubectl plugin that shows Berth's
 // pools and volumes and what needs an operator (pools.go, volumes.go, doctor.go,
-// fix.go), and rebuilds a claim whose node is lost from its backup (recover.go).
+// fix.go), rebuilds a claim whose node is lost from its backup (recover.go), and
+// moves claims between nodes (move.go, evacuate.go: VolumeMoves, which the chart's
+// mover runs).
 // It reads the API objects and the driver pods' metrics through the API server
 // (fetch.go, metrics.go), so it needs nothing but a kubeconfig.
 package kubectlberth
@@ -70,7 +72,7 @@ func newRoot(o *Options) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "kubectl-berth",
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl berth"},
-		Short:         "Berth's pools and volumes, what needs an operator, and recovering a claim whose node is lost",
+		Short:         "Berth's pools and volumes, what needs an operator, recovering a claim whose node is lost, moving claims between nodes",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -78,7 +80,8 @@ func newRoot(o *Options) *cobra.Command {
 	flags.StringVar(&o.DriverName, "driver", "berth.csi.io", "the CSI driver name (the chart's driverName)")
 	flags.StringVar(&o.DriverNamespace, "driver-namespace", "", "namespace of the driver's pods (default: found in every namespace by their label app.kubernetes.io/name=berth)")
 	flags.StringVarP(&o.Output, "output", "o", "", "output format: json or yaml (default: a table)")
-	root.AddCommand(newPoolsCommand(o), newVolumesCommand(o), newDoctorCommand(o), newRecoverCommand(o))
+	root.AddCommand(newPoolsCommand(o), newVolumesCommand(o), newDoctorCommand(o), newRecoverCommand(o),
+		newMoveCommand(o), newEvacuateCommand(o))
 	return root
 }
 
@@ -110,4 +113,19 @@ func (o *Options) run(cmd *cobra.Command, f func(context.Context, *Clients) erro
 		return err
 	}
 	return f(cmd.Context(), c)
+}
+
+// runIn is run for a command on the namespace -n names (or the kubeconfig's
+// context), or on every namespace ("") with all.
+func (o *Options) runIn(cmd *cobra.Command, all bool, f func(context.Context, *Clients, string) error) error {
+	return o.run(cmd, func(ctx context.Context, c *Clients) error {
+		ns := ""
+		if !all {
+			var err error
+			if ns, err = o.Namespace(); err != nil {
+				return err
+			}
+		}
+		return f(ctx, c, ns)
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-csi/berth/pkg/mover"
 	"github.com/berth-csi/berth/pkg/orphans"
 	"github.com/spf13/cobra"
 )
@@ -194,7 +195,7 @@ func diagnose(before, now *Facts, interval time.Duration) DoctorReport {
 		}
 	}
 	for _, pv := range now.PVs {
-		id, node := pv.Spec.CSI.VolumeHandle, pvNode(&pv)
+		id, node := pv.Spec.CSI.VolumeHandle, mover.PVNode(&pv)
 		pool := poolOf(id)
 		if pool == "" {
 			continue // an adopted directory: no record to find

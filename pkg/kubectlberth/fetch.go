@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/berth-csi/berth/pkg/mover"
 	"github.com/berth-csi/berth/pkg/orphans"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -34,7 +35,7 @@ const (
 	componentLabel = "app.kubernetes.io/component"
 	// topologyKey is the node segment of node-local volumes (storage.TopologyKey;
 	// pkg/storage is not imported so that the plugin builds for any OS).
-	topologyKey = "topology.berth.csi.io/node"
+	topologyKey = mover.TopologyKey
 	// defaultEndpoint is the driver's --endpoint when its args do not say.
 	defaultEndpoint = "unix:///csi/csi.sock"
 )
@@ -249,22 +250,6 @@ func snapshotCounts(ctx context.Context, dyn dynamic.Interface, driver string) (
 		out[h]++
 	}
 	return out, nil
-}
-
-// pvNode is the node of a node-local PV (its topology segment), "" for a shared
-// pool's volume.
-func pvNode(pv *corev1.PersistentVolume) string {
-	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
-		return ""
-	}
-	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
-		for _, e := range term.MatchExpressions {
-			if e.Key == topologyKey && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) > 0 {
-				return e.Values[0]
-			}
-		}
-	}
-	return ""
 }
 
 // poolOf is the pool named by a Berth volume ID, b1-<pool>-<hash> (storage.VolumeID);

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-csi/berth/pkg/mover"
 	"github.com/berth-csi/berth/pkg/orphans"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
@@ -32,7 +33,7 @@ const (
 	annRecoverClaim = "berth.csi.io/recover-claim"
 	// annSelectedNode is where the per-node external-provisioner provisions a claim
 	// of a WaitForFirstConsumer class.
-	annSelectedNode = "volume.kubernetes.io/selected-node"
+	annSelectedNode = mover.AnnSelectedNode
 )
 
 // Why recover refused; tests and callers match these with errors.Is.
@@ -101,11 +102,7 @@ is said: the writes after the backup. It refuses when the claim's node is Ready
 Run it again after an interruption: it finishes the job.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.run(cmd, func(ctx context.Context, c *Clients) error {
-				ns, err := o.Namespace()
-				if err != nil {
-					return err
-				}
+			return o.runIn(cmd, false, func(ctx context.Context, c *Clients, ns string) error {
 				return o.recover(ctx, c, ns, args[0], ro)
 			})
 		},
@@ -150,7 +147,7 @@ func (o *Options) recover(ctx context.Context, c *Clients, ns, name string, ro r
 		}
 		fmt.Fprintf(o.ErrOut, "Claim %s is gone: recreating it as PersistentVolume %s recorded it.\n", claim, oldPV.Name)
 	}
-	lost := pvNode(oldPV)
+	lost := mover.PVNode(oldPV)
 	if lost == "" {
 		return refuse(ErrSharedVolume, "claim %s is on a shared pool and follows its pod; nothing to recover", claim)
 	}
@@ -209,7 +206,7 @@ func (o *Options) resume(ctx context.Context, c *Clients, pvc *corev1.Persistent
 	fmt.Fprintf(o.ErrOut, "Claim %s was recreated from snapshot %s by an earlier run; waiting for it to bind.\n", claim, pvc.Spec.DataSource.Name)
 	r := &RecoverReport{Claim: claim, TargetNode: target, DeletedPods: []string{}, Resumed: true}
 	if old, _, err := retainedPV(ctx, c, pvc.Namespace, pvc.Name, true); err == nil && old != nil {
-		r.OldPV, r.LostNode = old.Name, pvNode(old)
+		r.OldPV, r.LostNode = old.Name, mover.PVNode(old)
 	}
 	b, why, err := o.inspectBackup(ctx, c, pvc.Namespace, pvc.Spec.DataSource.Name, pvc.Name)
 	if err != nil {
@@ -249,7 +246,7 @@ func checkNodes(ctx context.Context, c *Clients, lost string, ro recoverOptions)
 	case apierrors.IsNotFound(err): // gone: what recover is for
 	case err != nil:
 		return fmt.Errorf("read node %s: %w", lost, err)
-	case nodeReady(n) && !ro.force:
+	case mover.NodeReady(n) && !ro.force:
 		return refuse(ErrNodeReady, "node %s is Ready: its volumes are there; recover only a claim whose node is lost (or use --force: the writes after the backup are then lost)", lost)
 	}
 	if _, err := nodes.Get(ctx, ro.to, metav1.GetOptions{}); apierrors.IsNotFound(err) {
@@ -258,15 +255,6 @@ func checkNodes(ctx context.Context, c *Clients, lost string, ro recoverOptions)
 		return fmt.Errorf("read node %s: %w", ro.to, err)
 	}
 	return nil
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // podsOnLostNode lists the pods of the claim on the lost node; a running pod of the
@@ -278,7 +266,7 @@ func podsOnLostNode(ctx context.Context, c *Clients, ns, name, lost string) ([]s
 	}
 	var out []string
 	for _, p := range list.Items {
-		if !usesClaim(&p, name) {
+		if !mover.UsesClaim(&p, name) {
 			continue
 		}
 		switch {
@@ -292,15 +280,6 @@ func podsOnLostNode(ctx context.Context, c *Clients, ns, name, lost string) ([]s
 	return out, nil
 }
 
-func usesClaim(p *corev1.Pod, claim string) bool {
-	for _, v := range p.Spec.Volumes {
-		if v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == claim {
-			return true
-		}
-	}
-	return false
-}
-
 // claimRecord is what recover keeps of the old claim on its PV (annRecoverClaim).
 type claimRecord struct {
 	Claim string                           `json:"claim"` // namespace/name
@@ -311,27 +290,12 @@ type claimRecord struct {
 	Done bool `json:"done,omitempty"`
 }
 
-// recordOf keeps the claim's labels, annotations but the binding ones, and the spec
-// a new provisioning needs.
+// recordOf keeps the claim's labels, annotations but the binding ones (and
+// annRecoveredFrom), and the spec a new provisioning needs (mover.RecordClaim).
 func recordOf(pvc *corev1.PersistentVolumeClaim) *claimRecord {
-	r := &claimRecord{Claim: pvc.Namespace + "/" + pvc.Name, Meta: metav1.ObjectMeta{Labels: pvc.Labels}}
-	for k, v := range pvc.Annotations {
-		if !bindingAnnotation(k) {
-			if r.Meta.Annotations == nil {
-				r.Meta.Annotations = map[string]string{}
-			}
-			r.Meta.Annotations[k] = v
-		}
-	}
-	s := pvc.Spec
-	r.Spec = corev1.PersistentVolumeClaimSpec{StorageClassName: s.StorageClassName, AccessModes: s.AccessModes,
-		VolumeMode: s.VolumeMode, Resources: s.Resources, VolumeAttributesClassName: s.VolumeAttributesClassName}
-	return r
-}
-
-func bindingAnnotation(k string) bool {
-	return strings.HasPrefix(k, "pv.kubernetes.io/") || strings.HasPrefix(k, "volume.beta.kubernetes.io/") ||
-		k == annSelectedNode || k == "volume.kubernetes.io/storage-provisioner" || k == annRecoveredFrom
+	r := mover.RecordClaim(pvc, annRecoveredFrom)
+	return &claimRecord{Claim: pvc.Namespace + "/" + pvc.Name,
+		Meta: metav1.ObjectMeta{Labels: r.Labels, Annotations: r.Annotations}, Spec: r.Spec}
 }
 
 // retainedPV finds the PV an earlier recover of ns/name annotated (the latest one);

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/berth-csi/berth/pkg/mover"
+
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -41,16 +43,7 @@ func newVolumesCommand(o *Options) *cobra.Command {
 		Short: "The driver's volumes: claim, node, pool, size, use, health, snapshots, copies in progress",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return o.run(cmd, func(ctx context.Context, c *Clients) error {
-				ns := ""
-				if !all {
-					var err error
-					if ns, err = o.Namespace(); err != nil {
-						return err
-					}
-				}
-				return o.volumes(ctx, c, ns)
-			})
+			return o.runIn(cmd, all, o.volumes)
 		},
 	}
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "every namespace's claims, and volumes of no claim")
@@ -111,7 +104,7 @@ func volumeRows(f *Facts, namespace string) []VolumeRow {
 		}
 		id := pv.Spec.CSI.VolumeHandle
 		r := VolumeRow{PV: pv.Name, Namespace: ns, Claim: claim, Phase: string(pv.Status.Phase), VolumeID: id,
-			Node: pvNode(pv), Pool: poolOf(id)}
+			Node: mover.PVNode(pv), Pool: poolOf(id)}
 		if q, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok {
 			r.CapacityBytes = q.Value()
 		}

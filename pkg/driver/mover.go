@@ -1,0 +1,83 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/berth-csi/berth/pkg/mover"
+	"github.com/berth-csi/berth/pkg/version"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+)
+
+// MoverCommand is the subcommand of the driver binary that runs the VolumeMoves
+// (pkg/mover): the chart's mover Deployment, one replica.
+const MoverCommand = "mover"
+
+// Mover is `csi-driver mover [--driver-name D] [--workers 4] [--resync-interval
+// 1m] [--logging-format text] [-v N]`. It moves claims of node-local pools between
+// nodes as the VolumeMoves of every namespace ask, several at once, until ctx
+// ends. It calls the API with the pod's service-account token and talks to
+// nothing else; the node plugins do the copying.
+func Mover(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet(MoverCommand, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	driver := fs.String("driver-name", "berth.csi.io", "CSI driver name: the claims whose PVs are of it are moved")
+	workers := fs.Int("workers", 4, "moves run at once, 1 to 64")
+	resync := fs.Duration("resync-interval", time.Minute, "how often every unfinished VolumeMove is listed again, besides the watch (at least 10s)")
+	format := fs.String("logging-format", "text", "log format: text or json")
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fs.PrintDefaults()
+		}
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case !driverName.MatchString(*driver):
+		return fmt.Errorf("--driver-name %q: must be at most 63 characters of a-z, 0-9, '-', '.', starting and ending alphanumeric", *driver)
+	case *workers < 1 || *workers > 64:
+		return fmt.Errorf("--workers %d: must be from 1 to 64", *workers)
+	case *resync < 10*time.Second:
+		return fmt.Errorf("--resync-interval %s: must be at least 10s", *resync)
+	case *format != "text" && *format != "json":
+		return fmt.Errorf("--logging-format %q: must be text or json", *format)
+	}
+	setLoggingFormat(*format)
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return fmt.Errorf("in-cluster configuration (the mover runs in a pod, with a service-account token): %w", err)
+	}
+	cfg.UserAgent = "berth-mover/" + version.Get()
+	m, err := newMover(cfg, *driver)
+	if err != nil {
+		return fmt.Errorf("API client: %w", err)
+	}
+	klog.FromContext(ctx).Info("Starting the mover", "version", version.Get())
+	return m.Run(ctx, *workers, *resync)
+}
+
+// newMover builds the clients: REST clients of the few API groups the mover uses
+// (mover.NewCluster; not the clientset, which would register them all in the
+// binary) and the dynamic client of the VolumeMoves.
+func newMover(cfg *rest.Config, driver string) (*mover.Mover, error) {
+	cluster, err := mover.NewCluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &mover.Mover{Cluster: cluster, Dynamic: dyn, Driver: driver,
+		Poll: mover.DefaultPoll, CleanupWait: mover.DefaultCleanupWait}, nil
+}
