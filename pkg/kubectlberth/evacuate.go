@@ -19,7 +19,9 @@ import (
 )
 
 type evacuateOptions struct {
-	parallel int
+	// namespace, when -n is given, limits the evacuation to its claims ("": all).
+	namespace string
+	parallel  int
 	wait     bool
 	timeout  time.Duration
 }
@@ -56,11 +58,19 @@ StorageClass for the node, less what this evacuation already sends there; the
 largest claims are placed first, each on the node with the most room). A claim that
 fits nowhere is skipped and said. At most --parallel moves run at once; without
 --wait every move is made at once and the mover's --workers bounds them. Cordon the
-node first so that nothing new lands there. It fails if a claim stays.`,
+node first so that nothing new lands there. It fails if a claim stays. With -n, only
+the claims of that namespace are moved (without it, every namespace's).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if eo.parallel < 1 {
 				return fmt.Errorf("--parallel %d: must be at least 1", eo.parallel)
+			}
+			if cmd.Flags().Changed("namespace") {
+				ns, err := o.Namespace()
+				if err != nil {
+					return err
+				}
+				eo.namespace = ns
 			}
 			return o.run(cmd, func(ctx context.Context, c *Clients) error {
 				return o.evacuate(ctx, c, args[0], eo)
@@ -82,7 +92,7 @@ type evacuee struct {
 }
 
 func (o *Options) evacuate(ctx context.Context, c *Clients, node string, eo evacuateOptions) error {
-	claims, err := o.claimsOn(ctx, c, node)
+	claims, err := o.claimsOn(ctx, c, node, eo.namespace)
 	if err != nil {
 		return err
 	}
@@ -134,8 +144,9 @@ func (o *Options) evacuate(ctx context.Context, c *Clients, node string, eo evac
 	return nil
 }
 
-// claimsOn lists the bound claims whose PVs are the driver's, on node.
-func (o *Options) claimsOn(ctx context.Context, c *Clients, node string) ([]evacuee, error) {
+// claimsOn lists the bound claims whose PVs are the driver's, on node, of
+// namespace ns ("": of every namespace).
+func (o *Options) claimsOn(ctx context.Context, c *Clients, node, ns string) ([]evacuee, error) {
 	pvs, err := c.Kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list PersistentVolumes: %w", err)
@@ -143,7 +154,8 @@ func (o *Options) claimsOn(ctx context.Context, c *Clients, node string) ([]evac
 	var out []evacuee
 	for i := range pvs.Items {
 		pv := &pvs.Items[i]
-		if _, ok := orphans.HandleOf(pv, o.DriverName); !ok || mover.PVNode(pv) != node || pv.Spec.ClaimRef == nil || pv.Status.Phase != corev1.VolumeBound {
+		if _, ok := orphans.HandleOf(pv, o.DriverName); !ok || mover.PVNode(pv) != node || pv.Spec.ClaimRef == nil || pv.Status.Phase != corev1.VolumeBound ||
+			(ns != "" && pv.Spec.ClaimRef.Namespace != ns) {
 			continue
 		}
 		out = append(out, evacuee{ns: pv.Spec.ClaimRef.Namespace, claim: pv.Spec.ClaimRef.Name, class: pv.Spec.StorageClassName,

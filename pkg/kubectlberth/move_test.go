@@ -367,6 +367,21 @@ func TestEvacuate(t *testing.T) {
 	}
 }
 
+// TestEvacuateNamespace: with -n, only that namespace's claims of the node move.
+func TestEvacuateNamespace(t *testing.T) {
+	w := evacuation(t)
+	out, errOut, err := w.run(t, "", "evacuate", "node-a", "-n", "team-b", "--poll", "0s", "-o", "json")
+	if err != nil {
+		t.Fatalf("evacuate -n team-b: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(out, `"claims": []`) {
+		t.Errorf("evacuate -n team-b of a node holding team-a's claims alone:\n%s", out)
+	}
+	if moves, err := w.dyn.Resource(mover.Resource).Namespace("team-a").List(context.Background(), metav1.ListOptions{}); err != nil || len(moves.Items) != 0 {
+		t.Errorf("moves made in team-a: %v, %v", moves, err)
+	}
+}
+
 // TestPlace: the largest claim first, each on the node with the most room left.
 func TestPlace(t *testing.T) {
 	node := func(name string) corev1.Node {
