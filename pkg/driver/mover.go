@@ -31,6 +31,7 @@ func Mover(ctx context.Context, args []string) error {
 	driver := fs.String("driver-name", "berth.csi.io", "CSI driver name: the claims whose PVs are of it are moved")
 	workers := fs.Int("workers", 4, "moves run at once, 1 to 64")
 	resync := fs.Duration("resync-interval", time.Minute, "how often every unfinished VolumeMove is listed again, besides the watch (at least 10s)")
+	image := fs.String("image", "", "the driver's image, run by the read-back pod of a claim moved without pods, whose source is then deleted (empty: such a claim's source PV is kept, Retain)")
 	format := fs.String("logging-format", "text", "log format: text or json")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -58,7 +59,7 @@ func Mover(ctx context.Context, args []string) error {
 		return fmt.Errorf("in-cluster configuration (the mover runs in a pod, with a service-account token): %w", err)
 	}
 	cfg.UserAgent = "berth-mover/" + version.Get()
-	m, err := newMover(cfg, *driver)
+	m, err := newMover(cfg, *driver, *image)
 	if err != nil {
 		return fmt.Errorf("API client: %w", err)
 	}
@@ -69,7 +70,7 @@ func Mover(ctx context.Context, args []string) error {
 // newMover builds the clients: REST clients of the few API groups the mover uses
 // (mover.NewCluster; not the clientset, which would register them all in the
 // binary) and the dynamic client of the VolumeMoves.
-func newMover(cfg *rest.Config, driver string) (*mover.Mover, error) {
+func newMover(cfg *rest.Config, driver, image string) (*mover.Mover, error) {
 	cluster, err := mover.NewCluster(cfg)
 	if err != nil {
 		return nil, err
@@ -78,6 +79,6 @@ func newMover(cfg *rest.Config, driver string) (*mover.Mover, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &mover.Mover{Cluster: cluster, Dynamic: dyn, Driver: driver,
+	return &mover.Mover{Cluster: cluster, Dynamic: dyn, Driver: driver, Image: image,
 		Poll: mover.DefaultPoll, CleanupWait: mover.DefaultCleanupWait}, nil
 }

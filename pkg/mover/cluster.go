@@ -26,6 +26,10 @@ type Cluster interface {
 	// PatchPV applies a JSON merge patch.
 	PatchPV(ctx context.Context, name string, patch []byte) error
 	ListPods(ctx context.Context, ns string) ([]corev1.Pod, error)
+	GetPod(ctx context.Context, ns, name string) (*corev1.Pod, error)
+	CreatePod(ctx context.Context, p *corev1.Pod) error
+	// DeletePod deletes the pod if its UID is uid; gone already is no error.
+	DeletePod(ctx context.Context, ns, name string, uid types.UID) error
 	GetNode(ctx context.Context, name string) (*corev1.Node, error)
 	GetCSINode(ctx context.Context, name string) (*storagev1.CSINode, error)
 	GetStatefulSet(ctx context.Context, ns, name string) (*appsv1.StatefulSet, error)

@@ -55,6 +55,19 @@ func (c clientset) ListPods(ctx context.Context, ns string) ([]corev1.Pod, error
 	return list.Items, nil
 }
 
+func (c clientset) GetPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	return c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+func (c clientset) CreatePod(ctx context.Context, p *corev1.Pod) error {
+	_, err := c.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+	return err
+}
+
+func (c clientset) DeletePod(ctx context.Context, ns, name string, uid types.UID) error {
+	return ignoreNotFound(c.CoreV1().Pods(ns).Delete(ctx, name, deleteOptions(uid)))
+}
+
 func (c clientset) GetNode(ctx context.Context, name string) (*corev1.Node, error) {
 	return c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 }

@@ -61,9 +61,10 @@ func (w *world) phases(name string) []Phase {
 }
 
 func TestMove(t *testing.T) {
-	for _, owner := range []string{"StatefulSet", "Deployment", ""} {
-		t.Run("owner="+owner, func(t *testing.T) {
-			w := newWorld(t, owner)
+	for _, tc := range []struct{ owner, image string }{{"StatefulSet", ""}, {"Deployment", ""}, {"", ""}, {"", "berth:test"}, {"StatefulSet", "berth:test"}} {
+		t.Run("owner="+tc.owner+",image="+tc.image, func(t *testing.T) {
+			w := newWorld(t, tc.owner)
+			w.image = tc.image
 			w.create(t, "data", "data", "node-b")
 			w.drive(t, w.mover(), "data")
 			if seen := w.phases("data"); !slices.Equal(seen, allPhases) {
@@ -76,8 +77,16 @@ func TestMove(t *testing.T) {
 
 // TestResume kills the mover before each of its writes in turn (every phase and
 // every step within one); a new mover on the same cluster finishes the move.
+// Also for a claim without pods, read back by the mover's pod.
 func TestResume(t *testing.T) {
-	w := newWorld(t, "StatefulSet")
+	for _, tc := range []struct{ owner, image string }{{"StatefulSet", ""}, {"", "berth:test"}} {
+		t.Run("owner="+tc.owner, func(t *testing.T) { resumeEach(t, tc.owner, tc.image) })
+	}
+}
+
+func resumeEach(t *testing.T, owner, image string) {
+	w := newWorld(t, owner)
+	w.image = image
 	w.crashAfter = 1 << 30
 	w.create(t, "data", "data", "node-b")
 	w.drive(t, w.mover(), "data")
@@ -86,7 +95,8 @@ func TestResume(t *testing.T) {
 		t.Fatalf("a move made %d writes", writes)
 	}
 	for k := 1; k <= writes; k++ {
-		w := newWorld(t, "StatefulSet")
+		w := newWorld(t, owner)
+		w.image = image
 		w.create(t, "data", "data", "node-b")
 		w.crashAfter = k
 		w.drive(t, w.mover(), "data") // finished when killed at its last Event
@@ -140,20 +150,31 @@ func (w *world) checkMoved(t *testing.T, name string) {
 		t.Errorf("temporary claim %s still there: %v", st.TempClaim, err)
 	}
 	src, err := w.kube.CoreV1().PersistentVolumes().Get(ctx, "pv-data", metav1.GetOptions{})
+	// Without pods, the copy is staged by the read-back pod when the mover has an
+	// image to run in it; else the source is kept for the first stage's resync.
+	kept := w.owner == "" && w.image == ""
 	switch {
-	case w.owner == "" && err != nil:
+	case kept && err != nil:
 		t.Errorf("source PV: %v; want it kept, no pod having used the copy", err)
-	case w.owner == "" && src.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimRetain:
+	case kept && src.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimRetain:
 		t.Errorf("source PV kept with policy %s, want Retain", src.Spec.PersistentVolumeReclaimPolicy)
-	case w.owner != "" && !apierrors.IsNotFound(err):
+	case !kept && !apierrors.IsNotFound(err):
 		t.Errorf("source PV still there: %v", err)
+	}
+	if readBack := w.owner == "" && w.image != ""; (st.ReadBackAt != nil) != readBack || (w.readBacks > 0) != readBack {
+		t.Errorf("readBackAt %v after %d read-back pods ran; want one: %v", st.ReadBackAt, w.readBacks, readBack)
 	}
 	pvs, err := w.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	must(t, err)
-	if want := 1 + b2i(w.owner == ""); len(pvs.Items) != want {
+	if want := 1 + b2i(kept); len(pvs.Items) != want {
 		t.Errorf("%d PVs, want %d", len(pvs.Items), want)
 	}
 	if w.owner == "" {
+		pods, err := w.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		must(t, err)
+		if len(pods.Items) != 0 {
+			t.Errorf("pods left: %+v", pods.Items)
+		}
 		return
 	}
 	pods, err := w.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})

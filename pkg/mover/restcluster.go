@@ -117,6 +117,18 @@ func (c *restCluster) ListPods(ctx context.Context, ns string) ([]corev1.Pod, er
 	return list.Items, err
 }
 
+func (c *restCluster) GetPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	return get(ctx, c.core, ns, "pods", name, "", &corev1.Pod{})
+}
+
+func (c *restCluster) CreatePod(ctx context.Context, p *corev1.Pod) error {
+	return c.core.Post().Namespace(p.Namespace).Resource("pods").Body(p).Do(ctx).Error()
+}
+
+func (c *restCluster) DeletePod(ctx context.Context, ns, name string, uid types.UID) error {
+	return deleteIf(ctx, c.core, ns, "pods", name, uid)
+}
+
 func (c *restCluster) GetNode(ctx context.Context, name string) (*corev1.Node, error) {
 	return get(ctx, c.core, "", "nodes", name, "", &corev1.Node{})
 }

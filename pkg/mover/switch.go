@@ -204,6 +204,11 @@ func (m *Mover) starting(ctx context.Context, mv *VolumeMove) (string, error) {
 	if err := m.scaleBack(ctx, mv); err != nil {
 		return "", err
 	}
+	if !waited(st.Owners) && m.Image != "" && st.ReadBackAt == nil {
+		if msg, err := m.readBack(ctx, mv); err != nil || msg != "" {
+			return msg, err
+		}
+	}
 	if waited(st.Owners) {
 		pods, err := m.Cluster.ListPods(ctx, mv.Namespace)
 		if err != nil {
@@ -254,7 +259,8 @@ func podList(p []string) string {
 // cleaning has the source node's provisioner delete the source volume (reclaim
 // policy Delete on the Released source PV), waiting for it at most CleanupWait.
 // A source PV whose policy was Retain before the move is kept, and so is one that
-// no pod has staged the copy from yet (no owners: the first stage still resyncs).
+// no pod has staged the copy from yet (no owners and no read-back pod, Mover.Image
+// unset: the first stage still resyncs).
 func (m *Mover) cleaning(ctx context.Context, mv *VolumeMove) (string, error) {
 	st := &mv.Status
 	src, err := m.Cluster.GetPV(ctx, st.SourcePV)
@@ -271,7 +277,7 @@ func (m *Mover) cleaning(ctx context.Context, mv *VolumeMove) (string, error) {
 		return m.succeed(mv, done+fmt.Sprintf("; source PersistentVolume %s was not deleted: it is not the move's any more", src.Name)), nil
 	case st.SourceReclaimPolicy == corev1.PersistentVolumeReclaimRetain:
 		return m.succeed(mv, done+fmt.Sprintf("; source PersistentVolume %s kept: its reclaim policy was Retain", src.Name)), nil
-	case !waited(st.Owners):
+	case !waited(st.Owners) && st.ReadBackAt == nil:
 		return m.succeed(mv, done+fmt.Sprintf("; source PersistentVolume %s kept (Retain): no pod has used the copy yet, whose first stage copies what changed from it; delete it once a pod has run on node %s", src.Name, mv.Spec.ToNode)), nil
 	}
 	if src.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {

@@ -85,13 +85,19 @@ type Mover struct {
 	Poll time.Duration
 	// CleanupWait bounds the wait for the source PV's deletion in Cleaning.
 	CleanupWait time.Duration
+	// Image is the driver's image, run by the read-back pod of a claim moved
+	// without pods (readback.go); "" keeps such a claim's source instead.
+	Image string
 	// Now is the clock (tests set it).
 	Now func() time.Time
 }
 
-// DefaultPoll and DefaultCleanupWait are the Mover's defaults.
+// DefaultPoll and DefaultCleanupWait are the Mover's defaults. A move waits on
+// the objects it changed (pods gone, claims bound) by reading them again every
+// poll: short, as the waits of Stopping, Switching and Starting add up to the
+// pods' downtime.
 const (
-	DefaultPoll        = 5 * time.Second
+	DefaultPoll        = time.Second
 	DefaultCleanupWait = 5 * time.Minute
 )
 

@@ -46,8 +46,38 @@ type world struct {
 	// if it were killed there; crashing is on while the mover runs.
 	crashAfter, calls int
 	crashing          bool
+	readBacks         int
 	// owner is "StatefulSet", "Deployment" or "" (no pod uses the claim).
 	owner string
+	// image is the Mover's Image: with it, a claim without pods is read back.
+	image string
+}
+
+// runReadBack is the kubelet of the read-back pods: Pending until the claim is
+// Bound on the pod's node, then Succeeded (its first stage resynced the copy).
+func (w *world) runReadBack(t *testing.T) {
+	ctx := context.Background()
+	pods, err := w.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	must(t, err)
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Labels[LabelMove] == "" || p.Status.Phase == corev1.PodSucceeded {
+			continue
+		}
+		to := p.Spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms[0].MatchFields[0].Values[0]
+		c, err := w.kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, p.Spec.Volumes[0].PersistentVolumeClaim.ClaimName, metav1.GetOptions{})
+		if err != nil || c.Status.Phase != corev1.ClaimBound {
+			continue
+		}
+		pv, err := w.kube.CoreV1().PersistentVolumes().Get(ctx, c.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil || PVNode(pv) != to || pv.Spec.CSI.VolumeAttributes[AnnResyncFrom] == "" {
+			continue
+		}
+		p.Spec.NodeName, p.Status.Phase = to, corev1.PodSucceeded
+		_, err = w.kube.CoreV1().Pods(ns).Update(ctx, p, metav1.UpdateOptions{})
+		must(t, err)
+		w.readBacks++
+	}
 }
 
 func node(name string, ready bool) *corev1.Node {
@@ -204,7 +234,7 @@ func (w *world) scaleReactors(resource, kind string) {
 }
 
 func (w *world) mover() *Mover {
-	return &Mover{Cluster: clientset{w.kube}, Dynamic: w.dyn,
+	return &Mover{Cluster: clientset{w.kube}, Dynamic: w.dyn, Image: w.image,
 		Driver: driver, Poll: time.Second, Now: func() time.Time { return w.clock }}
 }
 
@@ -299,6 +329,7 @@ func (w *world) tick(t *testing.T) {
 // otherwise (Pending while the claim is not Bound).
 func (w *world) runPods(t *testing.T) {
 	ctx := context.Background()
+	w.runReadBack(t)
 	var replicas int32
 	var name string
 	var ref *metav1.OwnerReference
