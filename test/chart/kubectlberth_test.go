@@ -4,7 +4,9 @@ import "testing"
 
 // TestKubectlBerthRBAC: the plugin's roles are off by default; on, they grant what
 // kubectl berth reads (PVs, pods, snapshot contents; pods/proxy in the release
-// namespace) and pods/exec only with allowFix; subjects get both bindings.
+// namespace), pods/exec only with allowFix, what recover changes only with
+// allowRecover, what move and evacuate call only with allowMove; subjects get both
+// bindings.
 func TestKubectlBerthRBAC(t *testing.T) {
 	recoverRules := []rule{
 		{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"create"}},
@@ -15,17 +17,27 @@ func TestKubectlBerthRBAC(t *testing.T) {
 		{APIGroups: []string{"snapshot.storage.k8s.io"}, Resources: []string{"volumesnapshots"}, Verbs: []string{"list"}},
 		{APIGroups: []string{"snapshot.storage.k8s.io"}, Resources: []string{"volumesnapshotclasses"}, Verbs: []string{"get"}},
 	}
+	moveRules := []rule{
+		{APIGroups: []string{"berth.csi.io"}, Resources: []string{"volumemoves"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"berth.csi.io"}, Resources: []string{"volumemoves"}, Verbs: []string{"delete"}},
+		{APIGroups: []string{"berth.csi.io"}, Resources: []string{"volumemoves"}, Verbs: []string{"watch"}},
+		{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"csistoragecapacities"}, Verbs: []string{"list"}},
+		{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"csinodes"}, Verbs: []string{"list"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
+	}
 	if objs := render(t, ""); len(objs["ClusterRole/berth-kubectl-berth"].Rules) != 0 || len(objs["Role/berth-kubectl-berth"].Rules) != 0 {
 		t.Error("kubectl berth roles rendered with the default values")
 	}
 	for _, tc := range []struct {
-		name, values string
-		exec, bound  bool
-		recover      bool
+		name, values  string
+		exec, bound   bool
+		recover, move bool
 	}{
-		{"read only", "kubectlBerth: {rbac: {create: true}}\n", false, false, false},
-		{"with fix and subjects", "kubectlBerth: {rbac: {create: true, allowFix: true, subjects: [{kind: Group, name: storage-admins, apiGroup: rbac.authorization.k8s.io}]}}\n", true, true, false},
-		{"with recover", "kubectlBerth: {rbac: {create: true, allowRecover: true}}\n", false, false, true},
+		{"read only", "kubectlBerth: {rbac: {create: true}}\n", false, false, false, false},
+		{"with fix and subjects", "kubectlBerth: {rbac: {create: true, allowFix: true, subjects: [{kind: Group, name: storage-admins, apiGroup: rbac.authorization.k8s.io}]}}\n", true, true, false, false},
+		{"with recover", "kubectlBerth: {rbac: {create: true, allowRecover: true}}\n", false, false, true, false},
+		{"with move", "kubectlBerth: {rbac: {create: true, allowMove: true}}\n", false, false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := render(t, tc.values)
@@ -49,14 +61,26 @@ func TestKubectlBerthRBAC(t *testing.T) {
 			}
 			for _, r := range append(append([]rule{}, cluster...), ns...) {
 				for _, v := range r.Verbs {
-					if v != "get" && v != "list" && !(v == "create" && r.Resources[0] == "pods/exec") && !grants(recoverRules, r.APIGroups[0], r.Resources[0], v) {
+					if v != "get" && v != "list" && !(v == "create" && r.Resources[0] == "pods/exec") && !grants(recoverRules, r.APIGroups[0], r.Resources[0], v) &&
+						!grants(moveRules, r.APIGroups[0], r.Resources[0], v) {
 						t.Errorf("rule %+v grants %s", r, v)
 					}
 				}
 			}
 			for _, g := range recoverRules {
+				if tc.move && grants(moveRules, g.APIGroups[0], g.Resources[0], g.Verbs[0]) {
+					continue
+				}
 				if grants(cluster, g.APIGroups[0], g.Resources[0], g.Verbs[0]) != tc.recover {
 					t.Errorf("%s on %s granted: %v, want %v", g.Verbs[0], g.Resources[0], !tc.recover, tc.recover)
+				}
+			}
+			for _, g := range moveRules {
+				if tc.recover && grants(recoverRules, g.APIGroups[0], g.Resources[0], g.Verbs[0]) {
+					continue
+				}
+				if grants(cluster, g.APIGroups[0], g.Resources[0], g.Verbs[0]) != tc.move {
+					t.Errorf("%s on %s granted: %v, want %v", g.Verbs[0], g.Resources[0], !tc.move, tc.move)
 				}
 			}
 			_, crb := objs["ClusterRoleBinding/berth-kubectl-berth"]

@@ -135,3 +135,9 @@ socket (--pv-lister-endpoint). */}}
 {{- define "berth.transferSecret" -}}
 {{- .Values.transfer.existingSecret | default (printf "%s-transfer-ca" .Release.Name) -}}
 {{- end -}}
+
+{{/* "true" when the chart runs the mover (mover.enabled): it needs the transfer
+channel, which copies a claim to another node. */}}
+{{- define "berth.mover" -}}
+{{- if and .Values.mover.enabled .Values.transfer.enabled }}true{{ end -}}
+{{- end -}}
