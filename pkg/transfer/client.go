@@ -154,7 +154,10 @@ func Pull(ctx context.Context, o PullOptions) (*Result, error) {
 		return nil, err
 	}
 	res.Kind, res.SizeBytes, res.FSType, res.AccessType, res.Bytes = st.Kind, st.SizeBytes, st.FSType, st.AccessType, st.Bytes
-	res.Generation, res.ServerTime, res.Delta, res.SkippedBytes = st.Generation, time.Unix(0, st.ServerTime), st.Delta, st.Skipped
+	res.Generation, res.Delta, res.SkippedBytes = st.Generation, st.Delta, st.Skipped
+	if st.ServerTime != 0 {
+		res.ServerTime = time.Unix(0, st.ServerTime)
+	}
 	logger.V(2).Info("Transfer received", "dest", o.Dest, "bytes", st.Bytes, "skippedBytes", st.Skipped,
 		"delta", st.Delta, "attempts", res.Attempts)
 	return res, nil
