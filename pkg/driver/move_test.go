@@ -98,3 +98,69 @@ func TestMoveResyncThroughTheChannel(t *testing.T) {
 	}
 	testutil.AssertContent(t, filepath.Join(dir, "data", "a"), "a2")
 }
+
+// The same for an image volume: the clone's image is patched where the
+// source's changed, keeps its capacity (larger than the source's) and its
+// holes.
+func TestMoveResyncOfAnImage(t *testing.T) {
+	where := fixedLocator{}
+	n1, n2 := twoPlugins(t, storage.KindImage, where)
+	ctx := context.Background()
+	vol, err := n1.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-src", VolumeCapabilities: mountRWO,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: onNode("n1"),
+		Parameters: map[string]string{storage.ParamFSType: "ext4"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcID := vol.GetVolume().GetVolumeId()
+	where[srcID] = locate.Where{Node: "n1", Address: "127.0.0.1"}
+	spid, err := storage.ParseVolumeID(srcID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(n1.pool, "volumes", spid.Hash, storage.ImageFile)
+	writeAt := func(p string, off int64, s string) {
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt([]byte(s), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeAt(src, 1<<20, "before the clone")
+	got, err := createDone(t, n2.ctrl, &csi.CreateVolumeRequest{Name: "pvc-moved", VolumeCapabilities: mountRWO,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, AccessibilityRequirements: onNode("n2"),
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: srcID}}}})
+	if err != nil {
+		t.Fatalf("clone on n2: %v", err)
+	}
+	id := got.GetVolume().GetVolumeId()
+	pid, err := storage.ParseVolumeID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(n2.pool, "volumes", pid.Hash, storage.ImageFile)
+	writeAt(src, 6<<20, "after the clone")
+
+	for deadline := time.Now().Add(testWait); ; time.Sleep(50 * time.Millisecond) {
+		_, err = n2.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id,
+			StagingTargetPath: filepath.Join(n2.kubelet, "staging-moved"), VolumeCapability: mountRWO[0],
+			VolumeContext: map[string]string{node.AttrResyncFrom: srcID}})
+		if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("stage with resync: %v", err)
+	}
+	a, b := testutil.ReadAt(t, src, 0, 8<<20), testutil.ReadAt(t, img, 0, 8<<20)
+	if string(a) != string(b) {
+		t.Error("the moved image differs from its source")
+	}
+	if st := testutil.Lstat(t, img); st.Size != 16<<20 || st.Blocks*512 > 4<<20 {
+		t.Errorf("moved image: %d bytes, %d allocated; want 16 MiB, sparse", st.Size, st.Blocks*512)
+	}
+}
