@@ -13,6 +13,7 @@ import (
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/node"
 	"github.com/berth-csi/berth/pkg/storage"
+	"github.com/berth-csi/berth/pkg/storage/quota"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -126,4 +127,53 @@ func TestStageResyncsMovedVolume(t *testing.T) {
 	testutil.WriteFile(t, filepath.Join(f.dataPath(r), "f"), "written on this node")
 	wantCode(t, stage(context.Background(), r, srcID), codes.OK)
 	testutil.AssertContent(t, filepath.Join(f.dataPath(r), "f"), "written on this node")
+}
+
+// A quota volume moved from another node: what its resync brings is charged to
+// the volume's project (made under the resync's staging directory, of that
+// project), and the usage counts it.
+func TestQuotaResyncCharged(t *testing.T) {
+	forEachQuotaFS(t, func(t *testing.T, f *kindFixture) {
+		src := t.TempDir()
+		testutil.WriteFile(t, filepath.Join(src, "f"), "v1")
+		srcID := storage.VolumeID(f.cfg.Name, "on-node-b")
+		m := &movedRemote{DirRemote: testengine.NewDirRemote(4 << 20), dir: src, hold: make(chan struct{})}
+		close(m.hold)
+		m.Add(srcID, src)
+		f.engine.SetRemote(m)
+		req := storage.CreateRequest{Name: "pvc-moved", RequiredBytes: 16 << 20, AccessType: storage.AccessMount,
+			Source: &storage.Source{Kind: storage.SourceVolume, ID: srcID}}
+		var r *storage.Record
+		var err error
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			r, err = f.pool.Create(context.Background(), req)
+			if !errors.Is(err, storage.ErrInProgress) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.MkdirAll(t, filepath.Join(src, "d", "e"))
+		testutil.WriteRandom(t, filepath.Join(src, "d", "e", "blob"), 4<<20)
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			err = f.engine.Resync(context.Background(), r.ID, srcID)
+			if !errors.Is(err, storage.ErrInProgress) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := f.pool.DataPath(r.Hash())
+		for _, p := range []string{".", "d", "d/e"} {
+			if id, err := quota.Project(filepath.Join(data, p)); err != nil || id != r.ProjectID {
+				t.Errorf("%s: project %d (%v), want the volume's %d", p, id, err, r.ProjectID)
+			}
+		}
+		target := f.publishQuota(t, r, "pod")
+		if b, _ := f.usage(t, r.ID, target); b.GetUsed() < 4<<20 {
+			t.Errorf("usage %d bytes after resyncing 4 MiB: what the resync brought is not charged to the volume", b.GetUsed())
+		}
+	})
 }
