@@ -81,6 +81,10 @@ type PullOptions struct {
 	Base           string
 	BaseGeneration string
 	BaseSince      time.Time
+
+	// proto is the protocol version requests are made in: protocolVersion,
+	// or 1 once a server refused it (a node not upgraded yet).
+	proto uint64
 }
 
 // Result is what a completed Pull made.
@@ -202,6 +206,7 @@ func (o *PullOptions) defaults() error {
 	if o.Progress == nil {
 		o.Progress = &Progress{}
 	}
+	o.proto = protocolVersion
 	o.Progress.ID, o.Progress.Peer, o.Progress.Started = o.ID, o.Addr, time.Now()
 	return nil
 }
@@ -254,6 +259,12 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 		case ctx.Err() != nil:
 			logger.V(2).Info("Transfer stopped", "err", err, "bytes", st.Bytes)
 			return keep(ctx.Err())
+		case errors.Is(err, errOldServer) && o.proto > 1:
+			// Version 1 has all a full pull needs but the server's start time
+			// (a later resync of this copy then pulls in full).
+			logger.V(2).Info("Transfer in protocol version 1: the server speaks no later one", "err", err)
+			o.proto = 1
+			continue
 		case errors.Is(err, errSourceChanged) && restarts < 1:
 			restarts++
 			logger.V(2).Info("Transfer starting over: the source changed since the interrupted attempt", "err", err)
@@ -273,7 +284,8 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 			}
 			wait = min(2*wait, maxRetryWait)
 			continue
-		case errors.Is(err, ErrNotFound), errors.Is(err, ErrProtocol), errors.Is(err, ErrTooLarge), errors.Is(err, ErrNotBase):
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrProtocol), errors.Is(err, ErrTooLarge), errors.Is(err, ErrNotBase),
+			errors.Is(err, errOldServer):
 			// Nothing a later attempt could use: the source is gone, or what came
 			// cannot be trusted.
 			if derr := Discard(o.Staging); derr != nil {

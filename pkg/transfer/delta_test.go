@@ -3,9 +3,13 @@ package transfer
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -233,4 +237,76 @@ func readAll(t testing.TB, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// oldServer answers as a server of protocol version 1 does: a request of a
+// later version is refused as invalid, a version 1 request gets a version 1
+// header (no server time) and recs.
+func oldServer(t *testing.T, recs []rec) (addr string, client *tls.Config) {
+	t.Helper()
+	c := newCA(t, "ca")
+	l, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS(t, c.node(t, "node-a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.Close()
+				_, p, err := newFrameReader(conn).next()
+				if err != nil {
+					return
+				}
+				fw := newFrameWriter(conn)
+				var e enc
+				if v, _ := binary.Uvarint(p); v != 1 {
+					_ = fw.frame(fError, encodeError(&e, fmt.Errorf("%w: protocol version %d, this server speaks 1", ErrProtocol, v)))
+					_ = fw.flush()
+					return
+				}
+				h := header{Version: 1, Kind: KindTree, SizeBytes: 4096, Generation: "g"}
+				_ = fw.frame(fHeader, h.encode(&e))
+				for _, r := range recs {
+					_ = fw.frame(r.t, r.p)
+				}
+				_ = fw.frame(fEnd, nil)
+				_ = fw.flush()
+			})
+		}
+	})
+	return l.Addr().String(), clientTLS(t, c.node(t, "node-b"), "node-a")
+}
+
+// A node not upgraded yet speaks protocol version 1: a pull from it goes on in
+// version 1 (without the server's start time), and a delta pull receives the
+// source whole and exchanges it with its base.
+func TestPullFromVersion1Server(t *testing.T) {
+	testutil.RequireRoot(t)
+	addr, cfg := oldServer(t, []rec{rFile("f", 4, 0), rData(0, "data"), rFileEnd(), rLeave()})
+	dest := filepath.Join(t.TempDir(), "data")
+	res, err := Pull(testContext(t), PullOptions{Addr: addr, TLS: cfg, ID: "vol", Dest: dest, RetryWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.AssertContent(t, filepath.Join(dest, "f"), "data")
+	if res.Attempts != 2 || !res.ServerTime.IsZero() {
+		t.Errorf("result %+v: want a second attempt in version 1, no server time", res)
+	}
+	testutil.WriteFile(t, filepath.Join(dest, "f"), "old!")
+	testutil.WriteFile(t, filepath.Join(dest, "extra"), "x")
+	res, err = Pull(testContext(t), PullOptions{Addr: addr, TLS: cfg, ID: "vol", Base: dest, BaseGeneration: "g",
+		BaseSince: time.Now(), RetryWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.AssertContent(t, filepath.Join(dest, "f"), "data")
+	if _, err := os.Lstat(filepath.Join(dest, "extra")); err == nil || res.Delta {
+		t.Errorf("delta pull from a version 1 server: delta %v, extra file %v; want the source whole", res.Delta, err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -111,12 +112,16 @@ func (r *receiver) start() error {
 		}
 		req = dr.encode(&e)
 	} else {
-		req = r.st.request(r.o.ID, r.o.RateLimit).encode(&e)
+		sr := r.st.request(r.o.ID, r.o.RateLimit)
+		sr.Version = r.o.proto
+		req = sr.encode(&e)
 	}
 	if len(req) > maxFrame {
 		// A position deeper than a frame holds (megabytes of names): the copy
 		// starts over rather than never.
-		req = (&state{}).request(r.o.ID, r.o.RateLimit).encode(&e)
+		sr := (&state{}).request(r.o.ID, r.o.RateLimit)
+		sr.Version = r.o.proto
+		req = sr.encode(&e)
 	}
 	if err := fw.frame(fRequest, req); err != nil {
 		return err
@@ -130,7 +135,12 @@ func (r *receiver) start() error {
 	}
 	switch t {
 	case fError:
-		return decodeError(p)
+		err := decodeError(p)
+		if errors.Is(err, ErrProtocol) && r.o.proto > 1 {
+			// A well-formed request refused before anything else: its version.
+			err = fmt.Errorf("%w: %w", errOldServer, err)
+		}
+		return err
 	case fHeader:
 	default:
 		return errFrame("%s frame instead of a header", t)
@@ -142,8 +152,8 @@ func (r *receiver) start() error {
 	if r.o.MaxBytes > 0 && (h.Total > r.o.MaxBytes || (h.Kind == KindImage && h.SizeBytes > r.o.MaxBytes)) {
 		return fmt.Errorf("source of %d bytes (%d of data), at most %d accepted: %w", h.SizeBytes, h.Total, r.o.MaxBytes, ErrTooLarge)
 	}
-	if h.Version != protocolVersion || (h.Delta && r.o.Base == "") {
-		return errFrame("header of version %d (delta %v) to a request of version %d", h.Version, h.Delta, protocolVersion)
+	if h.Version != r.o.proto || (h.Delta && r.o.Base == "") {
+		return errFrame("header of version %d (delta %v) to a request of version %d", h.Version, h.Delta, r.o.proto)
 	}
 	r.kind = h.Kind
 	r.delta = h.Delta
@@ -193,7 +203,7 @@ func (r *receiver) start() error {
 // deltaRequest is the request of a delta pull: never a resume; for an image
 // base, the hashes of its chunks, taken again by every attempt.
 func (r *receiver) deltaRequest() (*request, error) {
-	req := &request{Version: protocolVersion, ID: r.o.ID, RateLimit: r.o.RateLimit, Delta: true,
+	req := &request{Version: r.o.proto, ID: r.o.ID, RateLimit: r.o.RateLimit, Delta: true,
 		Generation: r.o.BaseGeneration, Chunk: DeltaChunk}
 	if !r.o.BaseSince.IsZero() {
 		req.Since = r.o.BaseSince.UnixNano()
@@ -208,6 +218,9 @@ func (r *receiver) deltaRequest() (*request, error) {
 	case unix.S_IFREG:
 		req.Kind = KindImage
 		req.Chunk = deltaChunk(st.Size)
+		if r.o.proto < 2 {
+			break // no delta in version 1: the image comes whole
+		}
 		var err error
 		if req.Hashes, err = hashImage(r.o.Base, req.Chunk); err != nil {
 			return nil, err

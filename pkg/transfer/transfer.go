@@ -76,6 +76,12 @@ var (
 	// ErrTooLarge: the source holds more data than the client accepts.
 	ErrTooLarge = errors.New("more data than allowed")
 
+	// errOldServer: the server refused the request's protocol version before
+	// anything else (a node still running version 1): the pull goes on in
+	// version 1 (a delta pull then receives the source whole, in staging, and
+	// exchanges it with its base).
+	errOldServer = errors.New("the server speaks an older protocol")
+
 	// errSourceChanged: the source changed between two attempts in a way the
 	// copy cannot continue from (a link's first name is gone); the client
 	// starts over.

@@ -430,7 +430,7 @@ func decodeHeader(p []byte) (*header, error) {
 	if err := d.end(); err != nil {
 		return nil, err
 	}
-	if h.Version != protocolVersion || (h.Kind != KindTree && h.Kind != KindImage) || h.SizeBytes < 0 || h.Total < 0 {
+	if h.Version < 1 || h.Version > protocolVersion || (h.Kind != KindTree && h.Kind != KindImage) || h.SizeBytes < 0 || h.Total < 0 {
 		return nil, errFrame("bad header")
 	}
 	return h, nil
