@@ -289,6 +289,7 @@ func (p *Pool) scanVolumes(ctx context.Context) (map[string]*Record, map[string]
 		if !p.Shared() {
 			// In a shared pool such a temp may be another host's update in progress.
 			removeStaleTemps(filepath.Join(dir, name))
+			removeResyncLeftovers(ctx, filepath.Join(dir, name))
 		}
 		r, err := p.readVolume(name)
 		var d *damage

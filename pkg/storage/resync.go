@@ -30,6 +30,17 @@ const (
 	resyncHolder  = ".resync"
 )
 
+// removeResyncLeftovers removes what a resync interrupted by a restart left in
+// a volume's directory (node-local pools: no resync runs at start-up). Its
+// record says whether it completed: if not, the next stage resyncs again.
+func removeResyncLeftovers(ctx context.Context, volDir string) {
+	for _, n := range []string{resyncStaging, resyncHolder} {
+		if err := safefs.RemoveTree(volDir, n); err != nil {
+			klog.FromContext(ctx).Error(err, "Cannot remove what an interrupted resync left", "path", filepath.Join(volDir, n))
+		}
+	}
+}
+
 // resyncJob is a resync running in the background: it holds the volume's lock
 // until it ends.
 type resyncJob struct {

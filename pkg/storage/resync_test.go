@@ -242,3 +242,28 @@ func TestResync(t *testing.T) {
 		}
 	})
 }
+
+// A restart removes what an interrupted resync left beside a volume's data
+// (the record says it is not done: the next stage resyncs again), and keeps
+// the data.
+func TestRestartRemovesResyncLeftovers(t *testing.T) {
+	base := t.TempDir()
+	e, stop := startEngineStop(t, dirPool(base, "default"))
+	p := mustPool(t, e, "default")
+	rec, err := p.Create(context.Background(), storage.CreateRequest{Name: "v", RequiredBytes: mib, AccessType: storage.AccessMount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := p.VolumeDir(rec.Hash())
+	testutil.WriteFile(t, filepath.Join(dir, ".resync", "data", "old"), "old tree")
+	testutil.WriteFile(t, filepath.Join(dir, ".resync.transfer", "data", "partial"), "new tree")
+	testutil.WriteFile(t, filepath.Join(dir, "data", "kept"), "kept")
+	stop()
+
+	startEngine(t, dirPool(base, "default"))
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) != 2 {
+		t.Errorf("volume directory after a restart holds %v (%v), want data and record.json", ents, err)
+	}
+	testutil.AssertContent(t, filepath.Join(dir, "data", "kept"), "kept")
+}
