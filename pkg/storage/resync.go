@@ -113,6 +113,9 @@ func (p *Pool) resync(ctx context.Context, hash, sourceID string, published bool
 		return errorf(ErrPrecondition, "volume %s cannot be resynced from %s: pool %s does not reach other nodes", r.ID, sourceID, p.cfg.Name)
 	}
 	src := &Source{Kind: SourceVolume, ID: sourceID}
+	if cs := r.ContentSource; cs != nil && cs.ID == sourceID {
+		src.Kind = cs.Kind // a restore's snapshot may be resynced from as well
+	}
 	peer, err := p.remote.Locate(ctx, src)
 	switch {
 	case errors.Is(err, ErrNotFound):

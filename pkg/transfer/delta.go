@@ -377,7 +377,7 @@ func (r *receiver) unchanged(p []byte) error {
 		return fmt.Errorf("%w: %s: %w", ErrNotBase, r.walk.Path(name), err)
 	}
 	defer unix.Close(fd)
-	if err := unix.Linkat(pfd, "", dfd, name, unix.AT_EMPTY_PATH); err != nil {
+	if err := linkFd(pfd, dfd, name); err != nil {
 		return r.made(name, err)
 	}
 	if _, err := clone.SetFdMeta(fd, &m); err != nil {
@@ -387,6 +387,16 @@ func (r *receiver) unchanged(p []byte) error {
 	r.o.Progress.Skipped.Add(size)
 	r.applied(stepEntry, name)
 	return nil
+}
+
+// linkFd links the inode of pfd (an O_PATH fd) as name in dfd: AT_EMPTY_PATH
+// (CAP_DAC_READ_SEARCH, which the plugin has), else through its /proc link.
+func linkFd(pfd, dfd int, name string) error {
+	err := unix.Linkat(pfd, "", dfd, name, unix.AT_EMPTY_PATH)
+	if err == unix.ENOENT || err == unix.EPERM {
+		err = unix.Linkat(unix.AT_FDCWD, safefs.ProcPath(pfd), dfd, name, unix.AT_SYMLINK_FOLLOW)
+	}
+	return err
 }
 
 // baseDir opens (or reuses) the base's directory at the walk's level.
