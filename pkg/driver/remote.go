@@ -25,6 +25,8 @@ type remotePeers struct {
 	pulls transfer.Running // for the metrics
 }
 
+var _ storage.DeltaRemote = (*remotePeers)(nil)
+
 // pullProgressInterval is how often a pull's progress reaches the engine (the
 // figure the copy's metrics and its retries' answers show).
 const pullProgressInterval = time.Second
@@ -46,6 +48,17 @@ func (r *remotePeers) Locate(ctx context.Context, src *storage.Source) (storage.
 
 // Fetch implements storage.Remote.
 func (r *remotePeers) Fetch(ctx context.Context, src *storage.Source, peer storage.Peer, dest string, maxBytes int64, progress func(int64)) (*storage.Fetched, error) {
+	return r.pull(ctx, peer, transfer.PullOptions{ID: src.ID, Dest: dest, MaxBytes: maxBytes}, progress)
+}
+
+// FetchDelta implements storage.DeltaRemote: a delta pull (transfer.PullOptions.Base).
+func (r *remotePeers) FetchDelta(ctx context.Context, src *storage.Source, peer storage.Peer, base, staging string, from storage.Pulled, maxBytes int64, progress func(int64)) (*storage.Fetched, error) {
+	return r.pull(ctx, peer, transfer.PullOptions{ID: src.ID, Base: base, Staging: staging, BaseGeneration: from.Generation,
+		BaseSince: from.Since, MaxBytes: maxBytes}, progress)
+}
+
+// pull runs o against peer's plugin, telling progress the bytes received.
+func (r *remotePeers) pull(ctx context.Context, peer storage.Peer, o transfer.PullOptions, progress func(int64)) (*storage.Fetched, error) {
 	cfg, err := r.iss.ClientTLS(peer.Node)
 	if err != nil {
 		return nil, err
@@ -69,8 +82,8 @@ func (r *remotePeers) Fetch(ctx context.Context, src *storage.Source, peer stora
 			}
 		})
 	}
-	res, err := transfer.Pull(ctx, transfer.PullOptions{Addr: net.JoinHostPort(peer.Address, r.port), TLS: cfg,
-		ID: src.ID, Dest: dest, MaxBytes: maxBytes, Progress: prog})
+	o.Addr, o.TLS, o.Progress = net.JoinHostPort(peer.Address, r.port), cfg, prog
+	res, err := transfer.Pull(ctx, o)
 	close(stop)
 	wg.Wait()
 	if err != nil {
@@ -80,13 +93,16 @@ func (r *remotePeers) Fetch(ctx context.Context, src *storage.Source, peer stora
 		progress(res.Bytes)
 	}
 	return &storage.Fetched{Tree: res.Kind == transfer.KindTree, SizeBytes: res.SizeBytes,
-		AccessType: res.AccessType, FSType: res.FSType}, nil
+		AccessType: res.AccessType, FSType: res.FSType, Generation: res.Generation, Since: res.ServerTime,
+		Bytes: res.Bytes, Skipped: res.SkippedBytes, Delta: res.Delta}, nil
 }
 
 // pullError gives a failed pull the engine's meaning, so that the CreateVolume
 // retried after it answers with the right code.
 func pullError(err error) error {
 	switch {
+	case errors.Is(err, transfer.ErrNotBase):
+		return fmt.Errorf("%w: %w", storage.ErrNotBase, err)
 	case errors.Is(err, transfer.ErrNotFound):
 		return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
 	case errors.Is(err, transfer.ErrTooLarge):

@@ -172,12 +172,27 @@ func servePVLister(t *testing.T, l locate.Locator) string {
 // "local" of kind, the channel on one port and a pv-lister answering from where.
 func twoNodes(t *testing.T, kind string, where fixedLocator) (n1, n2 csi.ControllerClient, pool1, pool2 string) {
 	t.Helper()
+	p1, p2 := twoPlugins(t, kind, where)
+	return p1.ctrl, p2.ctrl, p1.pool, p2.pool
+}
+
+// nodePlugin is one of twoPlugins: its controller and node services, its pool's
+// directory and its kubelet directory.
+type nodePlugin struct {
+	ctrl          csi.ControllerClient
+	node          csi.NodeClient
+	pool, kubelet string
+}
+
+// twoPlugins is twoNodes with each plugin's node service and kubelet directory.
+func twoPlugins(t *testing.T, kind string, where fixedLocator) (n1, n2 nodePlugin) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	caDir := t.TempDir()
 	testutil.WriteCA(t, caDir, "berth transfer CA", true)
 	port := strconv.Itoa(testutil.FreePort(t))
 	lister := servePVLister(t, where)
-	start := func(node, ip string) (csi.ControllerClient, string) {
+	start := func(node, ip string) nodePlugin {
 		base := t.TempDir()
 		testutil.MkdirAll(t, filepath.Join(base, "kubelet", "pods"))
 		conn := startDriver(t, driver.Options{
@@ -187,11 +202,10 @@ func twoNodes(t *testing.T, kind string, where fixedLocator) (n1, n2 csi.Control
 			PoolRetry: time.Hour, TransferAddress: net.JoinHostPort(ip, port), TransferCADir: caDir, PVListerEndpoint: lister,
 		})
 		waitProbe(t, csi.NewIdentityClient(conn))
-		return csi.NewControllerClient(conn), filepath.Join(base, "local")
+		return nodePlugin{ctrl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn),
+			pool: filepath.Join(base, "local"), kubelet: filepath.Join(base, "kubelet")}
 	}
-	n1, pool1 = start("n1", "127.0.0.1")
-	n2, pool2 = start("n2", "127.0.0.2")
-	return n1, n2, pool1, pool2
+	return start("n1", "127.0.0.1"), start("n2", "127.0.0.2")
 }
 
 var mountRWO = []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},

@@ -24,6 +24,10 @@ const TopologyKey = storage.TopologyKey
 // AttrPath is the volume attribute naming an adopted host directory.
 const AttrPath = storage.AttrPath
 
+// AttrResyncFrom is the volume attribute of a moved volume naming the volume it
+// was cloned from, whose changes NodeStageVolume brings over first.
+const AttrResyncFrom = storage.AttrResyncFrom
+
 // Config is what the node service needs from the command line.
 type Config struct {
 	NodeID     string

@@ -12,7 +12,10 @@ import (
 // NodeStageVolume prepares the volume at the staging path as its pool kind needs:
 // an image is attached to a loop device and, for a filesystem volume, formatted on
 // first use and mounted; a shared volume's directory is bound; directory volumes
-// need nothing, and the call only validates.
+// need nothing, and the call only validates. A volume moved to this node
+// (AttrResyncFrom in its volume context) is first brought up to date with the
+// volume it was cloned from, in the background: until that ends the answer is
+// Aborted with its progress.
 func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
 	if err := checkVolumeID(id); err != nil {
@@ -30,7 +33,9 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	defer unlock()
-	if err := s.node.Stage(ctx, storage.StageRequest{VolumeID: id, StagingPath: staging, Capability: c}); err != nil {
+	sr := storage.StageRequest{VolumeID: id, StagingPath: staging, Capability: c,
+		ResyncFrom: req.GetVolumeContext()[AttrResyncFrom]}
+	if err := s.node.Stage(ctx, sr); err != nil {
 		return nil, csierr.Status(err)
 	}
 	klog.FromContext(ctx).V(2).Info("Volume staged", "volumeID", id, "stagingPath", staging)

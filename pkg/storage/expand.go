@@ -16,6 +16,9 @@ func (p *Pool) lockRecord(ctx context.Context, op, hash string) (*fileLock, *Rec
 	if err := p.usable(ctx); err != nil {
 		return nil, nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
 	}
+	if err := p.resyncing(hash); err != nil {
+		return nil, nil, fmt.Errorf("%s volume %s: %w", op, hash, err)
+	}
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s volume %s: %w", op, hash, err)

@@ -13,13 +13,17 @@ import (
 type StageRequest struct {
 	VolumeID, StagingPath string
 	Capability            Capability
+	// ResyncFrom (the volume attribute AttrResyncFrom) names the volume this
+	// one was cloned from by a move: it is resynced from it first (resync.go).
+	ResyncFrom string
 }
 
 // Stage makes the volume ready to publish from the staging path, as its kind needs
 // (an image attached and its filesystem mounted, a shared directory bound); kinds
 // that need nothing only validate. A shared pool's volume asked for with a
 // single-node access mode is claimed for this node first (nodeclaim.go). Adopted
-// volumes need no staging.
+// volumes need no staging. A volume with ResyncFrom is first resynced from that
+// volume (Engine.Resync: ErrInProgress while it runs).
 func (n *Node) Stage(ctx context.Context, req StageRequest) error {
 	rel, err := n.checkTarget("staging_target_path", req.StagingPath)
 	if err != nil {
@@ -40,6 +44,11 @@ func (n *Node) Stage(ctx context.Context, req StageRequest) error {
 	}
 	if req.Capability.Access != r.AccessType {
 		return errorf(ErrInvalid, "volume %s was created for %s access, not %s", r.ID, r.AccessType, req.Capability.Access)
+	}
+	if req.ResyncFrom != "" {
+		if err := n.e.Resync(ctx, req.VolumeID, req.ResyncFrom); err != nil {
+			return err
+		}
 	}
 	taken, err := n.claim(ctx, p, r, req.Capability.Mode)
 	if err != nil {

@@ -65,6 +65,7 @@ type Pool struct {
 	bg    *sync.WaitGroup // the engine's background goroutines
 
 	copies  map[string]*volumeCopy  // volumes whose content is copied in the background, by hash (under mu)
+	resyncs map[string]*resyncJob   // volumes being resynced in the background, by hash (under mu; resync.go)
 	remote  Remote                  // other nodes' pools, for sources this node lacks (remote.go); nil: none
 	sibling func(name string) *Pool // the engine's pool of that name, nil when none (restores from backups)
 	baseMu  sync.Mutex              // the image volumes' backup bases (backupbase.go)
@@ -95,6 +96,7 @@ func newPool(cfg PoolConfig, projects *projectIDs, usage *usageWalks, host Host)
 		index:    map[string]*Record{},
 		damaged:  map[string]damage{},
 		copies:   map[string]*volumeCopy{},
+		resyncs:  map[string]*resyncJob{},
 		exports:  map[string]int{},
 		backups:  map[string]int{},
 		findings: map[string]projectFindings{},
@@ -287,6 +289,7 @@ func (p *Pool) scanVolumes(ctx context.Context) (map[string]*Record, map[string]
 		if !p.Shared() {
 			// In a shared pool such a temp may be another host's update in progress.
 			removeStaleTemps(filepath.Join(dir, name))
+			removeResyncLeftovers(ctx, filepath.Join(dir, name))
 		}
 		r, err := p.readVolume(name)
 		var d *damage

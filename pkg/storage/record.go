@@ -46,6 +46,12 @@ type Record struct {
 	// Claim is the PersistentVolumeClaim the volume was created for, when the
 	// provisioner passed it (--extra-create-metadata); absent in older records.
 	Claim *Claim `json:"claim,omitempty"`
+	// Pulled says which source another node's plugin sent this volume's content
+	// from (a cross-node clone or restore), of which generation, and since when
+	// (the sender's clock as it began reading): what a resync compares against.
+	// Resynced is set by the last resync (resync.go). Absent in older records.
+	Pulled   *Pulled `json:"pulled,omitempty"`
+	Resynced *Pulled `json:"resynced,omitempty"`
 
 	// pullFrom is the node a volume being created pulls its content source
 	// from (remote.go); zero when the source is in the pool. fsTypeOpen: the
@@ -53,6 +59,15 @@ type Record struct {
 	// Neither is recorded.
 	pullFrom   Peer
 	fsTypeOpen bool
+}
+
+// Pulled is a copy of another node's volume or snapshot: its ID, its
+// generation (another object under the same ID has another), and the sending
+// node's clock when it began reading it.
+type Pulled struct {
+	ID         string    `json:"id"`
+	Generation string    `json:"generation,omitempty"`
+	Since      time.Time `json:"since"`
 }
 
 // Claim names a PersistentVolumeClaim.
@@ -73,6 +88,14 @@ func (r *Record) Clone() *Record {
 	if r.Claim != nil {
 		cl := *r.Claim
 		c.Claim = &cl
+	}
+	if r.Pulled != nil {
+		p := *r.Pulled
+		c.Pulled = &p
+	}
+	if r.Resynced != nil {
+		p := *r.Resynced
+		c.Resynced = &p
 	}
 	return &c
 }

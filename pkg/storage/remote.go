@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/berth-csi/berth/pkg/storage/quota"
 	"k8s.io/klog/v2"
@@ -33,13 +34,38 @@ type Peer struct {
 }
 
 // Fetched is what a Fetch received: a tree or an image, and the source's
-// capacity, access type and filesystem (an image's).
+// capacity, access type and filesystem (an image's); the source's generation
+// and the sender's clock when it began reading it (zero when unknown); what was
+// received, and (a delta) what was not needed.
 type Fetched struct {
 	Tree       bool
 	SizeBytes  int64
 	AccessType string
 	FSType     string
+	Generation string
+	Since      time.Time
+	Bytes      int64
+	Skipped    int64
+	Delta      bool
 }
+
+// DeltaRemote is a Remote that can bring a copy an earlier Fetch made up to
+// date with its source, receiving only what changed (resync.go uses it when the
+// Remote has it, else it fetches in full).
+type DeltaRemote interface {
+	// FetchDelta updates base (the tree or image file a Fetch of src made,
+	// recorded as from), using staging (a directory beside it, which it may
+	// find left by an interrupted attempt) for the work: the tree is made
+	// anew there and exchanged with base, the image patched in place. When the
+	// source is no longer of from's generation it is received in full and
+	// exchanged all the same. ErrNotBase when base proves not to be a copy of
+	// src: the caller fetches in full.
+	FetchDelta(ctx context.Context, src *Source, peer Peer, base, staging string, from Pulled, maxBytes int64, progress func(int64)) (*Fetched, error)
+}
+
+// ErrNotBase: a delta fetch's base is not a copy of its source. The engine
+// never returns it: it fetches in full instead.
+var ErrNotBase = errors.New("not a copy of the source")
 
 // SetRemote lets node-local pools pull restore and clone sources from other
 // nodes through r. Call it before Start, or at least before the first create.
@@ -97,6 +123,24 @@ func (p *Pool) ownsSourceID(src *Source) bool {
 	return pool == p.cfg.Name
 }
 
+// checkFetched refuses what a fetch of src for volume r received when it is
+// not of the pool's kind and the volume's access type (and filesystem), or
+// larger than the volume.
+func (p *Pool) checkFetched(r *Record, got *Fetched, src string) error {
+	_, isDir := p.backend.Data()
+	switch {
+	case got.Tree != isDir:
+		return fmt.Errorf("%s is not of pool %s's kind %s: %w", src, p.cfg.Name, p.kind, ErrInvalid)
+	case got.AccessType != r.AccessType:
+		return fmt.Errorf("%s is a %s volume, not %s: %w", src, got.AccessType, r.AccessType, ErrInvalid)
+	case !isDir && got.FSType != r.FSType && !(r.fsTypeOpen && slices.Contains(p.backend.Filesystems(), got.FSType)):
+		return fmt.Errorf("%s holds a %q filesystem, not %q: %w", src, got.FSType, r.FSType, ErrInvalid)
+	case got.SizeBytes > r.CapacityBytes:
+		return fmt.Errorf("%s holds %d bytes, more than the %d requested: %w", src, got.SizeBytes, r.CapacityBytes, ErrOutOfRange)
+	}
+	return nil
+}
+
 // pullDir is where a quota volume's pull is made, inside the entry under tmp/: a
 // directory of the volume's project that passes it on, so that every entry the
 // pull creates is charged to the volume from the start.
@@ -142,16 +186,8 @@ func (p *Pool) pull(ctx context.Context, r *Record, volDir string, progress func
 			return err
 		}
 	}
-	src := r.ContentSource.Kind + " " + r.ContentSource.ID + " on node " + r.pullFrom.Node
-	switch {
-	case got.Tree != isDir:
-		return fmt.Errorf("%s is not of pool %s's kind %s: %w", src, p.cfg.Name, p.kind, ErrInvalid)
-	case got.AccessType != r.AccessType:
-		return fmt.Errorf("%s is a %s volume, not %s: %w", src, got.AccessType, r.AccessType, ErrInvalid)
-	case !isDir && got.FSType != r.FSType && !(r.fsTypeOpen && slices.Contains(p.backend.Filesystems(), got.FSType)):
-		return fmt.Errorf("%s holds a %q filesystem, not %q: %w", src, got.FSType, r.FSType, ErrInvalid)
-	case got.SizeBytes > r.CapacityBytes:
-		return fmt.Errorf("%s holds %d bytes, more than the %d requested: %w", src, got.SizeBytes, r.CapacityBytes, ErrOutOfRange)
+	if err := p.checkFetched(r, got, r.ContentSource.Kind+" "+r.ContentSource.ID+" on node "+r.pullFrom.Node); err != nil {
+		return err
 	}
 	if !isDir {
 		r.FSType = got.FSType // the same, or the source's where none was asked
@@ -159,6 +195,7 @@ func (p *Pool) pull(ctx context.Context, r *Record, volDir string, progress func
 			return err
 		}
 	}
+	r.Pulled = &Pulled{ID: r.ContentSource.ID, Generation: got.Generation, Since: got.Since}
 	// What the pull needed is not the volume's: the index holds what the record says.
 	r.pullFrom, r.fsTypeOpen = Peer{}, false
 	return syncFS(volDir)

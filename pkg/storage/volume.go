@@ -303,6 +303,10 @@ func (p *Pool) Delete(ctx context.Context, hash string) error {
 	if err := p.cancelCopy(ctx, hash); err != nil {
 		return err
 	}
+	// So is a resync (resync.go).
+	if err := p.cancelResync(ctx, hash); err != nil {
+		return err
+	}
 	l, err := p.tryLock(volumeLock(hash))
 	if err != nil {
 		return fmt.Errorf("delete volume %s: %w", hash, err)

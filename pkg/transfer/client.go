@@ -66,6 +66,25 @@ type PullOptions struct {
 	// Progress, when set, is kept up to date (the caller may read it from
 	// another goroutine).
 	Progress *Progress
+
+	// Base, when set, makes the Pull a delta pull (delta.go): Base is a
+	// complete copy of the source ID that an earlier Pull made (its Result's
+	// Generation is BaseGeneration, its ServerTime BaseSince), and it is
+	// brought up to date in place; Dest must be empty or Base. A tree is built
+	// in staging, taking the files unchanged since BaseSince from Base by hard
+	// link, and exchanged with Base at once; an image is patched in place. When
+	// the source is no longer of BaseGeneration, it is received in full into
+	// staging and exchanged all the same. A Base that proves not to be such a
+	// copy fails the Pull with ErrNotBase (the caller pulls in full). A delta
+	// pull is never resumed: each attempt starts over, and leftovers of an
+	// interrupted one are removed first.
+	Base           string
+	BaseGeneration string
+	BaseSince      time.Time
+
+	// proto is the protocol version requests are made in: protocolVersion,
+	// or 1 once a server refused it (a node not upgraded yet).
+	proto uint64
 }
 
 // Result is what a completed Pull made.
@@ -78,6 +97,15 @@ type Result struct {
 	// it took.
 	Bytes    int64
 	Attempts int
+	// Generation is the source's; ServerTime the server's clock when it began
+	// reading the source for this copy: what a later delta pull of the same
+	// source takes as BaseGeneration and BaseSince.
+	Generation string
+	ServerTime time.Time
+	// Delta: the pull was a delta against Base; SkippedBytes is what it did
+	// not need to receive.
+	Delta        bool
+	SkippedBytes int64
 }
 
 // Pull copies the source o.ID from the server at o.Addr to o.Dest, resuming
@@ -99,7 +127,15 @@ func Pull(ctx context.Context, o PullOptions) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st == nil {
+	if st == nil || o.Base != "" {
+		if o.Base != "" {
+			// A delta pull starts over: what an interrupted one left goes
+			// (the staging directory itself stays, with what the caller set
+			// on it, such as a quota project).
+			if err := wipe(o.Staging, &state{Version: stateVersion, ID: o.ID}); err != nil {
+				return nil, err
+			}
+		}
 		st = &state{Version: stateVersion, ID: o.ID}
 	}
 	if st.ID != o.ID {
@@ -107,18 +143,27 @@ func Pull(ctx context.Context, o PullOptions) (*Result, error) {
 	}
 	res := &Result{}
 	if !st.Complete {
-		if _, err := os.Lstat(o.Dest); err == nil {
+		if _, err := os.Lstat(o.Dest); err == nil && o.Base == "" {
 			return nil, fmt.Errorf("%s: %w", o.Dest, ErrExists)
 		}
 		if err := pullAttempts(ctx, &o, st, res); err != nil {
 			return nil, err
 		}
 	}
-	if err := commit(&o, st); err != nil {
+	commitf := commit
+	if o.Base != "" {
+		commitf = commitDelta
+	}
+	if err := commitf(&o, st); err != nil {
 		return nil, err
 	}
 	res.Kind, res.SizeBytes, res.FSType, res.AccessType, res.Bytes = st.Kind, st.SizeBytes, st.FSType, st.AccessType, st.Bytes
-	logger.V(2).Info("Transfer received", "dest", o.Dest, "bytes", st.Bytes, "attempts", res.Attempts)
+	res.Generation, res.Delta, res.SkippedBytes = st.Generation, st.Delta, st.Skipped
+	if st.ServerTime != 0 {
+		res.ServerTime = time.Unix(0, st.ServerTime)
+	}
+	logger.V(2).Info("Transfer received", "dest", o.Dest, "bytes", st.Bytes, "skippedBytes", st.Skipped,
+		"delta", st.Delta, "attempts", res.Attempts)
 	return res, nil
 }
 
@@ -130,6 +175,13 @@ func (o *PullOptions) defaults() error {
 		return errors.New("transfer: a TLS configuration with this node's certificate is required")
 	case o.ID == "" || checkName(o.ID) != nil:
 		return fmt.Errorf("transfer: source ID %q", o.ID)
+	case o.Base != "" && o.Dest != "" && o.Dest != o.Base:
+		return fmt.Errorf("transfer: a delta pull updates its base %q, not %q", o.Base, o.Dest)
+	}
+	if o.Base != "" {
+		o.Dest = o.Base
+	}
+	switch {
 	case !filepath.IsAbs(o.Dest) || filepath.Clean(o.Dest) != o.Dest || o.Dest == "/":
 		return fmt.Errorf("transfer: destination %q is not a clean absolute path", o.Dest)
 	}
@@ -154,6 +206,7 @@ func (o *PullOptions) defaults() error {
 	if o.Progress == nil {
 		o.Progress = &Progress{}
 	}
+	o.proto = protocolVersion
 	o.Progress.ID, o.Progress.Peer, o.Progress.Started = o.ID, o.Addr, time.Now()
 	return nil
 }
@@ -184,7 +237,7 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 	// keep ends the Pull with err, leaving the staged copy for a later one (if
 	// anything came).
 	keep := func(err error) error {
-		if !st.Started {
+		if !st.Started || o.Base != "" {
 			_ = Discard(o.Staging)
 			return fmt.Errorf("transfer of %s: %w", o.ID, err)
 		}
@@ -206,6 +259,12 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 		case ctx.Err() != nil:
 			logger.V(2).Info("Transfer stopped", "err", err, "bytes", st.Bytes)
 			return keep(ctx.Err())
+		case errors.Is(err, errOldServer) && o.proto > 1:
+			// Version 1 has all a full pull needs but the server's start time
+			// (a later resync of this copy then pulls in full).
+			logger.V(2).Info("Transfer in protocol version 1: the server speaks no later one", "err", err)
+			o.proto = 1
+			continue
 		case errors.Is(err, errSourceChanged) && restarts < 1:
 			restarts++
 			logger.V(2).Info("Transfer starting over: the source changed since the interrupted attempt", "err", err)
@@ -225,7 +284,8 @@ func pullAttempts(ctx context.Context, o *PullOptions, st *state, res *Result) e
 			}
 			wait = min(2*wait, maxRetryWait)
 			continue
-		case errors.Is(err, ErrNotFound), errors.Is(err, ErrProtocol), errors.Is(err, ErrTooLarge):
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrProtocol), errors.Is(err, ErrTooLarge), errors.Is(err, ErrNotBase),
+			errors.Is(err, errOldServer):
 			// Nothing a later attempt could use: the source is gone, or what came
 			// cannot be trusted.
 			if derr := Discard(o.Staging); derr != nil {
@@ -313,6 +373,26 @@ func commit(o *PullOptions, st *state) error {
 	return Discard(o.Staging)
 }
 
+// commitDelta ends a delta pull: a tree (or an image received in full) is
+// exchanged with the base, the exchange made durable, and the old copy removed
+// with the staging directory; an image patched in place is complete already
+// (the end's checkpoint flushed its filesystem).
+func commitDelta(o *PullOptions, st *state) error {
+	if !(st.Delta && st.Kind == KindImage) {
+		from := filepath.Join(o.Staging, stagingData)
+		if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, o.Base, unix.RENAME_EXCHANGE); err != nil {
+			return fmt.Errorf("exchange %s with its update: %w", o.Base, err)
+		}
+		if err := meta.SyncDir(filepath.Dir(o.Base)); err != nil {
+			return err
+		}
+		if err := meta.SyncDir(o.Staging); err != nil {
+			return err
+		}
+	}
+	return Discard(o.Staging)
+}
+
 // Discard removes a staging directory (what an interrupted Pull left), with no
 // symlink followed inside it. A missing one is not an error.
 func Discard(staging string) error {
@@ -328,6 +408,7 @@ func wipe(staging string, st *state) error {
 	if err := safefs.RemoveTree(staging, stagingData); err != nil {
 		return err
 	}
+	st.Delta, st.Skipped = false, 0
 	st.restart()
 	return st.save(staging)
 }

@@ -176,7 +176,10 @@ func FuzzDecode(f *testing.F) {
 	r := &request{Version: protocolVersion, ID: "b1-default-x", Started: true, Generation: "g", Kind: KindTree,
 		Path: []string{"a", "b"}, Step: stepEntry, Partial: partial{Name: "f", Offset: 4}}
 	f.Add(r.encode(&e))
-	h := header{Version: protocolVersion, Kind: KindImage, SizeBytes: 1 << 30, Total: 4096}
+	dr := &request{Version: protocolVersion, ID: "b1-default-x", Generation: "g", Kind: KindImage, Delta: true,
+		Since: 1, Chunk: DeltaChunk, Hashes: make([]byte, 2*hashSize)}
+	f.Add(dr.encode(&e))
+	h := header{Version: protocolVersion, Kind: KindImage, SizeBytes: 1 << 30, Total: 4096, ServerTime: 1, Delta: true}
 	f.Add(h.encode(&e))
 	f.Add(rFile("f", 10, 0).p)
 	f.Add(rLink("x", "a", "b").p)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -43,6 +44,14 @@ type receiver struct {
 	resumed  bool
 
 	file *recvFile
+
+	// Delta pulls: the server honours the delta; base is the base tree's
+	// root (O_PATH, -1 when none), baseFd its directory at the walk's level
+	// for baseKey.
+	delta   bool
+	base    int
+	baseFd  int
+	baseKey string
 }
 
 // recvFile is the regular file (or image) being received.
@@ -63,7 +72,7 @@ func newReceiver(ctx context.Context, o *PullOptions, st *state, conn *tls.Conn)
 		return nil, fmt.Errorf("open staging %s: %w", o.Staging, err)
 	}
 	r := &receiver{ctx: ctx, o: o, st: st, conn: conn, fr: newFrameReader(conn), sfd: sfd, root: -1, first: true,
-		saved: time.Now()}
+		saved: time.Now(), base: -1, baseFd: -1}
 	if err := r.start(); err != nil {
 		r.close()
 		return nil, err
@@ -82,6 +91,12 @@ func (r *receiver) close() {
 	if r.root >= 0 {
 		unix.Close(r.root)
 	}
+	if r.baseFd >= 0 {
+		unix.Close(r.baseFd)
+	}
+	if r.base >= 0 {
+		unix.Close(r.base)
+	}
 	unix.Close(r.sfd)
 }
 
@@ -89,11 +104,24 @@ func (r *receiver) start() error {
 	fw := newFrameWriter(r.conn)
 	var e enc
 	_ = r.conn.SetWriteDeadline(time.Now().Add(r.o.IdleTimeout))
-	req := r.st.request(r.o.ID, r.o.RateLimit).encode(&e)
+	var req []byte
+	if r.o.Base != "" {
+		dr, err := r.deltaRequest()
+		if err != nil {
+			return err
+		}
+		req = dr.encode(&e)
+	} else {
+		sr := r.st.request(r.o.ID, r.o.RateLimit)
+		sr.Version = r.o.proto
+		req = sr.encode(&e)
+	}
 	if len(req) > maxFrame {
 		// A position deeper than a frame holds (megabytes of names): the copy
 		// starts over rather than never.
-		req = (&state{}).request(r.o.ID, r.o.RateLimit).encode(&e)
+		sr := (&state{}).request(r.o.ID, r.o.RateLimit)
+		sr.Version = r.o.proto
+		req = sr.encode(&e)
 	}
 	if err := fw.frame(fRequest, req); err != nil {
 		return err
@@ -107,7 +135,12 @@ func (r *receiver) start() error {
 	}
 	switch t {
 	case fError:
-		return decodeError(p)
+		err := decodeError(p)
+		if errors.Is(err, ErrProtocol) && r.o.proto > 1 {
+			// A well-formed request refused before anything else: its version.
+			err = fmt.Errorf("%w: %w", errOldServer, err)
+		}
+		return err
 	case fHeader:
 	default:
 		return errFrame("%s frame instead of a header", t)
@@ -119,7 +152,11 @@ func (r *receiver) start() error {
 	if r.o.MaxBytes > 0 && (h.Total > r.o.MaxBytes || (h.Kind == KindImage && h.SizeBytes > r.o.MaxBytes)) {
 		return fmt.Errorf("source of %d bytes (%d of data), at most %d accepted: %w", h.SizeBytes, h.Total, r.o.MaxBytes, ErrTooLarge)
 	}
+	if h.Version != r.o.proto || (h.Delta && r.o.Base == "") {
+		return errFrame("header of version %d (delta %v) to a request of version %d", h.Version, h.Delta, r.o.proto)
+	}
 	r.kind = h.Kind
+	r.delta = h.Delta
 	r.o.Progress.Total.Store(h.Total)
 	logger := klog.FromContext(r.ctx)
 	if h.Resumed {
@@ -144,7 +181,10 @@ func (r *receiver) start() error {
 	r.st.Started, r.st.Generation, r.st.Kind = true, h.Generation, h.Kind
 	r.st.SizeBytes, r.st.FSType, r.st.AccessType = h.SizeBytes, h.FSType, h.AccessType
 	r.st.Path, r.st.Step, r.st.Partial = nil, stepEnter, nil
-	if h.Kind == KindImage {
+	r.st.ServerTime, r.st.Delta = h.ServerTime, h.Delta
+	if h.Delta && h.Kind == KindImage {
+		// Patched in place: staging holds only the state.
+	} else if h.Kind == KindImage {
 		fd, err := unix.Openat(r.sfd, stagingData, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			return fmt.Errorf("create %s: %w", stagingData, err)
@@ -158,6 +198,37 @@ func (r *receiver) start() error {
 		return err
 	}
 	return r.openRoot(nil)
+}
+
+// deltaRequest is the request of a delta pull: never a resume; for an image
+// base, the hashes of its chunks, taken again by every attempt.
+func (r *receiver) deltaRequest() (*request, error) {
+	req := &request{Version: r.o.proto, ID: r.o.ID, RateLimit: r.o.RateLimit, Delta: true,
+		Generation: r.o.BaseGeneration, Chunk: DeltaChunk}
+	if !r.o.BaseSince.IsZero() {
+		req.Since = r.o.BaseSince.UnixNano()
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(r.o.Base, &st); err != nil {
+		return nil, fmt.Errorf("base %s: %w", r.o.Base, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		req.Kind = KindTree
+	case unix.S_IFREG:
+		req.Kind = KindImage
+		req.Chunk = deltaChunk(st.Size)
+		if r.o.proto < 2 {
+			break // no delta in version 1: the image comes whole
+		}
+		var err error
+		if req.Hashes, err = hashImage(r.o.Base, req.Chunk); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("base %s is neither a directory nor a regular file: %w", r.o.Base, ErrNotBase)
+	}
+	return req, nil
 }
 
 // next reads a frame within the idle timeout.
@@ -187,13 +258,17 @@ func (r *receiver) run() error {
 		case t == fData:
 			err = r.data(p)
 		case t == fFileEnd:
-			err = r.fileEnd()
+			err = r.fileEnd(p)
+		case t == fZero:
+			err = r.zero(p)
 		case r.file != nil:
 			err = errFrame("%s frame inside a file", t)
 		case r.rootDone:
 			err = errFrame("%s frame after the root", t)
 		case t == fFile:
 			err = r.fileStart(p)
+		case t == fUnchanged && r.kind == KindTree:
+			err = r.unchanged(p)
 		case r.kind == KindTree:
 			err = r.treeRecord(t, p)
 		default:
@@ -309,7 +384,12 @@ func (r *receiver) fileStart(p []byte) error {
 		if f.name != "" || r.step == stepEntry {
 			return errFrame("a second file in an image")
 		}
-		f.fd, err = unix.Openat(r.sfd, stagingData, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if r.delta {
+			// The base itself (its path is the caller's, trusted), patched.
+			f.fd, err = unix.Open(r.o.Base, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		} else {
+			f.fd, err = unix.Openat(r.sfd, stagingData, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
 	default:
 		if err := checkName(f.name); err != nil {
 			return err
@@ -333,8 +413,10 @@ func (r *receiver) fileStart(p []byte) error {
 		return fmt.Errorf("%s is not a regular file: %w", f.name, unix.EINVAL)
 	}
 	// A continued file holds what came up to f.written (and, after a crash of
-	// this side, maybe more): the rest comes again.
-	if err := unix.Ftruncate(f.fd, f.written); err != nil {
+	// this side, maybe more): the rest comes again. A patched base keeps its
+	// content: the chunks that differ come.
+	if r.delta && r.kind == KindImage {
+	} else if err := unix.Ftruncate(f.fd, f.written); err != nil {
 		unix.Close(f.fd)
 		return fmt.Errorf("truncate %s: %w", f.name, err)
 	}
@@ -384,10 +466,22 @@ func (r *receiver) data(p []byte) error {
 }
 
 // fileEnd sets the file's size (a trailing hole stays a hole) and metadata.
-func (r *receiver) fileEnd() error {
+func (r *receiver) fileEnd(p []byte) error {
 	f := r.file
 	if f == nil {
 		return errFrame("file end outside a file")
+	}
+	if r.delta && r.kind == KindImage {
+		d := &dec{b: p}
+		skipped := d.i()
+		if err := d.end(); err != nil {
+			return err
+		}
+		if skipped < 0 || skipped > f.size {
+			return errFrame("%d bytes skipped of %d", skipped, f.size)
+		}
+		r.st.Skipped += skipped
+		r.o.Progress.Skipped.Add(skipped)
 	}
 	r.file = nil
 	defer unix.Close(f.fd)

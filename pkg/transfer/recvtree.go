@@ -17,6 +17,11 @@ func (r *receiver) openRoot(path []string) error {
 	if r.root, err = safefs.OpenConfined(r.sfd, stagingData, unix.O_PATH|unix.O_DIRECTORY); err != nil {
 		return fmt.Errorf("open %s: %w", stagingData, err)
 	}
+	if r.delta {
+		if r.base, err = unix.Open(r.o.Base, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("%w: open %s: %w", ErrNotBase, r.o.Base, err)
+		}
+	}
 	r.walk = safefs.NewWalker(r.sfd, r.o.Staging)
 	if err := r.walk.Push(stagingData); err != nil {
 		return fmt.Errorf("open %s: %w", stagingData, err)

@@ -81,6 +81,10 @@ type imageStream struct {
 	st     unix.Stat_t
 	offset int64 // where the data resumes
 	total  int64
+	// delta: send only the chunks whose hashes differ from the client's.
+	delta  bool
+	chunk  int64
+	hashes []byte
 }
 
 // openImage opens the image at src.Path (its path is the engine's, trusted; the
@@ -109,6 +113,10 @@ func openImage(src *Source, req *request) (stream, error) {
 		req.Partial.Version == versionOf(&is.st) && req.Partial.Offset <= is.st.Size {
 		is.offset = req.Partial.Offset
 	}
+	if req.Delta && req.Kind == KindImage && req.Generation == src.Generation {
+		is.delta, is.chunk, is.hashes = true, req.Chunk, req.Hashes
+		return is, nil // what is sent is known only as it goes
+	}
 	for off := int64(0); off < is.st.Size; {
 		data, hole, err := clone.NextData(is.rfd, off, is.st.Size)
 		if err != nil {
@@ -127,9 +135,13 @@ func openImage(src *Source, req *request) (stream, error) {
 func (is *imageStream) prepare(h *header) {
 	h.Resumed = is.offset > 0
 	h.Total = is.total
+	h.Delta = is.delta
 }
 
 func (is *imageStream) send(s *sender) error {
+	if is.delta {
+		return is.sendDelta(s)
+	}
 	m := clone.MetaOf(&is.st)
 	xs, err := clone.ReadXattrs(is.rfd, false)
 	if err != nil {

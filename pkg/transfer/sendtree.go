@@ -41,6 +41,10 @@ type treeStream struct {
 	partial  partial
 	sent     bool // a record went out since the resume position
 
+	// since, in a delta: regular files of one link whose ctime (Unix
+	// nanoseconds) is before it go as fUnchanged records; 0: no delta.
+	since int64
+
 	links     map[inodeKey]*linkRec
 	linkBytes int64
 	s         *sender
@@ -91,6 +95,9 @@ func openTree(ctx context.Context, src *Source, req *request) (stream, error) {
 	if req.Started && req.Kind == KindTree && req.Generation == src.Generation && t.chainExists(req) {
 		t.resuming, t.pos, t.step, t.partial = true, req.Path, req.Step, req.Partial
 	}
+	if req.Delta && req.Kind == KindTree && req.Generation == src.Generation && req.Since > 0 {
+		t.since = req.Since - int64(ctimeMargin)
+	}
 	return t, nil
 }
 
@@ -109,7 +116,7 @@ func (t *treeStream) chainExists(req *request) bool {
 	return true
 }
 
-func (t *treeStream) prepare(h *header) { h.Resumed = t.resuming }
+func (t *treeStream) prepare(h *header) { h.Resumed, h.Delta = t.resuming, t.since > 0 }
 
 func (t *treeStream) close() {
 	t.walk.Close()
@@ -321,6 +328,9 @@ func (t *treeStream) regular(pfd int, st *unix.Stat_t, name string, skip bool) e
 	}
 	if skip {
 		return nil
+	}
+	if st.Nlink == 1 && st.Ctim.Sec*1e9+st.Ctim.Nsec < t.since {
+		return t.unchanged(pfd, st, name)
 	}
 	dfd, err := t.walk.Fd()
 	if err != nil {

@@ -202,7 +202,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		s.refuse(fw, err)
 		return
 	}
-	logger.V(2).Info("Transfer sent", "bytes", prog.Bytes.Load(), "resumedBytes", prog.Resumed.Load(),
+	logger.V(2).Info("Transfer sent", "bytes", prog.Bytes.Load(), "resumedBytes", prog.Resumed.Load(), "skippedBytes", prog.Skipped.Load(),
 		"entries", prog.Entries.Load(), "duration", time.Since(prog.Started).Round(time.Millisecond))
 }
 
@@ -217,6 +217,9 @@ func (s *Server) refuse(fw *frameWriter, err error) {
 
 // send opens the source, answers the header and sends the records and the end.
 func (s *Server) send(ctx context.Context, fw *frameWriter, req *request, prog *Progress) (err error) {
+	// Taken before anything of the source is read: a later delta pull trusts
+	// the files whose ctime is older.
+	began := time.Now()
 	src, err := s.o.Sources.Open(ctx, req.ID)
 	if err != nil {
 		return err
@@ -240,14 +243,14 @@ func (s *Server) send(ctx context.Context, fw *frameWriter, req *request, prog *
 		return err
 	}
 	defer st.close()
-	h := header{Version: protocolVersion, Kind: src.Kind, SizeBytes: src.SizeBytes, FSType: src.FSType,
-		AccessType: src.AccessType, Generation: src.Generation}
+	h := header{Version: req.Version, Kind: src.Kind, SizeBytes: src.SizeBytes, FSType: src.FSType,
+		AccessType: src.AccessType, Generation: src.Generation, ServerTime: began.UnixNano()}
 	st.prepare(&h)
 	prog.Total.Store(h.Total)
 	if h.Resumed {
 		prog.Resumes.Add(1)
 	}
-	klog.FromContext(ctx).V(2).Info("Transfer started", "kind", src.Kind, "resumed", h.Resumed, "totalBytes", h.Total)
+	klog.FromContext(ctx).V(2).Info("Transfer started", "kind", src.Kind, "resumed", h.Resumed, "delta", h.Delta, "totalBytes", h.Total)
 	sd := &sender{ctx: ctx, fw: fw, prog: prog, buf: make([]byte, dataChunk)}
 	if err := fw.frame(fHeader, h.encode(&sd.e)); err != nil {
 		return err

@@ -39,6 +39,15 @@ type state struct {
 	Partial *partialS `json:"partial,omitempty"`
 	// Bytes is the data received over every attempt.
 	Bytes int64 `json:"bytes,omitempty"`
+	// ServerTime is the server's clock (Unix nanoseconds) when it began reading
+	// the source for the attempt that started this copy (resumed attempts keep
+	// it): the Since of a later delta pull. Skipped: what a delta pull did not
+	// need to receive.
+	ServerTime int64 `json:"serverTime,omitempty"`
+	Skipped    int64 `json:"skipped,omitempty"`
+	// Delta: the server honours this delta pull (an image is patched in
+	// place, a tree built with links to the base's unchanged files).
+	Delta bool `json:"delta,omitempty"`
 	// Complete: data is complete and flushed; only the commit is left.
 	Complete bool `json:"complete,omitempty"`
 }
@@ -98,5 +107,5 @@ func (s *state) request(id string, rate int64) *request {
 
 // restart forgets everything but the ID: the copy starts over.
 func (s *state) restart() {
-	*s = state{Version: stateVersion, ID: s.ID, Bytes: s.Bytes}
+	*s = state{Version: stateVersion, ID: s.ID, Bytes: s.Bytes, Skipped: s.Skipped}
 }

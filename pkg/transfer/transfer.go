@@ -76,6 +76,12 @@ var (
 	// ErrTooLarge: the source holds more data than the client accepts.
 	ErrTooLarge = errors.New("more data than allowed")
 
+	// errOldServer: the server refused the request's protocol version before
+	// anything else (a node still running version 1): the pull goes on in
+	// version 1 (a delta pull then receives the source whole, in staging, and
+	// exchanges it with its base).
+	errOldServer = errors.New("the server speaks an older protocol")
+
 	// errSourceChanged: the source changed between two attempts in a way the
 	// copy cannot continue from (a link's first name is gone); the client
 	// starts over.
@@ -125,6 +131,9 @@ type Progress struct {
 	// an earlier one.
 	Resumed atomic.Int64
 	Resumes atomic.Int64
+	// Skipped counts, in a delta pull, the bytes not sent because the client's
+	// base holds them (unchanged files, equal image chunks).
+	Skipped atomic.Int64
 }
 
 // Status is a Progress read at one instant.
@@ -133,13 +142,14 @@ type Status struct {
 	Sending                        bool
 	Started                        time.Time
 	Bytes, Total, Entries, Resumed int64
-	Resumes                        int64
+	Resumes, Skipped               int64
 }
 
 // Status reads p.
 func (p *Progress) Status() Status {
 	return Status{ID: p.ID, Peer: p.Peer, Sending: p.Sending, Started: p.Started, Bytes: p.Bytes.Load(),
-		Total: p.Total.Load(), Entries: p.Entries.Load(), Resumed: p.Resumed.Load(), Resumes: p.Resumes.Load()}
+		Total: p.Total.Load(), Entries: p.Entries.Load(), Resumed: p.Resumed.Load(), Resumes: p.Resumes.Load(),
+		Skipped: p.Skipped.Load()}
 }
 
 // Running is the set of transfers under way on one side, for status and metrics

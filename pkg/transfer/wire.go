@@ -18,7 +18,10 @@ import (
 // byte, a payload length (4 bytes, big-endian) and the payload; integers inside
 // payloads are varints, strings and byte strings a length then the bytes.
 const (
-	protocolVersion = 1
+	// protocolVersion 2 adds delta pulls (request.Delta, header.ServerTime and
+	// header.Delta, fUnchanged and fZero); a server still answers version 1
+	// requests as version 1.
+	protocolVersion = 2
 	frameHeader     = 5
 	// maxFrame bounds any payload a peer may send: a resume position of a very
 	// deep tree is the largest.
@@ -50,11 +53,13 @@ const (
 	fEnd       // the source is complete
 	fError     // the server stops: a code and a message
 	fKeepalive // nothing: the server is busy skipping what the client has
+	fUnchanged // delta trees: a regular file the client's base holds as it is
+	fZero      // delta images: offset and length of a range that is all zero
 )
 
 func (t frameType) String() string {
 	names := [...]string{"?", "request", "header", "enter", "leave", "file", "data", "file-end", "link",
-		"symlink", "special", "end", "error", "keepalive"}
+		"symlink", "special", "end", "error", "keepalive", "unchanged", "zero"}
 	if int(t) < len(names) {
 		return names[t]
 	}
@@ -299,6 +304,16 @@ type request struct {
 	Path       []string
 	Step       uint8
 	Partial    partial
+	// Delta (version 2): the client holds a complete copy of the source of
+	// Generation made by a Pull whose server began reading at Since (the
+	// server's clock, Unix nanoseconds). A tree is sent with fUnchanged records
+	// for the regular files not changed since; an image only where its chunks
+	// (Chunk bytes each) differ from Hashes, the SHA-256 of the client's
+	// chunks in order. A delta request is never a resume.
+	Delta  bool
+	Since  int64
+	Chunk  int64
+	Hashes []byte
 }
 
 // partial is a regular file (or the image, with no name) copied up to Offset.
@@ -323,14 +338,20 @@ func (r *request) encode(e *enc) []byte {
 	e.str(r.Partial.Name)
 	e.i(r.Partial.Offset)
 	e.ver(r.Partial.Version)
+	if r.Version >= 2 {
+		e.flag(r.Delta)
+		e.i(r.Since)
+		e.i(r.Chunk)
+		e.bytes(r.Hashes)
+	}
 	return e.b
 }
 
 func decodeRequest(p []byte) (*request, error) {
 	d := &dec{b: p}
 	r := &request{Version: d.u()}
-	if d.err == nil && r.Version != protocolVersion {
-		return r, fmt.Errorf("%w: protocol version %d, this server speaks %d", ErrProtocol, r.Version, protocolVersion)
+	if d.err == nil && (r.Version < 1 || r.Version > protocolVersion) {
+		return r, fmt.Errorf("%w: protocol version %d, this server speaks 1 to %d", ErrProtocol, r.Version, protocolVersion)
 	}
 	r.ID = d.str(maxName)
 	r.RateLimit = d.i()
@@ -340,8 +361,15 @@ func decodeRequest(p []byte) (*request, error) {
 	r.Path = d.strs(maxPath, maxName)
 	r.Step = uint8(d.u())
 	r.Partial = partial{Name: d.str(maxName), Offset: d.i(), Version: d.ver()}
+	if r.Version >= 2 {
+		r.Delta, r.Since, r.Chunk = d.flag(), d.i(), d.i()
+		r.Hashes = append([]byte(nil), d.bytes(maxFrame)...)
+	}
 	if err := d.end(); err != nil {
 		return nil, err
+	}
+	if r.Delta && (r.Started || r.Chunk < minDeltaChunk || r.Chunk > maxDeltaChunk || len(r.Hashes)%hashSize != 0) {
+		return nil, errFrame("bad delta request")
 	}
 	if r.RateLimit < 0 || r.Step > stepEntry || r.Partial.Offset < 0 {
 		return nil, errFrame("bad request")
@@ -368,6 +396,11 @@ type header struct {
 	// Total is the data the transfer will send when known in advance (images:
 	// their data extents), else 0.
 	Total int64
+	// ServerTime (version 2) is the server's clock, Unix nanoseconds, taken
+	// before it began reading the source: what a later delta request's Since
+	// says. Delta: the server honours the request's delta (same generation).
+	ServerTime int64
+	Delta      bool
 }
 
 func (h *header) encode(e *enc) []byte {
@@ -380,6 +413,10 @@ func (h *header) encode(e *enc) []byte {
 	e.str(h.Generation)
 	e.flag(h.Resumed)
 	e.i(h.Total)
+	if h.Version >= 2 {
+		e.i(h.ServerTime)
+		e.flag(h.Delta)
+	}
 	return e.b
 }
 
@@ -387,10 +424,13 @@ func decodeHeader(p []byte) (*header, error) {
 	d := &dec{b: p}
 	h := &header{Version: d.u(), Kind: Kind(d.u()), SizeBytes: d.i(), FSType: d.str(64), AccessType: d.str(64),
 		Generation: d.str(1024), Resumed: d.flag(), Total: d.i()}
+	if h.Version >= 2 {
+		h.ServerTime, h.Delta = d.i(), d.flag()
+	}
 	if err := d.end(); err != nil {
 		return nil, err
 	}
-	if h.Version != protocolVersion || (h.Kind != KindTree && h.Kind != KindImage) || h.SizeBytes < 0 || h.Total < 0 {
+	if h.Version < 1 || h.Version > protocolVersion || (h.Kind != KindTree && h.Kind != KindImage) || h.SizeBytes < 0 || h.Total < 0 {
 		return nil, errFrame("bad header")
 	}
 	return h, nil
