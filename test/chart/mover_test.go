@@ -1,8 +1,13 @@
 package chart
 
 import (
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/berth-csi/berth/pkg/mover"
+	"sigs.k8s.io/yaml"
 )
 
 // TestMover: by default (the transfer channel on) the chart runs the mover, the
@@ -71,5 +76,44 @@ func TestMover(t *testing.T) {
 				t.Error("the mover may exec into pods")
 			}
 		})
+	}
+}
+
+// TestVolumeMoveSchema: every field of a VolumeMove's spec and status (pkg/mover's
+// types) is in the CRD's schema. The API server prunes what the schema lacks, so a
+// field missing there is a field the mover writes and never reads back.
+func TestVolumeMoveSchema(t *testing.T) {
+	doc, ok := renderDocs(t, "")["CustomResourceDefinition/volumemoves.berth.csi.io"]
+	if !ok {
+		t.Fatal("no VolumeMove CRD rendered")
+	}
+	var crd struct {
+		Spec struct {
+			Versions []struct {
+				Name   string `json:"name"`
+				Schema struct {
+					OpenAPIV3Schema struct {
+						Properties map[string]struct {
+							Properties map[string]any `json:"properties"`
+						} `json:"properties"`
+					} `json:"openAPIV3Schema"`
+				} `json:"schema"`
+			} `json:"versions"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(doc, &crd); err != nil {
+		t.Fatal(err)
+	}
+	if len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != mover.Resource.Version {
+		t.Fatalf("versions %+v, want %s alone", crd.Spec.Versions, mover.Resource.Version)
+	}
+	props := crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties
+	for part, typ := range map[string]reflect.Type{"spec": reflect.TypeOf(mover.Spec{}), "status": reflect.TypeOf(mover.Status{})} {
+		for i := range typ.NumField() {
+			name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			if _, ok := props[part].Properties[name]; !ok {
+				t.Errorf("%s.%s (%s.%s) is not in the CRD's schema: the API server would prune it", part, name, typ.Name(), typ.Field(i).Name)
+			}
+		}
 	}
 }
