@@ -22,8 +22,8 @@ type evacuateOptions struct {
 	// namespace, when -n is given, limits the evacuation to its claims ("": all).
 	namespace string
 	parallel  int
-	wait     bool
-	timeout  time.Duration
+	wait      bool
+	timeout   time.Duration
 }
 
 // EvacuateReport is evacuate's structured output: a row per claim of the node.
