@@ -190,4 +190,4 @@ e2e: verify-deploy
 # installs local-path-provisioner itself when missing (test/e2e/local-path) and removes it.
 e2e-bench:
 	. hack/cluster-lib.sh && KUBECONFIG=$$KUBECONFIG_FILE BERTH_KUBECTL=$$K8S_BIN/kubectl \
-		BERTH_E2E=1 BERTH_E2E_BENCH=1 go test -count=1 -v -run 'TestPVCToRunningLatency|TestTransferThroughput' -timeout 60m ./test/e2e
+		BERTH_E2E=1 BERTH_E2E_BENCH=1 go test -count=1 -v -run 'TestPVCToRunningLatency|TestTransferThroughput|TestMoveDowntime' -timeout 60m ./test/e2e

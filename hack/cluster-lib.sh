@@ -56,7 +56,11 @@ node_enter() {
 # node_disk_mb I: the size of node I's disk: 3 GiB for node 2, 2 GiB for node 3, 1 GiB
 # from node 4 on, so that the nodes' free space differs (the scheduler's capacity
 # checks have something to choose between); this machine's is its own disk.
-node_disk_mb() { local g=$((5 - $1)); [ "$g" -ge 1 ] || g=1; echo $((g * 1024)); }
+# NODE2_DISK_MB overrides node 2's (make e2e-bench's TestMoveDowntime moves 10 GiB to it).
+node_disk_mb() {
+	if [ "$1" = 2 ] && [ -n "${NODE2_DISK_MB:-}" ]; then echo "$NODE2_DISK_MB"; return; fi
+	local g=$((5 - $1)); [ "$g" -ge 1 ] || g=1; echo $((g * 1024))
+}
 
 t0=$(date +%s)
 step_start=$t0

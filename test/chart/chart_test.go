@@ -217,6 +217,11 @@ func TestDefaultValuesRenderNoController(t *testing.T) {
 	if args := objs["DaemonSet/berth-node"].args("csi-provisioner"); slices.Contains(args, "--node-deployment-immediate-binding=false") {
 		t.Errorf("node provisioner leaves Immediate claims to a controller that does not exist: %q", args)
 	}
+	// A claim whose restore or clone copies in the background is bound at most 30 s
+	// after the copy ends, not after the sidecar's 5-minute backoff.
+	if args := objs["DaemonSet/berth-node"].args("csi-provisioner"); !slices.Contains(args, "--retry-interval-max=30s") {
+		t.Errorf("node provisioner args %q: no --retry-interval-max=30s", args)
+	}
 	// The class names the embedded pool, so adding pools later changes no class.
 	if sc := objs["StorageClass/berth"]; sc.VolumeBindingMode != "WaitForFirstConsumer" || sc.Parameters["pool"] != "default" {
 		t.Errorf("StorageClass berth: pool %q binding %s, want pool \"default\" binding WaitForFirstConsumer",
