@@ -378,3 +378,15 @@ func TestRun(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// TestPollIn: while the pods are down, waits are looked at four times as often.
+func TestPollIn(t *testing.T) {
+	m := &Mover{Poll: time.Second}
+	for p, want := range map[Phase]time.Duration{PhasePending: time.Second, PhaseCopying: time.Second,
+		PhaseStopping: 250 * time.Millisecond, PhaseSwitching: 250 * time.Millisecond, PhaseStarting: 250 * time.Millisecond,
+		PhaseCleaning: time.Second} {
+		if got := m.pollIn(p); got != want {
+			t.Errorf("pollIn(%s) = %s, want %s", p, got, want)
+		}
+	}
+}

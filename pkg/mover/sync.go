@@ -108,6 +108,16 @@ func (m *Mover) now() metav1.Time {
 	return metav1.NewTime(time.Now().UTC().Truncate(time.Second))
 }
 
+// pollIn is how soon a move waiting in phase is looked at again: a quarter of the
+// poll while its pods are down (Stopping to Starting), where each wait adds to the
+// downtime.
+func (m *Mover) pollIn(phase Phase) time.Duration {
+	if phase == PhaseStopping || phase.forwardOnly() && phase != PhaseCleaning {
+		return m.poll() / 4
+	}
+	return m.poll()
+}
+
 func (m *Mover) poll() time.Duration {
 	if m.Poll > 0 {
 		return m.Poll
@@ -172,7 +182,7 @@ func (m *Mover) Sync(ctx context.Context, ns, name string) (time.Duration, error
 					return 0, err
 				}
 			}
-			return m.poll(), nil
+			return m.pollIn(phase), nil
 		case reflect.DeepEqual(before, &mv.Status):
 			return 0, fmt.Errorf("VolumeMove %s/%s: phase %s made no progress (a bug)", ns, name, phase)
 		}
