@@ -245,10 +245,12 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$
 	--root-ca-file "$pki/ca.crt" --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
 	--service-cluster-ip-range "$SERVICE_CIDR" --use-service-account-credentials=true \
 	--allocate-node-cidrs=false \
-	--kube-api-qps=100 --kube-api-burst=200
+	--kube-api-qps=100 --kube-api-burst=200 --node-monitor-grace-period=30s
 # kube-controller-manager's API pace (20 calls a second, burst 30, by default) is what
 # held 200 claims created at once: its PV controller writes 4 times to bind each claim
-# to its PV (docs/benchmarks.md, "Scale on the local cluster").
+# to its PV (docs/benchmarks.md, "Scale on the local cluster"). A node whose kubelet
+# stops renewing its lease (every 10 s) is NotReady after 30 s, not the default 50 s:
+# the tests of a stopped node or kubelet wait for it.
 start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$KUBECONFIG_FILE" \
 	--authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
 	--bind-address 127.0.0.1 --leader-elect=false
