@@ -29,6 +29,10 @@ for i in "${servers[@]}"; do
 			--xlator-option "management.transport.socket.bind-address=$(node_addr "$i")" \
 			-l "$CLUSTER_DIR/logs/$name-glusterd.log" -p /run/glusterd.pid
 	fi
+done
+# Both daemons start at once; then each is waited for.
+for i in "${servers[@]}"; do
+	name=$(node_name "$i")
 	for _ in $(seq 100); do node_enter "$name" gluster --mode=script volume list >/dev/null 2>&1 && break; sleep 0.2; done
 done
 
@@ -48,15 +52,19 @@ if ! cli volume info "$GLUSTER_VOLUME" >/dev/null 2>&1; then
 fi
 cli volume info "$GLUSTER_VOLUME" | grep -q "^Status: Started" || cli volume start "$GLUSTER_VOLUME" >/dev/null
 
-# Every node mounts it itself, from its own address's point of view.
+# Every node mounts it itself, from its own address's point of view; the nodes at
+# once (each mount waits for its client to fetch the volume's layout).
 source_of() { echo "$(node_addr "${servers[0]}"):/$GLUSTER_VOLUME"; }
+mounts=()
 for i in $(seq 1 "$NODES"); do
 	name=$(node_name "$i")
 	run=()
 	[ "$i" = 1 ] || run=(node_enter "$name")
 	if ! "${run[@]}" mountpoint -q "$GLUSTER_MOUNT"; then
 		"${run[@]}" mkdir -p "$GLUSTER_MOUNT"
-		"${run[@]}" mount -t glusterfs "$(source_of)" "$GLUSTER_MOUNT"
+		"${run[@]}" mount -t glusterfs "$(source_of)" "$GLUSTER_MOUNT" &
+		mounts+=($!)
 	fi
 done
+for pid in "${mounts[@]}"; do wait "$pid"; done
 echo "      GlusterFS volume $GLUSTER_VOLUME (${bricks[*]}) mounted at $GLUSTER_MOUNT on ${NODES} nodes"
