@@ -22,6 +22,17 @@ dir=$(node_dir "$name")
 log() { echo "[$(date +%T)] $name: $*"; }
 
 hostname "$name"
+# An /etc/hosts of its own that names the cluster's addresses: glusterd looks up the
+# name of each peer and client address, and without an answer in files it waits for
+# the DNS of this machine's resolv.conf, unreachable from here, 10 s a time (40 s of
+# the shared pool's setup).
+mkdir -p "$dir"
+{
+	cat /etc/hosts
+	echo "$(node_addr 1) berth-cluster-host"
+	for i in $(seq 2 16); do echo "$(node_addr "$i") $(node_name "$i")"; done
+} >"$dir/hosts"
+mount --bind "$dir/hosts" /etc/hosts
 # The mounts this namespace copied from the machine are slaves (unshare --propagation
 # slave): what is mounted or unmounted here never reaches the machine.
 mkdir -p "$dir/cgroup-move"

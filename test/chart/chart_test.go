@@ -222,6 +222,10 @@ func TestDefaultValuesRenderNoController(t *testing.T) {
 	if args := objs["DaemonSet/berth-node"].args("csi-provisioner"); !slices.Contains(args, "--retry-interval-max=30s") {
 		t.Errorf("node provisioner args %q: no --retry-interval-max=30s", args)
 	}
+	snap := render(t, "sidecars: {snapshotter: {enabled: true}}\n")["DaemonSet/berth-node"].args("csi-snapshotter")
+	if !slices.Contains(snap, "--retry-interval-max=30s") {
+		t.Errorf("node snapshotter args %q: no --retry-interval-max=30s", snap)
+	}
 	// The class names the embedded pool, so adding pools later changes no class.
 	if sc := objs["StorageClass/berth"]; sc.VolumeBindingMode != "WaitForFirstConsumer" || sc.Parameters["pool"] != "default" {
 		t.Errorf("StorageClass berth: pool %q binding %s, want pool \"default\" binding WaitForFirstConsumer",

@@ -151,8 +151,9 @@ spec:
 	for deadline := time.Now().Add(3 * time.Minute); !ready(); time.Sleep(2 * time.Second) {
 		if time.Now().After(deadline) {
 			vsc, _ := c.tryNS("", "get", "volumesnapshotcontent", content, "-o", "yaml")
-			logs, _ := c.tryNS(driverNS, "logs", "-l", "app.kubernetes.io/component=node", "-c", "group-labeller", "--tail=20", "--prefix")
-			t.Fatalf("the static VolumeSnapshot is not ready after 3 minutes; its content:\n%s\ngroup-labellers:\n%s", vsc, logs)
+			logs, _ := c.tryNS(driverNS, "logs", "-l", "app.kubernetes.io/component=node", "-c", "group-labeller", "--tail=5", "--prefix")
+			snap, _ := c.tryNS(driverNS, "logs", "-l", "app.kubernetes.io/component=node", "-c", "csi-snapshotter", "--tail=30", "--prefix")
+			t.Fatalf("the static VolumeSnapshot is not ready after 3 minutes; its content:\n%s\ngroup-labellers:\n%s\ncsi-snapshotters:\n%s", vsc, logs, snap)
 		}
 	}
 	c.apply(claimFrom("velero", "berth", "256Mi", "VolumeSnapshot", "velero") + "---\n" +
