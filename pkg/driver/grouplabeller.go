@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/berth-csi/berth/pkg/grouplabel"
@@ -15,7 +14,6 @@ import (
 	"github.com/berth-csi/berth/pkg/version"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 )
 
@@ -41,26 +39,19 @@ func GroupLabeller(ctx context.Context, args []string) error {
 	shared := fs.String("shared-pools", "", "comma-separated shared pools this node serves: pre-provisioned VolumeSnapshotContents of their snapshots (restores of backups) are labelled for the first node that gets to them")
 	groups := fs.Bool("group-snapshots", true, "label VolumeGroupSnapshotContents (false: the cluster has no group snapshots; only pre-provisioned contents of --shared-pools are labelled)")
 	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fs.PrintDefaults()
-		}
+	if err := parseAPIFlags(fs, args, driver); err != nil {
 		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	case *node == "":
 		return errors.New("--node-name is required")
 	case len(validation.IsValidLabelValue(*node)) > 0:
 		return fmt.Errorf("--node-name %q: not a label value: %s", *node, strings.Join(validation.IsValidLabelValue(*node), "; "))
-	case !driverName.MatchString(*driver):
-		return fmt.Errorf("--driver-name %q: must be at most 63 characters of a-z, 0-9, '-', '.', starting and ending alphanumeric", *driver)
 	case *pageSize < 1 || *pageSize > 10000:
 		return fmt.Errorf("--page-size %d: must be from 1 to 10000", *pageSize)
-	case *format != "text" && *format != "json":
-		return fmt.Errorf("--logging-format %q: must be text or json", *format)
+	}
+	if err := checkLoggingFormat(*format); err != nil {
+		return err
 	}
 	var sharedPools []string
 	if *shared != "" {
@@ -72,11 +63,10 @@ func GroupLabeller(ctx context.Context, args []string) error {
 		}
 	}
 	setLoggingFormat(*format)
-	cfg, err := rest.InClusterConfig()
+	cfg, err := inClusterConfig("group-labeller")
 	if err != nil {
-		return fmt.Errorf("in-cluster configuration (the group-labeller runs in a pod, with a service-account token): %w", err)
+		return err
 	}
-	cfg.UserAgent = "berth-group-labeller/" + version.Get()
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("API client: %w", err)

@@ -2,11 +2,9 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/berth-csi/berth/pkg/mover"
@@ -34,31 +32,23 @@ func Mover(ctx context.Context, args []string) error {
 	image := fs.String("image", "", "the driver's image, run by the read-back pod of a claim moved without pods, whose source is then deleted (empty: such a claim's source PV is kept, Retain)")
 	format := fs.String("logging-format", "text", "log format: text or json")
 	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fs.PrintDefaults()
-		}
+	if err := parseAPIFlags(fs, args, driver); err != nil {
 		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
-	case !driverName.MatchString(*driver):
-		return fmt.Errorf("--driver-name %q: must be at most 63 characters of a-z, 0-9, '-', '.', starting and ending alphanumeric", *driver)
 	case *workers < 1 || *workers > 64:
 		return fmt.Errorf("--workers %d: must be from 1 to 64", *workers)
 	case *resync < 10*time.Second:
 		return fmt.Errorf("--resync-interval %s: must be at least 10s", *resync)
-	case *format != "text" && *format != "json":
-		return fmt.Errorf("--logging-format %q: must be text or json", *format)
+	}
+	if err := checkLoggingFormat(*format); err != nil {
+		return err
 	}
 	setLoggingFormat(*format)
-	cfg, err := rest.InClusterConfig()
+	cfg, err := inClusterConfig("mover")
 	if err != nil {
-		return fmt.Errorf("in-cluster configuration (the mover runs in a pod, with a service-account token): %w", err)
+		return err
 	}
-	cfg.UserAgent = "berth-mover/" + version.Get()
 	m, err := newMover(cfg, *driver, *image)
 	if err != nil {
 		return fmt.Errorf("API client: %w", err)

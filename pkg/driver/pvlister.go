@@ -2,12 +2,10 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 
 	"github.com/berth-csi/berth/pkg/healthz"
 	"github.com/berth-csi/berth/pkg/locate"
@@ -50,33 +48,24 @@ func PVLister(ctx context.Context, args []string) error {
 	pageSize := fs.Int64("page-size", orphans.DefaultPageSize, "PersistentVolumes (or VolumeSnapshotContents) per List request, 1 to 10000")
 	format := fs.String("logging-format", "text", "log format: text or json")
 	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fs.PrintDefaults()
-		}
+	if err := parseAPIFlags(fs, args, driver); err != nil {
 		return err
 	}
-	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
-	case !driverName.MatchString(*driver):
-		return fmt.Errorf("--driver-name %q: must be at most 63 characters of a-z, 0-9, '-', '.', starting and ending alphanumeric", *driver)
-	case *pageSize < 1 || *pageSize > 10000:
+	if *pageSize < 1 || *pageSize > 10000 {
 		return fmt.Errorf("--page-size %d: must be from 1 to 10000", *pageSize)
-	case *format != "text" && *format != "json":
-		return fmt.Errorf("--logging-format %q: must be text or json", *format)
+	}
+	if err := checkLoggingFormat(*format); err != nil {
+		return err
 	}
 	sock, err := server.ParseEndpoint(*endpoint)
 	if err != nil {
 		return fmt.Errorf("--endpoint: %w", err)
 	}
 	setLoggingFormat(*format)
-	cfg, err := rest.InClusterConfig()
+	cfg, err := inClusterConfig("pv-lister")
 	if err != nil {
-		return fmt.Errorf("in-cluster configuration (the pv-lister runs in a pod, with a service-account token): %w", err)
+		return err
 	}
-	cfg.UserAgent = "berth-pv-lister/" + version.Get()
 	mux, err := pvListerMux(ctx, cfg, *driver, *pageSize)
 	if err != nil {
 		return err
