@@ -46,8 +46,17 @@ func reportOf(mv *mover.VolumeMove) MoveReport {
 	st := mv.Status
 	return MoveReport{Move: mv.Namespace + "/" + mv.Name, Claim: mv.Namespace + "/" + mv.Spec.Claim, From: st.SourceNode,
 		To: mv.Spec.ToNode, Phase: phaseOf(mv), Reason: st.Reason, Message: st.Message, StartedAt: st.StartedAt,
-		StoppedAt: st.StoppedAt, SwitchedAt: st.SwitchedAt, RunningAt: st.RunningAt, FinishedAt: st.FinishedAt,
+		StoppedAt: seconds(st.StoppedAt), SwitchedAt: st.SwitchedAt, RunningAt: seconds(st.RunningAt), FinishedAt: st.FinishedAt,
 		DowntimeSeconds: st.DowntimeSeconds}
+}
+
+// seconds is a status time kept to the microsecond, reported like the others.
+func seconds(t *metav1.MicroTime) *metav1.Time {
+	if t == nil {
+		return nil
+	}
+	s := metav1.NewTime(t.Truncate(time.Second))
+	return &s
 }
 
 // phaseOf is the move's phase, Pending before the mover has written one.

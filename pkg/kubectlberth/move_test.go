@@ -124,10 +124,16 @@ func at(min int) *metav1.Time {
 	return &t
 }
 
+// microAt is at(min) and a fraction of a second, which reports leave out.
+func microAt(min int) *metav1.MicroTime {
+	t := metav1.NewMicroTime(time.Date(2026, 12, 3, 10, min, 0, 250000000, time.UTC))
+	return &t
+}
+
 // succeeded is the status of a move of team-a/data from node-a, finished.
 func succeeded(down int64) mover.Status {
-	return mover.Status{Phase: mover.PhaseSucceeded, SourceNode: "node-a", StartedAt: at(0), StoppedAt: at(5), SwitchedAt: at(5),
-		RunningAt: at(6), FinishedAt: at(7), DowntimeSeconds: &down,
+	return mover.Status{Phase: mover.PhaseSucceeded, SourceNode: "node-a", StartedAt: at(0), StoppedAt: microAt(5), SwitchedAt: at(5),
+		RunningAt: microAt(6), FinishedAt: at(7), DowntimeSeconds: &down,
 		Message: "Moved claim data from node node-a to node node-b, 60s without its pods; source volume deleted"}
 }
 

@@ -16,8 +16,42 @@ import (
 
 // copying provisions the temporary claim, a clone of the claim on the target node,
 // while the claim's pods keep running, and waits until it is Bound. A long copy
-// keeps the provisioner retrying: there is no timeout here.
+// keeps the provisioner retrying: there is no timeout here. Then the copy's PV is
+// made ready for the claim (prepare.go), the pods still running.
 func (m *Mover) copying(ctx context.Context, mv *VolumeMove) (string, error) {
+	st := &mv.Status
+	switch {
+	case st.TargetPV == "":
+		return m.clone(ctx, mv)
+	case st.TargetPVRecord == nil:
+		return "", m.recordTarget(ctx, mv)
+	}
+	if msg, err := m.readyTarget(ctx, mv, "Copying"); err != nil || msg != "" {
+		return msg, err
+	}
+	// The claim must still be the one copied, and the owners are read again:
+	// replicas may have changed during a long copy, a pod that nothing can restart
+	// may have come.
+	pvc, err := m.Cluster.GetClaim(ctx, mv.Namespace, mv.Spec.Claim)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("read claim %s/%s: %w", mv.Namespace, mv.Spec.Claim, err)
+	}
+	if err != nil || pvc.UID != st.ClaimUID || pvc.Spec.VolumeName != st.SourcePV || pvc.DeletionTimestamp != nil {
+		return "", fail(ErrClaimNotFound, "claim %s/%s was deleted or replaced during the copy", mv.Namespace, mv.Spec.Claim)
+	}
+	owners, err := m.owners(ctx, mv.Namespace, mv.Spec.Claim)
+	if err != nil {
+		return "", err
+	}
+	stop := m.nowMicro()
+	st.Owners, st.StoppedAt = owners, &stop
+	st.Phase, st.Message = PhaseStopping, "Stopping "+ownerList(owners)
+	return "", nil
+}
+
+// clone makes the temporary claim and waits until it is bound on the target node;
+// then its PV is written in the status.
+func (m *Mover) clone(ctx context.Context, mv *VolumeMove) (string, error) {
 	st := &mv.Status
 	tmp, err := m.Cluster.GetClaim(ctx, mv.Namespace, st.TempClaim)
 	if apierrors.IsNotFound(err) {
@@ -47,25 +81,10 @@ func (m *Mover) copying(ctx context.Context, mv *VolumeMove) (string, error) {
 	if n := PVNode(pv); n != mv.Spec.ToNode {
 		return "", fail(ErrBadTarget, "temporary claim %s was provisioned on node %q, not %s", st.TempClaim, n, mv.Spec.ToNode)
 	}
-	// The claim must still be the one copied, and the owners are read again:
-	// replicas may have changed during a long copy, a pod that nothing can restart
-	// may have come.
-	pvc, err := m.Cluster.GetClaim(ctx, mv.Namespace, mv.Spec.Claim)
-	if err != nil && !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("read claim %s/%s: %w", mv.Namespace, mv.Spec.Claim, err)
-	}
-	if err != nil || pvc.UID != st.ClaimUID || pvc.Spec.VolumeName != st.SourcePV || pvc.DeletionTimestamp != nil {
-		return "", fail(ErrClaimNotFound, "claim %s/%s was deleted or replaced during the copy", mv.Namespace, mv.Spec.Claim)
-	}
-	owners, err := m.owners(ctx, mv.Namespace, mv.Spec.Claim)
-	if err != nil {
-		return "", err
-	}
 	now := m.now()
-	st.TargetPV, st.TempPVUID, st.TargetVolume = pv.Name, pv.UID, handle
+	st.TargetPV, st.TempPVUID, st.TargetVolume, st.CopiedAt = pv.Name, pv.UID, handle, &now
 	st.TargetReclaimPolicy = pv.Spec.PersistentVolumeReclaimPolicy
-	st.Owners, st.CopiedAt, st.StoppedAt = owners, &now, &now
-	st.Phase, st.Message = PhaseStopping, "Stopping "+ownerList(owners)
+	st.Message = fmt.Sprintf("Copying: the copy is on node %s; making its PersistentVolume %s ready for claim %s", mv.Spec.ToNode, pv.Name, mv.Spec.Claim)
 	return "", nil
 }
 

@@ -122,9 +122,9 @@ func (w *world) checkMoved(t *testing.T, name string) {
 	if len(mv.Finalizers) != 0 {
 		t.Errorf("finalizers %v left on the finished move", mv.Finalizers)
 	}
-	for what, at := range map[string]*metav1.Time{"startedAt": st.StartedAt, "stoppedAt": st.StoppedAt,
-		"switchedAt": st.SwitchedAt, "runningAt": st.RunningAt, "finishedAt": st.FinishedAt} {
-		if at == nil {
+	for what, set := range map[string]bool{"startedAt": st.StartedAt != nil, "stoppedAt": st.StoppedAt != nil,
+		"switchedAt": st.SwitchedAt != nil, "runningAt": st.RunningAt != nil, "finishedAt": st.FinishedAt != nil} {
+		if !set {
 			t.Errorf("status.%s not set", what)
 		}
 	}
@@ -254,34 +254,65 @@ func countPods(objs []runtime.Object) int {
 	return n
 }
 
-// TestRollback: a failure before Switching deletes the temporary claim and scales
-// the owners back; the claim stays where it was.
+// TestRollback: a failure before Switching deletes the temporary claim, or the copy's
+// PV made ready for the claim, with the copy's volume, and scales the owners back;
+// the claim stays where it was.
 func TestRollback(t *testing.T) {
-	for _, in := range []Phase{PhaseCopying, PhaseStopping} {
-		t.Run(string(in), func(t *testing.T) {
-			ctx := context.Background()
+	ctx := context.Background()
+	tempPVGone := func(w *world, st Status) bool {
+		_, err := w.kube.CoreV1().PersistentVolumes().Get(ctx, st.TargetPV, metav1.GetOptions{})
+		return st.Phase == PhaseCopying && st.TargetPVRecord != nil && apierrors.IsNotFound(err)
+	}
+	for _, c := range []struct {
+		name   string
+		in     func(w *world, st Status) bool
+		cancel bool // the VolumeMove deleted there, rather than a pod coming
+		reason string
+	}{
+		{"Copying", func(_ *world, st Status) bool { return st.Phase == PhaseCopying }, false, "PodNotOwned"},
+		// The pod is seen at the end of Copying, after the target PV was made.
+		{"Copying/recorded", func(_ *world, st Status) bool { return st.Phase == PhaseCopying && st.TargetPVRecord != nil }, false, "PodNotOwned"},
+		// Neither the temporary PV's object nor the target PV exists: the copy's
+		// volume has only the record.
+		{"Copying/temp-pv-gone", tempPVGone, true, "Cancelled"},
+		{"Stopping", func(_ *world, st Status) bool { return st.Phase == PhaseStopping }, false, "PodNotOwned"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			w := newWorld(t, "StatefulSet")
 			w.create(t, "data", "data", "node-b")
 			m := w.mover()
-			for w.move(t, "data").Status.Phase != in {
+			m.Poll = time.Hour
+			for i := 0; !c.in(w, w.move(t, "data").Status); i++ {
+				if i == 50 {
+					t.Fatalf("never reached: status %+v", w.move(t, "data").Status)
+				}
 				must(t, w.sync(m, "data"))
-				if w.move(t, "data").Status.Phase != in {
+				if !c.in(w, w.move(t, "data").Status) {
 					w.tick(t)
 				}
 			}
-			if in == PhaseStopping {
+			if c.name == "Stopping" {
 				must(t, w.sync(m, "data")) // scaled to 0, waits for the pod
 			}
-			// A pod that nothing restarts comes to use the claim.
-			_, err := w.kube.CoreV1().Pods(ns).Create(ctx, pod("intruder", "node-a", nil, "data"), metav1.CreateOptions{})
-			must(t, err)
+			if c.cancel {
+				mv := w.move(t, "data")
+				now := metav1.Now()
+				mv.DeletionTimestamp = &now
+				u, err := mv.ToUnstructured()
+				must(t, err)
+				must(t, w.dyn.Tracker().Update(Resource, u, ns))
+			} else {
+				// A pod that nothing restarts comes to use the claim.
+				_, err := w.kube.CoreV1().Pods(ns).Create(ctx, pod("intruder", "node-a", nil, "data"), metav1.CreateOptions{})
+				must(t, err)
+			}
 			for range 5 {
-				w.tick(t)
 				must(t, w.sync(m, "data"))
+				w.tick(t)
 			}
 			st := w.move(t, "data").Status
-			if st.Phase != PhaseFailed || st.Reason != "PodNotOwned" || st.FinishedAt == nil {
-				t.Fatalf("status %+v, want Failed (PodNotOwned)", st)
+			if st.Phase != PhaseFailed || st.Reason != c.reason || st.FinishedAt == nil {
+				t.Fatalf("status %+v, want Failed (%s)", st, c.reason)
 			}
 			if _, err := w.kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, st.TempClaim, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				t.Errorf("temporary claim %s: %v, want it deleted", st.TempClaim, err)
@@ -300,6 +331,9 @@ func TestRollback(t *testing.T) {
 			must(t, err)
 			if len(pvs.Items) != 1 || pvs.Items[0].Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
 				t.Errorf("PVs %+v, want pv-data alone, policy unchanged", pvs.Items)
+			}
+			if !slices.Equal(w.deleted, []string{idCopy}) {
+				t.Errorf("volumes deleted by the provisioners: %v, want the copy %s alone", w.deleted, idCopy)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"strings"
 	"time"
 
@@ -14,14 +15,14 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// switching puts the claim on the copy. Each sub-step reads where the cluster is
-// and does the next thing, so that a rerun from any point finishes:
+// switching puts the claim on the copy, whose PV Copying made ready. Each sub-step
+// reads where the cluster is and does the next thing, so that a rerun from any
+// point finishes:
 //
-//  1. both PVs reclaim Retain, the source PV annotated with the move;
-//  2. the temporary PV recorded in the status;
-//  3. the temporary claim deleted, then the temporary PV's object (its volume kept);
-//  4. the target PV made from the record, for the claim, resyncing from the source;
-//  5. the claim deleted and made again on the target PV; Bound: Starting.
+//  1. the copy's PV made ready, if Copying did not (a move that an older mover
+//     brought to Switching);
+//  2. the source PV set to Retain and annotated with the move, then the claim
+//     deleted and made again on the target PV; Bound: Starting.
 //
 // From here on the move only goes forward: an obstacle is said and retried.
 func (m *Mover) switching(ctx context.Context, mv *VolumeMove) (string, error) {
@@ -48,56 +49,22 @@ func (m *Mover) switching(ctx context.Context, mv *VolumeMove) (string, error) {
 	}
 
 	if st.TargetPVRecord == nil {
-		tmp, err := m.Cluster.GetPV(ctx, st.TargetPV)
-		if err != nil {
-			return "", fmt.Errorf("read temporary PersistentVolume %s: %w", st.TargetPV, err)
-		}
-		if tmp.UID != st.TempPVUID {
-			return "", fmt.Errorf("PersistentVolume %s is not the temporary claim's any more (UID %s, not %s)", st.TargetPV, tmp.UID, st.TempPVUID)
-		}
-		if err := m.retain(ctx, tmp, ""); err != nil {
+		if err := m.recordTarget(ctx, mv); err != nil {
 			return "", err
 		}
-		if err := m.retain(ctx, &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: st.SourcePV}}, moveRef(mv)); err != nil {
-			return "", err
-		}
-		st.TargetPVRecord = &PVRecord{Labels: tmp.Labels, Annotations: tmp.Annotations, Spec: *tmp.Spec.DeepCopy()}
-		st.TargetPVRecord.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimRetain
 		return "", nil
 	}
-
-	if err := m.deleteTempClaim(ctx, mv); err != nil {
-		return "", err
-	}
-	if _, err := m.Cluster.GetClaim(ctx, ns, st.TempClaim); err == nil {
-		return fmt.Sprintf("Switching: waiting for temporary claim %s to be deleted", st.TempClaim), nil
-	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("read temporary claim %s/%s: %w", ns, st.TempClaim, err)
-	}
-
-	target, err := m.Cluster.GetPV(ctx, st.TargetPV)
-	switch {
-	case apierrors.IsNotFound(err):
-		if err := m.Cluster.CreatePV(ctx, m.targetPV(mv)); err != nil {
-			return "", fmt.Errorf("create PersistentVolume %s for claim %s: %w", st.TargetPV, claim, err)
-		}
-		klog.FromContext(ctx).V(2).Info("Target PersistentVolume created", "volumeMove", moveRef(mv), "pv", st.TargetPV, "resyncFrom", st.SourceVolume)
-	case err != nil:
-		return "", fmt.Errorf("read PersistentVolume %s: %w", st.TargetPV, err)
-	case target.UID == st.TempPVUID:
-		if target.DeletionTimestamp == nil {
-			if err := m.Cluster.DeletePV(ctx, target.Name, target.UID); err != nil {
-				return "", fmt.Errorf("delete the object of temporary PersistentVolume %s: %w", target.Name, err)
-			}
-		}
-		return fmt.Sprintf("Switching: waiting for the object of temporary PersistentVolume %s to be deleted (its volume is kept: reclaim policy Retain)%s",
-			target.Name, finalizers(target.Finalizers)), nil
-	case target.Annotations[AnnMove] != moveRef(mv):
-		return "", fmt.Errorf("PersistentVolume %s was made again by someone else: the move cannot make it for claim %s", st.TargetPV, claim)
+	if msg, err := m.readyTarget(ctx, mv, "Switching"); err != nil || msg != "" {
+		return msg, err
 	}
 
 	if cur != nil && cur.UID == st.ClaimUID {
 		if cur.DeletionTimestamp == nil {
+			// The source volume outlives its claim: the resync reads it, and Cleaning
+			// deletes it once the copy runs.
+			if err := m.retain(ctx, &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: st.SourcePV}}, moveRef(mv)); err != nil {
+				return "", err
+			}
 			if err := m.Cluster.DeleteClaim(ctx, ns, cur.Name, cur.UID); err != nil {
 				return "", fmt.Errorf("delete claim %s: %w", claim, err)
 			}
@@ -231,9 +198,9 @@ func (m *Mover) starting(ctx context.Context, mv *VolumeMove) (string, error) {
 				mv.Spec.ToNode, podList(waiting)), nil
 		}
 	}
-	now := m.now()
+	now := m.nowMicro()
 	st.RunningAt = &now
-	down := int64(now.Sub(st.StoppedAt.Time).Seconds())
+	down := int64(math.Round(now.Sub(st.StoppedAt.Time).Seconds()))
 	st.DowntimeSeconds = &down
 	st.Phase, st.Message = PhaseCleaning, "Deleting the source volume "+st.SourceVolume+" on node "+st.SourceNode
 	return "", nil

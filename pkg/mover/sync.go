@@ -118,6 +118,14 @@ func (m *Mover) pollIn(phase Phase) time.Duration {
 	return m.poll()
 }
 
+// nowMicro is now to the microsecond, for the downtime's ends.
+func (m *Mover) nowMicro() metav1.MicroTime {
+	if m.Now != nil {
+		return metav1.NewMicroTime(m.Now().UTC().Truncate(time.Microsecond))
+	}
+	return metav1.NewMicroTime(time.Now().UTC().Truncate(time.Microsecond))
+}
+
 func (m *Mover) poll() time.Duration {
 	if m.Poll > 0 {
 		return m.Poll
@@ -237,10 +245,16 @@ func (m *Mover) step(ctx context.Context, mv *VolumeMove) (string, error) {
 	return "", fail(ErrBadSpec, "unknown phase %q", mv.Status.Phase)
 }
 
-// rollback undoes what a move that had not reached Switching made: the temporary
-// claim goes (its PV with it: reclaim policy Delete), the owners are scaled back.
+// rollback undoes what a move that had not reached Switching made: the copy's PV
+// is set to Delete and released (undoTarget), the temporary claim goes, the owners
+// are scaled back.
 func (m *Mover) rollback(ctx context.Context, mv *VolumeMove) (string, error) {
 	st := &mv.Status
+	if st.TargetPV != "" {
+		if err := m.undoTarget(ctx, mv); err != nil {
+			return "", err
+		}
+	}
 	if st.TempClaim != "" {
 		if err := m.deleteTempClaim(ctx, mv); err != nil {
 			return "", err

@@ -103,11 +103,12 @@ type Status struct {
 	// TargetPVRecord is the temporary PV as it was before its object was deleted.
 	TargetPVRecord *PVRecord `json:"targetPVRecord,omitempty"`
 
-	StartedAt  *metav1.Time `json:"startedAt,omitempty"`
-	CopiedAt   *metav1.Time `json:"copiedAt,omitempty"`
-	StoppedAt  *metav1.Time `json:"stoppedAt,omitempty"`
-	SwitchedAt *metav1.Time `json:"switchedAt,omitempty"`
-	RunningAt  *metav1.Time `json:"runningAt,omitempty"`
+	StartedAt *metav1.Time `json:"startedAt,omitempty"`
+	CopiedAt  *metav1.Time `json:"copiedAt,omitempty"`
+	// StoppedAt and RunningAt, between which the claim's pods are down, in microseconds.
+	StoppedAt  *metav1.MicroTime `json:"stoppedAt,omitempty"`
+	SwitchedAt *metav1.Time      `json:"switchedAt,omitempty"`
+	RunningAt  *metav1.MicroTime `json:"runningAt,omitempty"`
 	// ReadBackAt: the read-back pod ran on the target node (a claim without pods;
 	// readback.go), so its copy is staged and up to date, and the source may go.
 	ReadBackAt      *metav1.Time `json:"readBackAt,omitempty"`

@@ -47,6 +47,8 @@ type world struct {
 	crashAfter, calls int
 	crashing          bool
 	readBacks         int
+	// deleted: the volume handles the provisioners deleted.
+	deleted []string
 	// owner is "StatefulSet", "Deployment" or "" (no pod uses the claim).
 	owner string
 	// image is the Mover's Image: with it, a claim without pods is read back.
@@ -316,6 +318,7 @@ func (w *world) tick(t *testing.T) {
 		// Released; the provisioner deletes a PV of policy Delete.
 		if pv.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimDelete {
 			must(t, core.PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{}))
+			w.deleted = append(w.deleted, pv.Spec.CSI.VolumeHandle)
 		} else if pv.Status.Phase != corev1.VolumeReleased {
 			pv.Status.Phase = corev1.VolumeReleased
 			_, err := core.PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{})

@@ -17,8 +17,10 @@ import (
 // moveWriter fills the claim once with MIB MiB of random data (big), then appends
 // a counter to /data/log forever, each line flushed before it is acknowledged on
 // standard output ("ack N"): a write acknowledged is one the volume must keep.
-// Started again, it goes on from the last line it finds.
+// Started again, it goes on from the last line it finds; asked to stop (SIGTERM), it
+// stops at once, between two writes, as a server does.
 const moveWriter = `set -e
+trap 'exit 0' TERM
 [ -f /data/big ] || { head -c $((MIB*1048576)) /dev/urandom > /data/big.tmp; sync; mv /data/big.tmp /data/big; }
 i=$(tail -n 1 /data/log 2>/dev/null || echo 0)
 echo "start $i"
