@@ -67,11 +67,23 @@ berth_tests() {
 	return "${PIPESTATUS[0]}"
 }
 
+# failure_summary GROUP: the failed tests of a group and the last lines each logged, printed
+# last so that a CI system that keeps only the end of the output still names the failure.
+failure_summary() {
+	local log="$logs/berth-$1.log"
+	echo "=== Berth's $1 group failed; the failures (whole log: $log):" >&2
+	grep -E '^\s*--- FAIL' "$log" | sed "s/^/[$1] /" >&2 || true
+	# What each failed test logged last: go test -v streams a test's lines before its
+	# "--- FAIL" line (the alone group runs one test at a time, so they are its own).
+	awk '{ring[NR % 30] = $0} /^--- FAIL/ {for (i = NR - 29; i <= NR; i++) if (i > 0) print ring[i % 30]}' \
+		"$log" | tail -90 | sed "s/^/[$1] /" >&2
+}
+
 if [ "$berth" = 1 ]; then
 	# First the tests that change what others see (the release's values, a node's
 	# plugin, kubelet or disk; orphans, capacity), one at a time, with nothing beside.
 	step "Berth end-to-end tests that run alone (test/e2e, group alone)"
-	berth_tests alone || exit 1
+	berth_tests alone || { failure_summary alone; exit 1; }
 fi
 
 # Then, all at once: test/e2e's tests that keep to their own namespace, and the
@@ -122,7 +134,7 @@ if [ "$external" = 1 ]; then
 fi
 failed=0
 if [ -n "$berth_pid" ] && ! wait "$berth_pid"; then
-	echo "Berth's parallel group failed: $logs/berth-parallel.log" >&2
+	failure_summary parallel
 	failed=1
 fi
 if [ -n "$external_pid" ] && ! wait "$external_pid"; then

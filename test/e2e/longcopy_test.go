@@ -12,20 +12,21 @@ import (
 )
 
 // A restore on the copy fallback (the dir pool, no reflinks) that lasts longer than
-// the provisioner's --timeout (30 s in hack/e2e-values.yaml) completes: the copy goes
+// the provisioner's --timeout (15 s in hack/e2e-values.yaml) completes: the copy goes
 // on in the driver, each call answers Aborted with its progress, and a retry after it
-// ends gets the volume. BERTH_E2E_LONG_RESTORE_GIB sets the data size (default 10;
+// ends gets the volume. BERTH_E2E_LONG_RESTORE_GIB sets the data size (default 5,
+// about 20 s of copy on this machine's disk;
 // skipped when the pool's filesystem cannot hold it three times over: source,
 // snapshot, restore).
 // provisionerTimeout is the csi-provisioner --timeout hack/e2e-values.yaml sets.
-const provisionerTimeout = 30 * time.Second
+const provisionerTimeout = 15 * time.Second
 
 func TestLongRestore(t *testing.T) {
-	// Alone: its 10 GiB volume and restore on this machine's disk change the capacity
+	// Alone: its 5 GiB volume and restore on this machine's disk change the capacity
 	// the scheduler scores nodes by, so pods of the external suite's snapshot specs, run
 	// beside it, landed on another node than their snapshot's (docs/e2e.md).
 	c := setup(t, alone)
-	gib := 10
+	gib := 5
 	if s := os.Getenv("BERTH_E2E_LONG_RESTORE_GIB"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
