@@ -61,6 +61,11 @@ func Mover(ctx context.Context, args []string) error {
 // (mover.NewCluster; not the clientset, which would register them all in the
 // binary) and the dynamic client of the VolumeMoves.
 func newMover(cfg *rest.Config, driver, image string) (*mover.Mover, error) {
+	// client-go's default pace (5 calls a second, bursts of 10, per client) held the
+	// calls of a move's switch back by seconds while its pods were down; a move makes
+	// a few calls every 250 ms at most, and moves run few at a time (--workers).
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = 50, 100
 	cluster, err := mover.NewCluster(cfg)
 	if err != nil {
 		return nil, err
