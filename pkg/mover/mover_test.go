@@ -424,3 +424,36 @@ func TestPollIn(t *testing.T) {
 		}
 	}
 }
+
+// TestOlderMoversStopping: a move that an older mover (which exchanged the PVs in
+// Switching) brought to Stopping, the temporary claim and its PV untouched: this
+// mover records the PV and makes it ready in Switching, and finishes the move.
+func TestOlderMoversStopping(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, "StatefulSet")
+	w.create(t, "data", "data", "node-b")
+	m := w.mover()
+	must(t, w.sync(m, "data")) // Copying: the temporary claim made
+	w.tick(t)                  // and bound on node-b
+	mv := w.move(t, "data")
+	st := &mv.Status
+	tmp, err := w.kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, st.TempClaim, metav1.GetOptions{})
+	must(t, err)
+	pv, err := w.kube.CoreV1().PersistentVolumes().Get(ctx, tmp.Spec.VolumeName, metav1.GetOptions{})
+	if err != nil || st.Phase != PhaseCopying {
+		t.Fatalf("temporary claim's PV: %v, phase %s", err, st.Phase)
+	}
+	now, stop := metav1.NewTime(w.clock), metav1.NewMicroTime(w.clock)
+	st.TargetPV, st.TempPVUID, st.TargetVolume = pv.Name, pv.UID, pv.Spec.CSI.VolumeHandle
+	st.TargetReclaimPolicy = pv.Spec.PersistentVolumeReclaimPolicy
+	st.Owners, st.CopiedAt, st.StoppedAt = []Owner{{Kind: "StatefulSet", Name: "web", Replicas: 1}}, &now, &stop
+	st.Phase, st.Message = PhaseStopping, "Stopping StatefulSet web"
+	u, err := mv.ToUnstructured()
+	must(t, err)
+	must(t, w.dyn.Tracker().Update(Resource, u, ns))
+
+	if !w.drive(t, m, "data") {
+		t.Fatal("not finished")
+	}
+	w.checkMoved(t, "data")
+}
