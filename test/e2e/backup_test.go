@@ -90,10 +90,12 @@ parameters: {backupPool: %s}
 	c.waitReady("app", 2*time.Minute)
 	thaw := c.freezeNode(lost)
 	t.Cleanup(thaw)
+	frozenAt := time.Now()
 	c.waitFor("node "+lost+" not ready", 3*time.Minute, func() bool {
 		s, _ := c.tryNS("", "get", "node", lost, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
 		return s == "Unknown" || s == "False"
 	})
+	t.Logf("node %s not ready %s after it was frozen", lost, time.Since(frozenAt).Round(time.Second))
 
 	start := time.Now()
 	cmd := exec.Command(bin, "recover", "data", "--to", target, "-n", c.ns, "-o", "json", "--timeout", "5m")
@@ -148,6 +150,7 @@ spec:
 		s, _ := c.try("get", "volumesnapshot", "velero", "-o", "jsonpath={.status.readyToUse}")
 		return s == "true"
 	}
+	staticStart := time.Now()
 	for deadline := time.Now().Add(3 * time.Minute); !ready(); time.Sleep(2 * time.Second) {
 		if time.Now().After(deadline) {
 			vsc, _ := c.tryNS("", "get", "volumesnapshotcontent", content, "-o", "yaml")
@@ -156,6 +159,7 @@ spec:
 			t.Fatalf("the static VolumeSnapshot is not ready after 3 minutes; its content:\n%s\ngroup-labellers:\n%s\ncsi-snapshotters:\n%s", vsc, logs, snap)
 		}
 	}
+	t.Logf("static VolumeSnapshot velero (content %s) ready in %s", content, time.Since(staticStart).Round(time.Second))
 	c.apply(claimFrom("velero", "berth", "256Mi", "VolumeSnapshot", "velero") + "---\n" +
 		podOnNode("velero-reader", velero, "velero", checkRestored, "Never"))
 	c.waitPhase("velero-reader", "Succeeded", 3*time.Minute)
