@@ -120,13 +120,8 @@ func (p *Pool) CreateBackup(ctx context.Context, name string, src *Pool, srcHash
 		defer src.hold(rec.ID, -1)
 		return p.buildBackup(bctx, snap, src, rec, pit)
 	})
-	t := time.NewTimer(boundedWait(ctx, copyWait))
-	defer t.Stop()
-	select {
-	case <-b.done:
+	if ended(ctx, b.done) {
 		return p.existingSnapshot(name, hash, func(v string) bool { return v == srcID })
-	case <-t.C:
-	case <-ctx.Done():
 	}
 	c := *snap
 	return &c, nil

@@ -48,6 +48,20 @@ func boundedWait(ctx context.Context, d time.Duration) time.Duration {
 	return max(d, 0)
 }
 
+// ended waits for done, a background job's end, for copyWait at most (less when
+// ctx ends sooner, see boundedWait): whether the job ended.
+func ended(ctx context.Context, done <-chan struct{}) bool {
+	t := time.NewTimer(boundedWait(ctx, copyWait))
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
 // copyInBackground builds volume r, already reserved (size bytes) and locked (l),
 // on the engine's context. It returns the committed volume when the build ends
 // within copyWait, else ErrInProgress.
@@ -83,19 +97,14 @@ func (p *Pool) copyInBackground(ctx context.Context, r *Record, size int64, l *f
 			"copiedBytes", c.copied.Load(), "duration", time.Since(c.started))
 	}()
 	klog.FromContext(ctx).V(4).Info("Volume copy started in the background", "volumeID", r.ID, "source", r.ContentSource.ID)
-	t := time.NewTimer(boundedWait(ctx, copyWait))
-	defer t.Stop()
-	select {
-	case <-c.done:
-		if c.err != nil {
-			p.forgetCopy(hash, c)
-			return nil, c.err
-		}
-		return r.Clone(), nil
-	case <-t.C:
-	case <-ctx.Done():
+	if !ended(ctx, c.done) {
+		return nil, c.inProgress()
 	}
-	return nil, c.inProgress()
+	if c.err != nil {
+		p.forgetCopy(hash, c)
+		return nil, c.err
+	}
+	return r.Clone(), nil
 }
 
 // copyAnswer answers a create request for a volume whose copy runs or ran in the
@@ -132,13 +141,7 @@ func (p *Pool) cancelCopy(ctx context.Context, hash string) error {
 		return nil
 	}
 	c.cancel()
-	t := time.NewTimer(boundedWait(ctx, copyWait))
-	defer t.Stop()
-	select {
-	case <-c.done:
-	case <-t.C:
-		return errorf(ErrInProgress, "volume %s: its copy is cancelled and still being rolled back; retry", c.rec.ID)
-	case <-ctx.Done():
+	if !ended(ctx, c.done) {
 		return errorf(ErrInProgress, "volume %s: its copy is cancelled and still being rolled back; retry", c.rec.ID)
 	}
 	p.forgetCopy(hash, c)

@@ -153,16 +153,11 @@ func (p *Pool) resync(ctx context.Context, hash, sourceID string, published bool
 			"delta", got.Delta, "bytes", got.Bytes, "skippedBytes", got.Skipped, "duration", time.Since(j.started).Round(time.Millisecond))
 	}()
 	klog.FromContext(ctx).V(4).Info("Volume resync started in the background", "volumeID", r.ID, "source", sourceID, "nodeID", peer.Node)
-	t := time.NewTimer(boundedWait(ctx, copyWait))
-	defer t.Stop()
-	select {
-	case <-j.done:
-		p.forgetResync(hash, j)
-		return j.err
-	case <-t.C:
-	case <-ctx.Done():
+	if !ended(ctx, j.done) {
+		return j.inProgress()
 	}
-	return j.inProgress()
+	p.forgetResync(hash, j)
+	return j.err
 }
 
 // resyncing refuses (ErrBusy) an operation on a volume whose resync runs: in
@@ -193,13 +188,7 @@ func (p *Pool) cancelResync(ctx context.Context, hash string) error {
 		return nil
 	}
 	j.cancel()
-	t := time.NewTimer(boundedWait(ctx, copyWait))
-	defer t.Stop()
-	select {
-	case <-j.done:
-	case <-t.C:
-		return errorf(ErrInProgress, "volume %s: its resync is cancelled and still stopping; retry", j.volumeID)
-	case <-ctx.Done():
+	if !ended(ctx, j.done) {
 		return errorf(ErrInProgress, "volume %s: its resync is cancelled and still stopping; retry", j.volumeID)
 	}
 	p.forgetResync(hash, j)
