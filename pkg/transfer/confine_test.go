@@ -64,6 +64,17 @@ func rSpecial(name string, typ uint32) rec {
 // hostileServer answers every request with a header of kind and recs, then an end
 // frame: a peer with valid credentials that does not play by the rules.
 func hostileServer(t *testing.T, kind Kind, recs []rec) (addr string, client *tls.Config) {
+	return scriptedServer(t, func(conn net.Conn) {
+		if _, _, err := newFrameReader(conn).next(); err != nil {
+			return
+		}
+		answer(conn, header{Version: protocolVersion, Kind: kind, SizeBytes: 4096, Generation: "g"}, recs)
+	})
+}
+
+// scriptedServer serves each connection with handle (which closes it), over TLS
+// with node-a's credentials; the client configuration is node-b's.
+func scriptedServer(t *testing.T, handle func(conn net.Conn)) (addr string, client *tls.Config) {
 	t.Helper()
 	c := newCA(t, "ca")
 	l, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS(t, c.node(t, "node-a")))
@@ -78,20 +89,19 @@ func hostileServer(t *testing.T, kind Kind, recs []rec) (addr string, client *tl
 			if err != nil {
 				return
 			}
-			wg.Go(func() { hostile(conn, kind, recs) })
+			wg.Go(func() {
+				defer conn.Close()
+				handle(conn)
+			})
 		}
 	})
 	return l.Addr().String(), clientTLS(t, c.node(t, "node-b"), "node-a")
 }
 
-func hostile(conn net.Conn, kind Kind, recs []rec) {
-	defer conn.Close()
-	if _, _, err := newFrameReader(conn).next(); err != nil {
-		return
-	}
+// answer writes header h, recs and an end frame.
+func answer(conn net.Conn, h header, recs []rec) {
 	fw := newFrameWriter(conn)
 	var e enc
-	h := header{Version: protocolVersion, Kind: kind, SizeBytes: 4096, Generation: "g"}
 	_ = fw.frame(fHeader, h.encode(&e))
 	for _, r := range recs {
 		_ = fw.frame(r.t, r.p)

@@ -7,9 +7,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -243,44 +243,20 @@ func readAll(t testing.TB, p string) []byte {
 // later version is refused as invalid, a version 1 request gets a version 1
 // header (no server time) and recs.
 func oldServer(t *testing.T, recs []rec) (addr string, client *tls.Config) {
-	t.Helper()
-	c := newCA(t, "ca")
-	l, err := tls.Listen("tcp", "127.0.0.1:0", serverTLS(t, c.node(t, "node-a")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer conn.Close()
-				_, p, err := newFrameReader(conn).next()
-				if err != nil {
-					return
-				}
-				fw := newFrameWriter(conn)
-				var e enc
-				if v, _ := binary.Uvarint(p); v != 1 {
-					_ = fw.frame(fError, encodeError(&e, fmt.Errorf("%w: protocol version %d, this server speaks 1", ErrProtocol, v)))
-					_ = fw.flush()
-					return
-				}
-				h := header{Version: 1, Kind: KindTree, SizeBytes: 4096, Generation: "g"}
-				_ = fw.frame(fHeader, h.encode(&e))
-				for _, r := range recs {
-					_ = fw.frame(r.t, r.p)
-				}
-				_ = fw.frame(fEnd, nil)
-				_ = fw.flush()
-			})
+	return scriptedServer(t, func(conn net.Conn) {
+		_, p, err := newFrameReader(conn).next()
+		if err != nil {
+			return
 		}
+		if v, _ := binary.Uvarint(p); v != 1 {
+			fw := newFrameWriter(conn)
+			var e enc
+			_ = fw.frame(fError, encodeError(&e, fmt.Errorf("%w: protocol version %d, this server speaks 1", ErrProtocol, v)))
+			_ = fw.flush()
+			return
+		}
+		answer(conn, header{Version: 1, Kind: KindTree, SizeBytes: 4096, Generation: "g"}, recs)
 	})
-	return l.Addr().String(), clientTLS(t, c.node(t, "node-b"), "node-a")
 }
 
 // A node not upgraded yet speaks protocol version 1: a pull from it goes on in
