@@ -26,36 +26,15 @@ func TestMoveResyncThroughTheChannel(t *testing.T) {
 	where := fixedLocator{}
 	n1, n2 := twoPlugins(t, storage.KindDir, where)
 	ctx := context.Background()
-	vol, err := n1.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-src", VolumeCapabilities: mountRWO,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: onNode("n1")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcID := vol.GetVolume().GetVolumeId()
-	where[srcID] = locate.Where{Node: "n1", Address: "127.0.0.1"}
-	spid, err := storage.ParseVolumeID(srcID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := filepath.Join(n1.pool, "volumes", spid.Hash, "data")
+	srcID, srcHash := sourceOnN1(t, n1, where, nil)
+	src := filepath.Join(n1.pool, "volumes", srcHash, "data")
 	testutil.WriteRandom(t, filepath.Join(src, "blob"), 3<<20)
 	testutil.WriteFile(t, filepath.Join(src, "a"), "a1")
 	testutil.WriteFile(t, filepath.Join(src, "gone"), "gone")
 	time.Sleep(1200 * time.Millisecond) // older than the delta's ctime margin
 
-	got, err := createDone(t, n2.ctrl, &csi.CreateVolumeRequest{Name: "pvc-moved", VolumeCapabilities: mountRWO,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: onNode("n2"),
-		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: srcID}}}})
-	if err != nil {
-		t.Fatalf("clone on n2: %v", err)
-	}
-	id := got.GetVolume().GetVolumeId()
-	pid, err := storage.ParseVolumeID(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(n2.pool, "volumes", pid.Hash)
+	id, hash := cloneOnN2(t, n2, srcID, 8<<20)
+	dir := filepath.Join(n2.pool, "volumes", hash)
 	blobIno := testutil.Lstat(t, filepath.Join(dir, "data", "blob")).Ino
 
 	testutil.WriteFile(t, filepath.Join(src, "a"), "a2")
@@ -72,6 +51,7 @@ func TestMoveResyncThroughTheChannel(t *testing.T) {
 	if err := stage(storage.VolumeID("local", "other")); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("stage resyncing from another volume: %v, want FailedPrecondition", err)
 	}
+	var err error
 	for deadline := time.Now().Add(testWait); ; time.Sleep(50 * time.Millisecond) {
 		err = stage(srcID)
 		if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
@@ -106,19 +86,8 @@ func TestMoveResyncOfAnImage(t *testing.T) {
 	where := fixedLocator{}
 	n1, n2 := twoPlugins(t, storage.KindImage, where)
 	ctx := context.Background()
-	vol, err := n1.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-src", VolumeCapabilities: mountRWO,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: onNode("n1"),
-		Parameters: map[string]string{storage.ParamFSType: "ext4"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcID := vol.GetVolume().GetVolumeId()
-	where[srcID] = locate.Where{Node: "n1", Address: "127.0.0.1"}
-	spid, err := storage.ParseVolumeID(srcID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := filepath.Join(n1.pool, "volumes", spid.Hash, storage.ImageFile)
+	srcID, srcHash := sourceOnN1(t, n1, where, map[string]string{storage.ParamFSType: "ext4"})
+	src := filepath.Join(n1.pool, "volumes", srcHash, storage.ImageFile)
 	writeAt := func(p string, off int64, s string) {
 		f, err := os.OpenFile(p, os.O_WRONLY, 0)
 		if err != nil {
@@ -130,21 +99,11 @@ func TestMoveResyncOfAnImage(t *testing.T) {
 		}
 	}
 	writeAt(src, 1<<20, "before the clone")
-	got, err := createDone(t, n2.ctrl, &csi.CreateVolumeRequest{Name: "pvc-moved", VolumeCapabilities: mountRWO,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, AccessibilityRequirements: onNode("n2"),
-		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: srcID}}}})
-	if err != nil {
-		t.Fatalf("clone on n2: %v", err)
-	}
-	id := got.GetVolume().GetVolumeId()
-	pid, err := storage.ParseVolumeID(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(n2.pool, "volumes", pid.Hash, storage.ImageFile)
+	id, hash := cloneOnN2(t, n2, srcID, 16<<20)
+	img := filepath.Join(n2.pool, "volumes", hash, storage.ImageFile)
 	writeAt(src, 6<<20, "after the clone")
 
+	var err error
 	for deadline := time.Now().Add(testWait); ; time.Sleep(50 * time.Millisecond) {
 		_, err = n2.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id,
 			StagingTargetPath: filepath.Join(n2.kubelet, "staging-moved"), VolumeCapability: mountRWO[0],
@@ -163,4 +122,42 @@ func TestMoveResyncOfAnImage(t *testing.T) {
 	if st := testutil.Lstat(t, img); st.Size != 16<<20 || st.Blocks*512 > 4<<20 {
 		t.Errorf("moved image: %d bytes, %d allocated; want 16 MiB, sparse", st.Size, st.Blocks*512)
 	}
+}
+
+// sourceOnN1 creates volume pvc-src of 8 MiB on n1 with params, where says it is
+// there; its ID and hash.
+func sourceOnN1(t *testing.T, n1 nodePlugin, where fixedLocator, params map[string]string) (id, hash string) {
+	t.Helper()
+	vol, err := n1.ctrl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "pvc-src", VolumeCapabilities: mountRWO,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, AccessibilityRequirements: onNode("n1"), Parameters: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = vol.GetVolume().GetVolumeId()
+	where[id] = locate.Where{Node: "n1", Address: "127.0.0.1"}
+	return id, hashOf(t, id)
+}
+
+// cloneOnN2 clones srcID on n2 as pvc-moved of size bytes, through the channel;
+// its ID and hash.
+func cloneOnN2(t *testing.T, n2 nodePlugin, srcID string, size int64) (id, hash string) {
+	t.Helper()
+	got, err := createDone(t, n2.ctrl, &csi.CreateVolumeRequest{Name: "pvc-moved", VolumeCapabilities: mountRWO,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, AccessibilityRequirements: onNode("n2"),
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: srcID}}}})
+	if err != nil {
+		t.Fatalf("clone on n2: %v", err)
+	}
+	id = got.GetVolume().GetVolumeId()
+	return id, hashOf(t, id)
+}
+
+func hashOf(t *testing.T, id string) string {
+	t.Helper()
+	pid, err := storage.ParseVolumeID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid.Hash
 }
