@@ -65,14 +65,8 @@ the claims of that namespace are moved (without it, every namespace's).`,
 			if eo.parallel < 1 {
 				return fmt.Errorf("--parallel %d: must be at least 1", eo.parallel)
 			}
-			if cmd.Flags().Changed("namespace") {
-				ns, err := o.Namespace()
-				if err != nil {
-					return err
-				}
+			return o.runIn(cmd, !cmd.Flags().Changed("namespace"), func(ctx context.Context, c *Clients, ns string) error {
 				eo.namespace = ns
-			}
-			return o.run(cmd, func(ctx context.Context, c *Clients) error {
 				return o.evacuate(ctx, c, args[0], eo)
 			})
 		},

@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -147,7 +146,7 @@ func (w *chunkWriter) whole(i int, n int64, buf []byte) error {
 	if _, err := w.img.ReadAt(chunk, off); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: read chunk %d: %w", w.img.Name(), i, err)
 	}
-	if allZero(chunk) {
+	if clone.AllZero(chunk) {
 		return nil
 	}
 	sum := sha256.Sum256(chunk)
@@ -176,18 +175,6 @@ func writeChunk(path string, data []byte) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
-}
-
-func allZero(b []byte) bool {
-	var zero [4096]byte
-	for len(b) > 0 {
-		n := min(len(b), len(zero))
-		if !bytes.Equal(b[:n], zero[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
 }
 
 // restoreChunks rebuilds the image of the chunked backup in dir at dst (which

@@ -129,22 +129,10 @@ func (c *chunkReader) read(i int64) (n int64, zero bool, sum [hashSize]byte, err
 		}
 		got += int64(k)
 	}
-	if allZero(p) {
+	if clone.AllZero(p) {
 		return n, true, c.zero.of(n), nil
 	}
 	return n, false, sha256.Sum256(p), nil
-}
-
-func allZero(p []byte) bool {
-	var z [4096]byte
-	for len(p) > 0 {
-		k := min(len(p), len(z))
-		if !bytes.Equal(p[:k], z[:k]) {
-			return false
-		}
-		p = p[k:]
-	}
-	return true
 }
 
 // hashImage returns the chunk hashes of the image file at path (opened without
@@ -237,10 +225,10 @@ const zeroBlock = 4096
 func (s *sender) patch(off int64, p []byte) error {
 	for pos := 0; pos < len(p); {
 		end := min(pos+zeroBlock, len(p))
-		zero := allZero(p[pos:end])
+		zero := clone.AllZero(p[pos:end])
 		for end < len(p) && end-pos < dataChunk {
 			next := min(end+zeroBlock, len(p))
-			if allZero(p[end:next]) != zero {
+			if clone.AllZero(p[end:next]) != zero {
 				break
 			}
 			end = next

@@ -1,6 +1,7 @@
 package clone
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -365,4 +366,17 @@ func tempFile(dir string) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// AllZero reports whether b holds only zero bytes.
+func AllZero(b []byte) bool {
+	var zero [4096]byte
+	for len(b) > 0 {
+		n := min(len(b), len(zero))
+		if !bytes.Equal(b[:n], zero[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
