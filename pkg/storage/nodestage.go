@@ -45,7 +45,8 @@ func (n *Node) Stage(ctx context.Context, req StageRequest) error {
 	if req.Capability.Access != r.AccessType {
 		return errorf(ErrInvalid, "volume %s was created for %s access, not %s", r.ID, r.AccessType, req.Capability.Access)
 	}
-	if req.ResyncFrom != "" {
+	// The attribute stays on the PV for good: once resynced, a stage costs nothing more.
+	if req.ResyncFrom != "" && !r.resyncedFrom(req.ResyncFrom) {
 		if err := n.e.Resync(ctx, req.VolumeID, req.ResyncFrom); err != nil {
 			return err
 		}

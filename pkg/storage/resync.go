@@ -105,7 +105,7 @@ func (p *Pool) resync(ctx context.Context, hash, sourceID string, published bool
 		return errorf(ErrPrecondition, "volume %s cannot be resynced from %s: its record says it was not pulled from another node", r.ID, sourceID)
 	case r.Pulled.ID != sourceID:
 		return errorf(ErrPrecondition, "volume %s cannot be resynced from %s: its record says it was pulled from %s", r.ID, sourceID, r.Pulled.ID)
-	case r.Resynced != nil && r.Resynced.ID == sourceID && r.Resynced.Generation == r.Pulled.Generation:
+	case r.resyncedFrom(sourceID):
 		return nil
 	case published:
 		return errorf(ErrPrecondition, "volume %s cannot be resynced from %s: it is published on this node", r.ID, sourceID)
@@ -308,4 +308,11 @@ func (p *Pool) recordResync(r *Record, hash string, got *Fetched) error {
 	}
 	p.commit(hash, updated, 0)
 	return nil
+}
+
+// resyncedFrom: the volume was pulled from sourceID and has been resynced from it
+// since (the pull's generation): a resync would find nothing to do.
+func (r *Record) resyncedFrom(sourceID string) bool {
+	return r.Pulled != nil && r.Pulled.ID == sourceID &&
+		r.Resynced != nil && r.Resynced.ID == sourceID && r.Resynced.Generation == r.Pulled.Generation
 }
