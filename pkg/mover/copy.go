@@ -112,23 +112,24 @@ func (m *Mover) tempClaim(mv *VolumeMove) *corev1.PersistentVolumeClaim {
 	}
 }
 
-// deleteTempClaim deletes the temporary claim if it is the move's.
-func (m *Mover) deleteTempClaim(ctx context.Context, mv *VolumeMove) error {
+// deleteTempClaim deletes the temporary claim if it is the move's; gone: there
+// is no claim of that name (any more).
+func (m *Mover) deleteTempClaim(ctx context.Context, mv *VolumeMove) (gone bool, err error) {
 	tmp, err := m.Cluster.GetClaim(ctx, mv.Namespace, mv.Status.TempClaim)
 	if apierrors.IsNotFound(err) {
-		return nil
+		return true, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read temporary claim %s/%s: %w", mv.Namespace, mv.Status.TempClaim, err)
+		return false, fmt.Errorf("read temporary claim %s/%s: %w", mv.Namespace, mv.Status.TempClaim, err)
 	}
 	if tmp.Labels[LabelMove] != moveLabel(mv) || tmp.DeletionTimestamp != nil {
-		return nil
+		return false, nil
 	}
 	if err := m.Cluster.DeleteClaim(ctx, mv.Namespace, tmp.Name, tmp.UID); err != nil {
-		return fmt.Errorf("delete temporary claim %s/%s: %w", mv.Namespace, tmp.Name, err)
+		return false, fmt.Errorf("delete temporary claim %s/%s: %w", mv.Namespace, tmp.Name, err)
 	}
 	klog.FromContext(ctx).V(2).Info("Temporary claim deleted", "volumeMove", moveRef(mv), "tempClaim", tmp.Name)
-	return nil
+	return false, nil
 }
 
 // stopping scales the owners to 0 and waits until no pod holds the claim.

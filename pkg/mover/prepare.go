@@ -44,13 +44,8 @@ func (m *Mover) recordTarget(ctx context.Context, mv *VolumeMove) error {
 func (m *Mover) readyTarget(ctx context.Context, mv *VolumeMove, what string) (string, error) {
 	st := &mv.Status
 	claim := mv.Namespace + "/" + mv.Spec.Claim
-	if err := m.deleteTempClaim(ctx, mv); err != nil {
-		return "", err
-	}
-	if _, err := m.Cluster.GetClaim(ctx, mv.Namespace, st.TempClaim); err == nil {
-		return fmt.Sprintf("%s: waiting for temporary claim %s to be deleted", what, st.TempClaim), nil
-	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("read temporary claim %s/%s: %w", mv.Namespace, st.TempClaim, err)
+	if gone, err := m.deleteTempClaim(ctx, mv); err != nil || !gone {
+		return fmt.Sprintf("%s: waiting for temporary claim %s to be deleted", what, st.TempClaim), err
 	}
 
 	target, err := m.Cluster.GetPV(ctx, st.TargetPV)

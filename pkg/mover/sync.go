@@ -256,7 +256,7 @@ func (m *Mover) rollback(ctx context.Context, mv *VolumeMove) (string, error) {
 		}
 	}
 	if st.TempClaim != "" {
-		if err := m.deleteTempClaim(ctx, mv); err != nil {
+		if _, err := m.deleteTempClaim(ctx, mv); err != nil {
 			return "", err
 		}
 	}
