@@ -87,6 +87,9 @@ func (p *Pool) CreateBackup(ctx context.Context, name string, src *Pool, srcHash
 	if err != nil {
 		return nil, err
 	}
+	if err := src.resyncing(srcHash); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
 	format := BackupTree
 	if _, isDir := src.backend.Data(); !isDir {
 		format = BackupChunks

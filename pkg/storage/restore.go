@@ -80,6 +80,9 @@ func (p *Pool) sourceOf(src *Source) (*copySource, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := p.resyncing(pid.Hash); err != nil {
+			return nil, err
+		}
 		return &copySource{from: filepath.Join(p.VolumeDir(pid.Hash), name), created: r.CreatedAt,
 			size: r.CapacityBytes, access: r.AccessType, fsType: r.FSType, vol: r,
 			what: "volume " + r.ID, entry: p.VolumeDir(pid.Hash), reread: p.rereadVolume(r)}, nil

@@ -159,8 +159,15 @@ func TestResync(t *testing.T) {
 	if want := "resyncing volume " + rec.ID + " from " + srcID + " on node node-b"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("answer during the resync: %v, want it to say %q", err, want)
 	}
-	// The volume's lock is held meanwhile.
+	// Nothing changes or reads the volume meanwhile: no expansion, no snapshot, no
+	// clone (they would see it half patched).
 	_, err = p.Expand(context.Background(), rec.Hash(), 2*mib, 0)
+	checkErr(t, err, storage.ErrBusy)
+	_, err = p.CreateSnapshot(context.Background(), "during-resync", rec.Hash())
+	checkErr(t, err, storage.ErrBusy)
+	clone := provisionReq("clone-during-resync")
+	clone.Requisite, clone.Source = here, &storage.Source{Kind: storage.SourceVolume, ID: rec.ID}
+	_, err = e.Provision(context.Background(), p, clone)
 	checkErr(t, err, storage.ErrBusy)
 	release()
 	if err := resyncDone(t, e, rec.ID, srcID); err != nil {

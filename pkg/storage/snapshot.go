@@ -205,6 +205,9 @@ func (p *Pool) CreateSnapshot(ctx context.Context, name, source string) (*Snapsh
 	if err != nil {
 		return nil, err
 	}
+	if err := p.resyncing(source); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
 	// Shared pools: the copy holds the lock until it ends, so another host neither
 	// copies the same snapshot nor rolls this copy back.
 	l, err := p.tryLock(snapshotLock(hash))
