@@ -10,13 +10,15 @@
 #   registry.k8s.io/e2e-test-images/nginx:1.27.0-2     the same busybox (the suite only runs shells in it)
 #   registry.k8s.io/e2e-test-images/agnhost:2.66.1     busybox + agnhost built from k8s.io/kubernetes
 #   registry.k8s.io/sig-storage/csi-*                  the sidecars built by hack/k8s-tools/build.sh
+#   registry.k8s.io/sig-storage/csi-snapshot-metadata:v1.0.0   built by build.sh snapshot-metadata
+#   berth.local/snapshot-metadata-lister:v1.0.0        Berth's client of that sidecar (the e2e test's)
 #   docker.io/rancher/local-path-provisioner:v0.0.30   its binary built by build.sh local-path (make e2e-bench)
 #   quay.io/prometheus/prometheus:v3.16.0              the e2e tests' monitoring stack (test/e2e/prometheus),
 #   quay.io/prometheus-operator/prometheus-operator:v0.85.0          its binaries built by
 #   quay.io/prometheus-operator/prometheus-config-reloader:v0.85.0   build.sh prometheus
 #   $BERTH_IMAGE                                       bin/csi-driver + hack/image-packages.txt (as the Dockerfile)
 #
-# Usage: hack/images.sh [berth|local-path|prometheus|all]  (default all). Prints the
+# Usage: hack/images.sh [berth|local-path|prometheus|snapshot-metadata|all]  (default all). Prints the
 # archives' paths. local-path builds local-path-provisioner's image and the busybox its
 # helper pods run; prometheus the three images of the monitoring stack.
 set -euo pipefail
@@ -169,6 +171,28 @@ build_static_images() {
 	done
 }
 
+# The external-snapshot-metadata sidecar, as upstream's Dockerfile lays it out (the
+# binary at /csi-snapshot-metadata, the entrypoint) on the minimal root instead of
+# distroless/static: a static Go binary that reads only its TLS files and the
+# service account's, mounted into the pod. Beside it, Berth's client of the sidecar
+# (/snapshot-metadata-lister), which TestSnapshotMetadata runs as a backup
+# application would.
+build_snapshot_metadata_images() {
+	local bin=$BERTH_CACHE/snapshot-metadata-$SNAPSHOT_METADATA_VERSION
+	local a=$out/csi-snapshot-metadata-$SNAPSHOT_METADATA_VERSION.tar
+	local l=$out/snapshot-metadata-lister-$SNAPSHOT_METADATA_VERSION.tar
+	[ -f "$a" ] && [ -f "$l" ] && return 0
+	[ -f "$bin/.done" ] || { echo "images.sh: $bin missing (hack/k8s-tools/build.sh snapshot-metadata)" >&2; exit 1; }
+	baseroot "$work/snapshot-metadata"
+	cp "$bin/csi-snapshot-metadata" "$work/snapshot-metadata/csi-snapshot-metadata"
+	mkimage "registry.k8s.io/sig-storage/csi-snapshot-metadata:$SNAPSHOT_METADATA_VERSION" "$a" "$work/snapshot-metadata" \
+		/csi-snapshot-metadata
+	baseroot "$work/snapshot-metadata-lister"
+	cp "$bin/snapshot-metadata-lister" "$work/snapshot-metadata-lister/snapshot-metadata-lister"
+	mkimage "berth.local/snapshot-metadata-lister:$SNAPSHOT_METADATA_VERSION" "$l" "$work/snapshot-metadata-lister" \
+		/snapshot-metadata-lister
+}
+
 # The Berth image: the same packages the Dockerfile installs, with their dependencies,
 # unpacked by dpkg -x into a root (no maintainer scripts run; none are needed to run
 # mkfs, resize2fs, xfs_growfs, blkid or losetup).
@@ -193,6 +217,7 @@ case "${1:-all}" in
 berth) build_berth_image ;;
 local-path) build_local_path_image ;;
 prometheus) build_prometheus_images ;;
-all) build_static_images; build_local_path_image; build_prometheus_images; build_berth_image ;;
-*) echo "usage: $0 [berth|local-path|prometheus|all]" >&2; exit 2 ;;
+snapshot-metadata) build_snapshot_metadata_images ;;
+all) build_static_images; build_local_path_image; build_prometheus_images; build_snapshot_metadata_images; build_berth_image ;;
+*) echo "usage: $0 [berth|local-path|prometheus|snapshot-metadata|all]" >&2; exit 2 ;;
 esac

@@ -7,6 +7,9 @@ RESIZER_VERSION=v2.3.0
 SNAPSHOTTER_VERSION=v8.7.0
 SIDECARS_KEY=p${PROVISIONER_VERSION}-r${RESIZER_VERSION}-s${SNAPSHOTTER_VERSION}
 PAUSE_KEY=3.10.2-1
+# The external-snapshot-metadata sidecar (changed-block tracking) and Berth's client of
+# it, a build and cache entry of their own (hack/k8s-tools/snapshot-metadata).
+SNAPSHOT_METADATA_VERSION=v1.0.0
 # rancher/local-path-provisioner, the comparison in docs/benchmarks.md (make e2e-bench).
 LOCAL_PATH_VERSION=v0.0.30
 # The monitoring stack of the e2e tests (test/e2e/prometheus), built from the module

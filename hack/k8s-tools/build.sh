@@ -4,6 +4,10 @@
 #   $BERTH_CACHE/k8s-<version>/     kube-apiserver kube-controller-manager kube-scheduler
 #                                   kubelet kubectl e2e.test agnhost
 #   $BERTH_CACHE/sidecars-<key>/    csi-provisioner csi-resizer csi-snapshotter snapshot-controller
+#   $BERTH_CACHE/snapshot-metadata-<version>/   csi-snapshot-metadata (the external-snapshot-
+#                                   metadata sidecar), snapshot-metadata-lister (Berth's
+#                                   client of it, on the sidecar's pkg/iterator), crds/ (its
+#                                   SnapshotMetadataService CRD)
 #   $BERTH_CACHE/pause-<key>/       pause
 #   $BERTH_CACHE/tools/helm-<version>
 #   $BERTH_CACHE/tools/ginkgo-<version>   the CLI that runs e2e.test in parallel, at the
@@ -11,7 +15,8 @@
 #   $BERTH_CACHE/tools/local-path-provisioner-<version>   rancher's, for make e2e-bench
 #   $BERTH_CACHE/prometheus-<key>/  prometheus promtool operator prometheus-config-reloader
 #                                   crds/ (the operator's CRDs), for the e2e monitoring stack
-# Usage: build.sh [kubernetes|sidecars|pause|helm|ginkgo|local-path|prometheus|all]   (default all)
+# Usage: build.sh [kubernetes|sidecars|snapshot-metadata|pause|helm|ginkgo|local-path|prometheus|all]
+#        (default all)
 #        build.sh ginkgo-path      prints where the ginkgo CLI is (or will be)
 # A target is built only when its stamp file is missing; each is built into a temporary
 # directory and renamed into place, so an interrupted build leaves nothing half-made.
@@ -30,14 +35,14 @@ if [ "${1:-}" = ginkgo-path ]; then echo "$BERTH_CACHE/tools/ginkgo-$(ginkgo_ver
 
 step() { echo "[$(date +%T)] $*"; }
 
-# One build at a time (a second caller waits, then finds the stamps). local-path and
-# prometheus alone have a lock of their own each: a few minutes' build need not wait
+# One build at a time (a second caller waits, then finds the stamps). local-path,
+# prometheus and snapshot-metadata alone have a lock of their own each: a few minutes' build need not wait
 # behind a cold Kubernetes build (30-40 min) holding the shared lock. An `all` building
 # one of them at the same time only repeats the work: each build goes to a temporary
 # directory of its own, renamed into place.
 mkdir -p "$BERTH_CACHE"
 case "${1:-all}" in
-local-path | prometheus) exec 9>"$BERTH_CACHE/.build-$1.lock" ;;
+local-path | prometheus | snapshot-metadata) exec 9>"$BERTH_CACHE/.build-$1.lock" ;;
 *) exec 9>"$BERTH_CACHE/.build.lock" ;;
 esac
 flock 9
@@ -148,6 +153,29 @@ build_prometheus() {
 	step "Prometheus and prometheus-operator ready"
 }
 
+# The external-snapshot-metadata sidecar and Berth's client of it (lister/), from a
+# module of their own (snapshot-metadata/): the sidecar pins the k8s.io modules to
+# v0.35.0, which would move the other sidecars' dependencies in one build list. The
+# sidecar asks for its client module (the CRD's clientset) at v0.2.0, which the proxy
+# refuses; the module's go.mod requires the client's v1.0.0, tagged at the sidecar's
+# own v1.0.0 commit, which it serves. Cold: about 3 min here (2 shared cores).
+snapmeta_dir=$BERTH_CACHE/snapshot-metadata-$SNAPSHOT_METADATA_VERSION
+build_snapshot_metadata() {
+	[ -f "$snapmeta_dir/.done" ] && return 0
+	step "building external-snapshot-metadata $SNAPSHOT_METADATA_VERSION into $snapmeta_dir"
+	local tmp="$snapmeta_dir.tmp.$$" mod=github.com/kubernetes-csi/external-snapshot-metadata src
+	rm -rf "$tmp"; mkdir -p "$tmp/crds"
+	(cd "$here/snapshot-metadata" && go build -ldflags "$ldflags -X main.version=$SNAPSHOT_METADATA_VERSION" \
+		-o "$tmp/" "$mod/cmd/csi-snapshot-metadata" &&
+		go build -ldflags "$ldflags" -o "$tmp/snapshot-metadata-lister" ./lister)
+	src=$(cd "$here/snapshot-metadata" && go mod download -json "$mod/client" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+	[ -n "$src" ] || { echo "build.sh: $mod/client not in the module cache" >&2; return 1; }
+	cp "$src"/config/crd/*.yaml "$tmp/crds/"
+	chmod u+w "$tmp"/crds/*.yaml
+	touch "$tmp/.done"; rm -rf "$snapmeta_dir"; mv "$tmp" "$snapmeta_dir"
+	step "external-snapshot-metadata ready"
+}
+
 case "${1:-all}" in
 kubernetes) build_kubernetes ;;
 sidecars) build_sidecars ;;
@@ -156,6 +184,7 @@ helm) build_helm ;;
 ginkgo) build_ginkgo ;;
 local-path) build_local_path ;;
 prometheus) build_prometheus ;;
-all) build_pause; build_helm; build_ginkgo; build_local_path; build_prometheus; build_sidecars; build_kubernetes ;;
-*) echo "usage: $0 [kubernetes|sidecars|pause|helm|ginkgo|local-path|prometheus|all]" >&2; exit 2 ;;
+snapshot-metadata) build_snapshot_metadata ;;
+all) build_pause; build_helm; build_ginkgo; build_local_path; build_prometheus; build_snapshot_metadata; build_sidecars; build_kubernetes ;;
+*) echo "usage: $0 [kubernetes|sidecars|snapshot-metadata|pause|helm|ginkgo|local-path|prometheus|all]" >&2; exit 2 ;;
 esac
