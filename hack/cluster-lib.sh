@@ -53,13 +53,15 @@ node_enter() {
 	local name=$1; shift
 	nsenter --target "$(cat "$(pidfile "node-$name")")" --mount --net --uts --pid -- "$@"
 }
-# node_disk_mb I: the size of node I's disk: 3 GiB for node 2, 2 GiB for node 3, 1 GiB
-# from node 4 on, so that the nodes' free space differs (the scheduler's capacity
-# checks have something to choose between); this machine's is its own disk.
-# NODE2_DISK_MB overrides node 2's (make e2e-bench's TestMoveDowntime moves 10 GiB to it).
+# node_disk_mb I: the size of node I's disk (a sparse file): 3 GiB for node 2, 32 GiB
+# for node 3 (TestSnapshotMetadata's 10 GiB block volume lives there, beside the
+# external-snapshot-metadata sidecar), 1 GiB from node 4 on, so that the nodes' free
+# space differs (the scheduler's capacity checks have something to choose between);
+# this machine's is its own disk. NODE2_DISK_MB overrides node 2's (make e2e-bench's
+# TestMoveDowntime moves 10 GiB to it).
 node_disk_mb() {
 	if [ "$1" = 2 ] && [ -n "${NODE2_DISK_MB:-}" ]; then echo "$NODE2_DISK_MB"; return; fi
-	local g=$((5 - $1)); [ "$g" -ge 1 ] || g=1; echo $((g * 1024))
+	case $1 in 2) echo 3072 ;; 3) echo 32768 ;; *) echo 1024 ;; esac
 }
 
 t0=$(date +%s)

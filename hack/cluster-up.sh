@@ -305,6 +305,10 @@ if [ "$had_groups" = 0 ] && kc -n kube-system get deploy/snapshot-controller >/d
 fi
 sed "s/@VERSION@/$SNAPSHOTTER_VERSION/g" "$here/snapshot-controller.yaml" | kc apply -f - >/dev/null
 kc -n kube-system rollout status deploy/snapshot-controller --timeout=120s >/dev/null
+# The SnapshotMetadataService CRD (cbt.storage.k8s.io), which the chart's
+# snapshotMetadata object needs, from the external-snapshot-metadata build.
+kc apply --server-side -f "$BERTH_CACHE/snapshot-metadata-$SNAPSHOT_METADATA_VERSION/crds/" >/dev/null
+kc wait --for=condition=Established --timeout=60s crd/snapshotmetadataservices.cbt.storage.k8s.io >/dev/null
 
 for comp in "${COMPONENTS[@]}"; do
 	running "$comp" || { echo "cluster-up: $comp is not running; see $CLUSTER_DIR/logs/$comp.log" >&2; tail -3 "$CLUSTER_DIR/logs/$comp.log" >&2; exit 1; }
