@@ -16,11 +16,20 @@ import (
 // are VARIABLE_LENGTH: whole 4 KiB blocks at aligned offsets, adjacent ones merged.
 type MetadataServer struct {
 	csi.UnimplementedSnapshotMetadataServer
-	engine *storage.Engine
+	engine  *storage.Engine
+	forward MetadataForwarder
 }
 
 // NewMetadata returns the SnapshotMetadata service of engine's pools.
 func NewMetadata(engine *storage.Engine) *MetadataServer { return &MetadataServer{engine: engine} }
+
+// Forwarding sends the calls for snapshots that no pool of this plugin holds to the
+// plugin of the node that holds them (f), and relays its answers; without it such
+// a call is NotFound. The peers' own service must not forward (one hop at most).
+func (s *MetadataServer) Forwarding(f MetadataForwarder) *MetadataServer {
+	s.forward = f
+	return s
+}
 
 // defaultMaxResults is how many ranges one message carries when the request leaves
 // max_results 0 (about 14 KiB of message).
@@ -37,6 +46,15 @@ func (s *MetadataServer) GetMetadataAllocated(req *csi.GetMetadataAllocatedReque
 	}
 	ctx := stream.Context()
 	m, err := s.engine.AllocatedBlocks(ctx, req.GetSnapshotId(), req.GetStartingOffset())
+	if s.forwards(err) {
+		return forward(ctx, s.forward, req.GetSnapshotId(), err, func(c csi.SnapshotMetadataClient) (func() (*csi.GetMetadataAllocatedResponse, error), error) {
+			r, err := c.GetMetadataAllocated(ctx, req)
+			if err != nil {
+				return nil, err
+			}
+			return r.Recv, nil
+		}, stream.Send)
+	}
 	if err != nil {
 		return csierr.Status(err)
 	}
@@ -63,6 +81,16 @@ func (s *MetadataServer) GetMetadataDelta(req *csi.GetMetadataDeltaRequest, stre
 	}
 	ctx := stream.Context()
 	m, err := s.engine.ChangedBlocks(ctx, req.GetBaseSnapshotId(), req.GetTargetSnapshotId(), req.GetStartingOffset())
+	if s.forwards(err) {
+		// Both snapshots are of one volume, so on one node: the target's.
+		return forward(ctx, s.forward, req.GetTargetSnapshotId(), err, func(c csi.SnapshotMetadataClient) (func() (*csi.GetMetadataDeltaResponse, error), error) {
+			r, err := c.GetMetadataDelta(ctx, req)
+			if err != nil {
+				return nil, err
+			}
+			return r.Recv, nil
+		}, stream.Send)
+	}
 	if err != nil {
 		return csierr.Status(err)
 	}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/berth-csi/berth/internal/testutil"
@@ -200,4 +202,47 @@ func TestSnapshotMetadataStreams(t *testing.T) {
 	if err := s.meta.GetMetadataDelta(&csi.GetMetadataDeltaRequest{BaseSnapshotId: base, TargetSnapshotId: target, MaxResults: 1}, broken); err == nil {
 		t.Error("a stream whose sends fail ended without error")
 	}
+}
+
+// peerless is a MetadataForwarder that finds no peer: err says why.
+type peerless struct{ err error }
+
+func (p peerless) Peer(context.Context, string) (csi.SnapshotMetadataClient, string, func(), error) {
+	return nil, "", nil, p.err
+}
+
+// TestSnapshotMetadataForwardingFailures: a snapshot no local pool holds is asked of
+// its node only through the forwarder; when no other node holds it the answer is
+// this plugin's own NotFound, and when its node cannot be found it is Unavailable
+// (worth a retry), naming the snapshot. A local snapshot is never forwarded.
+func TestSnapshotMetadataForwardingFailures(t *testing.T) {
+	f := newFixture(t)
+	unknown := storage.SnapshotID("default", "0123456789abcdef0123456789abcdef")
+	lookupFailed := errors.New("pv-lister: connection refused")
+	for _, c := range []struct {
+		name     string
+		fwd      peerless
+		wantCode codes.Code
+		wantMsg  string
+	}{
+		{"no other node holds it", peerless{fmt.Errorf("no PersistentVolume names it: %w", storage.ErrNotFound)}, codes.NotFound, "not found"},
+		{"its node cannot be found", peerless{lookupFailed}, codes.Unavailable, "connection refused"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := controller.NewMetadata(f.engine).Forwarding(c.fwd)
+			err := m.GetMetadataAllocated(&csi.GetMetadataAllocatedRequest{SnapshotId: unknown}, &allocStream{})
+			wantCode(t, err, c.wantCode)
+			if !strings.Contains(err.Error(), c.wantMsg) || !strings.Contains(err.Error(), unknown) {
+				t.Errorf("error %v: want %q and the snapshot's ID", err, c.wantMsg)
+			}
+			err = m.GetMetadataDelta(&csi.GetMetadataDeltaRequest{BaseSnapshotId: unknown, TargetSnapshotId: unknown}, &deltaStream{})
+			wantCode(t, err, c.wantCode)
+		})
+	}
+	vol := f.mustCreate(t, "vol")
+	snap, err := f.srv.CreateSnapshot(context.Background(), &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: vol.GetVolumeId()})
+	wantCode(t, err, codes.OK)
+	m := controller.NewMetadata(f.engine).Forwarding(peerless{lookupFailed})
+	err = m.GetMetadataAllocated(&csi.GetMetadataAllocatedRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId()}, &allocStream{})
+	wantCode(t, err, codes.FailedPrecondition) // a directory volume's snapshot, answered here
 }

@@ -71,6 +71,11 @@ type Options struct {
 	TransferAddress   string
 	TransferCADir     string
 	TransferRateLimit int64
+	// SnapshotMetadataAddress is where this node's plugin serves changed-block
+	// tracking (SnapshotMetadata) to the other nodes' plugins, with the transfer
+	// channel's certificates (host:port; "": nowhere); the port is also where it
+	// asks them about snapshots its own pools do not hold.
+	SnapshotMetadataAddress string
 
 	// Host is what the engine reaches the machine through; the zero value is the
 	// machine itself. Tests set a fake (internal/fakehost); no flag does.
@@ -116,6 +121,7 @@ func ParseFlags(prog string, args []string) (Options, error) {
 	fs.StringVar(&o.CgroupRoot, "cgroup-root", podfreeze.DefaultRoot, "where the host's cgroup filesystems are mounted: group snapshots pause the pods that write directory volumes through their cgroups")
 	fs.StringVar(&o.TransferAddress, "transfer-address", "", "serve this node's volumes and snapshots to the other nodes' plugins (the transfer channel, mutual TLS) on host:port, e.g. the node's IP (empty: off; node and all modes)")
 	fs.StringVar(&o.TransferCADir, "transfer-ca-dir", DefaultTransferCADir, "directory holding the cluster's transfer CA (ca.crt, ca.key), from which this node mints its transfer certificate")
+	fs.StringVar(&o.SnapshotMetadataAddress, "snapshot-metadata-address", "", "serve changed-block tracking (SnapshotMetadata) of this node's snapshots to the other nodes' plugins on host:port (mutual TLS with the transfer channel's certificates), and forward the calls for snapshots of other nodes to theirs, at the same port (empty: off; needs --transfer-address)")
 	var transferRate string
 	fs.StringVar(&transferRate, "transfer-rate-limit", "0", "bytes a second all transfers from this node may send together, a quantity such as 100Mi (0: no bound)")
 	klog.InitFlags(fs)

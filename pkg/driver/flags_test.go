@@ -136,6 +136,13 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("transfer %q %q %d", o.TransferAddress, o.TransferCADir, o.TransferRateLimit)
 			}
 		}},
+		{name: "snapshot metadata for peers", args: []string{"--transfer-address", "10.1.2.3:9813", "--snapshot-metadata-address", "10.1.2.3:9816"}, check: func(t *testing.T, o Options) {
+			if o.SnapshotMetadataAddress != "10.1.2.3:9816" {
+				t.Errorf("SnapshotMetadataAddress %q", o.SnapshotMetadataAddress)
+			}
+		}},
+		{name: "snapshot metadata without the transfer channel", args: []string{"--snapshot-metadata-address", "10.1.2.3:9816"}, wantErr: "needs --transfer-address"},
+		{name: "snapshot metadata address without host", args: []string{"--transfer-address", "10.1.2.3:9813", "--snapshot-metadata-address", ":9816"}, wantErr: "--snapshot-metadata-address"},
 		{name: "transfer address without host", args: []string{"--transfer-address", ":9813"}, wantErr: "--transfer-address"},
 		{name: "transfer address in controller mode", args: []string{"--mode", "controller", "--transfer-address", "10.1.2.3:9813"}, wantErr: "--transfer-address"},
 		{name: "transfer CA dir relative", args: []string{"--transfer-address", "10.1.2.3:9813", "--transfer-ca-dir", "ca"}, wantErr: "--transfer-ca-dir"},

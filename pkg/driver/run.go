@@ -77,6 +77,13 @@ func Run(ctx context.Context, o Options) error {
 	if tc != nil {
 		defer tc.lis.Close() // when Run fails before serving it; closing twice is harmless
 	}
+	mp, err := openMetadataPeers(o, engine, tc)
+	if err != nil {
+		return err
+	}
+	if mp != nil {
+		defer mp.lis.Close()
+	}
 	lis, err := server.Listen(o.Endpoint)
 	if err != nil {
 		return err
@@ -98,8 +105,13 @@ func Run(ctx context.Context, o Options) error {
 		ident.SetGroupSnapshots(func() bool { return ready.Load() && engine.GroupSnapshotsServed() })
 		// Changed-block tracking likewise: served with the controller, advertised
 		// where an image pool with reflinks can answer a delta.
-		srv.SetSnapshotMetadata(controller.NewMetadata(engine))
-		ident.SetSnapshotMetadata(func() bool { return ready.Load() && engine.BlockMetadataServed() })
+		// With the peers' channel, every node answers for every node's snapshots.
+		meta := controller.NewMetadata(engine)
+		if mp != nil {
+			meta.Forwarding(mp.fwd)
+		}
+		srv.SetSnapshotMetadata(meta)
+		ident.SetSnapshotMetadata(func() bool { return ready.Load() && (mp != nil || engine.BlockMetadataServed()) })
 	}
 	srv.GateUntil(ready.Load)
 	hooks := server.Hooks{Volumes: engine}
@@ -207,6 +219,14 @@ func Run(ctx context.Context, o Options) error {
 			wg.Go(func() {
 				if err := tc.serve(ctx); err != nil {
 					fail(fmt.Errorf("transfer channel: %w", err))
+				}
+			})
+		}
+		if mp != nil {
+			logger.Info("Serving changed-block tracking to the other nodes' plugins", "address", mp.lis.Addr().String())
+			wg.Go(func() {
+				if err := mp.serve(ctx); err != nil {
+					fail(fmt.Errorf("snapshot metadata for peers: %w", err))
 				}
 			})
 		}

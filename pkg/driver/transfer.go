@@ -24,6 +24,14 @@ func (o *Options) checkTransfer(rate string) error {
 		return fmt.Errorf("--transfer-rate-limit %q: must be a non-negative quantity of bytes a second, such as 100Mi", rate)
 	}
 	o.TransferRateLimit = n
+	if o.SnapshotMetadataAddress != "" {
+		if o.TransferAddress == "" {
+			return fmt.Errorf("--snapshot-metadata-address: needs --transfer-address, whose certificates it uses")
+		}
+		if err := metrics.CheckAddress(o.SnapshotMetadataAddress); err != nil {
+			return fmt.Errorf("--snapshot-metadata-address %w", err)
+		}
+	}
 	if o.TransferAddress == "" {
 		return nil
 	}

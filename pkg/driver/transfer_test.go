@@ -181,11 +181,19 @@ func twoNodes(t *testing.T, kind string, where fixedLocator) (n1, n2 csi.Control
 type nodePlugin struct {
 	ctrl          csi.ControllerClient
 	node          csi.NodeClient
+	ident         csi.IdentityClient
+	meta          csi.SnapshotMetadataClient
 	pool, kubelet string
 }
 
 // twoPlugins is twoNodes with each plugin's node service and kubelet directory.
 func twoPlugins(t *testing.T, kind string, where fixedLocator) (n1, n2 nodePlugin) {
+	t.Helper()
+	return twoPluginsWith(t, kind, where, nil)
+}
+
+// twoPluginsWith is twoPlugins with more options: more(&o, ip) before each start.
+func twoPluginsWith(t *testing.T, kind string, where fixedLocator, more func(o *driver.Options, ip string)) (n1, n2 nodePlugin) {
 	t.Helper()
 	testutil.RequireRoot(t)
 	caDir := t.TempDir()
@@ -195,14 +203,19 @@ func twoPlugins(t *testing.T, kind string, where fixedLocator) (n1, n2 nodePlugi
 	start := func(node, ip string) nodePlugin {
 		base := t.TempDir()
 		testutil.MkdirAll(t, filepath.Join(base, "kubelet", "pods"))
-		conn := startDriver(t, driver.Options{
+		o := driver.Options{
 			Endpoint: filepath.Join(testutil.ShortTempDir(t), "csi.sock"), NodeID: node, DriverName: "berth.csi.io",
 			Mode: driver.ModeAll, KubeletDir: filepath.Join(base, "kubelet"), Host: fakehost.New(t.TempDir()).Host(),
 			Config:    storage.Config{Pools: []storage.PoolConfig{{Name: "local", Path: filepath.Join(base, "local"), Kind: kind}}},
 			PoolRetry: time.Hour, TransferAddress: net.JoinHostPort(ip, port), TransferCADir: caDir, PVListerEndpoint: lister,
-		})
+		}
+		if more != nil {
+			more(&o, ip)
+		}
+		conn := startDriver(t, o)
 		waitProbe(t, csi.NewIdentityClient(conn))
 		return nodePlugin{ctrl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn),
+			ident: csi.NewIdentityClient(conn), meta: csi.NewSnapshotMetadataClient(conn),
 			pool: filepath.Join(base, "local"), kubelet: filepath.Join(base, "kubelet")}
 	}
 	return start("n1", "127.0.0.1"), start("n2", "127.0.0.2")
