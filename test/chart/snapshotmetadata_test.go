@@ -113,8 +113,14 @@ func TestSnapshotMetadataRendered(t *testing.T) {
 		}
 	}
 	mustUnmarshal(t, docs["Service/berth-snapshot-metadata"], &svc)
-	if svc.Spec.InternalTrafficPolicy != "Local" || svc.Spec.Selector["app.kubernetes.io/component"] != "snapshot-metadata" {
+	// Forwarding (the default): any node's sidecar answers for every snapshot.
+	if svc.Spec.InternalTrafficPolicy != "" || svc.Spec.Selector["app.kubernetes.io/component"] != "snapshot-metadata" {
 		t.Errorf("Service spec %+v", svc.Spec)
+	}
+	var node object
+	mustUnmarshal(t, docs["DaemonSet/berth-node"], &node)
+	if !slices.Contains(node.args("berth"), "--snapshot-metadata-address=[$(POD_IP)]:9816") {
+		t.Errorf("node plugin args %v: no peers' SnapshotMetadata address", node.args("berth"))
 	}
 
 	var role object
@@ -134,6 +140,35 @@ func TestSnapshotMetadataRendered(t *testing.T) {
 		if grants(role.Rules, "snapshot.storage.k8s.io", "volumesnapshotcontents", verb) {
 			t.Errorf("the sidecar may %s VolumeSnapshotContents", verb)
 		}
+	}
+}
+
+// TestSnapshotMetadataWithoutForwarding: forward off keeps each client on its own
+// node's sidecar (the Service's internalTrafficPolicy: Local) and gives the node
+// plugins no peers' address; forward needs the transfer channel's certificates.
+func TestSnapshotMetadataWithoutForwarding(t *testing.T) {
+	docs := renderDocs(t, `snapshotMetadata: {enabled: true, forward: false}`)
+	var svc struct {
+		Spec struct {
+			InternalTrafficPolicy string `json:"internalTrafficPolicy"`
+		}
+	}
+	mustUnmarshal(t, docs["Service/berth-snapshot-metadata"], &svc)
+	if svc.Spec.InternalTrafficPolicy != "Local" {
+		t.Errorf("internalTrafficPolicy %q, want Local", svc.Spec.InternalTrafficPolicy)
+	}
+	var node object
+	mustUnmarshal(t, docs["DaemonSet/berth-node"], &node)
+	for _, a := range node.args("berth") {
+		if strings.HasPrefix(a, "--snapshot-metadata-address") {
+			t.Errorf("node plugin arg %s without forwarding", a)
+		}
+	}
+	if out, err := tryTemplate(t, `{snapshotMetadata: {enabled: true}, transfer: {enabled: false}}`); err == nil || !strings.Contains(out, "snapshotMetadata.forward needs transfer.enabled") {
+		t.Errorf("forward without the transfer channel: err %v\n%s", err, out)
+	}
+	if _, err := tryTemplate(t, `{snapshotMetadata: {enabled: true, forward: false}, transfer: {enabled: false}}`); err != nil {
+		t.Errorf("no forwarding, no transfer channel: %v", err)
 	}
 }
 

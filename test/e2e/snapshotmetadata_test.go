@@ -34,18 +34,20 @@ type cbtRecord struct {
 }
 
 // TestSnapshotMetadata: changed-block tracking as a backup application sees it, through
-// the external-snapshot-metadata sidecar the chart deploys (snapshotMetadata in
+// the external-snapshot-metadata sidecars the chart deploys (snapshotMetadata in
 // hack/e2e-values.yaml): N random 4 KiB blocks written into a 10 GiB raw block volume
 // between two snapshots are exactly what GetMetadataDelta lists (none missed; on XFS the
-// extents are 4 KiB, so no extra either), and GetMetadataAllocated of the first
-// snapshot lists the data written before it, not the volume's unwritten 10 GiB. The
+// extents are 4 KiB, so no extra either), asked on the snapshot's node and on another
+// (whose plugin forwards the call to the snapshot's node), and GetMetadataAllocated of
+// the first snapshot lists the data written before it, not the volume's unwritten
+// 10 GiB. The
 // client is Berth's lister on the sidecar project's own client library (it finds the
 // SnapshotMetadataService object, gets a token for its audience, and dials its address
 // over TLS with its CA), run in a pod on the sidecar's node with a service account
 // holding upstream's client role.
 func TestSnapshotMetadata(t *testing.T) {
 	c := setup(t, parallel)
-	node := c.snapshotMetadataNode()
+	node, other := c.snapshotMetadataNodes()
 
 	c.apply(pvc("vol", "berth-xfs", "10Gi", "Block"))
 	// 8 MiB of data at the start, before the first snapshot.
@@ -74,20 +76,7 @@ func TestSnapshotMetadata(t *testing.T) {
 	start := time.Now()
 	delta := c.listBlocks("delta", node, "-s", "s2", "-p", "s1")
 	t.Logf("GetMetadataDelta through the sidecar: %v (the pod's whole life)", time.Since(start).Round(time.Millisecond))
-	listed := map[int64]bool{}
-	for _, r := range delta {
-		if r.Capacity != 10<<30 {
-			t.Errorf("delta: volume_capacity_bytes %d, want %d", r.Capacity, int64(10<<30))
-		}
-		for _, b := range r.Blocks {
-			if b.Offset%cbtBlock != 0 || b.Size%cbtBlock != 0 || b.Size <= 0 {
-				t.Fatalf("delta: range %d+%d is not whole 4 KiB blocks", b.Offset, b.Size)
-			}
-			for o := b.Offset; o < b.Offset+b.Size; o += cbtBlock {
-				listed[o/cbtBlock] = true
-			}
-		}
-	}
+	listed := blockSet(t, delta)
 	var missed, extra []int64
 	for b := range written {
 		if !listed[b] {
@@ -107,6 +96,15 @@ func TestSnapshotMetadata(t *testing.T) {
 	if len(extra) > 0 {
 		slices.Sort(extra)
 		t.Errorf("delta listed %d blocks never written (XFS extents are 4 KiB: none expected), e.g. %v", len(extra), extra[:min(5, len(extra))])
+	}
+
+	// Asked on another node, whose plugin forwards to the snapshot's node (the chart's
+	// snapshotMetadata.forward): the same blocks.
+	start = time.Now()
+	remote := c.listBlocks("delta-elsewhere", other, "-s", "s2", "-p", "s1")
+	t.Logf("GetMetadataDelta asked on node %s, forwarded to %s: %v (the pod's whole life)", other, node, time.Since(start).Round(time.Millisecond))
+	if got, want := blockSet(t, remote), blockSet(t, delta); !maps.Equal(got, want) {
+		t.Errorf("delta asked on node %s: %d blocks, on the snapshot's node %d", other, len(got), len(want))
 	}
 
 	alloc := c.listBlocks("allocated", node, "-s", "s1")
@@ -131,21 +129,51 @@ func TestSnapshotMetadata(t *testing.T) {
 	}
 }
 
-// snapshotMetadataNode is the node of a ready external-snapshot-metadata sidecar, where
-// the test's volume, writers and client run; the test skips without one.
-func (c *cluster) snapshotMetadataNode() string {
+// snapshotMetadataNodes are the node of the test's volume, writers and first client
+// (the last node, whose /var/lib/berth is an XFS disk of its own, 32 GiB: reflinks
+// and room for 10 GiB and two snapshots of it) and another node with a ready
+// external-snapshot-metadata sidecar, which asks for the same answers there. The
+// test skips without the chart's sidecars, or without such nodes.
+func (c *cluster) snapshotMetadataNodes() (node, other string) {
 	c.t.Helper()
 	if _, err := c.tryNS(driverNS, "get", "daemonset", snapshotMetadataDS); err != nil {
 		c.t.Skipf("the chart's snapshotMetadata is off (no DaemonSet %s): %v", snapshotMetadataDS, err)
 	}
-	var node string
-	c.waitFor("a ready external-snapshot-metadata sidecar", 2*time.Minute, func() bool {
+	node = c.groupNode()
+	c.waitFor("ready external-snapshot-metadata sidecars on node "+node+" and another", 2*time.Minute, func() bool {
 		out, _ := c.tryNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=snapshot-metadata",
 			"-o", `jsonpath={range .items[?(@.status.containerStatuses[0].ready==true)]}{.spec.nodeName}{"\n"}{end}`)
-		node, _, _ = strings.Cut(strings.TrimSpace(out), "\n")
-		return node != ""
+		ready := strings.Fields(out)
+		other = ""
+		for _, n := range ready {
+			if n != node {
+				other = n
+			}
+		}
+		return slices.Contains(ready, node) && other != ""
 	})
-	return node
+	return node, other
+}
+
+// blockSet is the 4 KiB blocks the answers list, checked to be whole aligned blocks
+// of a 10 GiB volume.
+func blockSet(t *testing.T, records []cbtRecord) map[int64]bool {
+	t.Helper()
+	set := map[int64]bool{}
+	for _, r := range records {
+		if r.Capacity != 10<<30 {
+			t.Errorf("volume_capacity_bytes %d, want %d", r.Capacity, int64(10<<30))
+		}
+		for _, b := range r.Blocks {
+			if b.Offset%cbtBlock != 0 || b.Size%cbtBlock != 0 || b.Size <= 0 {
+				t.Fatalf("range %d+%d is not whole 4 KiB blocks", b.Offset, b.Size)
+			}
+			for o := b.Offset; o < b.Offset+b.Size; o += cbtBlock {
+				set[o/cbtBlock] = true
+			}
+		}
+	}
+	return set
 }
 
 // blockWriter is a pod on node running script with the claim vol as /dev/xvda.
