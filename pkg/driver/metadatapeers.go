@@ -8,6 +8,7 @@ import (
 
 	"github.com/berth-csi/berth/pkg/controller"
 	"github.com/berth-csi/berth/pkg/locate"
+	"github.com/berth-csi/berth/pkg/server"
 	"github.com/berth-csi/berth/pkg/storage"
 	"github.com/berth-csi/berth/pkg/transfer"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -41,8 +42,10 @@ func openMetadataPeers(o Options, engine *storage.Engine, tc *transferChannel) (
 	if err != nil {
 		return nil, fmt.Errorf("--snapshot-metadata-address: %w", err)
 	}
+	// The socket's stream interceptor: request IDs, sanitised logs, a panic answered
+	// Internal rather than ending the plugin.
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc.peers.iss.ServerTLS())),
-		grpc.ChainStreamInterceptor(logPeerCall))
+		grpc.ChainStreamInterceptor(server.StreamInterceptor()))
 	csi.RegisterSnapshotMetadataServer(srv, controller.NewMetadata(engine))
 	return &metadataPeers{srv: srv, lis: lis, fwd: &metadataForwarder{self: o.NodeID, port: port, iss: tc.peers.iss,
 		where: locate.NewSocketLocator(o.PVListerEndpoint)}}, nil
@@ -59,18 +62,6 @@ func (m *metadataPeers) serve(ctx context.Context) error {
 		return err
 	}
 	return nil
-}
-
-// logPeerCall logs each call a peer makes, and how it ended.
-func logPeerCall(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	err := handler(srv, ss)
-	logger := klog.FromContext(ss.Context()).WithValues("method", info.FullMethod)
-	if err != nil {
-		logger.V(2).Info("Peer's SnapshotMetadata call failed", "err", err)
-	} else {
-		logger.V(4).Info("Peer's SnapshotMetadata call answered")
-	}
-	return err
 }
 
 // metadataForwarder is the controller's MetadataForwarder between the nodes.
