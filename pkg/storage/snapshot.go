@@ -401,7 +401,12 @@ func (p *Pool) Snapshots() []*Snapshot {
 		c := *s
 		out = append(out, &c)
 	}
-	for _, b := range p.snaps.building {
+	for hash, b := range p.snaps.building {
+		// A copy's commit adds its snapshot to the committed set before the copy's
+		// goroutine takes it out of this one: the committed entry is the answer.
+		if _, committed := p.snaps.snaps[hash]; committed {
+			continue
+		}
 		c := *b.snap
 		out = append(out, &c)
 	}
