@@ -12,7 +12,26 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/cluster-lib.sh"
 [ "$(id -u)" = 0 ] || { echo "cluster-down: run as root" >&2; exit 1; }
 
-# stop NAME: SIGTERM by PID, SIGKILL after 20 s.
+# thaw_frozen: thaws every frozen cgroup of the cluster. runc kills a container by
+# freezing its cgroup, signalling every process and thawing it; a runc stopped in
+# between (its node torn down under it) leaves the cgroup frozen, and its processes,
+# SIGKILL pending, never exit: neither does the node's init, which waits for every
+# process of its PID namespace. Seen once: a sidecar left frozen after the pods'
+# deletion raced the node's stop, and the next cluster-up could not make the node.
+thaw_frozen() {
+	local f
+	for f in /sys/fs/cgroup/freezer/"$CGROUP_ROOT"*/; do
+		[ -d "$f" ] || continue
+		find "$f" -name freezer.state -exec grep -l FROZEN {} + 2>/dev/null | while read -r f; do echo THAWED >"$f"; done
+	done
+	for f in /sys/fs/cgroup/"$CGROUP_ROOT"*/; do
+		[ -d "$f" ] || continue
+		find "$f" -name cgroup.freeze -exec grep -lx 1 {} + 2>/dev/null | while read -r f; do echo 0 >"$f"; done
+	done
+}
+
+# stop NAME: SIGTERM by PID, SIGKILL after 20 s (the cluster's frozen cgroups thawed
+# first), then up to 10 s for it to be gone.
 stop() {
 	local f pid; f=$(pidfile "$1")
 	[ -f "$f" ] || return 0
@@ -20,7 +39,12 @@ stop() {
 	if kill -0 "$pid" 2>/dev/null; then
 		kill -TERM "$pid"
 		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-		kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+		if kill -0 "$pid" 2>/dev/null; then
+			thaw_frozen
+			kill -KILL "$pid" 2>/dev/null
+			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+			kill -0 "$pid" 2>/dev/null && echo "cluster-down: $1 (pid $pid) is still there" >&2
+		fi
 	fi
 	rm -f "$f"
 }
@@ -34,6 +58,7 @@ step "Stopping the further nodes and the kubelet"
 # A node's init stops its kubelet and containerd on SIGTERM; once it exits, the kernel
 # ends every other process of the node's PID namespace (shims, containers), and its
 # mount namespace, with the pods' mounts, goes with the last of them.
+thaw_frozen
 for f in "$CLUSTER_DIR"/run/node-*.pid; do
 	[ -e "$f" ] || continue
 	n=$(basename "$f" .pid); stop "$n" &
