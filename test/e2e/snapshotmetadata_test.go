@@ -146,8 +146,8 @@ func (c *cluster) snapshotMetadataNodes() (node, other string) {
 		ready := strings.Fields(out)
 		other = ""
 		for _, n := range ready {
-			if n != node {
-				other = n
+			if n != node && (other == "" || n == thisNode) {
+				other = n // this machine's node if it is ready, for a run that does the same
 			}
 		}
 		return slices.Contains(ready, node) && other != ""
@@ -236,7 +236,13 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: %[1]s}
 func (c *cluster) listBlocks(name, node string, args ...string) []cbtRecord {
 	c.t.Helper()
 	argv, _ := json.Marshal(append([]string{"-n", c.ns}, args...))
-	c.apply(fmt.Sprintf(`apiVersion: v1
+	var logs string
+	// Unavailable is the spec's "try again": a backup application retries it. Seen
+	// once in CI (the connection to the sidecar closed, EOF): each such failure is
+	// logged with the sidecar's state on the node, and the call made again, twice at
+	// most; any other failure ends the test.
+	for attempt := 1; ; attempt++ {
+		c.apply(fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: %s}
 spec:
@@ -253,13 +259,21 @@ spec:
     - {name: KUBERNETES_SERVICE_HOST, value: %q}
     - {name: KUBERNETES_SERVICE_PORT, value: "6443"}
 `, name, node, listerImage, argv, apiServerHost))
-	c.waitFor("lister pod "+name+" done", 3*time.Minute, func() bool {
-		phase, _ := c.try("get", "pod", name, "-o", "jsonpath={.status.phase}")
-		return phase == "Succeeded" || phase == "Failed"
-	})
-	logs := c.kubectl("logs", name)
-	if phase := c.jsonpath("pod/"+name, "{.status.phase}"); phase != "Succeeded" {
-		c.t.Fatalf("lister %v: pod %s: %s", args, phase, logs)
+		c.waitFor("lister pod "+name+" done", 3*time.Minute, func() bool {
+			phase, _ := c.try("get", "pod", name, "-o", "jsonpath={.status.phase}")
+			return phase == "Succeeded" || phase == "Failed"
+		})
+		logs = c.kubectl("logs", name)
+		phase := c.jsonpath("pod/"+name, "{.status.phase}")
+		if phase == "Succeeded" {
+			break
+		}
+		if attempt == 3 || !strings.Contains(logs, "code = Unavailable") {
+			c.t.Fatalf("lister %v: pod %s: %s", args, phase, logs)
+		}
+		c.t.Logf("lister %v on node %s, attempt %d: %s; the sidecar there: %s", args, node, attempt, strings.TrimSpace(logs), c.sidecarState(node))
+		c.kubectl("delete", "pod", name, "--wait=true")
+		time.Sleep(5 * time.Second)
 	}
 	var records []cbtRecord
 	if err := json.Unmarshal([]byte(strings.TrimSpace(logs)), &records); err != nil {
@@ -271,4 +285,15 @@ spec:
 		}
 	}
 	return records
+}
+
+// sidecarState is the external-snapshot-metadata sidecar's pod on node: its restarts,
+// and the last lines of its log and of its previous run's, for a failure's record.
+func (c *cluster) sidecarState(node string) string {
+	pod, _ := c.tryNS(driverNS, "get", "pods", "-l", "app.kubernetes.io/component=snapshot-metadata",
+		"--field-selector=spec.nodeName="+node, "-o", "jsonpath={.items[0].metadata.name} restarts={.items[0].status.containerStatuses[0].restartCount}")
+	name, _, _ := strings.Cut(pod, " ")
+	cur, _ := c.tryNS(driverNS, "logs", name, "--tail=10")
+	prev, _ := c.tryNS(driverNS, "logs", name, "--previous", "--tail=10")
+	return fmt.Sprintf("%s\nlog:\n%s\nprevious run:\n%s", pod, cur, prev)
 }
