@@ -33,17 +33,22 @@ type BlockMetadata struct {
 	files     []*os.File
 	walk      func(ctx context.Context, emit func(BlockRange) error) (extents.Stats, error)
 	what      string
+	stats     extents.Stats
 }
 
 // Walk calls emit with each range in ascending order, merged where adjacent, and
 // stops at emit's first error, which it returns.
 func (m *BlockMetadata) Walk(ctx context.Context, emit func(BlockRange) error) error {
 	st, err := m.walk(ctx, emit)
+	m.stats = st
 	klog.FromContext(ctx).V(4).Info("Block metadata listed", "what", m.what, "fiemapCalls", st.Calls, "extents", st.Extents,
 		"sharedBytes", st.SharedBytes, "zeroBytes", st.ZeroBytes, "writtenBytes", st.WrittenBytes,
 		"comparedBytes", st.ComparedBytes, "reportedBytes", st.ReportedBytes, "err", errString(err))
 	return err
 }
+
+// Stats tells what the last Walk found and what it cost (FIEMAP calls, extents).
+func (m *BlockMetadata) Stats() extents.Stats { return m.stats }
 
 // Close releases the snapshots' files.
 func (m *BlockMetadata) Close() error {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/berth-csi/berth/internal/testutil"
 	"github.com/berth-csi/berth/pkg/storage"
@@ -273,6 +275,81 @@ func TestChangedBlocksRandomWrites(t *testing.T) {
 	}
 }
 
+// anchored reports whether snapshot s has its image's anchor (snapshotanchor.go),
+// and fails the test if it is there but not a copy of the image.
+func anchored(t *testing.T, p *storage.Pool, s *storage.Snapshot) bool {
+	t.Helper()
+	anchor, err := os.ReadFile(filepath.Join(p.Config().Path, "snapshots", s.Hash(), storage.AnchorFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(anchor, readSnapshotImage(t, p, s)) {
+		t.Fatalf("the anchor of snapshot %s differs from its image", s.ID)
+	}
+	return true
+}
+
+// TestSnapshotImageAnchor: every snapshot of an image pool with reflinks gets an
+// anchor, a second reflink of its image, so that a map of the base of a delta is
+// not cut around the blocks rewritten since (each rewritten block cut the base's
+// extent twice); without it the delta is the same, from more extents.
+func TestSnapshotImageAnchor(t *testing.T) {
+	e, p := imageSite(t, testutil.XFSPlain)
+	const size = 16 << 20
+	nBlocks := int64(size / blk)
+	r, path := blockVolume(t, p, "vol", size, nil)
+	im := openImage(t, path)
+	im.writeRandom(0, nBlocks) // one extent, the whole image
+	im.sync()
+	base := snapshotReady(t, p, "base", r.Hash())
+	const rewritten = 40
+	for n := int64(0); n < rewritten; n++ {
+		im.writeRandom(n*nBlocks/rewritten+7, 1) // apart: no two merge
+	}
+	im.sync()
+	target := snapshotReady(t, p, "target", r.Hash())
+	for _, s := range []*storage.Snapshot{base, target} {
+		if !anchored(t, p, s) {
+			t.Fatalf("snapshot %s has no anchor", s.ID)
+		}
+	}
+	delta := func() (blocks, int) {
+		m, err := e.ChangedBlocks(context.Background(), base.ID, target.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := listed(t, m, 0)
+		return got, m.Stats().Extents
+	}
+	got, withAnchor := delta()
+	if len(got) != rewritten {
+		t.Errorf("delta lists %d blocks, want the %d rewritten", len(got), rewritten)
+	}
+	if err := os.Remove(filepath.Join(p.Config().Path, "snapshots", base.Hash(), storage.AnchorFile)); err != nil {
+		t.Fatal(err)
+	}
+	// XFS drops an unlinked file's references in the background (inodegc), at
+	// its own pace: neither statfs nor syncfs waits for it here.
+	var bare blocks
+	var without int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		bare, without = delta()
+		if without >= withAnchor+2*rewritten || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !slices.Equal(bare.sorted(), got.sorted()) {
+		t.Errorf("without the base's anchor the delta lists %v, with it %v", bare.sorted(), got.sorted())
+	}
+	t.Logf("delta of %d rewritten blocks: %d extents mapped with the base's anchor, %d without", rewritten, withAnchor, without)
+	if without < withAnchor+2*rewritten {
+		t.Errorf("the base's anchor saved %d extents, want at least %d (two per block rewritten)", without-withAnchor, 2*rewritten)
+	}
+}
+
 // TestAllocatedBlocks lists the ranges of a partially written sparse image: exactly
 // the blocks written, merged where adjacent, from any starting offset.
 func TestAllocatedBlocks(t *testing.T) {
@@ -455,6 +532,9 @@ func TestBlockMetadataWithoutReflinks(t *testing.T) {
 	}
 	_, err = e.ChangedBlocks(context.Background(), s1.ID, s2.ID, 0)
 	checkErr(t, err, storage.ErrPrecondition)
+	if anchored(t, p, s1) {
+		t.Error("a snapshot of a pool without reflinks has an anchor")
+	}
 	if e.BlockMetadataServed() {
 		t.Error("BlockMetadataServed is true without reflinks")
 	}
@@ -463,6 +543,9 @@ func TestBlockMetadataWithoutReflinks(t *testing.T) {
 	dp := d.DefaultPool()
 	v := mustCreate(t, dp, "dirvol", 8<<20)
 	ds := snapshotReady(t, dp, "ds", v.Hash())
+	if anchored(t, dp, ds) {
+		t.Error("a snapshot of a directory volume has an anchor")
+	}
 	_, err = d.AllocatedBlocks(context.Background(), ds.ID, 0)
 	checkErr(t, err, storage.ErrPrecondition)
 	_, err = d.ChangedBlocks(context.Background(), ds.ID, ds.ID, 0)

@@ -6,6 +6,9 @@ import (
 	"time"
 )
 
+// AnchorFile is the name of an image snapshot's anchor (snapshotanchor.go).
+const AnchorFile = anchorFile
+
 // PurgeTrash runs one round of the pool's purger, as a kick does, and returns when
 // the purge workers it started are over. A pool opened without the engine's Start
 // gets a WaitGroup of its own for them.

@@ -208,6 +208,7 @@ func (e *Engine) buildGroup(ctx context.Context, g *GroupSnapshot, home *Pool, m
 			synced[m.pool] = true
 		}
 		m.snap.CreatedAt = g.CreatedAt
+		m.pool.anchorImage(ctx, dir, m.snap.ID)
 		if err := writeRecordIn(dir, m.snap); err != nil {
 			return m.pool.noSpace(stepRecord, fmt.Errorf("snapshot %s: %w", m.snap.ID, err))
 		}

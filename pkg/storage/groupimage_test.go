@@ -68,6 +68,21 @@ func TestGroupSnapshotImageVolumesFrozenTogether(t *testing.T) {
 	if paused := log.find("Group snapshot writers paused", `"filesystems"=2`, `"pods"=0`); len(paused) != 1 {
 		t.Errorf("want one pause of 2 filesystems and no pod:\n%s", &log)
 	}
+	// The image members' anchors (snapshotanchor.go) are made once the writers
+	// run again: they are not part of the instant.
+	resumed := log.find("Group snapshot writers resumed")
+	for _, v := range []*storage.Record{a, b} {
+		m := memberOf(t, g, v)
+		if !anchored(t, s.pool("img"), m) {
+			t.Errorf("member %s has no anchor", m.ID)
+		}
+		if at := log.find("Snapshot image anchored", m.ID); len(at) != 1 || len(resumed) != 1 || at[0] < resumed[0] {
+			t.Errorf("member %s anchored at lines %v, writers resumed at %v: want one anchor, after:\n%s", m.ID, at, resumed, &log)
+		}
+	}
+	if anchored(t, s.pool("dir"), memberOf(t, g, d)) {
+		t.Error("the dir member has an anchor")
+	}
 	// Thawed: the pod writes on.
 	writeFile(t, filepath.Join(ta, "after.txt"), "written after the group")
 

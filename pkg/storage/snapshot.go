@@ -21,6 +21,7 @@ import (
 //
 //	<path>/snapshots/<hash>/record.json   the snapshot's record
 //	<path>/snapshots/<hash>/data|image    a copy of the source volume's data
+//	<path>/snapshots/<hash>/image.anchor  a second reflink of an image (snapshotanchor.go)
 //
 // A snapshot is built under tmp/ and renamed into snapshots/ only when complete, so a
 // snapshot that exists is ready to use, and one interrupted by a crash is rolled back
@@ -339,6 +340,7 @@ func (p *Pool) snapshotEntry(ctx context.Context, s *Snapshot) (string, func(*er
 // renames it into snapshots/ and makes that durable, then indexes it. The caller
 // removes dir on error.
 func (p *Pool) commitSnapshot(ctx context.Context, s *Snapshot, dir string) error {
+	p.anchorImage(ctx, dir, s.ID)
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
