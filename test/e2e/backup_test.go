@@ -151,9 +151,11 @@ spec:
 		return s == "true"
 	}
 	// Berth's part is the content's status (its node's csi-snapshotter asks the
-	// driver); the VolumeSnapshot's is the snapshot-controller's, which took up to 3
-	// minutes more in CI runs with the content ready at once. Waited for up to 10
-	// minutes, Velero's own default (--csi-snapshot-timeout), each time logged.
+	// driver); the VolumeSnapshot's is the snapshot-controller's. That took minutes
+	// more in CI runs with the content ready at once, and failed one: the controller
+	// ran on the node frozen above (hack/cluster-up.sh now keeps it on localhost).
+	// Waited for up to 10 minutes, Velero's own default (--csi-snapshot-timeout),
+	// each time logged.
 	staticStart := time.Now()
 	var contentReady time.Duration
 	for deadline := time.Now().Add(10 * time.Minute); !ready(); time.Sleep(2 * time.Second) {
