@@ -71,6 +71,9 @@ func benchSubjectRun(t *testing.T, s benchSubject, serial, n int, figs figures) 
 	all := c.runningTimes(start, n, bulkTimeout(n))
 	c.placement()
 	c.phases()
+	if s.class != "" {
+		c.claimPhases()
+	}
 	figs.add(t, fmt.Sprintf("run%d-all-running-%s", n, s.name), maxOf(all))
 	figs.add(t, fmt.Sprintf("run%d-median-%s", n, s.name), median(all))
 	figs.add(t, fmt.Sprintf("run%d-p90-%s", n, s.name), pct(all, 0.9))
