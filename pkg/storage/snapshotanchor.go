@@ -33,10 +33,10 @@ const anchorFile = "image.anchor"
 // anchorFile, in pools whose snapshots serve changed-block tracking (image files,
 // with reflinks). A failure is logged and the snapshot committed without it.
 func (p *Pool) anchorImage(ctx context.Context, dir, snapshotID string) {
-	name, isDir := p.backend.Data()
-	if isDir || !p.copyIsFast() {
+	if !p.blockImages() || !p.copyIsFast() { // as BlockMetadataServed asks
 		return
 	}
+	name, _ := p.backend.Data()
 	start := time.Now()
 	anchor := filepath.Join(dir, anchorFile)
 	_, err := clone.File(ctx, filepath.Join(dir, name), anchor, clone.Options{Reflink: clone.Always})
