@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -35,13 +36,11 @@ type figures map[string]float64
 
 func (f figures) add(t *testing.T, name string, d time.Duration) {
 	t.Helper()
-	f[name] = d.Seconds()
-	line := fmt.Sprintf("figure: %s %.2f s", name, d.Seconds())
-	fmt.Println(line)
-	t.Log(line)
+	f.print(t, name, d.Seconds(), "s")
 }
 
-// ratio prints num/den, both figures in seconds, when both were measured.
+// ratio prints num/den, both figures in seconds, when both were measured, and keeps
+// it under name.
 func (f figures) ratio(t *testing.T, name, num, den string) {
 	t.Helper()
 	n, okN := f[num]
@@ -50,7 +49,34 @@ func (f figures) ratio(t *testing.T, name, num, den string) {
 		t.Logf("figure %s not computed: %s or %s missing", name, num, den)
 		return
 	}
-	line := fmt.Sprintf("figure: %s %.2f x", name, n/d)
+	f.print(t, name, n/d, "x")
+}
+
+// medianOver prints, as name, the median of the figures name-round1 ..
+// name-roundN that were measured (none: nothing printed).
+func (f figures) medianOver(t *testing.T, name string, rounds int, unit string) {
+	t.Helper()
+	var v []float64
+	for r := 1; r <= rounds; r++ {
+		if x, ok := f[fmt.Sprintf("%s-round%d", name, r)]; ok {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return
+	}
+	sort.Float64s(v)
+	m := v[len(v)/2]
+	if len(v)%2 == 0 {
+		m = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	f.print(t, name, m, unit)
+}
+
+func (f figures) print(t *testing.T, name string, v float64, unit string) {
+	t.Helper()
+	f[name] = v
+	line := fmt.Sprintf("figure: %s %.2f %s", name, v, unit)
 	fmt.Println(line)
 	t.Log(line)
 }
