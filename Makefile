@@ -184,10 +184,10 @@ demo:
 e2e: verify-deploy
 	hack/e2e.sh
 
-# Berth, local-path-provisioner and emptyDir on the cluster of make e2e (which must be up,
-# Berth installed): claim+pod -> Running one at a time (BERTH_BENCH_SERIAL, 20) and
-# BERTH_BENCH_CLAIMS (200) at once, then their deletion; prints "figure:" lines. The test
+# Berth, local-path-provisioner and emptyDir on the cluster of make e2e (which must be up):
+# Berth reinstalled at the chart's capacity pace (hack/bench-values.yaml), then claim+pod
+# -> Running one at a time (BERTH_BENCH_SERIAL, 20) and BERTH_BENCH_CLAIMS (200) at once
+# and their deletion, in BERTH_BENCH_ROUNDS (3) rounds; prints "figure:" lines. The test
 # installs local-path-provisioner itself when missing (test/e2e/local-path) and removes it.
 e2e-bench:
-	. hack/cluster-lib.sh && KUBECONFIG=$$KUBECONFIG_FILE BERTH_KUBECTL=$$K8S_BIN/kubectl \
-		BERTH_E2E=1 BERTH_E2E_BENCH=1 go test -count=1 -v -run 'TestPVCToRunningLatency|TestTransferThroughput|TestMoveDowntime' -timeout 60m ./test/e2e
+	hack/e2e-bench.sh
