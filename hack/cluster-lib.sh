@@ -79,6 +79,17 @@ finish() {
 	printf '[%4ss] %s\n' $((now - t0)) "$1"
 }
 kc() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+# berth_install [VALUES...]: installs or upgrades the release "berth" in kube-system
+# from charts/berth with hack/cluster-values.yaml and then each VALUES file (names in
+# hack/), and waits for the node plugin on every node (make demo, e2e, e2e-bench).
+berth_install() {
+	local hack args=() f
+	hack=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+	for f in cluster-values.yaml "$@"; do args+=(-f "$hack/$f"); done
+	"$BERTH_CACHE/tools/helm-$HELM_VERSION" upgrade --install berth "$hack/../charts/berth" -n kube-system \
+		"${args[@]}" --wait --timeout 3m >/dev/null
+	kc -n kube-system rollout status ds/berth-node --timeout=120s >/dev/null
+}
 pidfile() { echo "$CLUSTER_DIR/run/$1.pid"; }
 running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 

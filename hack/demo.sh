@@ -4,17 +4,14 @@
 # file from one pod, deletes the pod, reads the file from a new pod on the same claim.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
 # One node is enough to show it (NODES=3 make demo for the cluster of make e2e).
 NODES=${NODES:-1} "$here/cluster-up.sh"
 source "$here/cluster-lib.sh"
-helm=$BERTH_CACHE/tools/helm-$HELM_VERSION
 export KUBECONFIG=$KUBECONFIG_FILE
 t0=$(date +%s) step_name=""
 
 step "helm install berth (charts/berth, embedded default pool /var/lib/berth/default)"
-"$helm" upgrade --install berth "$root/charts/berth" -n kube-system -f "$here/cluster-values.yaml" --wait --timeout 3m >/dev/null
-kc -n kube-system rollout status ds/berth-node --timeout=120s >/dev/null
+berth_install
 
 ns=berth-demo
 step "A claim and a pod that writes a file"

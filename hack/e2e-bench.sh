@@ -14,8 +14,6 @@ helm=$BERTH_CACHE/tools/helm-$HELM_VERSION
 export KUBECONFIG=$KUBECONFIG_FILE BERTH_KUBECTL=$K8S_BIN/kubectl BERTH_E2E=1 BERTH_E2E_BENCH=1 \
 	BERTH_CLUSTER_DIR=$CLUSTER_DIR BERTH_HELM=$helm
 kc get --raw /readyz >/dev/null || { echo "e2e-bench: the cluster is not up (make e2e, or hack/cluster-up.sh and install Berth)" >&2; exit 1; }
-"$helm" upgrade --install berth "$root/charts/berth" -n kube-system \
-	-f "$here/cluster-values.yaml" -f "$here/e2e-values.yaml" -f "$here/bench-values.yaml" --wait --timeout 3m >/dev/null
-kc -n kube-system rollout status ds/berth-node --timeout=120s >/dev/null
+berth_install e2e-values.yaml bench-values.yaml
 cd "$root"
 exec go test -count=1 -v -run "${BERTH_BENCH_RUN:-TestPVCToRunningLatency|TestTransferThroughput|TestMoveDowntime}" -timeout 120m ./test/e2e

@@ -32,9 +32,7 @@ if [ "$berth" = 1 ]; then
 fi
 
 step "helm install berth with the e2e pools"
-"$helm" upgrade --install berth "$root/charts/berth" -n kube-system \
-	-f "$here/cluster-values.yaml" -f "$here/e2e-values.yaml" --wait --timeout 3m >/dev/null
-kc -n kube-system rollout status ds/berth-node --timeout=120s >/dev/null
+berth_install e2e-values.yaml
 
 step "helm test"
 "$helm" test berth -n kube-system --timeout 2m >/dev/null
