@@ -156,8 +156,10 @@ const bulkCreators = 8
 // createAtOnce creates the objects (each a manifest of one pod and what it needs) in
 // the namespace with workers kubectl processes at a time, each taking every
 // workers-th one, so that creation ends at about the same time for every subject.
+// Fewer objects than workers: one worker each (kubectl create fails on no objects).
 func (c *cluster) createAtOnce(objs []string, workers int) {
 	c.t.Helper()
+	workers = min(workers, len(objs))
 	var wg sync.WaitGroup
 	errs := make([]error, workers)
 	for w := range workers {
