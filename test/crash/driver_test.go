@@ -50,6 +50,7 @@ type site struct {
 	kubelet string
 	sock    string
 	logPath string
+	tmp     string   // the driver's TMPDIR
 	args    []string // further driver flags
 }
 
@@ -69,6 +70,10 @@ func newSiteWith(t *testing.T, bin, name, kind string) *site {
 		kubelet: filepath.Join(dir, "kubelet"),
 		sock:    filepath.Join(dir, "csi.sock"),
 		logPath: filepath.Join(dir, "driver.log"),
+		tmp:     filepath.Join(dir, "tmp"),
+	}
+	if err := os.Mkdir(s.tmp, 0o700); err != nil {
+		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("pools:\n- name: %s\n  path: %s\n  kind: %s\n  reservedBytes: 0\n  overcommit: true\n",
 		name, strconv.Quote(s.pool), kind)
@@ -138,6 +143,10 @@ func (s *site) launch(t *testing.T) *proc {
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	// mount-utils makes a directory in TMPDIR at start (to learn how umount
+	// reports a path that is not mounted) and removes it on return; a SIGKILL in
+	// between would leave it in the machine's /tmp.
+	cmd.Env = append(os.Environ(), "TMPDIR="+s.tmp)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", s.bin, err)
