@@ -115,8 +115,14 @@ if [ "$external" = 1 ]; then
 	# pre-provisioned content carries no label, so no sidecar ever reads it and the
 	# VolumeSnapshot never becomes ready (a user importing a snapshot adds the label).
 	skip='Disruptive|Serial|Slow|Pre-provisioned Snapshot'
+	# Each e2e.test process leaves a directory test-kuberc* in its TMPDIR (upstream's
+	# kubectl kuberc spec makes it while building the spec tree and removes it with
+	# os.Remove, which fails on a directory with a file in it): the suite gets a
+	# TMPDIR of its own, removed when it ends.
 	(
 		rc=0
+		export TMPDIR=$logs/external-tmp
+		mkdir -p "$TMPDIR"
 		"$ginkgo" --procs="$procs" --no-color --timeout=60m \
 			--focus='External.Storage' \
 			--skip="$skip" --label-filter="$labels" \
@@ -125,6 +131,7 @@ if [ "$external" = 1 ]; then
 			-kubeconfig "$KUBECONFIG_FILE" -storage.testdriver="$root/test/e2e/testdriver.yaml" \
 			-provider=skeleton -node-os-distro=debian -allowed-not-ready-nodes=0 \
 			>"$logs/external.log" 2>&1 || rc=$?
+		rm -rf "$TMPDIR"
 		tail -30 "$logs/external.log" | sed 's/^/[external] /'
 		exit $rc
 	) &
