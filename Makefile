@@ -184,7 +184,8 @@ demo:
 e2e: verify-deploy
 	hack/e2e.sh
 
-# Berth, local-path-provisioner and emptyDir on the cluster of make e2e (which must be up):
+# Berth, local-path-provisioner, static PVs (no provisioner) and emptyDir on the cluster of
+# make e2e (which must be up):
 # Berth reinstalled at the chart's capacity pace (hack/bench-values.yaml), then claim+pod
 # -> Running one at a time (BERTH_BENCH_SERIAL, 20) and BERTH_BENCH_CLAIMS (200) at once
 # and their deletion, in BERTH_BENCH_ROUNDS (3) rounds; prints "figure:" lines. The test

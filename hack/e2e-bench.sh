@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make e2e-bench: on the cluster of make e2e (which must be up), installs Berth with the
 # chart's own capacity pace (hack/bench-values.yaml over the e2e values), then runs the
-# measurements: TestPVCToRunningLatency (Berth, local-path-provisioner and emptyDir;
+# measurements: TestPVCToRunningLatency (Berth, local-path-provisioner, static PVs and emptyDir;
 # BERTH_BENCH_SERIAL, BERTH_BENCH_CLAIMS, BERTH_BENCH_ROUNDS, BERTH_BENCH_CLAIM_SIZE),
 # TestTransferThroughput and TestMoveDowntime. Each prints "figure:" lines
 # (docs/benchmarks.md). The release is left with the bench values: make e2e installs

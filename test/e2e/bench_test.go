@@ -17,12 +17,18 @@ import (
 // (test/e2e/local-path) and, as the limit no provisioner can beat, the same pods with
 // an emptyDir instead of a claim.
 type benchSubject struct {
-	name  string // in the figures' names
-	class string // the claims' StorageClass; "" for an emptyDir and no claim
-	size  string // the claims' size (BERTH_BENCH_CLAIM_SIZE)
+	name   string // in the figures' names
+	class  string // the claims' StorageClass; "" for an emptyDir and no claim
+	size   string // the claims' size (BERTH_BENCH_CLAIM_SIZE)
+	static bool   // claims bound to PVs made beforehand, no provisioner (benchstatic_test.go)
 }
 
-var benchSubjects = []benchSubject{{name: "berth", class: "berth"}, {name: "local-path", class: "local-path"}, {name: "emptydir"}}
+var benchSubjects = []benchSubject{
+	{name: "berth", class: "berth"},
+	{name: "local-path", class: "local-path"},
+	{name: "static", class: staticClass, static: true},
+	{name: "emptydir"},
+}
 
 const (
 	localPathManifest = "local-path/local-path-storage.yaml"
@@ -249,13 +255,20 @@ func (c *cluster) localPathLeft() int {
 // deleteAll deletes the namespace's pods and claims and waits until everything is gone:
 // the pods, the claims, their PVs and, for the provisioners, their host directories
 // (Berth: its pool on this node, trash included, back to poolBefore volumes or fewer; local-path: its helper
-// pods done and its directories removed). It returns the time taken.
+// pods done and its directories removed; static: its PVs, deleted by the test once
+// their claims are gone). It returns the time taken.
 func (c *cluster) deleteAll(s benchSubject, poolBefore int, timeout time.Duration) time.Duration {
 	c.t.Helper()
 	start := time.Now()
 	c.kubectl("delete", "pods,pvc", "--all", "--wait=false")
 	c.waitFor("pods, claims, volumes and their directories gone", timeout, func() bool {
-		if c.objects("pods,pvc") != 0 || c.pvsOfNamespace() != 0 {
+		if c.objects("pods,pvc") != 0 {
+			return false
+		}
+		if s.static && c.staticLeft() != 0 {
+			return false
+		}
+		if c.pvsOfNamespace() != 0 {
 			return false
 		}
 		switch s.name {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -11,8 +12,9 @@ import (
 )
 
 // TestPVCToRunningLatency measures, on the cluster, Berth beside rancher's
-// local-path-provisioner and beside pods with an emptyDir (no provisioner: the limit),
-// each in a namespace of its own:
+// local-path-provisioner, beside claims bound to PVs made beforehand (static: no
+// provisioner, Kubernetes' own cost of a claim; benchstatic_test.go) and beside pods
+// with an emptyDir (no claim: the limit), each in a namespace of its own:
 //   - serial: a claim and its pod created -> the pod Running, one at a time
 //     (BERTH_BENCH_SERIAL, 20): median;
 //   - run: BERTH_BENCH_CLAIMS (200) claims with their pods created at once, placed by
@@ -22,10 +24,10 @@ import (
 //
 // Runs of 200 pods on this shared machine differ by 10-30% from one to the next, more
 // than the gap the Berth / emptyDir target allows. So the run and delete are made in
-// BERTH_BENCH_ROUNDS (3) rounds, Berth and emptyDir in each, in turns (ABBA: the
-// first of a round is the other subject in the next), and each figure is the median
-// over the rounds; the ratio is the median of the rounds' own ratios. The serial part
-// and local-path (12 minutes a run) are in the first round only.
+// BERTH_BENCH_ROUNDS (3) rounds, Berth, static and emptyDir in each, in turns (the
+// order reversed every other round), and each figure is the median over the rounds;
+// each ratio is the median of the rounds' own ratios. The serial part and local-path
+// (12 minutes a run) are in the first round only.
 //
 // The claims ask for BERTH_BENCH_CLAIM_SIZE (16Mi): small enough that every node's
 // share of 200 fits its disk, so that placement is the scheduler's spreading and not
@@ -54,8 +56,10 @@ func TestPVCToRunningLatency(t *testing.T) {
 				t.Run(s.name, func(t *testing.T) { benchSubjectRun(t, s, r, serial, n, figs) })
 			}
 			run := fmt.Sprintf("run%d-all-running-", n)
-			figs.ratio(t, fmt.Sprintf("run%d-berth-over-emptydir-round%d", n, r),
-				fmt.Sprintf("%sberth-round%d", run, r), fmt.Sprintf("%semptydir-round%d", run, r))
+			for _, q := range ratios {
+				figs.ratio(t, fmt.Sprintf("run%d-%s-over-%s-round%d", n, q[0], q[1], r),
+					fmt.Sprintf("%s%s-round%d", run, q[0], r), fmt.Sprintf("%s%s-round%d", run, q[1], r))
+			}
 		})
 	}
 	for _, s := range benchSubjects {
@@ -63,27 +67,34 @@ func TestPVCToRunningLatency(t *testing.T) {
 			figs.medianOver(t, fmt.Sprintf(f, n, s.name), rounds, "s")
 		}
 	}
-	figs.medianOver(t, fmt.Sprintf("run%d-berth-over-emptydir", n), rounds, "x")
+	for _, q := range ratios {
+		figs.medianOver(t, fmt.Sprintf("run%d-%s-over-%s", n, q[0], q[1]), rounds, "x")
+	}
 	run := fmt.Sprintf("run%d-all-running-", n)
 	figs.ratio(t, fmt.Sprintf("run%d-local-path-over-berth", n), run+"local-path", run+"berth")
 }
 
-// roundSubjects is the order of round r: all three in the first, then Berth and
-// emptyDir, the one that went first in a round going second in the next.
+// ratios are the rounds' ratios of the 200 pods' all-Running times: the target's
+// (Berth over emptyDir), and its two shares, Berth's own (over static PVs with no
+// provisioner) and the cluster's claim handling (static over emptyDir).
+var ratios = [][2]string{{"berth", "emptydir"}, {"berth", "static"}, {"static", "emptydir"}}
+
+// roundSubjects is the order of round r: all of them in the first, then all but
+// local-path, in reverse order every other round.
 func roundSubjects(r int) []benchSubject {
 	if r == 1 {
 		return benchSubjects
 	}
-	var two []benchSubject
+	var some []benchSubject
 	for _, s := range benchSubjects {
 		if s.name != "local-path" {
-			two = append(two, s)
+			some = append(some, s)
 		}
 	}
 	if r%2 == 0 {
-		two[0], two[1] = two[1], two[0]
+		slices.Reverse(some)
 	}
-	return two
+	return some
 }
 
 // benchSubjectRun measures one subject in a namespace of its own: in round 1 the
@@ -92,16 +103,25 @@ func benchSubjectRun(t *testing.T, s benchSubject, round, serial, n int, figs fi
 	if s.name == "local-path" {
 		ensureLocalPath(t)
 	}
+	if s.static {
+		ensureStatic(t)
+	}
 	c := setup(t, alone)
 	poolBefore := berthVolumes()
 
 	if round == 1 {
+		if s.static {
+			c.staticPVs(serial, s.size)
+		}
 		d := c.serialRuns(s, serial)
 		t.Logf("%s, one at a time, %d pods: median %v, min %v, max %v", s.name, serial, median(d), minOf(d), maxOf(d))
 		figs.add(t, fmt.Sprintf("serial%d-median-%s", serial, s.name), median(d))
 		c.deleteAll(s, poolBefore, bulkTimeout(serial)) // not measured: a clean start for the run
 	}
 
+	if s.static {
+		c.staticPVs(n, s.size)
+	}
 	objs := make([]string, n)
 	for i := range n {
 		objs[i] = benchObjects(s, fmt.Sprintf("c%d", i))
@@ -112,7 +132,7 @@ func benchSubjectRun(t *testing.T, s benchSubject, round, serial, n int, figs fi
 	all := c.runningTimes(start, n, bulkTimeout(n))
 	c.placement()
 	c.phases()
-	if s.class != "" {
+	if s.class != "" && !s.static { // a static claim has no provisioning steps
 		c.claimPhases()
 	}
 	suffix := fmt.Sprintf("-%s-round%d", s.name, round)
