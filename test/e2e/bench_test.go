@@ -261,9 +261,13 @@ func (c *cluster) deleteAll(s benchSubject, poolBefore int, timeout time.Duratio
 	c.t.Helper()
 	start := time.Now()
 	c.kubectl("delete", "pods,pvc", "--all", "--wait=false")
+	staticDeleted := false // once, not at every poll
 	c.waitFor("pods, claims, volumes and their directories gone", timeout, func() bool {
 		if c.objects("pods,pvc") != 0 {
 			return false
+		}
+		if s.static && !staticDeleted {
+			staticDeleted = c.deleteStaticPVs()
 		}
 		if s.static && c.staticLeft() != 0 {
 			return false

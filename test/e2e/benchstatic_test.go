@@ -93,22 +93,20 @@ spec:
 	c.t.Logf("static: %d PVs made over %d nodes in %v (not measured)", count, len(nodes), time.Since(start).Round(10*time.Millisecond))
 }
 
-// staticLeft counts the namespace's static PVs and deletes them (call it once their
-// claims are gone: Released, reclaim Retain), as an administrator would; -1 when
-// kubectl fails.
+// staticLeft counts the namespace's static PVs; -1 when kubectl fails.
 func (c *cluster) staticLeft() int {
-	sel := staticLabel + "=" + c.ns
-	out, err := kubectlBare("get", "pv", "-l", sel, "-o", "name")
+	out, err := kubectlBare("get", "pv", "-l", staticLabel+"="+c.ns, "-o", "name")
 	if err != nil {
 		return -1
 	}
-	n := len(strings.Fields(out))
-	if n > 0 {
-		if _, err := kubectlBare("delete", "pv", "-l", sel, "--wait=false"); err != nil {
-			return -1
-		}
-	}
-	return n
+	return len(strings.Fields(out))
+}
+
+// deleteStaticPVs deletes the namespace's static PVs, as an administrator would once
+// their claims are gone (Released: reclaim Retain); false when kubectl fails.
+func (c *cluster) deleteStaticPVs() bool {
+	_, err := kubectlBare("delete", "pv", "-l", staticLabel+"="+c.ns, "--wait=false")
+	return err == nil
 }
 
 // kubectlStdin runs kubectl with manifest on its standard input, no namespace flag.
